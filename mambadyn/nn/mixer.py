@@ -1,0 +1,113 @@
+"""The S6 mixer of Mamba-1, with the parameter names of Hugging Face's ``MambaMixer``.
+
+    xz = in_proj(h);  x, z = split(xz)
+    x  = silu(causal depthwise conv(x))
+    (Δ_raw, B, C) = x_proj(x);  Δ = softplus(dt_proj(Δ_raw))        # selective parameters
+    y  = selective_scan(x, Δ, A = -exp(A_log), B, C, D) · silu(z)
+    out = out_proj(y)
+
+A token-reordering module (``mambadyn.refine.TokenReorder``) can be attached as ``self.reorder``:
+tokens are then permuted by importance before Δ, B, C are computed and the scan runs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..scan import selective_scan
+from .config import MambaConfig
+
+
+class MambaMixer(nn.Module):
+    def __init__(self, config: MambaConfig, layer_idx: int = 0):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.d_inner, self.d_state, self.dt_rank = config.d_inner, config.d_state, int(config.dt_rank)
+        self.d_conv = config.d_conv
+        self.scan_backend = config.scan_backend
+        di = self.d_inner
+        self.in_proj = nn.Linear(config.d_model, 2 * di, bias=config.bias)
+        self.conv1d = nn.Conv1d(di, di, config.d_conv, groups=di, padding=config.d_conv - 1, bias=config.conv_bias)
+        self.x_proj = nn.Linear(di, self.dt_rank + 2 * self.d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, di, bias=True)
+        self.A_log = nn.Parameter(torch.empty(di, self.d_state))
+        self.D = nn.Parameter(torch.empty(di))
+        self.out_proj = nn.Linear(di, config.d_model, bias=config.bias)
+        self.reorder: nn.Module | None = None
+        self.reset_parameters(config)
+
+    @torch.no_grad()
+    def reset_parameters(self, config: MambaConfig) -> None:
+        """Mamba's initialisation: S4D-real A, D = 1, Δ's bias so that softplus(bias) ~ LogUniform(dt_min, dt_max)."""
+        self.A_log.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)).expand(self.d_inner, -1))
+        self.D.fill_(1.0)
+        std = self.dt_rank**-0.5 * config.dt_scale
+        nn.init.uniform_(self.dt_proj.weight, -std, std)
+        dt = torch.exp(
+            torch.rand(self.d_inner) * (math.log(config.dt_max) - math.log(config.dt_min)) + math.log(config.dt_min)
+        ).clamp(min=config.dt_init_floor)
+        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+
+    @property
+    def A(self) -> torch.Tensor:
+        return -torch.exp(self.A_log.float())
+
+    def ssm_params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (batch, d_inner, L) -> Δ before softplus *without* dt_proj's bias (batch, d_inner, L),
+        B (batch, n, L), C (batch, n, L)."""
+        p = self.x_proj(x.transpose(1, 2))
+        dt, B, C = torch.split(p, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = (dt @ self.dt_proj.weight.T).transpose(1, 2)
+        return dt, B.transpose(1, 2), C.transpose(1, 2)
+
+    def conv(self, x: torch.Tensor) -> torch.Tensor:
+        """Causal depthwise convolution + SiLU: (batch, d_inner, L) -> (batch, d_inner, L)."""
+        return F.silu(self.conv1d(x)[..., : x.shape[-1]])
+
+    def forward(self, hidden: torch.Tensor, return_state: bool = False):
+        """hidden (batch, L, d_model) -> (batch, L, d_model) [, (conv_state, ssm_state)]."""
+        L = hidden.shape[1]
+        x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)
+        conv_state = F.pad(x, (self.d_conv - L, 0))[..., -self.d_conv :] if return_state else None
+        x = self.conv(x)
+        perm = None
+        if self.reorder is not None:
+            if return_state:
+                raise ValueError("a reordering mixer has no recurrent state: reordering is not causal")
+            dt, _, _ = self.ssm_params(x)
+            perm = self.reorder.permutation(dt + self.dt_proj.bias[:, None])
+            x = self.reorder.apply(perm, x)
+        dt, B, C = self.ssm_params(x)
+        y = selective_scan(
+            x, dt, self.A, B, C, self.D.float(), z=None if perm is not None else z,
+            delta_bias=self.dt_proj.bias.float(), delta_softplus=True, return_last_state=return_state,
+            backend=self.scan_backend,
+        )
+        y, ssm_state = y if return_state else (y, None)
+        if perm is not None:
+            y = self.reorder.restore(perm, y) * F.silu(z)
+        out = self.out_proj(y.transpose(1, 2))
+        return (out, (conv_state, ssm_state)) if return_state else out
+
+    def step(self, hidden: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """One recurrent step. hidden (batch, d_model); state (conv (batch, d_inner, d_conv),
+        ssm (batch, d_inner, n)) is updated in place. Returns (batch, d_model)."""
+        conv_state, ssm_state = state
+        x, z = self.in_proj(hidden).chunk(2, dim=-1)
+        conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
+        conv_state[:, :, -1] = x
+        x = (conv_state * self.conv1d.weight[:, 0, :]).sum(-1)
+        if self.conv1d.bias is not None:
+            x = x + self.conv1d.bias
+        x = F.silu(x)
+        dt, B, C = self.ssm_params(x[:, :, None])
+        dt = F.softplus(dt[..., 0].float() + self.dt_proj.bias.float())  # (batch, d_inner)
+        dA = torch.exp(dt[..., None] * self.A)
+        ssm_state.copy_(dA * ssm_state + (dt * x.float())[..., None] * B[:, None, :, 0].float())
+        y = (ssm_state * C[:, None, :, 0].float()).sum(-1) + self.D.float() * x.float()
+        y = (y * F.silu(z.float())).to(hidden.dtype)
+        return self.out_proj(y)

@@ -1,0 +1,15 @@
+"""The paper's refinements: eigenvalue-sign parametrizations of S_C^T S_B, its spectrum, and
+importance-based token reordering (SoftSort)."""
+
+from .eigen import MODES, EigenSign, constrain_eigenvalues, eigen_mode_of, find_mixers
+from .spectrum import mixer_matrices, spectrum
+
+__all__ = [
+    "MODES",
+    "EigenSign",
+    "constrain_eigenvalues",
+    "eigen_mode_of",
+    "find_mixers",
+    "mixer_matrices",
+    "spectrum",
+]
