@@ -1,0 +1,154 @@
+"""The continuous-time token system of a deep S6 stack with shared weights.
+
+Stacking residual S6 layers x <- x + h S6(x) and letting h -> 0 (depth -> time t) gives, for tokens
+x_1..x_L in R^D (paper.md A1-A2):
+
+    dx_l^d/dt = Σ_{j<=l} Σ_n C_{l,n} B_{j,n} exp(A_{d,n} Σ_{k=j+1..l} Δ_k^d) Δ_j^d x_j^d
+    B_j = S_B x_j,  C_l = S_C x_l  (in R^N),   Δ_j = softplus(S_Δ x_j)  (in R^D),  A_{d,n} < 0
+
+i.e. dX/dt is exactly one S6 layer's output (no conv, gate, norm or D skip). With A = -a (one decay
+for all d, n) the kernel factors through the scalar x_l^T S_C^T S_B x_j; in 1-D (D = 1) it is
+
+    dx_l/dt = mu x_l Σ_{j<=l} x_j^2 softplus(s x_j) exp(-a Σ_{k=j+1..l} softplus(s x_k)),  mu = S_C^T S_B.
+
+Every tensor carries a leading batch dimension: one system per batch element.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def _as_batch(v, dtype, device=None) -> torch.Tensor:
+    t = torch.as_tensor(v, dtype=dtype, device=device)
+    return t.reshape(-1) if t.dim() <= 1 else t
+
+
+@dataclass
+class TokenSystem:
+    """A batch of token systems. Shapes: S_B, S_C (batch, N, D); S_delta (batch, D, D); A (batch, D, N) < 0."""
+
+    S_B: torch.Tensor
+    S_C: torch.Tensor
+    S_delta: torch.Tensor
+    A: torch.Tensor
+
+    def __post_init__(self) -> None:
+        for name in ("S_B", "S_C", "S_delta", "A"):
+            t = getattr(self, name)
+            if not isinstance(t, torch.Tensor) or t.dim() != 3:
+                raise ValueError(f"TokenSystem.{name} must be a 3-D tensor (batch, ., .), got {getattr(t, 'shape', t)}")
+            if not t.is_floating_point():
+                raise TypeError(f"TokenSystem.{name} must be floating point, got {t.dtype}")
+            if not torch.isfinite(t).all():
+                raise ValueError(f"TokenSystem.{name} has non-finite entries")
+        b, N, D = self.S_B.shape
+        expect = {"S_C": (b, N, D), "S_delta": (b, D, D), "A": (b, D, N)}
+        for name, shape in expect.items():
+            if tuple(getattr(self, name).shape) != shape:
+                raise ValueError(f"TokenSystem.{name} must have shape {shape} to match S_B {(b, N, D)}, "
+                                 f"got {tuple(getattr(self, name).shape)}")
+        if (self.A >= 0).any():
+            raise ValueError("TokenSystem.A must be negative everywhere (decay a > 0)")
+        # One decay for every state n: the kernel then factors through x_l^T S_C^T S_B x_j (much cheaper).
+        self.uniform_decay = bool((self.A == self.A[..., :1]).all())
+
+    # --- constructors ----------------------------------------------------------------------------
+    @classmethod
+    def one_dim(cls, mu, s, a=1.0, dtype=torch.float64, device=None) -> "TokenSystem":
+        """1-D systems: mu = S_C^T S_B, s = S_Δ, decay a > 0; each a float or a (batch,) tensor."""
+        mu, s, a = (_as_batch(v, dtype, device) for v in (mu, s, a))
+        if (a <= 0).any():
+            raise ValueError(f"decay a must be > 0, got min {a.min().item()}")
+        b = max(len(mu), len(s), len(a))
+        mu, s, a = (v.expand(b) if len(v) == 1 else v for v in (mu, s, a))
+        if not len(mu) == len(s) == len(a) == b:
+            raise ValueError(f"mu, s, a must have equal lengths (or length 1), got {len(mu)}, {len(s)}, {len(a)}")
+        one = torch.ones(b, 1, 1, dtype=dtype, device=device)
+        return cls(S_B=mu.view(b, 1, 1), S_C=one, S_delta=s.view(b, 1, 1), A=-a.view(b, 1, 1))
+
+    @classmethod
+    def from_matrices(cls, S_B, S_C, S_delta, a=1.0, dtype=torch.float64) -> "TokenSystem":
+        """Build from (N, D)/(N, D)/(D, D) matrices (or batched versions) and a decay a > 0
+        (float, (batch,)) or a full A (D, N) / (batch, D, N) of negative entries."""
+        S_B, S_C, S_delta = (torch.as_tensor(m, dtype=dtype) for m in (S_B, S_C, S_delta))
+        S_B, S_C, S_delta = (m[None] if m.dim() == 2 else m for m in (S_B, S_C, S_delta))
+        b, N, D = S_B.shape
+        a = torch.as_tensor(a, dtype=dtype)
+        if a.dim() <= 1:
+            if (a <= 0).any():
+                raise ValueError(f"decay a must be > 0, got {a}")
+            A = -a.reshape(-1, 1, 1).expand(b, D, N)
+        else:
+            A = a[None] if a.dim() == 2 else a
+        return cls(S_B, S_C, S_delta, A.expand(b, D, N).contiguous())
+
+    @classmethod
+    def random(cls, batch: int, D: int, N: int | None = None, a: float = 1.0, scale: float = 1.0,
+               generator: torch.Generator | None = None, dtype=torch.float64) -> "TokenSystem":
+        """Gaussian S_B, S_C, S_Δ with entries N(0, scale^2 / D); decay a."""
+        N = N or D
+        g = lambda *s: torch.randn(*s, generator=generator, dtype=dtype) * scale / D**0.5  # noqa: E731
+        return cls.from_matrices(g(batch, N, D), g(batch, N, D), g(batch, D, D), a=a, dtype=dtype)
+
+    # --- views ------------------------------------------------------------------------------------
+    @property
+    def batch(self) -> int:
+        return self.S_B.shape[0]
+
+    @property
+    def D(self) -> int:
+        return self.S_B.shape[2]
+
+    @property
+    def N(self) -> int:
+        return self.S_B.shape[1]
+
+    def io_matrix(self) -> torch.Tensor:
+        """S_C^T S_B (batch, D, D); in 1-D its single entry is mu."""
+        return self.S_C.transpose(1, 2) @ self.S_B
+
+    def select(self, idx) -> "TokenSystem":
+        """The sub-batch ``idx`` (an index tensor, slice or boolean mask)."""
+        return TokenSystem(self.S_B[idx], self.S_C[idx], self.S_delta[idx], self.A[idx])
+
+    def check_state(self, X: torch.Tensor) -> torch.Tensor:
+        """Validate tokens X (batch, L, D) against the system; returns X in the system's dtype."""
+        if not isinstance(X, torch.Tensor):
+            X = torch.as_tensor(X, dtype=self.S_B.dtype)
+        if X.dim() == 2 and self.D == 1:
+            X = X[..., None]
+        if X.dim() != 3 or X.shape[0] != self.batch or X.shape[2] != self.D:
+            raise ValueError(f"tokens must have shape (batch={self.batch}, L, D={self.D}), got {tuple(X.shape)}")
+        if X.shape[1] == 0:
+            raise ValueError("tokens: L is 0")
+        if not torch.isfinite(X).all():
+            raise ValueError("tokens x0 contain NaN or inf")
+        return X.to(self.S_B.dtype)
+
+    # --- dynamics ---------------------------------------------------------------------------------
+    def rhs(self, X: torch.Tensor) -> torch.Tensor:
+        """dX/dt for tokens X (batch, L, D) -> (batch, L, D)."""
+        return token_rhs(self.S_B, self.S_C, self.S_delta, self.A, X, self.uniform_decay)
+
+
+def token_rhs(S_B, S_C, S_delta, A, X, uniform_decay: bool = False) -> torch.Tensor:
+    """The system's right-hand side on raw tensors (no validation; see ``TokenSystem``)."""
+    Bv = torch.einsum("bnd,bld->bln", S_B, X)
+    Cv = torch.einsum("bnd,bld->bln", S_C, X)
+    delta = F.softplus(torch.einsum("bed,bld->ble", S_delta, X))
+    cum = delta.cumsum(dim=1)
+    L = X.shape[1]
+    causal = torch.ones(L, L, dtype=torch.bool, device=X.device).tril()
+    # S_l - S_j = Σ_{k=j+1..l} Δ_k >= 0 for j <= l; +inf above the diagonal so exp(A·inf) = 0 there
+    gap = torch.where(causal[None, :, :, None], cum[:, :, None, :] - cum[:, None, :, :], torch.inf)
+    dx = delta * X
+    if uniform_decay:
+        G = Cv @ Bv.transpose(1, 2)  # (b, l, j) = x_l^T S_C^T S_B x_j
+        E = torch.exp(A[:, None, None, :, 0] * gap)  # (b, l, j, D)
+        return torch.einsum("blj,bljd,bjd->bld", G, E, dx)
+    E = torch.exp(A[:, None, None, :, :] * gap[..., None])  # (b, l, j, D, N)
+    return torch.einsum("bln,bjn,bljdn,bjd->bld", Cv, Bv, E, dx)

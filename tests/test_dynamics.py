@@ -1,0 +1,180 @@
+"""Token dynamics: the ODE right-hand side, the deep discrete stack's limit, simulation, classification, rates."""
+
+import math
+
+import pytest
+import torch
+
+from mambadyn.dynamics import Scenario, SimConfig, TokenSystem, classify, simulate
+from mambadyn.dynamics.rates import (
+    convergence_exponent,
+    divergence_order,
+    first_token_blowup_time,
+    log_growth_exponent,
+    slow_growth_invariant,
+)
+from mambadyn.scan import selective_scan_ref
+
+
+def one_dim_rhs_by_formula(mu, s, a, x):
+    """paper.md's 1-D equation, token by token, in plain Python."""
+    sp = lambda v: math.log1p(math.exp(-abs(v))) + max(v, 0.0)  # noqa: E731
+    out = []
+    for l in range(len(x)):
+        acc = 0.0
+        for j in range(l + 1):
+            acc += x[j] ** 2 * sp(s * x[j]) * math.exp(-a * sum(sp(s * x[k]) for k in range(j + 1, l + 1)))
+        out.append(mu * x[l] * acc)
+    return out
+
+
+def test_one_dim_rhs_matches_the_paper_formula():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        mu, s, a = (torch.rand(3, generator=g).double() * torch.tensor([4.0, 4.0, 2.0]) - torch.tensor([2, 2, -0.1]))
+        x = torch.randn(7, generator=g).double()
+        got = TokenSystem.one_dim(mu, s, a).rhs(x.view(1, 7, 1))[0, :, 0]
+        want = torch.tensor(one_dim_rhs_by_formula(mu.item(), s.item(), a.item(), x.tolist()), dtype=torch.float64)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+def test_rhs_is_one_s6_layer(uniform):
+    """F(X) equals the selective scan with u = X, Δ = softplus(S_Δ X), B = S_B X, C = S_C X."""
+    g = torch.Generator().manual_seed(1)
+    D, N, L = 3, 4, 9
+    A = -torch.rand(D, N, generator=g).double() - 0.2
+    if uniform:
+        A = A[:, :1].expand(D, N).contiguous()
+    sysm = TokenSystem.from_matrices(torch.randn(N, D, generator=g), torch.randn(N, D, generator=g),
+                                     torch.randn(D, D, generator=g), a=A)
+    X = torch.randn(1, L, D, generator=g).double()
+    u = X.transpose(1, 2)
+    y = selective_scan_ref(u, (sysm.S_delta[0] @ u[0])[None], A, (sysm.S_B[0] @ u[0])[None],
+                           (sysm.S_C[0] @ u[0])[None], delta_softplus=True)
+    torch.testing.assert_close(sysm.rhs(X), y.transpose(1, 2), rtol=1e-12, atol=1e-12)
+
+
+def test_deep_residual_stack_converges_to_the_ode():
+    """x <- x + h S6(x) with shared weights, depth T/h, approaches the ODE solution at t = T with error O(h)."""
+    g = torch.Generator().manual_seed(2)
+    sysm = TokenSystem.random(1, D=2, N=2, a=1.0, generator=g)
+    X0 = torch.randn(1, 5, 2, generator=g).double() * 0.5
+    T = 0.5
+    exact = simulate(sysm, X0, T, rtol=1e-11, atol=1e-13, n_points=3).x[-1]
+    errs = []
+    for depth in (25, 50, 100, 200):
+        X, h = X0.clone(), T / depth
+        for _ in range(depth):
+            u = X.transpose(1, 2)
+            y = selective_scan_ref(u, (sysm.S_delta[0] @ u[0])[None], -torch.ones(2, 2, dtype=torch.float64),
+                                   (sysm.S_B[0] @ u[0])[None], (sysm.S_C[0] @ u[0])[None], delta_softplus=True)
+            X = X + h * y.transpose(1, 2)
+        errs.append((X - exact).norm().item())
+    assert errs[-1] < 1e-2 * X0.norm().item()
+    for coarse, fine in zip(errs, errs[1:]):
+        assert 1.6 < coarse / fine < 2.4  # first order in the step: halving h halves the error
+
+
+def random_1d(n, L, seed, t_end=60.0):
+    g = torch.Generator().manual_seed(seed)
+    u = lambda lo, hi, *s: lo + (hi - lo) * torch.rand(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    mu = u(0.5, 2, n) * torch.where(torch.rand(n, generator=g) < 0.4, -1.0, 1.0).double()
+    s = u(0.5, 2, n) * torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0).double()
+    a = u(0.3, 2, n)
+    # half the systems get every token of sign opposite to s (the slow scenario when mu > 0)
+    sign = torch.where(torch.rand(n, L, generator=g) < 0.5, -1.0, 1.0).double()
+    sign[: n // 2] = -torch.sign(s[: n // 2, None]).expand(-1, L)
+    x0 = sign * u(0.5, 1.5, n, L)
+    return TokenSystem.one_dim(mu, s, a), x0, t_end
+
+
+def test_classify_agrees_with_simulation_on_hundreds_of_random_systems():
+    sysm, x0, t_end = random_1d(300, 6, seed=3)
+    labels = [c.scenario for c in classify(sysm, x0)]
+    observed = simulate(sysm, x0, t_end, n_points=60).outcome()
+    expect = {Scenario.CONVERGENT: "converging", Scenario.SLOW_DIVERGENT: "diverging",
+              Scenario.FAST_DIVERGENT: "blow-up"}
+    counts = {sc: labels.count(sc) for sc in expect}
+    assert all(c >= 40 for c in counts.values()), counts
+    wrong = [(i, lab, obs) for i, (lab, obs) in enumerate(zip(labels, observed)) if expect[lab] != obs]
+    assert not wrong, wrong[:5]
+
+
+def test_convergent_rate_is_t_to_the_minus_half():
+    sysm = TokenSystem.one_dim(torch.tensor([-1.0, -0.5, -2.0]), torch.tensor([1.0, -1.0, 0.5]), 1.0)
+    x0 = torch.tensor([[0.8, -1.2, 1.0, 0.6], [1.1, 0.9, -0.7, 1.3], [-0.5, 0.5, 1.5, -1.0]]).double()
+    traj = simulate(sysm, x0, 1e4, n_points=200)
+    k = convergence_exponent(traj, tail=0.25)
+    assert torch.allclose(k, torch.full_like(k, -0.5), atol=0.03), k
+    # token 1 alone: x ~ 1 / sqrt(2 |mu| ln2 t)
+    x1 = traj.x[-1, :, 0, 0].abs()
+    pred = 1 / torch.sqrt(2 * torch.tensor([1.0, 0.5, 2.0]).double() * math.log(2) * 1e4)
+    torch.testing.assert_close(x1, pred, rtol=0.05, atol=0)
+
+
+def test_slow_divergence_first_token_grows_like_log_t():
+    """x_1' = mu x^3 softplus(s x) with s x < 0: e^{|s| x} x^-3 ~ t, i.e. |s| x - 3 ln x - ln t -> const,
+    while x / ln t still drifts (the log-growth exponent creeps towards 1 only as ln ln t / ln t -> 0)."""
+    sysm = TokenSystem.one_dim(1.0, -1.0, 1.0)
+    traj = simulate(sysm, torch.tensor([[0.5, 0.7, 0.9]]).double(), 1e12, n_points=120)
+    assert not traj.blew_up.any()
+    inv = slow_growth_invariant(traj, 1.0, -1.0)[:, 0]
+    tail = traj.t > 1e6
+    assert inv[tail].max() - inv[tail].min() < 0.15  # flat while ln t grows by 14
+    ratio = traj.x[:, 0, 0, 0] / torch.log(traj.t)
+    assert ratio[tail].max() - ratio[tail].min() > 0.1  # so x is not simply c ln t at these times
+    k = log_growth_exponent(traj, tail=0.3)[0]
+    assert 0.6 < k[0] < 1.0, k  # measured, with the theory's finite-t value ~0.77 at t ~ 1e12
+    assert (traj.x[-1, 0, :, 0] > traj.x[0, 0, :, 0]).all()
+
+
+def test_fast_divergence_blowup_time_matches_quadrature():
+    mu = torch.tensor([1.0, 0.5, 2.0, 1.5])
+    s = torch.tensor([1.0, 2.0, 0.5, -1.0])
+    x0 = torch.tensor([[0.9, -0.2], [0.6, -0.2], [1.3, -0.2], [-0.8, 0.2]]).double()
+    traj = simulate(TokenSystem.one_dim(mu, s, 1.0), x0, 50.0, n_points=50)
+    for i in range(4):
+        exact = first_token_blowup_time(mu[i].item(), s[i].item(), x0[i, 0].item())
+        assert traj.primary[i, 0]
+        assert abs(traj.blowup_time[i, 0].item() - exact) < 1e-5 * exact
+        # token 2's trajectory cannot outlive token 1's
+        assert traj.blowup_time[i, 1] <= traj.blowup_time[i, 0]
+
+
+def test_tokens_diverge_at_different_rates_later_ones_first():
+    sysm = TokenSystem.one_dim(1.0, 1.0, 1.0)
+    traj = simulate(sysm, torch.full((1, 8), 0.4, dtype=torch.float64), 100.0, n_points=80)
+    T = traj.blowup_time[0]
+    assert torch.isfinite(T).all()
+    assert (T[1:] <= T[:-1]).all() and T[-1] < T[0]
+    assert divergence_order(traj)[0, 0] == 7
+
+
+def test_d_dim_classification_is_marked_conjectural():
+    sysm = TokenSystem.from_matrices(torch.eye(2), -torch.eye(2), torch.eye(2))
+    c = classify(sysm, torch.ones(1, 3, 2))[0]
+    assert c.scenario == Scenario.CONVERGENT and c.conjectural
+
+
+def test_blowup_is_a_result_not_a_nan():
+    traj = simulate(TokenSystem.one_dim(5.0, 3.0, 1.0), torch.tensor([[3.0, 2.0, 1.0]]), 10.0, n_points=20)
+    assert traj.blew_up.all()
+    assert torch.isfinite(traj.x).all()
+    assert torch.isnan(traj.norms()[-1]).all()  # explicitly masked after the blow-up
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="decay a must be > 0"):
+        TokenSystem.one_dim(1.0, 1.0, 0.0)
+    sysm = TokenSystem.one_dim([1.0, 2.0], 1.0, 1.0)
+    with pytest.raises(ValueError, match=r"tokens must have shape \(batch=2, L, D=1\)"):
+        simulate(sysm, torch.ones(3, 4), 1.0)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        simulate(sysm, torch.tensor([[1.0, float("nan")], [1.0, 1.0]]), 1.0)
+    with pytest.raises(ValueError, match="S_C must have shape"):
+        TokenSystem.from_matrices(torch.ones(2, 3), torch.ones(3, 3), torch.ones(3, 3))
+    with pytest.raises(ValueError, match="t_end must be > 0"):
+        SimConfig(t_end=-1)
+    with pytest.raises(ValueError, match="non-finite"):
+        TokenSystem.one_dim(float("inf"), 1.0, 1.0)
