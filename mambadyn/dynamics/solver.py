@@ -31,15 +31,16 @@ _B5 = (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0)
 _B4 = (5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40)
 _E = tuple(b5 - b4 for b5, b4 in zip(_B5, _B4))
 
-RHS = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (idx (m,), Y (m, ...)) -> dY (m, ...)
+# f(idx (m,)) -> (Y (m, ...) -> dY (m, ...)): the right-hand side restricted to systems idx, built once a step
+RHS = Callable[[torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
 
 
 def integrate(f: RHS, y0: torch.Tensor, t_out: torch.Tensor, rtol: float, atol: float,
               on_step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
               max_steps: int = 200_000, progress=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Integrate y' = f(idx, y) for each system from t_out[0] through the times t_out (T,).
+    """Integrate y' = f(idx)(y) for each system from t_out[0] through the times t_out (T,).
 
-    y0: (batch, ...). ``f`` gets the indices of the systems it is evaluated on. ``on_step(idx, t, y, dy)``
+    y0: (batch, ...). ``f(idx)`` returns the right-hand side of the systems idx (gathered once a step). ``on_step(idx, t, y, dy)``
     is called after each accepted step with those systems' new times, states and f at the new state.
     Returns (ys (T, batch, ...), reached (batch,) bool: False where max_steps ran out first).
     """
@@ -60,10 +61,11 @@ def integrate(f: RHS, y0: torch.Tensor, t_out: torch.Tensor, rtol: float, atol: 
         target = t_out[nxt[idx]]
         hi = torch.minimum(h[idx], target - ti)
         hb = hi.view(-1, *([1] * (y0.dim() - 1)))
-        k = [f(idx, yi)]
+        fi = f(idx)
+        k = [fi(yi)]
         for s in range(1, 7):
             acc = yi + hb * sum(a * ks for a, ks in zip(_A[s], k) if a != 0.0)
-            k.append(f(idx, acc))
+            k.append(fi(acc))
         y_new = acc  # stage 7 is evaluated at the 5th-order solution (FSAL)
         err = hb * sum(e * ks for e, ks in zip(_E, k) if e != 0.0)
         scale = atol + rtol * torch.maximum(yi.abs(), y_new.abs())

@@ -1,0 +1,1 @@
+"""Figures (matplotlib, Agg): one function per figure kind."""
