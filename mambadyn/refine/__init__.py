@@ -13,3 +13,6 @@ __all__ = [
     "mixer_matrices",
     "spectrum",
 ]
+from .reorder import TokenReorder, add_token_reorder, soft_sort  # noqa: E402
+
+__all__ += ["TokenReorder", "add_token_reorder", "soft_sort"]
