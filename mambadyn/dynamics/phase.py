@@ -21,22 +21,26 @@ class PhaseConfig:
     t_end: float = 200.0
     a: float = 1.0
     seed: int = 0
+    max_steps: int = 5000  # per D; systems still running then are reported as unfinished
 
 
 def phase_diagram(cfg: PhaseConfig, progress: bool = True) -> list[dict]:
-    """One row per (D, criterion, k positive eigenvalues): systems, converged, fraction."""
+    """One row per (D, criterion, k positive eigenvalues): finished systems, converged, fraction, unfinished."""
     g = torch.Generator().manual_seed(cfg.seed)
     rows = []
     for D in tqdm(cfg.dims, desc="phase diagram (D)", disable=not progress):
         system = TokenSystem.random(cfg.systems, D, D, a=cfg.a, generator=g)
         x0 = torch.randn(cfg.systems, cfg.L, D, generator=g, dtype=torch.float64)
-        outcome = simulate(system, x0, config=SimConfig(t_end=cfg.t_end, n_points=40)).outcome()
+        outcome = simulate(system, x0, config=SimConfig(t_end=cfg.t_end, n_points=40,
+                                                                  max_steps=cfg.max_steps)).outcome()
         conv = torch.tensor([o == "converging" for o in outcome])
+        done = torch.tensor([o != "unfinished" for o in outcome])
         for criterion, sym in (("matrix", False), ("symmetric", True)):
             k = positive_eigenvalue_count(system, symmetric=sym)
             for kk in range(D + 1):
-                m = k == kk
+                m = (k == kk) & done
                 if m.any():
                     rows.append(dict(D=D, criterion=criterion, positive=kk, systems=int(m.sum()),
-                                     converged=int(conv[m].sum()), fraction=float(conv[m].double().mean())))
+                                     converged=int(conv[m].sum()), fraction=float(conv[m].double().mean()),
+                                     unfinished=int(((k == kk) & ~done).sum())))
     return rows

@@ -72,7 +72,8 @@ class Trajectory:
         return torch.where(self.valid, n, torch.nan)
 
     def outcome(self) -> list[str]:
-        """Observed behaviour per system: 'blow-up', 'converging', 'diverging' or 'bounded'."""
+        """Observed behaviour per system: 'blow-up', 'converging', 'diverging', 'bounded', or 'unfinished'
+        (the step budget ran out before t_end)."""
         from .rates import tail_slope
 
         slopes = tail_slope(self)
@@ -80,6 +81,8 @@ class Trajectory:
         for i in range(self.x.shape[1]):
             if self.blew_up[i].any():
                 out.append("blow-up")
+            elif not self.reached[i]:
+                out.append("unfinished")
             elif slopes[i] < -0.1:
                 out.append("converging")
             elif slopes[i] > 0.02:
