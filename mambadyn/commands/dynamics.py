@@ -40,9 +40,9 @@ def scenarios(out: Path = OUT, tokens: int = typer.Option(8, "--tokens", "-L", m
     for name, (system, x0) in _one_dim_cases(tokens, seed).items():
         tr = simulate(system, x0, t_end, n_points=300, progress=True)
         trajs[name] = tr
+        c = classify(system, x0)[0]
         summary.append({
-            "case": name, "classified": classify(system, x0)[0].scenario.value,
-            "reason": classify(system, x0)[0].reason, "observed": tr.outcome()[0],
+            "case": name, "classified": c.scenario.value, "reason": c.reason, "observed": tr.outcome()[0],
             "x0": x0[0].tolist(), "blowup_time": [float(v) for v in tr.blowup_time[0]],
             "blew_up_itself": tr.primary[0].tolist(),
             "convergence_exponent": [float(v) for v in convergence_exponent(tr)[0]],
