@@ -1,0 +1,319 @@
+"""Fused selective scan in Triton: forward and backward, registered as backend ``"triton"``.
+
+One program owns one batch row and ``block_d`` channels with all n states, and walks the sequence
+in chunks of ``chunk`` steps. Inside a chunk the recurrence h_t = a_t h_{t-1} + b_t is a parallel
+``tl.associative_scan`` over a (block_d, n, chunk) register tile; the state carries between chunks.
+Δ's bias and softplus, the D skip and the SiLU gate are fused, so u, Δ, z, B, C are read once and
+y is written once: the forward moves the minimum number of bytes.
+
+Backward walks the chunks in reverse. Forward saves the state at each chunk start, so a chunk's
+states are recomputed from it, and the adjoint g_t = C_t ȳ_t + a_{t+1} g_{t+1} is a reverse scan.
+The decay's gradient uses a_t h_{t-1} = h_t - b_t, so h_{t-1} is never needed. dB and dC sum over
+channels, so programs add their partial sums atomically into float32 buffers.
+
+Inputs may be float32, bfloat16 or float16; the state and all arithmetic are float32. float64
+inputs are left to the PyTorch backends.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .registry import register_backend
+
+# measured on an H100 at batch 8, d 1536, L 2048, bf16 (results/scan_gpu.json, sweep)
+DEFAULT_BLOCK_D = 4
+DEFAULT_CHUNK = 32
+DEFAULT_WARPS = 4
+
+
+@triton.jit
+def _affine(a1, b1, a2, b2):
+    # composition of h -> a1 h + b1 then h -> a2 h + b2
+    return a1 * a2, b1 * a2 + b2
+
+
+@triton.jit
+def _softplus(x):
+    return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))))
+
+
+@triton.jit
+def _fwd_kernel(
+    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
+    out_ptr, states_ptr, last_ptr,
+    d, n, L,
+    s_ub, s_ud, s_bb, s_bn,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
+    SOFTPLUS: tl.constexpr, SAVE_STATES: tl.constexpr,
+    BLOCK_D: tl.constexpr, N: tl.constexpr, T: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, N)
+    offs_t = tl.arange(0, T)
+    mask_d = offs_d < d
+    mask_n = offs_n < n
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+
+    A = tl.load(A_ptr + offs_d[:, None] * n + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    state_off = (pid_b * d + offs_d[:, None]) * n + offs_n[None, :]  # into (batch, d, n)
+    if HAS_H0:
+        h = tl.load(h0_ptr + state_off, mask=mask_dn, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros((BLOCK_D, N), dtype=tl.float32)
+
+    n_chunks = (L + T - 1) // T
+    for c in range(0, n_chunks):
+        if SAVE_STATES:
+            tl.store(states_ptr + (c * (tl.num_programs(0) * d) + pid_b * d + offs_d[:, None]) * n + offs_n[None, :],
+                     h, mask=mask_dn)
+        t = c * T + offs_t
+        mask_t = t < L
+        m_dt = mask_d[:, None] & mask_t[None, :]
+        x_off = pid_b * s_ub + offs_d[:, None] * s_ud + t[None, :]
+        bc_off = pid_b * s_bb + offs_n[:, None] * s_bn + t[None, :]
+        m_nt = mask_n[:, None] & mask_t[None, :]
+        u = tl.load(u_ptr + x_off, mask=m_dt, other=0.0).to(tl.float32)
+        dl = tl.load(dl_ptr + x_off, mask=m_dt, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dl = dl + bias[:, None]
+        if SOFTPLUS:
+            dl = _softplus(dl)
+        dl = tl.where(m_dt, dl, 0.0)
+        Bt = tl.load(B_ptr + bc_off, mask=m_nt, other=0.0).to(tl.float32)
+        Ct = tl.load(C_ptr + bc_off, mask=m_nt, other=0.0).to(tl.float32)
+
+        a = tl.exp(dl[:, None, :] * A[:, :, None])
+        b = (dl * u)[:, None, :] * Bt[None, :, :]
+        ca, cb = tl.associative_scan((a, b), 2, _affine)
+        hs = cb + ca * h[:, :, None]
+        y = tl.sum(hs * Ct[None, :, :], axis=1)
+        h = tl.sum(tl.where(offs_t[None, None, :] == T - 1, hs, 0.0), axis=2)
+        if HAS_D:
+            y += Dv[:, None] * u
+        if HAS_Z:
+            zz = tl.load(z_ptr + x_off, mask=m_dt, other=0.0).to(tl.float32)
+            y = y * zz * tl.sigmoid(zz)
+        tl.store(out_ptr + x_off, y.to(out_ptr.dtype.element_ty), mask=m_dt)
+    tl.store(last_ptr + state_off, h, mask=mask_dn)
+
+
+@triton.jit
+def _bwd_kernel(
+    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, dout_ptr, dlast_ptr,
+    du_ptr, ddl_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, g0_ptr,
+    d, n, L,
+    s_ub, s_ud, s_bb, s_bn,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DLAST: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    BLOCK_D: tl.constexpr, N: tl.constexpr, T: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, N)
+    offs_t = tl.arange(0, T)
+    mask_d = offs_d < d
+    mask_n = offs_n < n
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+
+    A = tl.load(A_ptr + offs_d[:, None] * n + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    state_off = (pid_b * d + offs_d[:, None]) * n + offs_n[None, :]
+    # g after the last step: the last state's incoming gradient (carried through a = 1 past L - 1)
+    if HAS_DLAST:
+        g = tl.load(dlast_ptr + state_off, mask=mask_dn, other=0.0).to(tl.float32)
+    else:
+        g = tl.zeros((BLOCK_D, N), dtype=tl.float32)
+    dA_acc = tl.zeros((BLOCK_D, N), dtype=tl.float32)
+    dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+
+    n_chunks = (L + T - 1) // T
+    for cc in range(0, n_chunks):
+        c = n_chunks - 1 - cc
+        h = tl.load(states_ptr + (c * (tl.num_programs(0) * d) + pid_b * d + offs_d[:, None]) * n + offs_n[None, :],
+                    mask=mask_dn, other=0.0)
+        t = c * T + offs_t
+        mask_t = t < L
+        m_dt = mask_d[:, None] & mask_t[None, :]
+        m_nt = mask_n[:, None] & mask_t[None, :]
+        x_off = pid_b * s_ub + offs_d[:, None] * s_ud + t[None, :]
+        bc_off = pid_b * s_bb + offs_n[:, None] * s_bn + t[None, :]
+        u = tl.load(u_ptr + x_off, mask=m_dt, other=0.0).to(tl.float32)
+        dl_raw = tl.load(dl_ptr + x_off, mask=m_dt, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dl_raw = dl_raw + bias[:, None]
+        if SOFTPLUS:
+            dl = tl.where(m_dt, _softplus(dl_raw), 0.0)
+        else:
+            dl = dl_raw
+        Bt = tl.load(B_ptr + bc_off, mask=m_nt, other=0.0).to(tl.float32)
+        Ct = tl.load(C_ptr + bc_off, mask=m_nt, other=0.0).to(tl.float32)
+
+        # recompute the chunk's states
+        a = tl.exp(dl[:, None, :] * A[:, :, None])
+        b = (dl * u)[:, None, :] * Bt[None, :, :]
+        ca, cb = tl.associative_scan((a, b), 2, _affine)
+        hs = cb + ca * h[:, :, None]
+        y = tl.sum(hs * Ct[None, :, :], axis=1)
+        if HAS_D:
+            y += Dv[:, None] * u
+
+        dout = tl.load(dout_ptr + x_off, mask=m_dt, other=0.0).to(tl.float32)
+        if HAS_Z:
+            zz = tl.load(z_ptr + x_off, mask=m_dt, other=0.0).to(tl.float32)
+            sz = tl.sigmoid(zz)
+            tl.store(dz_ptr + x_off, (dout * y * sz * (1.0 + zz * (1.0 - sz))).to(dz_ptr.dtype.element_ty), mask=m_dt)
+            dy = dout * zz * sz
+        else:
+            dy = dout
+        du = tl.zeros((BLOCK_D, T), dtype=tl.float32)
+        if HAS_D:
+            dD_acc += tl.sum(dy * u, axis=1)
+            du += dy * Dv[:, None]
+        tl.atomic_add(dC_ptr + bc_off, tl.sum(dy[:, None, :] * hs, axis=0), mask=m_nt)
+
+        # adjoint: g_t = C_t dy_t + a_{t+1} g_{t+1}, with a = 1 from step L - 1 on (carries dlast)
+        t1 = t + 1
+        m_next = mask_d[:, None] & (t1 < L)[None, :]
+        dl_next = tl.load(dl_ptr + x_off + 1, mask=m_next, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dl_next = dl_next + bias[:, None]
+        if SOFTPLUS:
+            dl_next = _softplus(dl_next)
+        a_next = tl.where(m_next[:, None, :], tl.exp(dl_next[:, None, :] * A[:, :, None]), 1.0)
+        ra, rb = tl.associative_scan((a_next, Ct[None, :, :] * dy[:, None, :]), 2, _affine, reverse=True)
+        gs = rb + ra * g[:, :, None]
+        g = tl.sum(tl.where(offs_t[None, None, :] == 0, gs, 0.0), axis=2)
+
+        tl.atomic_add(dB_ptr + bc_off, tl.sum(gs * (dl * u)[:, None, :], axis=0), mask=m_nt)
+        gB = tl.sum(gs * Bt[None, :, :], axis=1)
+        du += gB * dl
+        decay = gs * (hs - b)  # g_t ⊙ a_t h_{t-1}
+        ddl = gB * u + tl.sum(decay * A[:, :, None], axis=1)
+        dA_acc += tl.sum(decay * dl[:, None, :], axis=2)
+        if SOFTPLUS:
+            ddl = ddl * tl.sigmoid(dl_raw)
+        ddl = tl.where(m_dt, ddl, 0.0)
+        dbias_acc += tl.sum(ddl, axis=1)
+        tl.store(du_ptr + x_off, du.to(du_ptr.dtype.element_ty), mask=m_dt)
+        tl.store(ddl_ptr + x_off, ddl.to(ddl_ptr.dtype.element_ty), mask=m_dt)
+
+    tl.store(g0_ptr + state_off, g, mask=mask_dn)
+    tl.atomic_add(dA_ptr + offs_d[:, None] * n + offs_n[None, :], dA_acc, mask=mask_dn)
+    if HAS_D:
+        tl.atomic_add(dD_ptr + offs_d, dD_acc, mask=mask_d)
+    if HAS_BIAS:
+        tl.atomic_add(dbias_ptr + offs_d, dbias_acc, mask=mask_d)
+
+
+class _TritonScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, bias, h0, softplus, block_d, chunk, num_warps):
+        # one set of strides serves u, delta, z, out (and B, C): everything goes in contiguous
+        u, delta, A, B, C = (t.contiguous() for t in (u, delta, A, B, C))
+        D, z, bias = (None if t is None else t.contiguous() for t in (D, z, bias))
+        batch, d, L = u.shape
+        n = A.shape[1]
+        n_chunks = triton.cdiv(L, chunk)
+        need_grad = any(ctx.needs_input_grad)
+        out = torch.empty_like(u)
+        states = torch.empty(n_chunks, batch, d, n, device=u.device, dtype=torch.float32) if need_grad else out
+        last = torch.empty(batch, d, n, device=u.device, dtype=torch.float32)
+        h0c = None if h0 is None else h0.float().contiguous()
+        grid = (batch, triton.cdiv(d, block_d))
+        _fwd_kernel[grid](
+            u, delta, A, B, C, D, z, bias, h0c, out, states, last, d, n, L,
+            u.stride(0), u.stride(1), B.stride(0), B.stride(1),
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, HAS_H0=h0 is not None,
+            SOFTPLUS=softplus, SAVE_STATES=need_grad, BLOCK_D=block_d, N=triton.next_power_of_2(n), T=chunk,
+            num_warps=num_warps,
+        )
+        if need_grad:
+            ctx.save_for_backward(u, delta, A, B, C, D, z, bias, h0, states)
+            ctx.softplus, ctx.block_d, ctx.chunk, ctx.num_warps = softplus, block_d, chunk, num_warps
+        return out, last
+
+    @staticmethod
+    def backward(ctx, dout, dlast):
+        u, delta, A, B, C, D, z, bias, h0, states = ctx.saved_tensors
+        batch, d, L = u.shape
+        n = A.shape[1]
+        dout = dout.contiguous()
+        du, ddelta = torch.empty_like(u), torch.empty_like(delta)
+        dz = torch.empty_like(z) if z is not None else None
+        f32 = dict(device=u.device, dtype=torch.float32)
+        dA = torch.zeros(d, n, **f32)
+        dB, dC = torch.zeros(batch, n, L, **f32), torch.zeros(batch, n, L, **f32)
+        dD = torch.zeros(d, **f32) if D is not None else None
+        dbias = torch.zeros(d, **f32) if bias is not None else None
+        g0 = torch.empty(batch, d, n, **f32)
+        dlast = None if dlast is None else dlast.float().contiguous()
+        grid = (batch, triton.cdiv(d, ctx.block_d))
+        _bwd_kernel[grid](
+            u, delta, A, B, C, D, z, bias, states, dout, dlast,
+            du, ddelta, dz, dA, dB, dC, dD, dbias, g0, d, n, L,
+            u.stride(0), u.stride(1), B.stride(0), B.stride(1),
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, HAS_DLAST=dlast is not None,
+            SOFTPLUS=ctx.softplus, BLOCK_D=ctx.block_d, N=triton.next_power_of_2(n), T=ctx.chunk,
+            num_warps=ctx.num_warps,
+        )
+        dh0 = None
+        if h0 is not None and ctx.needs_input_grad[8]:
+            dl0 = delta[:, :, 0].float() + (bias.float() if bias is not None else 0.0)
+            dl0 = torch.nn.functional.softplus(dl0) if ctx.softplus else dl0
+            dh0 = (torch.exp(dl0[..., None] * A.float()) * g0).to(h0.dtype)
+        return (du, ddelta, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
+                None if D is None else dD.to(D.dtype), dz, None if bias is None else dbias.to(bias.dtype),
+                dh0, None, None, None, None)
+
+
+def selective_scan_triton(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    initial_state: torch.Tensor | None = None,
+    block_d: int = DEFAULT_BLOCK_D,
+    chunk: int = DEFAULT_CHUNK,
+    num_warps: int = DEFAULT_WARPS,
+):
+    """The fused kernel, with ``selective_scan``'s contract (shapes there). ``block_d`` channels per
+    program, ``chunk`` steps per parallel scan (both powers of two) and ``num_warps`` are tuning knobs."""
+    for name, v in (("block_d", block_d), ("chunk", chunk)):
+        if v < 1 or v & (v - 1):
+            raise ValueError(f"selective_scan_triton: {name} must be a power of two, got {v}")
+    out, last = _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus),
+                                  int(block_d), int(chunk), int(num_warps))
+    return (out, last) if return_last_state else out
+
+
+def _unusable(u: torch.Tensor) -> str | None:
+    if u.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return f"the Triton kernel runs on CUDA tensors, these are on {u.device}"
+    if u.dtype == torch.float64:
+        return "float64 inputs are left to the PyTorch backends (the kernel computes in float32)"
+    return None
+
+
+register_backend("triton", selective_scan_triton, priority=10, unusable_reason=_unusable)

@@ -1,0 +1,75 @@
+"""The Triton selective scan against the float64 reference, forward and every gradient.
+
+On CPU the kernels run in Triton's interpreter (in a subprocess, because the interpreter must be
+switched on before triton compiles anything); with CUDA they run compiled, on many shapes, with
+the allocator poisoned so unwritten output elements show up as NaN."""
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from mambadyn.scan.verify import Case, compare_with_reference, poison_allocator
+
+pytest.importorskip("triton")
+
+INTERPRETED = [
+    Case(2, 5, 37, 4, initial_state=True, last_state=True),      # L not a multiple of the chunk
+    Case(1, 3, 9, 3, has_z=False, has_D=False, has_bias=False, softplus=False),  # n not a power of two
+]
+
+SCRIPT = """
+from mambadyn.scan._interpret import enable; enable()
+import json, sys
+from mambadyn.scan.verify import Case, compare_with_reference
+cases = [Case(**c) for c in json.loads(sys.argv[1])]
+print(json.dumps([compare_with_reference("triton", c, block_d=4, chunk=8) for c in cases]))
+"""
+
+
+def assert_close(result):
+    assert not result["nonfinite"], f"non-finite {result['nonfinite']} in {result['case']}"
+    bad = {k: v for k, v in result["errors"].items() if v > result["tolerance"]}
+    assert not bad, f"{result['case']}: errors above {result['tolerance']}: {bad}"
+
+
+def test_kernel_matches_reference_in_the_interpreter():
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps([asdict(c) for c in INTERPRETED])],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for result in json.loads(proc.stdout.strip().splitlines()[-1]):
+        assert_close(result)
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled kernel needs CUDA")
+
+GPU_CASES = [
+    Case(b, d, L, n, dtype=dt)
+    for dt in ("float32", "bfloat16")
+    for (b, d, L, n) in [(1, 37, 1, 4), (2, 64, 7, 8), (1, 37, 129, 16), (3, 48, 1000, 32), (2, 1536, 257, 16),
+                         (1, 5, 2049, 16)]
+] + [
+    Case(2, 33, 100, 16, has_z=False, has_D=False, has_bias=False, softplus=False),
+    Case(2, 33, 100, 16, initial_state=True, last_state=True),
+    Case(2, 33, 100, 12, dtype="float16"),
+]
+
+
+@cuda
+@pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: f"{c.dtype}-b{c.batch}-d{c.d}-L{c.L}-n{c.n}")
+def test_kernel_matches_reference_on_cuda(case):
+    poison_allocator("cuda")
+    assert_close(compare_with_reference("triton", case, device="cuda"))
+
+
+@cuda
+def test_auto_picks_triton_on_cuda():
+    from mambadyn.scan.registry import get_backend
+
+    assert get_backend("auto", torch.zeros(1, 1, 1, device="cuda")).name == "triton"
+    assert get_backend("auto", torch.zeros(1, 1, 1, device="cuda", dtype=torch.float64)).name != "triton"
