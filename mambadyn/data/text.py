@@ -1,0 +1,143 @@
+"""Text corpora as token-id tensors: characters (Tiny Shakespeare) or a BPE trained with ``tokenizers``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+DEFAULT_SHAKESPEARE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "tiny-shakespeare" / "input.txt"
+
+
+class CharTokenizer:
+    """Character-level vocabulary, sorted so that the same text always gives the same ids."""
+
+    def __init__(self, chars: list[str]):
+        if len(set(chars)) != len(chars):
+            raise ValueError("CharTokenizer: repeated characters in the vocabulary")
+        self.chars = list(chars)
+        self.index = {c: i for i, c in enumerate(self.chars)}
+
+    @classmethod
+    def from_text(cls, text: str) -> "CharTokenizer":
+        return cls(sorted(set(text)))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> torch.Tensor:
+        unknown = sorted(set(text) - set(self.index))
+        if unknown:
+            raise ValueError(f"characters not in the vocabulary: {unknown[:10]}")
+        return torch.tensor([self.index[c] for c in text], dtype=torch.int64)
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[int(i)] for i in ids)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps({"type": "char", "chars": self.chars}))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CharTokenizer":
+        return cls(json.loads(Path(path).read_text())["chars"])
+
+
+@dataclass
+class TextSplits:
+    train: torch.Tensor  # (n_train,) int64 token ids
+    val: torch.Tensor  # (n_val,) int64 token ids
+    vocab_size: int
+    tokenizer: object
+
+    def __post_init__(self):
+        if self.train.numel() < 2 or self.val.numel() < 2:
+            raise ValueError(f"corpus too small: {self.train.numel()} train and {self.val.numel()} val tokens")
+
+
+def _read(path: str | Path) -> str:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"text corpus {p} does not exist (pass the path of a UTF-8 text file)")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{p} is not UTF-8 text: {e}") from e
+    if not text:
+        raise ValueError(f"{p} is empty")
+    return text
+
+
+def _split(ids: torch.Tensor, train_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    if not 0 < train_fraction < 1:
+        raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
+    n = int(train_fraction * ids.numel())
+    return ids[:n], ids[n:]
+
+
+def load_tiny_shakespeare(path: str | Path | None = None, train_fraction: float = 0.9) -> TextSplits:
+    """Tiny Shakespeare at character level with the standard split: the first 90% trains."""
+    text = _read(path or DEFAULT_SHAKESPEARE)
+    tok = CharTokenizer.from_text(text)
+    train, val = _split(tok.encode(text), train_fraction)
+    return TextSplits(train, val, tok.vocab_size, tok)
+
+
+def train_bpe(files: list[str | Path], vocab_size: int = 4096, save_to: str | Path | None = None):
+    """A byte-level BPE tokenizer trained on ``files`` with the ``tokenizers`` library."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    for f in files:
+        _read(f)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train([str(f) for f in files], trainer)
+    if save_to:
+        tok.save(str(save_to))
+    return tok
+
+
+def load_text(path: str | Path, tokenizer: str = "char", vocab_size: int = 4096,
+              train_fraction: float = 0.9) -> TextSplits:
+    """Any plain-text corpus: ``tokenizer`` "char", "bpe" (trained on the file) or a tokenizer.json path."""
+    text = _read(path)
+    if tokenizer == "char":
+        tok = CharTokenizer.from_text(text)
+        ids, vocab = tok.encode(text), tok.vocab_size
+    else:
+        if tokenizer == "bpe":
+            tok = train_bpe([path], vocab_size)
+        else:
+            from tokenizers import Tokenizer
+
+            if not Path(tokenizer).is_file():
+                raise FileNotFoundError(f"tokenizer file {tokenizer} does not exist ('char', 'bpe' or a tokenizer.json)")
+            tok = Tokenizer.from_file(str(tokenizer))
+        ids, vocab = torch.tensor(tok.encode(text).ids, dtype=torch.int64), tok.get_vocab_size()
+    train, val = _split(ids, train_fraction)
+    return TextSplits(train, val, vocab, tok)
+
+
+def load_wikitext(name: str = "wikitext-2-raw-v1", vocab_size: int = 8192) -> TextSplits:
+    """WikiText-2/103 through the ``datasets`` library (needs it installed and a network), BPE-tokenized."""
+    try:
+        from datasets import load_dataset
+    except ImportError as e:
+        raise ImportError("WikiText needs the `datasets` library: pip install datasets") from e
+    ds = load_dataset("wikitext", name)
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(ds["train"]["text"], trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False))
+
+    def ids(split):
+        return torch.tensor(tok.encode("".join(ds[split]["text"])).ids, dtype=torch.int64)
+
+    return TextSplits(ids("train"), ids("validation"), tok.get_vocab_size(), tok)

@@ -1,0 +1,21 @@
+"""Training: typed configs, tasks (LM, image), the loop with exact resume, checkpoints."""
+
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import ImageTrainConfig, LMTrainConfig, OptimConfig, RunConfig, apply_overrides, load_config
+from .loop import train
+from .tasks import ImageTask, LMTask
+
+__all__ = [
+    "ImageTask",
+    "ImageTrainConfig",
+    "LMTask",
+    "LMTrainConfig",
+    "OptimConfig",
+    "RunConfig",
+    "apply_overrides",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "load_config",
+    "save_checkpoint",
+    "train",
+]

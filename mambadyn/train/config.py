@@ -1,0 +1,161 @@
+"""Typed configuration of a training run. A JSON config file and the CLI both map onto these."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from ..nn.config import ClassifierConfig, MambaConfig
+
+
+@dataclass
+class OptimConfig:
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+
+    def __post_init__(self):
+        for k in ("steps", "batch_size"):
+            if getattr(self, k) <= 0:
+                raise ValueError(f"optim.{k} must be > 0, got {getattr(self, k)}")
+        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1 or self.warmup_steps < 0:
+            raise ValueError("optim: need lr > 0, 0 <= min_lr_ratio <= 1, warmup_steps >= 0")
+        self.betas = tuple(self.betas)
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = "runs/run"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    amp: str = "auto"  # auto (bf16 on CUDA, none on CPU) | bf16 | fp16 | none
+    eval_every: int = 200
+    eval_batches: int = 20
+    ckpt_every: int = 200
+    log_every: int = 10
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.amp not in ("auto", "bf16", "fp16", "none"):
+            raise ValueError(f"run.amp must be auto, bf16, fp16 or none, got {self.amp!r}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"run.device must be auto, cpu or cuda[:i], got {self.device!r}")
+
+
+@dataclass
+class LMData:
+    path: str = ""  # empty: the shared Tiny Shakespeare
+    tokenizer: str = "char"  # char | bpe | path/to/tokenizer.json
+    bpe_vocab: int = 4096
+    seq_len: int = 256
+
+
+@dataclass
+class ImageData:
+    path: str = ""  # empty: the shared Fashion-MNIST folder
+
+
+@dataclass
+class LMTrainConfig:
+    model: MambaConfig = field(default_factory=lambda: MambaConfig(vocab_size=65, d_model=128, n_layer=4))
+    data: LMData = field(default_factory=LMData)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+@dataclass
+class ImageTrainConfig:
+    model: ClassifierConfig = field(default_factory=ClassifierConfig)
+    data: ImageData = field(default_factory=ImageData)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=1000, batch_size=128, lr=2e-3,
+                                                                   weight_decay=0.05))
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def to_dict(cfg) -> dict[str, Any]:
+    return asdict(cfg)
+
+
+def from_dict(cls, d: dict[str, Any]):
+    """Build a (nested) config dataclass from a dict; missing fields keep their defaults, unknown
+    ones are named in the error."""
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {unknown}")
+    kw = {}
+    for name, v in d.items():
+        f = known[name]
+        default = f.default_factory() if f.default_factory is not MISSING else None
+        if is_dataclass(default) and isinstance(v, dict):
+            merged = {**asdict(default), **v}
+            if "dt_rank" in merged and "d_model" in v and "dt_rank" not in v:
+                merged["dt_rank"] = "auto"  # re-derive it from the new width
+            kw[name] = from_dict(type(default), merged)
+        else:
+            kw[name] = v
+    return cls(**kw)
+
+
+def _coerce(text: str, current):
+    if isinstance(current, bool):
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected a boolean, got {text!r}")
+    if isinstance(current, (list, tuple)) or text.startswith("["):
+        return json.loads(text)
+    for t in (int, float):
+        if isinstance(current, t) and not isinstance(current, bool):
+            return t(text)
+    return text
+
+
+def apply_overrides(cfg, overrides: list[str]):
+    """Apply ``section.key=value`` strings (e.g. ``model.d_model=256``) and re-validate. Returns a new config."""
+    d = to_dict(cfg)
+    new: dict[str, dict] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form section.key=value")
+        key, value = item.split("=", 1)
+        section, _, name = key.partition(".")
+        if section not in d or not isinstance(d[section], dict) or not name:
+            raise ValueError(f"override {key!r}: sections are {sorted(d)}, written section.key=value")
+        if name not in d[section]:
+            raise ValueError(f"override {key!r}: unknown field {name!r}; fields: {sorted(d[section])}")
+        new.setdefault(section, {})[name] = _coerce(value, d[section][name])
+    return _rebuild(cfg, new)
+
+
+def _rebuild(cfg, new: dict[str, dict]):
+    d = to_dict(cfg)
+    out = {}
+    for section, values in d.items():
+        changes = new.get(section, {})
+        if "d_model" in changes and "dt_rank" not in changes and "dt_rank" in values:
+            changes = {**changes, "dt_rank": "auto"}
+        out[section] = {**values, **changes}
+    return from_dict(type(cfg), out)
+
+
+def load_config(cls, path: str | Path | None, overrides: list[str] = ()):
+    """Defaults, then the JSON file (if any; sections merge field by field), then the overrides."""
+    cfg = cls()
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"config file {p} does not exist")
+        try:
+            cfg = from_dict(cls, json.loads(p.read_text()))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"config file {p} is not valid JSON: {e}") from e
+    return apply_overrides(cfg, list(overrides))

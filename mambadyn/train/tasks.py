@@ -1,0 +1,97 @@
+"""What is trained: a task builds its model, draws batch k, computes the loss and evaluates."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..data import EpochSampler, WindowSampler, load_fashion_mnist, load_text, load_tiny_shakespeare
+from ..nn import MambaClassifier, MambaLM
+from .config import ImageTrainConfig, LMTrainConfig
+
+
+class LMTask:
+    """Next-token prediction on a text corpus; evaluation is the mean loss over fixed validation windows."""
+
+    unit = "tok"
+
+    def __init__(self, cfg: LMTrainConfig, rank: int = 0):
+        d = cfg.data
+        self.splits = load_tiny_shakespeare() if not d.path else load_text(d.path, d.tokenizer, d.bpe_vocab)
+        if cfg.model.vocab_size != self.splits.vocab_size:
+            cfg.model.vocab_size = self.splits.vocab_size  # the data decides the vocabulary
+        self.cfg = cfg
+        self.train = WindowSampler(self.splits.train, d.seq_len, cfg.optim.batch_size, cfg.run.seed, rank)
+        self.val = WindowSampler(self.splits.val, d.seq_len, cfg.optim.batch_size, cfg.run.seed)
+
+    def build_model(self) -> MambaLM:
+        return MambaLM(self.cfg.model)
+
+    def batch(self, step: int):
+        return self.train.batch(step)
+
+    def items(self, x) -> int:
+        return x.numel()
+
+    @staticmethod
+    def loss(model, x, y):
+        logits = model(x)
+        return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+
+    @torch.no_grad()
+    def evaluate(self, model, device, autocast) -> dict:
+        total, count = 0.0, 0
+        for x, y in self.val.eval_batches(self.cfg.run.eval_batches):
+            with autocast():
+                loss = self.loss(model, x.to(device), y.to(device))
+            total += loss.item() * y.numel()
+            count += y.numel()
+        val = total / count
+        return {"val_loss": val, "val_ppl": math.exp(val), "val_bits_per_token": val / math.log(2)}
+
+
+class ImageTask:
+    """Image classification (Fashion-MNIST); evaluation is loss and accuracy on the whole test set."""
+
+    unit = "img"
+
+    def __init__(self, cfg: ImageTrainConfig, rank: int = 0, world: int = 1):
+        self.cfg = cfg
+        self.train_set, self.test_set = load_fashion_mnist(cfg.data.path or None)
+        c = cfg.model
+        if tuple(self.train_set.images.shape[1:]) != (c.in_channels, c.image_size, c.image_size):
+            raise ValueError(f"images are {tuple(self.train_set.images.shape[1:])} but the model expects "
+                             f"({c.in_channels}, {c.image_size}, {c.image_size})")
+        # normalise with the training set's statistics
+        self.mean, self.std = self.train_set.images.mean().item(), self.train_set.images.std().item()
+        self.sampler = EpochSampler(len(self.train_set), cfg.optim.batch_size, cfg.run.seed, rank, world)
+        self.steps_per_epoch = self.sampler.steps_per_epoch
+
+    def build_model(self) -> MambaClassifier:
+        return MambaClassifier(self.cfg.model)
+
+    def batch(self, step: int):
+        idx = self.sampler.indices(step)
+        return (self.train_set.images[idx] - self.mean) / self.std, self.train_set.labels[idx]
+
+    def items(self, x) -> int:
+        return x.shape[0]
+
+    @staticmethod
+    def loss(model, x, y):
+        return F.cross_entropy(model(x).float(), y)
+
+    @torch.no_grad()
+    def evaluate(self, model, device, autocast) -> dict:
+        correct, total_loss, n = 0, 0.0, len(self.test_set)
+        bs = 1000
+        for i in range(0, n, bs):
+            x = ((self.test_set.images[i : i + bs] - self.mean) / self.std).to(device)
+            y = self.test_set.labels[i : i + bs].to(device)
+            with autocast():
+                logits = model(x).float()
+            total_loss += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += (logits.argmax(-1) == y).sum().item()
+        return {"test_loss": total_loss / n, "test_acc": correct / n}
