@@ -36,7 +36,7 @@ def info() -> None:
 def _register_subcommands() -> None:
     from importlib import import_module
 
-    for mod in ("dynamics", "refine", "train", "experiments", "probe"):
+    for mod in ("dynamics", "refine", "train", "experiment", "probe"):
         try:
             m = import_module(f"mambadyn.commands.{mod}")
         except ModuleNotFoundError as e:

@@ -60,6 +60,7 @@ class LMData:
 @dataclass
 class ImageData:
     path: str = ""  # empty: the shared Fashion-MNIST folder
+    test_limit: int = 0  # evaluate on the first test_limit test images (0: all 10,000)
 
 
 @dataclass

@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..data import EpochSampler, WindowSampler, load_fashion_mnist, load_text, load_tiny_shakespeare
+from ..data import EpochSampler, ImageSplit, WindowSampler, load_fashion_mnist, load_text, load_tiny_shakespeare
 from ..nn import MambaClassifier, MambaLM
 from .config import ImageTrainConfig, LMTrainConfig
 
@@ -60,6 +60,8 @@ class ImageTask:
     def __init__(self, cfg: ImageTrainConfig, rank: int = 0, world: int = 1):
         self.cfg = cfg
         self.train_set, self.test_set = load_fashion_mnist(cfg.data.path or None)
+        if cfg.data.test_limit:
+            self.test_set = ImageSplit(self.test_set.images[: cfg.data.test_limit], self.test_set.labels[: cfg.data.test_limit])
         c = cfg.model
         if tuple(self.train_set.images.shape[1:]) != (c.in_channels, c.image_size, c.image_size):
             raise ValueError(f"images are {tuple(self.train_set.images.shape[1:])} but the model expects "
