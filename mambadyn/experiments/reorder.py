@@ -25,7 +25,7 @@ PRESETS = {  # (overrides, epochs)
     "small": (["model.d_model=32", "model.n_layer=2", "model.patch_size=7", "optim.batch_size=64",
                "optim.warmup_steps=20", "data.test_limit=2000", "run.log_every=10"], 0.25),
     "gpu": (["model.d_model=128", "model.n_layer=4", "model.patch_size=4", "optim.batch_size=128",
-             "optim.warmup_steps=200", "optim.lr=2e-3", "run.log_every=25"], 5),
+             "optim.warmup_steps=200", "optim.lr=2e-3", "run.log_every=25"], 3),
 }
 
 
