@@ -25,10 +25,10 @@ import triton.language as tl
 
 from .registry import register_backend
 
-# measured on an H100 at batch 8, d 1536, L 2048, bf16 (results/scan_gpu.json, sweep)
-DEFAULT_BLOCK_D = 4
-DEFAULT_CHUNK = 32
-DEFAULT_WARPS = 4
+# the fastest fwd and fwd+bwd of the sweep in results/scan_gpu.json (H100, batch 8, d 1536, L 2048, bf16)
+DEFAULT_BLOCK_D = 2
+DEFAULT_CHUNK = 16
+DEFAULT_WARPS = 1
 
 
 @triton.jit
