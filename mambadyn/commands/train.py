@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -39,6 +40,8 @@ def _run(kind: str, config, sets, out, steps, data, resume, print_config) -> Non
         return
     task = task_cls(cfg)
     final = train(task, cfg, resume=resume)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return
     typer.echo(json.dumps(final))
     typer.echo(f"run folder: {Path(cfg.run.out_dir).resolve()} (metrics.jsonl, model/, checkpoints)")
 
