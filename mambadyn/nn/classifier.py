@@ -107,18 +107,12 @@ class MambaClassifier(nn.Module):
     def from_pretrained(cls, path: str | Path, **overrides) -> "MambaClassifier":
         """Load a folder written by ``save_pretrained``; ``overrides`` replace config fields."""
         from ..refine import constrain_eigenvalues
-        from .hf_io import CheckpointError, load_effective_state_dict, read_safetensors_folder
+        from .hf_io import CheckpointError, load_effective_state_dict, read_config_json, read_safetensors_folder
 
         folder = Path(path)
-        cfg_file = folder / "config.json"
-        if not cfg_file.is_file():
-            raise CheckpointError(f"{folder} has no config.json")
-        try:
-            raw = json.loads(cfg_file.read_text())
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{cfg_file} is not valid JSON: {e}") from e
+        raw = read_config_json(folder)
         if raw.pop("architectures", [ARCHITECTURE]) != [ARCHITECTURE]:
-            raise CheckpointError(f"{cfg_file} does not describe a {ARCHITECTURE}")
+            raise CheckpointError(f"{folder / 'config.json'} does not describe a {ARCHITECTURE}")
         config = ClassifierConfig.from_dict({**raw, **overrides})
         eigen_mode = config.eigen_mode
         config.eigen_mode = "free"  # load the effective weights, then constrain (exact on the family)

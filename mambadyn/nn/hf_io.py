@@ -112,15 +112,20 @@ def _normalise_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k.replace("backbone.embedding.", "backbone.embeddings."): v for k, v in sd.items()}
 
 
-def load_pretrained(cls, path: str | Path, **overrides):
-    folder = _resolve(path)
+def read_config_json(folder: Path) -> dict:
+    """``folder/config.json`` as a dict; a CheckpointError if it is missing or not JSON."""
     cfg_file = folder / "config.json"
-    if not cfg_file.exists():
+    if not cfg_file.is_file():
         raise CheckpointError(f"{folder} has no config.json")
     try:
-        raw = json.loads(cfg_file.read_text())
+        return json.loads(cfg_file.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{cfg_file} is not valid JSON: {e}") from e
+
+
+def load_pretrained(cls, path: str | Path, **overrides):
+    folder = _resolve(path)
+    raw = read_config_json(folder)
     config = MambaConfig.from_hf_dict(raw)
     for k, v in overrides.items():
         if not hasattr(config, k):
