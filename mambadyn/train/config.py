@@ -96,13 +96,18 @@ def from_dict(cls, d: dict[str, Any]):
         f = known[name]
         default = f.default_factory() if f.default_factory is not MISSING else None
         if is_dataclass(default) and isinstance(v, dict):
-            merged = {**asdict(default), **v}
-            if "dt_rank" in merged and "d_model" in v and "dt_rank" not in v:
-                merged["dt_rank"] = "auto"  # re-derive it from the new width
-            kw[name] = from_dict(type(default), merged)
+            kw[name] = from_dict(type(default), _merge_section(asdict(default), v))
         else:
             kw[name] = v
     return cls(**kw)
+
+
+def _merge_section(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``changes``; a new d_model without a dt_rank re-derives dt_rank ("auto")."""
+    merged = {**base, **changes}
+    if "d_model" in changes and "dt_rank" not in changes and "dt_rank" in base:
+        merged["dt_rank"] = "auto"
+    return merged
 
 
 def _coerce(text: str, current):
@@ -134,18 +139,8 @@ def apply_overrides(cfg, overrides: list[str]):
         if name not in d[section]:
             raise ValueError(f"override {key!r}: unknown field {name!r}; fields: {sorted(d[section])}")
         new.setdefault(section, {})[name] = _coerce(value, d[section][name])
-    return _rebuild(cfg, new)
-
-
-def _rebuild(cfg, new: dict[str, dict]):
-    d = to_dict(cfg)
-    out = {}
-    for section, values in d.items():
-        changes = new.get(section, {})
-        if "d_model" in changes and "dt_rank" not in changes and "dt_rank" in values:
-            changes = {**changes, "dt_rank": "auto"}
-        out[section] = {**values, **changes}
-    return from_dict(type(cfg), out)
+    return from_dict(type(cfg), {section: _merge_section(values, new.get(section, {}))
+                                 for section, values in d.items()})
 
 
 def load_config(cls, path: str | Path | None, overrides: list[str] = ()):
