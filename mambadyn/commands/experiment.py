@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -33,7 +34,7 @@ def scenarios(out: str = typer.Option("results/scenarios", "--out", "-o"),
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
     run_scenarios(cfg)
-    typer.echo((__import__("pathlib").Path(out) / "report.md").read_text())
+    typer.echo((Path(out) / "report.md").read_text())
     typer.echo(f"outputs in {out}: report.md, results.json, curves.png, spectrum.png, runs/")
 
 
@@ -55,5 +56,5 @@ def reorder(out: str = typer.Option("results/reorder", "--out", "-o"),
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
     run_reorder(cfg)
-    typer.echo((__import__("pathlib").Path(out) / "report.md").read_text())
+    typer.echo((Path(out) / "report.md").read_text())
     typer.echo(f"outputs in {out}: report.md, results.json, curves.png, runs/")

@@ -11,6 +11,7 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..train.config import ImageTrainConfig, apply_overrides
 from .grid import run_grid
 from .stats import summarize, welch_p
 
@@ -52,7 +53,7 @@ def run_reorder(cfg: ReorderExperimentConfig) -> dict:
     out = Path(cfg.out)
     base, epochs = PRESETS[cfg.preset]
     epochs = cfg.epochs or epochs
-    batch = int(next(s.split("=")[1] for s in base + cfg.overrides[::-1] if s.startswith("optim.batch_size=")))
+    batch = apply_overrides(ImageTrainConfig(), base + cfg.overrides).optim.batch_size
     steps_per_epoch = TRAIN_IMAGES // batch
     steps = max(2, round(epochs * steps_per_epoch))
     every = max(1, min(steps // 2, steps_per_epoch // cfg.evals_per_epoch))

@@ -86,14 +86,11 @@ def compare_with_reference(backend: str, case: Case, device="cpu", seed: int = 0
     out_grad = torch.randn(case.batch, case.d, case.L, generator=g, dtype=torch.float64).to(device)
     last_grad = torch.randn(case.batch, case.d, case.n, generator=g, dtype=torch.float64).to(device)
 
-    def ref(*args, **kw):
-        return selective_scan_ref(*args, **kw)
-
     def ours(*args, **kw):
         return selective_scan(*args, backend=backend, **kw, **backend_options)
 
     ref_in = {k: (None if v is None else v.double()) for k, v in inputs.items()}
-    r_out, r_last, r_grads = _run(ref, ref_in, case, out_grad, last_grad)
+    r_out, r_last, r_grads = _run(selective_scan_ref, ref_in, case, out_grad, last_grad)
     o_out, o_last, o_grads = _run(ours, inputs, case, out_grad, last_grad)
     pairs = {"out": (o_out, r_out), "last_state": (o_last, r_last)}
     pairs.update({f"d{k}": (o_grads[k], r_grads[k]) for k in r_grads})
