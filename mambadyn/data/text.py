@@ -85,17 +85,24 @@ def load_tiny_shakespeare(path: str | Path | None = None, train_fraction: float 
     return TextSplits(train, val, tok.vocab_size, tok)
 
 
-def train_bpe(files: list[str | Path], vocab_size: int = 4096, save_to: str | Path | None = None):
-    """A byte-level BPE tokenizer trained on ``files`` with the ``tokenizers`` library."""
+def _byte_level_bpe(vocab_size: int):
+    """An untrained byte-level BPE tokenizer and its trainer (every byte in the alphabet, so any
+    text encodes)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    for f in files:
-        _read(f)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
+    return tok, trainer
+
+
+def train_bpe(files: list[str | Path], vocab_size: int = 4096, save_to: str | Path | None = None):
+    """A byte-level BPE tokenizer trained on ``files`` with the ``tokenizers`` library."""
+    for f in files:
+        _read(f)
+    tok, trainer = _byte_level_bpe(vocab_size)
     tok.train([str(f) for f in files], trainer)
     if save_to:
         tok.save(str(save_to))
@@ -130,12 +137,8 @@ def load_wikitext(name: str = "wikitext-2-raw-v1", vocab_size: int = 8192) -> Te
     except ImportError as e:
         raise ImportError("WikiText needs the `datasets` library: pip install datasets") from e
     ds = load_dataset("wikitext", name)
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(ds["train"]["text"], trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False))
+    tok, trainer = _byte_level_bpe(vocab_size)
+    tok.train_from_iterator(ds["train"]["text"], trainer)
 
     def ids(split):
         return torch.tensor(tok.encode("".join(ds[split]["text"])).ids, dtype=torch.int64)
