@@ -121,7 +121,7 @@ def simulate(system: TokenSystem, x0: torch.Tensor, t_end: float | None = None,
 
     def f(idx):
         p_i, mask = [p[idx] for p in params], alive[idx][..., None]
-        return lambda Y: token_rhs(*p_i, Y, system.uniform_decay) * mask
+        return lambda Y: token_rhs(*p_i, Y) * mask
 
     def on_step(idx, t_new, Y, F):
         r = _rel_rate(F, Y)
@@ -134,6 +134,8 @@ def simulate(system: TokenSystem, x0: torch.Tensor, t_end: float | None = None,
             blowup[idx] = torch.where(newly, ends, blowup[idx])
             primary[idx] = primary[idx] | (hit & (est == ends))
             alive[idx] = alive[idx] & ~newly
+            return newly.any(dim=-1)
+        return None
 
     with tqdm(total=b * (len(t) - 1), desc="simulate", unit="pt", disable=not config.progress,
               leave=False) as bar:

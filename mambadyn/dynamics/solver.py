@@ -36,12 +36,15 @@ RHS = Callable[[torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
 
 
 def integrate(f: RHS, y0: torch.Tensor, t_out: torch.Tensor, rtol: float, atol: float,
-              on_step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
+              on_step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor | None]
+              | None = None,
               max_steps: int = 200_000, progress=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Integrate y' = f(idx)(y) for each system from t_out[0] through the times t_out (T,).
 
     y0: (batch, ...). ``f(idx)`` returns the right-hand side of the systems idx (gathered once a step). ``on_step(idx, t, y, dy)``
-    is called after each accepted step with those systems' new times, states and f at the new state.
+    is called after each accepted step with those systems' new times, states and f at the new state; it
+    returns a (len(idx),) bool of the systems whose right-hand side it changed (or None: none changed),
+    since the last stage's f is reused as the next step's first stage (FSAL) only where f is unchanged.
     Returns (ys (T, batch, ...), reached (batch,) bool: False where max_steps ran out first).
     """
     b = y0.shape[0]
@@ -53,16 +56,22 @@ def integrate(f: RHS, y0: torch.Tensor, t_out: torch.Tensor, rtol: float, atol: 
     nxt = torch.ones(b, dtype=torch.long, device=y0.device)  # index of the next output time
     h = torch.full((b,), float(t_out[1] - t_out[0]) * 0.01, dtype=y0.dtype, device=y0.device)
     red = tuple(range(1, y0.dim()))
+    dy = torch.empty_like(y)  # f at the current state, where fresh
+    fresh = torch.zeros(b, dtype=torch.bool, device=y0.device)
     for _ in range(max_steps):
         idx = torch.nonzero(nxt < T).flatten()
         if len(idx) == 0:
             break
+        stale = idx[~fresh[idx]]
+        if len(stale):
+            dy[stale] = f(stale)(y[stale])
+            fresh[stale] = True
         yi, ti = y[idx], t[idx]
         target = t_out[nxt[idx]]
         hi = torch.minimum(h[idx], target - ti)
         hb = hi.view(-1, *([1] * (y0.dim() - 1)))
         fi = f(idx)
-        k = [fi(yi)]
+        k = [dy[idx]]
         for s in range(1, 7):
             acc = yi + hb * sum(a * ks for a, ks in zip(_A[s], k) if a != 0.0)
             k.append(fi(acc))
@@ -79,8 +88,11 @@ def integrate(f: RHS, y0: torch.Tensor, t_out: torch.Tensor, rtol: float, atol: 
             t_new = torch.where(landed, target[ok], ti[ok] + hi[ok])
             t[acc_idx] = t_new
             y[acc_idx] = y_new[ok]
+            dy[acc_idx] = k[6][ok]
             if on_step is not None:
-                on_step(acc_idx, t_new, y[acc_idx], k[6][ok])
+                changed = on_step(acc_idx, t_new, y[acc_idx], k[6][ok])
+                if changed is not None:
+                    fresh[acc_idx[changed]] = False
             if landed.any():
                 li = acc_idx[landed]
                 ys[nxt[li], li] = y[li]

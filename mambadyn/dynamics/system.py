@@ -53,8 +53,6 @@ class TokenSystem:
                                  f"got {tuple(getattr(self, name).shape)}")
         if (self.A >= 0).any():
             raise ValueError("TokenSystem.A must be negative everywhere (decay a > 0)")
-        # One decay for every state n: the kernel then factors through x_l^T S_C^T S_B x_j (much cheaper).
-        self.uniform_decay = bool((self.A == self.A[..., :1]).all())
 
     # --- constructors ----------------------------------------------------------------------------
     @classmethod
@@ -132,23 +130,23 @@ class TokenSystem:
     # --- dynamics ---------------------------------------------------------------------------------
     def rhs(self, X: torch.Tensor) -> torch.Tensor:
         """dX/dt for tokens X (batch, L, D) -> (batch, L, D)."""
-        return token_rhs(self.S_B, self.S_C, self.S_delta, self.A, X, self.uniform_decay)
+        return token_rhs(self.S_B, self.S_C, self.S_delta, self.A, X)
 
 
-def token_rhs(S_B, S_C, S_delta, A, X, uniform_decay: bool = False) -> torch.Tensor:
-    """The system's right-hand side on raw tensors (no validation; see ``TokenSystem``)."""
-    Bv = torch.einsum("bnd,bld->bln", S_B, X)
-    Cv = torch.einsum("bnd,bld->bln", S_C, X)
-    delta = F.softplus(torch.einsum("bed,bld->ble", S_delta, X))
-    cum = delta.cumsum(dim=1)
-    L = X.shape[1]
-    causal = torch.ones(L, L, dtype=torch.bool, device=X.device).tril()
-    # S_l - S_j = Σ_{k=j+1..l} Δ_k >= 0 for j <= l; +inf above the diagonal so exp(A·inf) = 0 there
-    gap = torch.where(causal[None, :, :, None], cum[:, :, None, :] - cum[:, None, :, :], torch.inf)
-    dx = delta * X
-    if uniform_decay:
-        G = Cv @ Bv.transpose(1, 2)  # (b, l, j) = x_l^T S_C^T S_B x_j
-        E = torch.exp(A[:, None, None, :, 0] * gap)  # (b, l, j, D)
-        return torch.einsum("blj,bljd,bjd->bld", G, E, dx)
-    E = torch.exp(A[:, None, None, :, :] * gap[..., None])  # (b, l, j, D, N)
-    return torch.einsum("bln,bjn,bljdn,bjd->bld", Cv, Bv, E, dx)
+def token_rhs(S_B, S_C, S_delta, A, X) -> torch.Tensor:
+    """The system's right-hand side on raw tensors (no validation; see ``TokenSystem``).
+
+    Evaluated as the S6 recurrence h_l = exp(A Δ_l) h_{l-1} + Δ_l x_l B_l^T, dx_l = h_l C_l: O(L D N)
+    per system instead of the O(L^2 D N) double sum, and every factor exp(A Δ_l) is <= 1, so nothing
+    overflows however large the accumulated Δ gets. The loop runs over tokens, each step one fused
+    op on the whole batch (b, D, N).
+    """
+    # token-major (L, b, ...) so each step reads and writes contiguous slices
+    B = torch.einsum("bnd,bld->lbn", S_B, X)
+    C = torch.einsum("bnd,bld->lbn", S_C, X)
+    delta = F.softplus(torch.einsum("bed,bld->lbe", S_delta, X))
+    decay = torch.exp(A * delta[..., None])  # (L, b, D, N)
+    H = (delta * X.transpose(0, 1))[..., None] * B[:, :, None, :]  # the input term, then the state
+    for l in range(1, X.shape[1]):
+        torch.addcmul(H[l], decay[l], H[l - 1], out=H[l])
+    return torch.einsum("lbdn,lbn->bld", H, C)
