@@ -34,14 +34,16 @@ def cases():
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", default="results/triton_check.json")
+    ap.add_argument("--opts", default="{}", help='kernel options as JSON, e.g. \'{"algo": "seq", "block_d": 32}\'')
     args = ap.parse_args()
+    opts = json.loads(args.opts)
     if not torch.cuda.is_available():
         sys.exit("check_triton.py needs a CUDA device")
     rows, failed = [], 0
     print(f"{'dtype':<9} {'b':>2} {'d':>5} {'L':>5} {'n':>3} {'flags':<22} {'worst':>9} {'where':<8} ok")
     for case in cases():
         poison_allocator("cuda")
-        r = compare_with_reference("triton", case, device="cuda")
+        r = compare_with_reference("triton", case, device="cuda", **opts)
         worst = max(r["errors"], key=r["errors"].get)
         ok = not r["nonfinite"] and r["errors"][worst] <= r["tolerance"]
         failed += not ok
