@@ -11,6 +11,10 @@ states are recomputed from it, and the adjoint g_t = C_t ȳ_t + a_{t+1} g_{t+1} 
 The decay's gradient uses a_t h_{t-1} = h_t - b_t, so h_{t-1} is never needed. dB and dC sum over
 channels, so programs add their partial sums atomically into float32 buffers.
 
+A sequential walk, one step at a time per program as CUDA kernels do, was tried and measured slower
+here (results/scan_gpu_seq_sweep.json, commit a8c5dcd): Triton issues each step's loads only when
+the step starts, so every step pays the memory latency.
+
 Inputs may be float32, bfloat16 or float16; the state and all arithmetic are float32. float64
 inputs are left to the PyTorch backends.
 """
@@ -29,10 +33,6 @@ from .registry import register_backend
 DEFAULT_BLOCK_D = 2
 DEFAULT_CHUNK = 16
 DEFAULT_WARPS = 1
-DEFAULT_ALGO = "assoc"
-
-
-LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
@@ -225,169 +225,9 @@ def _bwd_kernel(
         tl.atomic_add(dbias_ptr + offs_d, dbias_acc, mask=mask_d)
 
 
-@triton.jit
-def _fwd_seq_kernel(
-    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
-    out_ptr, states_ptr, last_ptr,
-    d, n, L,
-    s_ub, s_ud, s_bb, s_bn,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
-    SOFTPLUS: tl.constexpr, SAVE_STATES: tl.constexpr,
-    BLOCK_D: tl.constexpr, N: tl.constexpr, T: tl.constexpr,
-):
-    pid_b = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, N)
-    mask_d = offs_d < d
-    mask_n = offs_n < n
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-    A2 = tl.load(A_ptr + offs_d[:, None] * n + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32) * LOG2E
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    state_off = (pid_b * d + offs_d[:, None]) * n + offs_n[None, :]
-    if HAS_H0:
-        h = tl.load(h0_ptr + state_off, mask=mask_dn, other=0.0).to(tl.float32)
-    else:
-        h = tl.zeros((BLOCK_D, N), dtype=tl.float32)
-    x_off = pid_b * s_ub + offs_d * s_ud
-    bc_off = pid_b * s_bb + offs_n * s_bn
-
-    for c in range(0, tl.cdiv(L, T)):
-        if SAVE_STATES:
-            tl.store(states_ptr + c * (tl.num_programs(0) * d * n) + state_off, h, mask=mask_dn)
-        for t in range(c * T, tl.minimum(c * T + T, L)):
-            u = tl.load(u_ptr + x_off + t, mask=mask_d, other=0.0).to(tl.float32)
-            dl = tl.load(dl_ptr + x_off + t, mask=mask_d, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                dl = dl + bias
-            if SOFTPLUS:
-                dl = _softplus(dl)
-            Bt = tl.load(B_ptr + bc_off + t, mask=mask_n, other=0.0).to(tl.float32)
-            Ct = tl.load(C_ptr + bc_off + t, mask=mask_n, other=0.0).to(tl.float32)
-            h = tl.exp2(dl[:, None] * A2) * h + (dl * u)[:, None] * Bt[None, :]
-            y = tl.sum(h * Ct[None, :], axis=1)
-            if HAS_D:
-                y += Dv * u
-            if HAS_Z:
-                zz = tl.load(z_ptr + x_off + t, mask=mask_d, other=0.0).to(tl.float32)
-                y = y * zz * tl.sigmoid(zz)
-            tl.store(out_ptr + x_off + t, y.to(out_ptr.dtype.element_ty), mask=mask_d)
-    tl.store(last_ptr + state_off, h, mask=mask_dn)
-
-
-@triton.jit
-def _bwd_seq_kernel(
-    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, dout_ptr, dlast_ptr,
-    du_ptr, ddl_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, g0_ptr, scratch_ptr,
-    d, n, L,
-    s_ub, s_ud, s_bb, s_bn,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DLAST: tl.constexpr,
-    SOFTPLUS: tl.constexpr,
-    BLOCK_D: tl.constexpr, N: tl.constexpr, T: tl.constexpr,
-):
-    pid_b = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, N)
-    mask_d = offs_d < d
-    mask_n = offs_n < n
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-    A = tl.load(A_ptr + offs_d[:, None] * n + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
-    A2 = A * LOG2E
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    state_off = (pid_b * d + offs_d[:, None]) * n + offs_n[None, :]
-    if HAS_DLAST:
-        g = tl.load(dlast_ptr + state_off, mask=mask_dn, other=0.0).to(tl.float32)
-    else:
-        g = tl.zeros((BLOCK_D, N), dtype=tl.float32)
-    a_next = tl.full((BLOCK_D, N), 1.0, dtype=tl.float32)  # past the last step the state carries as is
-    dA_acc = tl.zeros((BLOCK_D, N), dtype=tl.float32)
-    dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    x_off = pid_b * s_ub + offs_d * s_ud
-    bc_off = pid_b * s_bb + offs_n * s_bn
-    # this program's slice of the scratch buffer: the chunk's states h_t, written forward, read in reverse
-    scratch = (scratch_ptr + (pid_b * tl.num_programs(1) + pid_d) * (T * BLOCK_D * N)
-               + tl.arange(0, BLOCK_D)[:, None] * N + offs_n[None, :])
-
-    n_chunks = tl.cdiv(L, T)
-    for cc in range(0, n_chunks):
-        c = n_chunks - 1 - cc
-        t_lo = c * T
-        t_hi = tl.minimum(t_lo + T, L)
-        h = tl.load(states_ptr + c * (tl.num_programs(0) * d * n) + state_off, mask=mask_dn, other=0.0)
-        for t in range(t_lo, t_hi):
-            u = tl.load(u_ptr + x_off + t, mask=mask_d, other=0.0).to(tl.float32)
-            dl = tl.load(dl_ptr + x_off + t, mask=mask_d, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                dl = dl + bias
-            if SOFTPLUS:
-                dl = _softplus(dl)
-            Bt = tl.load(B_ptr + bc_off + t, mask=mask_n, other=0.0).to(tl.float32)
-            h = tl.exp2(dl[:, None] * A2) * h + (dl * u)[:, None] * Bt[None, :]
-            tl.store(scratch + (t - t_lo) * (BLOCK_D * N), h)
-        tl.debug_barrier()
-        for tt in range(0, t_hi - t_lo):
-            t = t_hi - 1 - tt
-            h = tl.load(scratch + (t - t_lo) * (BLOCK_D * N))
-            u = tl.load(u_ptr + x_off + t, mask=mask_d, other=0.0).to(tl.float32)
-            dl_raw = tl.load(dl_ptr + x_off + t, mask=mask_d, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                dl_raw = dl_raw + bias
-            if SOFTPLUS:
-                dl = _softplus(dl_raw)
-            else:
-                dl = dl_raw
-            Bt = tl.load(B_ptr + bc_off + t, mask=mask_n, other=0.0).to(tl.float32)
-            Ct = tl.load(C_ptr + bc_off + t, mask=mask_n, other=0.0).to(tl.float32)
-            dy = tl.load(dout_ptr + x_off + t, mask=mask_d, other=0.0).to(tl.float32)
-            if HAS_Z:
-                y = tl.sum(h * Ct[None, :], axis=1)
-                if HAS_D:
-                    y += Dv * u
-                zz = tl.load(z_ptr + x_off + t, mask=mask_d, other=0.0).to(tl.float32)
-                sz = tl.sigmoid(zz)
-                tl.store(dz_ptr + x_off + t, (dy * y * sz * (1.0 + zz * (1.0 - sz))).to(dz_ptr.dtype.element_ty),
-                         mask=mask_d)
-                dy = dy * zz * sz
-            # adjoint g_t = C_t dy_t + a_{t+1} g_{t+1}
-            g = a_next * g + Ct[None, :] * dy[:, None]
-            dlu = dl * u
-            tl.atomic_add(dC_ptr + bc_off + t, tl.sum(dy[:, None] * h, axis=0), mask=mask_n)
-            tl.atomic_add(dB_ptr + bc_off + t, tl.sum(g * dlu[:, None], axis=0), mask=mask_n)
-            gB = tl.sum(g * Bt[None, :], axis=1)
-            du = gB * dl
-            if HAS_D:
-                du += Dv * dy
-                dD_acc += dy * u
-            decay = g * (h - dlu[:, None] * Bt[None, :])  # g_t ⊙ a_t h_{t-1}
-            ddl = gB * u + tl.sum(decay * A, axis=1)
-            dA_acc += decay * dl[:, None]
-            a_next = tl.exp2(dl[:, None] * A2)
-            if SOFTPLUS:
-                ddl = ddl * tl.sigmoid(dl_raw)
-            dbias_acc += tl.where(mask_d, ddl, 0.0)
-            tl.store(du_ptr + x_off + t, du.to(du_ptr.dtype.element_ty), mask=mask_d)
-            tl.store(ddl_ptr + x_off + t, ddl.to(ddl_ptr.dtype.element_ty), mask=mask_d)
-        tl.debug_barrier()
-
-    tl.store(g0_ptr + state_off, g, mask=mask_dn)
-    tl.atomic_add(dA_ptr + offs_d[:, None] * n + offs_n[None, :], dA_acc, mask=mask_dn)
-    if HAS_D:
-        tl.atomic_add(dD_ptr + offs_d, dD_acc, mask=mask_d)
-    if HAS_BIAS:
-        tl.atomic_add(dbias_ptr + offs_d, dbias_acc, mask=mask_d)
-
-
 class _TritonScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, bias, h0, softplus, block_d, chunk, num_warps, algo):
+    def forward(ctx, u, delta, A, B, C, D, z, bias, h0, softplus, block_d, chunk, num_warps):
         # one set of strides serves u, delta, z, out (and B, C): everything goes in contiguous
         u, delta, A, B, C = (t.contiguous() for t in (u, delta, A, B, C))
         D, z, bias = (None if t is None else t.contiguous() for t in (D, z, bias))
@@ -400,7 +240,7 @@ class _TritonScan(torch.autograd.Function):
         last = torch.empty(batch, d, n, device=u.device, dtype=torch.float32)
         h0c = None if h0 is None else h0.float().contiguous()
         grid = (batch, triton.cdiv(d, block_d))
-        (_fwd_seq_kernel if algo == "seq" else _fwd_kernel)[grid](
+        _fwd_kernel[grid](
             u, delta, A, B, C, D, z, bias, h0c, out, states, last, d, n, L,
             u.stride(0), u.stride(1), B.stride(0), B.stride(1),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, HAS_H0=h0 is not None,
@@ -409,7 +249,7 @@ class _TritonScan(torch.autograd.Function):
         )
         if need_grad:
             ctx.save_for_backward(u, delta, A, B, C, D, z, bias, h0, states)
-            ctx.softplus, ctx.block_d, ctx.chunk, ctx.num_warps, ctx.algo = softplus, block_d, chunk, num_warps, algo
+            ctx.softplus, ctx.block_d, ctx.chunk, ctx.num_warps = softplus, block_d, chunk, num_warps
         return out, last
 
     @staticmethod
@@ -428,18 +268,12 @@ class _TritonScan(torch.autograd.Function):
         g0 = torch.empty(batch, d, n, **f32)
         dlast = None if dlast is None else dlast.float().contiguous()
         grid = (batch, triton.cdiv(d, ctx.block_d))
-        N = triton.next_power_of_2(n)
-        if ctx.algo == "seq":
-            kernel = _bwd_seq_kernel
-            scratch = (torch.empty(batch * grid[1] * ctx.chunk * ctx.block_d * N, **f32),)
-        else:
-            kernel, scratch = _bwd_kernel, ()
-        kernel[grid](
+        _bwd_kernel[grid](
             u, delta, A, B, C, D, z, bias, states, dout, dlast,
-            du, ddelta, dz, dA, dB, dC, dD, dbias, g0, *scratch, d, n, L,
+            du, ddelta, dz, dA, dB, dC, dD, dbias, g0, d, n, L,
             u.stride(0), u.stride(1), B.stride(0), B.stride(1),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, HAS_DLAST=dlast is not None,
-            SOFTPLUS=ctx.softplus, BLOCK_D=ctx.block_d, N=N, T=ctx.chunk,
+            SOFTPLUS=ctx.softplus, BLOCK_D=ctx.block_d, N=triton.next_power_of_2(n), T=ctx.chunk,
             num_warps=ctx.num_warps,
         )
         dh0 = None
@@ -449,7 +283,7 @@ class _TritonScan(torch.autograd.Function):
             dh0 = (torch.exp(dl0[..., None] * A.float()) * g0).to(h0.dtype)
         return (du, ddelta, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
                 None if D is None else dD.to(D.dtype), dz, None if bias is None else dbias.to(bias.dtype),
-                dh0, None, None, None, None, None)
+                dh0, None, None, None, None)
 
 
 def selective_scan_triton(
@@ -467,7 +301,6 @@ def selective_scan_triton(
     block_d: int = DEFAULT_BLOCK_D,
     chunk: int = DEFAULT_CHUNK,
     num_warps: int = DEFAULT_WARPS,
-    algo: str = DEFAULT_ALGO,
 ):
     """The fused kernel, with ``selective_scan``'s contract (shapes there). ``block_d`` channels per
     program, ``chunk`` steps per parallel scan (both powers of two) and ``num_warps`` are tuning knobs."""
@@ -475,7 +308,7 @@ def selective_scan_triton(
         if v < 1 or v & (v - 1):
             raise ValueError(f"selective_scan_triton: {name} must be a power of two, got {v}")
     out, last = _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus),
-                                  int(block_d), int(chunk), int(num_warps), algo)
+                                  int(block_d), int(chunk), int(num_warps))
     return (out, last) if return_last_state else out
 
 
