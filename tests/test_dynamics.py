@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mambadyn.dynamics import Scenario, SimConfig, TokenSystem, classify, simulate
+from mambadyn.dynamics.stiff import rhs_numpy
 from mambadyn.dynamics.rates import (
     convergence_exponent,
     divergence_order,
@@ -178,3 +179,44 @@ def test_bad_input():
         SimConfig(t_end=-1)
     with pytest.raises(ValueError, match="non-finite"):
         TokenSystem.one_dim(float("inf"), 1.0, 1.0)
+
+
+def test_numpy_rhs_matches_torch():
+    g = torch.Generator().manual_seed(7)
+    D, N = 3, 5
+    sysm = TokenSystem.from_matrices(torch.randn(N, D, generator=g), torch.randn(N, D, generator=g),
+                                     torch.randn(D, D, generator=g), a=-torch.rand(D, N, generator=g) - 0.1)
+    X = torch.randn(1, 6, D, generator=g).double()
+    F = rhs_numpy(*(p[0].numpy() for p in (sysm.S_B, sysm.S_C, sysm.S_delta, sysm.A)))
+    torch.testing.assert_close(torch.from_numpy(F(X[0].numpy())), sysm.rhs(X)[0], rtol=1e-12, atol=1e-12)
+
+
+def test_lsoda_takes_over_where_the_explicit_budget_runs_out():
+    """Handing every system to LSODA after 30 steps gives the same fates, blow-up times and end states
+    as the batched solver left to finish by itself."""
+    sysm, x0, t_end = random_1d(24, 5, seed=11, t_end=30.0)
+    full = simulate(sysm, x0, t_end, n_points=30, stiff_fallback=False)
+    assert full.reached.all()
+    mixed = simulate(sysm, x0, t_end, n_points=30, max_steps=30)
+    assert mixed.reached.all()
+    assert torch.equal(mixed.blew_up, full.blew_up) and full.blew_up.any() and not full.blew_up.all()
+    both = full.blew_up
+    torch.testing.assert_close(mixed.blowup_time[both], full.blowup_time[both], rtol=2e-3, atol=0)
+    fin = full.valid[-1] & mixed.valid[-1]
+    assert fin.any()
+    torch.testing.assert_close(mixed.x[-1][fin], full.x[-1][fin], rtol=1e-4, atol=1e-7)
+
+
+def test_stiff_d_dim_system_finishes():
+    """A 6-D system that pulls its tokens onto a slow manifold: the explicit solver stalls (t < 60 after
+    2000 steps); LSODA carries it to t_end."""
+    g = torch.Generator().manual_seed(0)
+    sysm = TokenSystem.random(200, 6, 6, a=1.0, generator=g)
+    x0 = torch.randn(200, 4, 6, generator=g, dtype=torch.float64)
+    one, x = sysm.select(slice(23, 24)), x0[23:24]
+    with pytest.warns(RuntimeWarning, match="stopped before t_end"):
+        stalled = simulate(one, x, 200.0, n_points=20, max_steps=2000, stiff_fallback=False)
+    assert not stalled.reached.any()
+    done = simulate(one, x, 200.0, n_points=20, max_steps=2000)
+    assert done.reached.all() and not done.blew_up.any()
+    assert torch.isfinite(done.x).all()

@@ -93,7 +93,7 @@ def portrait(out: Path = OUT, tokens: int = typer.Option(6, "--tokens", "-L", mi
 def phase_diagram_cmd(out: Path = OUT, systems: int = typer.Option(200, min=1, help="random systems per D"),
                       dims: str = typer.Option("2-8", help="dimensions, e.g. 2-8 or 2,4,8"),
                       tokens: int = typer.Option(4, "--tokens", "-L", min=1), t_end: float = 200.0,
-                      max_steps: int = typer.Option(5000, help="solver steps per D before giving up on the rest"),
+                      max_steps: int = typer.Option(2000, help="explicit steps per system before LSODA takes over"),
                       seed: int = 0) -> None:
     """Fraction of random D-dim systems that converge, against the number of positive eigenvalues."""
     from mambadyn.dynamics.phase import PhaseConfig, phase_diagram

@@ -21,7 +21,8 @@ class PhaseConfig:
     t_end: float = 200.0
     a: float = 1.0
     seed: int = 0
-    max_steps: int = 5000  # per D; systems still running then are reported as unfinished
+    max_steps: int = 2000  # explicit steps per system, then LSODA takes over
+    stiff_max_steps: int = 5000  # LSODA steps per system; still running then: unfinished, not counted
 
 
 def phase_diagram(cfg: PhaseConfig, progress: bool = True) -> list[dict]:
@@ -31,8 +32,8 @@ def phase_diagram(cfg: PhaseConfig, progress: bool = True) -> list[dict]:
     for D in tqdm(cfg.dims, desc="phase diagram (D)", disable=not progress):
         system = TokenSystem.random(cfg.systems, D, D, a=cfg.a, generator=g)
         x0 = torch.randn(cfg.systems, cfg.L, D, generator=g, dtype=torch.float64)
-        outcome = simulate(system, x0, config=SimConfig(t_end=cfg.t_end, n_points=40,
-                                                                  max_steps=cfg.max_steps)).outcome()
+        sim = SimConfig(t_end=cfg.t_end, n_points=40, max_steps=cfg.max_steps, stiff_max_steps=cfg.stiff_max_steps)
+        outcome = simulate(system, x0, config=sim).outcome()
         conv = torch.tensor([o == "converging" for o in outcome])
         done = torch.tensor([o != "unfinished" for o in outcome])
         for criterion, sym in (("matrix", False), ("symmetric", True)):

@@ -1,7 +1,8 @@
 """Batched simulation of token systems with blow-up and convergence detection.
 
 Solver: ``solver.integrate``, a Dormand-Prince 5(4) with one adaptive step size per system (see
-there for why not torchdiffeq's shared step or a loop of scipy calls).
+there for why not torchdiffeq's shared step or a loop of scipy calls). The few stiff systems it cannot
+finish within ``max_steps`` continue one by one in scipy's LSODA (``stiff.py``).
 
 Finite-time blow-up is detected per token by its relative rate r = |dx/dt| / |x|: for power-law
 blow-up x' = c x^p it equals 1 / ((p - 1)(T* - t)), so r large means T* is near, and t + 1/(3 r)
@@ -13,12 +14,15 @@ stalled solver.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .solver import integrate
+from .stiff import rhs_numpy, solve_one
 from .system import TokenSystem, token_rhs
 
 
@@ -30,7 +34,9 @@ class SimConfig:
     rtol: float = 1e-7
     atol: float = 1e-10
     blowup_rate: float = 1e3  # relative rate |x'|/|x| above which a token counts as blowing up
-    max_steps: int = 200_000
+    max_steps: int = 20_000  # explicit steps per system; then it is stiff and goes to LSODA (or is unfinished)
+    stiff_fallback: bool = True  # finish the systems the batched solver could not with scipy's LSODA
+    stiff_max_steps: int = 20_000  # LSODA steps per system before it is left unfinished
     progress: bool = False
 
     def __post_init__(self) -> None:
@@ -97,6 +103,22 @@ def _rel_rate(F: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     return F.norm(dim=-1) / X.norm(dim=-1).clamp_min(1e-300)
 
 
+def _finish_one(system: TokenSystem, i: int, t0: float, x: torch.Tensor, alive: torch.Tensor, t: torch.Tensor,
+                xs: torch.Tensor, blowup: torch.Tensor, primary: torch.Tensor, reached: torch.Tensor,
+                config: SimConfig) -> None:
+    """Continue system i from (t0, x) with LSODA, writing its results into the batch's tensors in place."""
+    F = rhs_numpy(*(p[i].cpu().numpy() for p in (system.S_B, system.S_C, system.S_delta, system.A)))
+    mask = alive.cpu().numpy()
+    one = solve_one(F, x.cpu().numpy(), t.cpu().numpy(), rtol=config.rtol, atol=config.atol,
+                    blowup_rate=config.blowup_rate, t0=t0, alive=mask, max_steps=config.stiff_max_steps)
+    later = t > t0
+    xs[later, i] = torch.from_numpy(one.x).to(xs)[later.cpu()]
+    newly = torch.from_numpy(mask & np.isfinite(one.blowup)).to(alive.device)
+    blowup[i] = torch.where(newly, torch.from_numpy(one.blowup).to(blowup), blowup[i])
+    primary[i] |= torch.from_numpy(one.primary).to(primary.device)
+    reached[i] = one.reached
+
+
 def simulate(system: TokenSystem, x0: torch.Tensor, t_end: float | None = None,
              config: SimConfig | None = None, **overrides) -> Trajectory:
     """Integrate dX/dt = F(X) from tokens x0 (batch, L, D) (or (batch, L) in 1-D) to ``t_end``.
@@ -139,8 +161,16 @@ def simulate(system: TokenSystem, x0: torch.Tensor, t_end: float | None = None,
 
     with tqdm(total=b * (len(t) - 1), desc="simulate", unit="pt", disable=not config.progress,
               leave=False) as bar:
-        xs, reached = integrate(f, X, t, config.rtol, config.atol, on_step=on_step, max_steps=config.max_steps,
-                                progress=bar.update)
+        xs, t_stop, x_stop = integrate(f, X, t, config.rtol, config.atol, on_step=on_step,
+                                       max_steps=config.max_steps, progress=bar.update)
+    reached = t_stop == t[-1]
+    if config.stiff_fallback and not reached.all():
+        stiff = torch.nonzero(~reached).flatten().tolist()
+        for i in tqdm(stiff, desc="stiff systems (LSODA)", disable=not config.progress, leave=False):
+            _finish_one(system, i, float(t_stop[i]), x_stop[i], alive[i], t, xs, blowup, primary, reached, config)
+    if not reached.all():
+        warnings.warn(f"{int((~reached).sum())} systems stopped before t_end (the solver gave up)",
+                      RuntimeWarning, stacklevel=2)
     after = t[:, None, None] >= blowup[None]
     valid = ~after & reached[None, :, None]
     return Trajectory(t=t, x=xs, blowup_time=blowup, primary=primary, valid=valid, reached=reached,

@@ -11,7 +11,6 @@ freeze tokens (set their derivative mask to 0): a token that blows up stops cost
 
 from __future__ import annotations
 
-import warnings
 from typing import Callable
 
 import torch
@@ -38,14 +37,16 @@ RHS = Callable[[torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
 def integrate(f: RHS, y0: torch.Tensor, t_out: torch.Tensor, rtol: float, atol: float,
               on_step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor | None]
               | None = None,
-              max_steps: int = 200_000, progress=None) -> tuple[torch.Tensor, torch.Tensor]:
+              max_steps: int = 200_000, progress=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Integrate y' = f(idx)(y) for each system from t_out[0] through the times t_out (T,).
 
     y0: (batch, ...). ``f(idx)`` returns the right-hand side of the systems idx (gathered once a step). ``on_step(idx, t, y, dy)``
     is called after each accepted step with those systems' new times, states and f at the new state; it
     returns a (len(idx),) bool of the systems whose right-hand side it changed (or None: none changed),
     since the last stage's f is reused as the next step's first stage (FSAL) only where f is unchanged.
-    Returns (ys (T, batch, ...), reached (batch,) bool: False where max_steps ran out first).
+    A system stops early when its step size underflows or after ``max_steps`` steps (every active system
+    takes one step per iteration). Returns (ys (T, batch, ...), NaN after where a system stopped;
+    t (batch,) and y (batch, ...): the time and state each system ended at, t_out[-1] where it got there).
     """
     b = y0.shape[0]
     T = len(t_out)
@@ -102,8 +103,4 @@ def integrate(f: RHS, y0: torch.Tensor, t_out: torch.Tensor, rtol: float, atol: 
         tiny = h[idx] < 1e-13 * t[idx].abs().clamp_min(1e-300)
         if tiny.any():  # cannot proceed: report rather than loop forever
             nxt[idx[tiny]] = T
-    reached = (t == t_out[-1])
-    if not reached.all():
-        warnings.warn(f"{int((~reached).sum())} systems stopped before t_end (max_steps or step underflow)",
-                      RuntimeWarning, stacklevel=2)
-    return ys, reached
+    return ys, t, y

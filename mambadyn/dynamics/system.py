@@ -146,7 +146,8 @@ def token_rhs(S_B, S_C, S_delta, A, X) -> torch.Tensor:
     C = torch.einsum("bnd,bld->lbn", S_C, X)
     delta = F.softplus(torch.einsum("bed,bld->lbe", S_delta, X))
     decay = torch.exp(A * delta[..., None])  # (L, b, D, N)
-    H = (delta * X.transpose(0, 1))[..., None] * B[:, :, None, :]  # the input term, then the state
+    inject = (delta * X.transpose(0, 1))[..., None] * B[:, :, None, :]
+    H = [inject[0]]
     for l in range(1, X.shape[1]):
-        torch.addcmul(H[l], decay[l], H[l - 1], out=H[l])
-    return torch.einsum("lbdn,lbn->bld", H, C)
+        H.append(torch.addcmul(inject[l], decay[l], H[-1]))
+    return torch.einsum("lbdn,lbn->bld", torch.stack(H), C)
