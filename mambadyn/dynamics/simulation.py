@@ -17,7 +17,6 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -108,13 +107,11 @@ def _finish_one(system: TokenSystem, i: int, t0: float, x: torch.Tensor, alive: 
                 config: SimConfig) -> None:
     """Continue system i from (t0, x) with LSODA, writing its results into the batch's tensors in place."""
     F = rhs_numpy(*(p[i].cpu().numpy() for p in (system.S_B, system.S_C, system.S_delta, system.A)))
-    mask = alive.cpu().numpy()
     one = solve_one(F, x.cpu().numpy(), t.cpu().numpy(), rtol=config.rtol, atol=config.atol,
-                    blowup_rate=config.blowup_rate, t0=t0, alive=mask, max_steps=config.stiff_max_steps)
+                    blowup_rate=config.blowup_rate, t0=t0, alive=alive.cpu().numpy(), max_steps=config.stiff_max_steps)
     later = t > t0
     xs[later, i] = torch.from_numpy(one.x).to(xs)[later.cpu()]
-    newly = torch.from_numpy(mask & np.isfinite(one.blowup)).to(alive.device)
-    blowup[i] = torch.where(newly, torch.from_numpy(one.blowup).to(blowup), blowup[i])
+    blowup[i] = torch.minimum(blowup[i], torch.from_numpy(one.blowup).to(blowup))  # LSODA only ends live tokens
     primary[i] |= torch.from_numpy(one.primary).to(primary.device)
     reached[i] = one.reached
 
