@@ -2,11 +2,12 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from mambadyn.dynamics import Scenario, SimConfig, TokenSystem, classify, simulate
-from mambadyn.dynamics.stiff import rhs_numpy
+from mambadyn.dynamics.stiff import rhs_numpy, solve_one
 from mambadyn.dynamics.rates import (
     convergence_exponent,
     divergence_order,
@@ -220,3 +221,16 @@ def test_stiff_d_dim_system_finishes():
     done = simulate(one, x, 200.0, n_points=20, max_steps=2000)
     assert done.reached.all() and not done.blew_up.any()
     assert torch.isfinite(done.x).all()
+
+
+def test_lsoda_overflow_inside_a_step_is_a_blow_up():
+    """x' = x^4 from x(0) = 1 blows up at t = 1/3. With the rate threshold out of reach, the state
+    overflows inside one LSODA step: that token (and the later one, whose equation holds it) ends there,
+    and the integration still reaches t_end instead of failing."""
+    F = lambda X: X ** 4  # noqa: E731
+    t_out = np.array([0.0, 0.1, 0.2, 0.3, 1.0])
+    one = solve_one(F, np.array([[1.0], [0.5]]), t_out, rtol=1e-7, atol=1e-10, blowup_rate=1e300)
+    assert one.reached
+    np.testing.assert_allclose(one.blowup, [1 / 3, 1 / 3], rtol=1e-4)
+    assert one.primary.tolist() == [True, False]
+    np.testing.assert_allclose(one.x[1:4, 0, 0], 1 / (1 - 3 * t_out[1:4]) ** (1 / 3), rtol=1e-5)
