@@ -150,7 +150,10 @@ def main():
     ap.add_argument("--dtypes", default="bfloat16,float32")
     ap.add_argument("--impls", default="triton,chunked,mambapy,mamba_ssm")
     ap.add_argument("--mamba-ssm-build", default="/tmp/mamba_ssm_build")
-    ap.add_argument("--sweep", action="store_true", help="time the kernel's block_d x chunk grid at L=2048 first")
+    ap.add_argument("--sweep", action="store_true", help="time the kernel's options grid at L=2048 first")
+    ap.add_argument("--grid", default='{"block_d": [2, 4, 8], "chunk": [64, 128, 256], "num_warps": [1, 2, 4]}',
+                    help="the sweep's grid: JSON of option name -> values")
+    ap.add_argument("--opts", default="{}", help="kernel options (JSON) for the Triton rows of the table")
     ap.add_argument("--json", default="results/scan_gpu.json")
     ap.add_argument("--md", default="results/scan_gpu.md")
     args = ap.parse_args()
@@ -164,20 +167,22 @@ def main():
            "rows": [], "sweep": [], "notes": {}}
 
     if args.sweep:
-        print("sweep (bf16, L=2048): block_d chunk warps fwd_ms fwdbwd_ms")
+        grid = json.loads(args.grid)
+        print(f"sweep (bf16, L=2048): {' '.join(grid)} fwd_ms fwdbwd_ms")
         xs = inputs(b, d, 2048, n, torch.bfloat16, True)
-        for block_d, chunk, warps in itertools.product((2, 4, 8), (16, 32), (1, 2, 4)):
-            opts = dict(block_d=block_d, chunk=chunk, num_warps=warps)
+        for values in itertools.product(*grid.values()):
+            opts = dict(zip(grid, values))
+            label = " ".join(f"{v!s:>5}" for v in values)
             try:
                 f = bench(ours("triton", **opts), xs, False)
                 fb = bench(ours("triton", **opts), xs, True)
             except Exception as e:  # noqa: BLE001 - e.g. out of registers / shared memory
-                print(f"  {block_d} {chunk} {warps} failed: {type(e).__name__}")
+                print(f"  {label} failed: {type(e).__name__}: {str(e)[:120]}")
                 continue
             out["sweep"].append({**opts, "fwd_ms": f, "fwd_bwd_ms": fb})
-            print(f"  {block_d:>3} {chunk:>3} {warps:>3} {f:8.3f} {fb:8.3f}")
+            print(f"  {label} {f:8.3f} {fb:8.3f}")
 
-    impls = {"triton": ours("triton"), "chunked": ours("chunked")}
+    impls = {"triton": ours("triton", **json.loads(args.opts)), "chunked": ours("chunked")}
     mp = mambapy_scan()
     if mp is not None:
         impls["mambapy"] = mp

@@ -1,19 +1,23 @@
 """Fused selective scan in Triton: forward and backward, registered as backend ``"triton"``.
 
-One program owns one batch row and ``block_d`` channels with all n states, and walks the sequence
-in chunks of ``chunk`` steps. Inside a chunk the recurrence h_t = a_t h_{t-1} + b_t is a parallel
-``tl.associative_scan`` over a (block_d, n, chunk) register tile; the state carries between chunks.
-Δ's bias and softplus, the D skip and the SiLU gate are fused, so u, Δ, z, B, C are read once and
-y is written once: the forward moves the minimum number of bytes.
+One program owns one batch row and ``block_d`` channels, and walks the sequence in chunks of
+``chunk`` steps. Inside a chunk it takes the n states one after another: for state i, the recurrence
+h_t = a_t h_{t-1} + b_t over the chunk is a parallel ``tl.associative_scan`` along time on a
+(block_d, chunk) register tile, and C_t h_t adds into y. Time, not states, is the parallel axis,
+because B_i and C_i are then per-element loads rather than values every thread must broadcast, and
+the scan runs mostly inside each thread. The carried state enters as the chunk's first b, so the
+scan's b output is the state itself. Δ's bias and softplus, the D skip and the SiLU gate are fused,
+so u, Δ, z are read once and y is written once.
 
 Backward walks the chunks in reverse. Forward saves the state at each chunk start, so a chunk's
 states are recomputed from it, and the adjoint g_t = C_t ȳ_t + a_{t+1} g_{t+1} is a reverse scan.
 The decay's gradient uses a_t h_{t-1} = h_t - b_t, so h_{t-1} is never needed. dB and dC sum over
 channels, so programs add their partial sums atomically into float32 buffers.
 
-A sequential walk, one step at a time per program as CUDA kernels do, was tried and measured slower
-here (results/scan_gpu_seq_sweep.json, commit a8c5dcd): Triton issues each step's loads only when
-the step starts, so every step pays the memory latency.
+Tried and measured slower on the H100 (bf16, batch 8, d 1536, L 2048; results/scan_gpu_sweeps.json):
+all n states in one (block_d, n, chunk) tile (fwd+bwd 5.1 ms against 3.8 ms here); a per-step
+sequential walk (commit a8c5dcd, 7.7 ms: Triton waits for each step's loads); one channel per thread
+with the whole chunk in its registers (6.6 ms: too few threads to hide latency).
 
 Inputs may be float32, bfloat16 or float16; the state and all arithmetic are float32. float64
 inputs are left to the PyTorch backends.
@@ -29,10 +33,11 @@ import triton.language as tl
 
 from .registry import register_backend
 
-# the fastest fwd and fwd+bwd of the sweep in results/scan_gpu.json (H100, batch 8, d 1536, L 2048, bf16)
-DEFAULT_BLOCK_D = 2
-DEFAULT_CHUNK = 16
+# the fastest fwd+bwd of the sweeps in results/scan_gpu_sweeps.json (H100, batch 8, d 1536, L 2048, bf16)
+DEFAULT_BLOCK_D = 4
+DEFAULT_CHUNK = 128
 DEFAULT_WARPS = 1
+LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
@@ -56,21 +61,19 @@ def _fwd_kernel(
     SOFTPLUS: tl.constexpr, SAVE_STATES: tl.constexpr,
     BLOCK_D: tl.constexpr, N: tl.constexpr, T: tl.constexpr,
 ):
+    # time-parallel, state-serial: a (BLOCK_D, T) tile per state index, scanned along T
     pid_b = tl.program_id(0)
     pid_d = tl.program_id(1)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, N)
     offs_t = tl.arange(0, T)
     mask_d = offs_d < d
-    mask_n = offs_n < n
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-
-    A = tl.load(A_ptr + offs_d[:, None] * n + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
+    mask_dn = mask_d[:, None] & (offs_n < n)[None, :]
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    state_off = (pid_b * d + offs_d[:, None]) * n + offs_n[None, :]  # into (batch, d, n)
+    state_off = (pid_b * d + offs_d[:, None]) * n + offs_n[None, :]
     if HAS_H0:
         h = tl.load(h0_ptr + state_off, mask=mask_dn, other=0.0).to(tl.float32)
     else:
@@ -85,24 +88,35 @@ def _fwd_kernel(
         mask_t = t < L
         m_dt = mask_d[:, None] & mask_t[None, :]
         x_off = pid_b * s_ub + offs_d[:, None] * s_ud + t[None, :]
-        bc_off = pid_b * s_bb + offs_n[:, None] * s_bn + t[None, :]
-        m_nt = mask_n[:, None] & mask_t[None, :]
         u = tl.load(u_ptr + x_off, mask=m_dt, other=0.0).to(tl.float32)
         dl = tl.load(dl_ptr + x_off, mask=m_dt, other=0.0).to(tl.float32)
         if HAS_BIAS:
             dl = dl + bias[:, None]
         if SOFTPLUS:
             dl = _softplus(dl)
-        dl = tl.where(m_dt, dl, 0.0)
-        Bt = tl.load(B_ptr + bc_off, mask=m_nt, other=0.0).to(tl.float32)
-        Ct = tl.load(C_ptr + bc_off, mask=m_nt, other=0.0).to(tl.float32)
-
-        a = tl.exp(dl[:, None, :] * A[:, :, None])
-        b = (dl * u)[:, None, :] * Bt[None, :, :]
-        ca, cb = tl.associative_scan((a, b), 2, _affine)
-        hs = cb + ca * h[:, :, None]
-        y = tl.sum(hs * Ct[None, :, :], axis=1)
-        h = tl.sum(tl.where(offs_t[None, None, :] == T - 1, hs, 0.0), axis=2)
+        dl = tl.where(m_dt, dl, 0.0)  # a = 1, b = 0 past L: the state passes through
+        dlu = dl * u
+        y = tl.zeros((BLOCK_D, T), dtype=tl.float32)
+        bc = pid_b * s_bb + t
+        A_n = tl.load(A_ptr + offs_d * n, mask=mask_d, other=0.0).to(tl.float32)
+        B_n = tl.load(B_ptr + bc, mask=mask_t, other=0.0).to(tl.float32)
+        C_n = tl.load(C_ptr + bc, mask=mask_t, other=0.0).to(tl.float32)
+        for i in range(0, n):
+            A_i, B_i, C_i = A_n, B_n, C_n
+            # the next state's inputs load while this one computes (Triton would wait for each load)
+            more = i + 1 < n
+            A_n = tl.load(A_ptr + offs_d * n + i + 1, mask=mask_d & more, other=0.0).to(tl.float32)
+            B_n = tl.load(B_ptr + bc + (i + 1) * s_bn, mask=mask_t & more, other=0.0).to(tl.float32)
+            C_n = tl.load(C_ptr + bc + (i + 1) * s_bn, mask=mask_t & more, other=0.0).to(tl.float32)
+            h_i = tl.sum(tl.where(offs_n[None, :] == i, h, 0.0), axis=1)
+            a = tl.exp2(dl * (A_i * LOG2E)[:, None])
+            b = dlu * B_i[None, :]
+            # the carried state enters at the first step, so the scan's b is the state itself
+            b = tl.where(offs_t[None, :] == 0, b + a * h_i[:, None], b)
+            _, hs = tl.associative_scan((a, b), 1, _affine)
+            y += hs * C_i[None, :]
+            h_last = tl.sum(tl.where(offs_t[None, :] == T - 1, hs, 0.0), axis=1)
+            h = tl.where(offs_n[None, :] == i, h_last[:, None], h)
         if HAS_D:
             y += Dv[:, None] * u
         if HAS_Z:
@@ -128,16 +142,12 @@ def _bwd_kernel(
     offs_n = tl.arange(0, N)
     offs_t = tl.arange(0, T)
     mask_d = offs_d < d
-    mask_n = offs_n < n
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-
-    A = tl.load(A_ptr + offs_d[:, None] * n + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
+    mask_dn = mask_d[:, None] & (offs_n < n)[None, :]
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     state_off = (pid_b * d + offs_d[:, None]) * n + offs_n[None, :]
-    # g after the last step: the last state's incoming gradient (carried through a = 1 past L - 1)
     if HAS_DLAST:
         g = tl.load(dlast_ptr + state_off, mask=mask_dn, other=0.0).to(tl.float32)
     else:
@@ -149,67 +159,79 @@ def _bwd_kernel(
     n_chunks = (L + T - 1) // T
     for cc in range(0, n_chunks):
         c = n_chunks - 1 - cc
-        h = tl.load(states_ptr + (c * (tl.num_programs(0) * d) + pid_b * d + offs_d[:, None]) * n + offs_n[None, :],
-                    mask=mask_dn, other=0.0)
         t = c * T + offs_t
         mask_t = t < L
         m_dt = mask_d[:, None] & mask_t[None, :]
-        m_nt = mask_n[:, None] & mask_t[None, :]
         x_off = pid_b * s_ub + offs_d[:, None] * s_ud + t[None, :]
-        bc_off = pid_b * s_bb + offs_n[:, None] * s_bn + t[None, :]
         u = tl.load(u_ptr + x_off, mask=m_dt, other=0.0).to(tl.float32)
         dl_raw = tl.load(dl_ptr + x_off, mask=m_dt, other=0.0).to(tl.float32)
         if HAS_BIAS:
             dl_raw = dl_raw + bias[:, None]
         if SOFTPLUS:
-            dl = tl.where(m_dt, _softplus(dl_raw), 0.0)
+            dl = _softplus(dl_raw)
         else:
             dl = dl_raw
-        Bt = tl.load(B_ptr + bc_off, mask=m_nt, other=0.0).to(tl.float32)
-        Ct = tl.load(C_ptr + bc_off, mask=m_nt, other=0.0).to(tl.float32)
-
-        # recompute the chunk's states
-        a = tl.exp(dl[:, None, :] * A[:, :, None])
-        b = (dl * u)[:, None, :] * Bt[None, :, :]
-        ca, cb = tl.associative_scan((a, b), 2, _affine)
-        hs = cb + ca * h[:, :, None]
-        y = tl.sum(hs * Ct[None, :, :], axis=1)
-        if HAS_D:
-            y += Dv[:, None] * u
-
-        dout = tl.load(dout_ptr + x_off, mask=m_dt, other=0.0).to(tl.float32)
-        if HAS_Z:
-            zz = tl.load(z_ptr + x_off, mask=m_dt, other=0.0).to(tl.float32)
-            sz = tl.sigmoid(zz)
-            tl.store(dz_ptr + x_off, (dout * y * sz * (1.0 + zz * (1.0 - sz))).to(dz_ptr.dtype.element_ty), mask=m_dt)
-            dy = dout * zz * sz
-        else:
-            dy = dout
-        du = tl.zeros((BLOCK_D, T), dtype=tl.float32)
-        if HAS_D:
-            dD_acc += tl.sum(dy * u, axis=1)
-            du += dy * Dv[:, None]
-        tl.atomic_add(dC_ptr + bc_off, tl.sum(dy[:, None, :] * hs, axis=0), mask=m_nt)
-
-        # adjoint: g_t = C_t dy_t + a_{t+1} g_{t+1}, with a = 1 from step L - 1 on (carries dlast)
-        t1 = t + 1
-        m_next = mask_d[:, None] & (t1 < L)[None, :]
+        dl = tl.where(m_dt, dl, 0.0)
+        m_next = mask_d[:, None] & (t + 1 < L)[None, :]
         dl_next = tl.load(dl_ptr + x_off + 1, mask=m_next, other=0.0).to(tl.float32)
         if HAS_BIAS:
             dl_next = dl_next + bias[:, None]
         if SOFTPLUS:
             dl_next = _softplus(dl_next)
-        a_next = tl.where(m_next[:, None, :], tl.exp(dl_next[:, None, :] * A[:, :, None]), 1.0)
-        ra, rb = tl.associative_scan((a_next, Ct[None, :, :] * dy[:, None, :]), 2, _affine, reverse=True)
-        gs = rb + ra * g[:, :, None]
-        g = tl.sum(tl.where(offs_t[None, None, :] == 0, gs, 0.0), axis=2)
-
-        tl.atomic_add(dB_ptr + bc_off, tl.sum(gs * (dl * u)[:, None, :], axis=0), mask=m_nt)
-        gB = tl.sum(gs * Bt[None, :, :], axis=1)
-        du += gB * dl
-        decay = gs * (hs - b)  # g_t ⊙ a_t h_{t-1}
-        ddl = gB * u + tl.sum(decay * A[:, :, None], axis=1)
-        dA_acc += tl.sum(decay * dl[:, None, :], axis=2)
+        dl_next = tl.where(m_next, dl_next, 0.0)  # a = 1 from step L - 1 on: carries dlast
+        dlu = dl * u
+        dout = tl.load(dout_ptr + x_off, mask=m_dt, other=0.0).to(tl.float32)
+        if HAS_Z:
+            zz = tl.load(z_ptr + x_off, mask=m_dt, other=0.0).to(tl.float32)
+            sz = tl.sigmoid(zz)
+            dy = dout * zz * sz
+        else:
+            dy = dout
+        y = tl.zeros((BLOCK_D, T), dtype=tl.float32)
+        gB = tl.zeros((BLOCK_D, T), dtype=tl.float32)  # sum over states of g_t B_t
+        gdecay = tl.zeros((BLOCK_D, T), dtype=tl.float32)  # sum over states of g_t a_t h_{t-1} A
+        bc = pid_b * s_bb + t
+        st = states_ptr + (c * (tl.num_programs(0) * d) + pid_b * d + offs_d) * n
+        A_n = tl.load(A_ptr + offs_d * n, mask=mask_d, other=0.0).to(tl.float32)
+        B_n = tl.load(B_ptr + bc, mask=mask_t, other=0.0).to(tl.float32)
+        C_n = tl.load(C_ptr + bc, mask=mask_t, other=0.0).to(tl.float32)
+        h_n = tl.load(st, mask=mask_d, other=0.0)
+        for i in range(0, n):
+            A_i, B_i, C_i, h_i = A_n, B_n, C_n, h_n
+            more = i + 1 < n
+            A_n = tl.load(A_ptr + offs_d * n + i + 1, mask=mask_d & more, other=0.0).to(tl.float32)
+            B_n = tl.load(B_ptr + bc + (i + 1) * s_bn, mask=mask_t & more, other=0.0).to(tl.float32)
+            C_n = tl.load(C_ptr + bc + (i + 1) * s_bn, mask=mask_t & more, other=0.0).to(tl.float32)
+            h_n = tl.load(st + i + 1, mask=mask_d & more, other=0.0)
+            # recompute the chunk's states
+            A2_i = A_i * LOG2E
+            a = tl.exp2(dl * A2_i[:, None])
+            b = dlu * B_i[None, :]
+            _, hs = tl.associative_scan((a, tl.where(offs_t[None, :] == 0, b + a * h_i[:, None], b)), 1, _affine)
+            y += hs * C_i[None, :]
+            tl.atomic_add(dC_ptr + bc + i * s_bn, tl.sum(dy * hs, axis=0), mask=mask_t)
+            # adjoint g_t = C_t dy_t + a_{t+1} g_{t+1}; the next chunk's g enters at the last step
+            g_i = tl.sum(tl.where(offs_n[None, :] == i, g, 0.0), axis=1)
+            a_next = tl.exp2(dl_next * A2_i[:, None])
+            r = C_i[None, :] * dy
+            r = tl.where(offs_t[None, :] == T - 1, r + a_next * g_i[:, None], r)
+            _, gs = tl.associative_scan((a_next, r), 1, _affine, reverse=True)
+            g_first = tl.sum(tl.where(offs_t[None, :] == 0, gs, 0.0), axis=1)
+            g = tl.where(offs_n[None, :] == i, g_first[:, None], g)
+            tl.atomic_add(dB_ptr + bc + i * s_bn, tl.sum(gs * dlu, axis=0), mask=mask_t)
+            gB += gs * B_i[None, :]
+            decay = gs * (hs - b)  # g_t a_t h_{t-1}
+            gdecay += decay * A_i[:, None]
+            dA_i = tl.sum(decay * dl, axis=1)
+            dA_acc = tl.where(offs_n[None, :] == i, dA_acc + dA_i[:, None], dA_acc)
+        du = gB * dl
+        ddl = gB * u + gdecay
+        if HAS_D:
+            y += Dv[:, None] * u
+            dD_acc += tl.sum(dy * u, axis=1)
+            du += dy * Dv[:, None]
+        if HAS_Z:
+            tl.store(dz_ptr + x_off, (dout * y * sz * (1.0 + zz * (1.0 - sz))).to(dz_ptr.dtype.element_ty), mask=m_dt)
         if SOFTPLUS:
             ddl = ddl * tl.sigmoid(dl_raw)
         ddl = tl.where(m_dt, ddl, 0.0)
@@ -223,7 +245,6 @@ def _bwd_kernel(
         tl.atomic_add(dD_ptr + offs_d, dD_acc, mask=mask_d)
     if HAS_BIAS:
         tl.atomic_add(dbias_ptr + offs_d, dbias_acc, mask=mask_d)
-
 
 class _TritonScan(torch.autograd.Function):
     @staticmethod
