@@ -153,6 +153,7 @@ def main():
     ap.add_argument("--sweep", action="store_true", help="time the kernel's options grid at L=2048 first")
     ap.add_argument("--grid", default='{"block_d": [2, 4, 8], "chunk": [64, 128, 256], "num_warps": [1, 2, 4]}',
                     help="the sweep's grid: JSON of option name -> values")
+    ap.add_argument("--sweep-L", default="2048", help="sequence lengths of the sweep")
     ap.add_argument("--opts", default="{}", help="kernel options (JSON) for the Triton rows of the table")
     ap.add_argument("--json", default="results/scan_gpu.json")
     ap.add_argument("--md", default="results/scan_gpu.md")
@@ -168,19 +169,21 @@ def main():
 
     if args.sweep:
         grid = json.loads(args.grid)
-        print(f"sweep (bf16, L=2048): {' '.join(grid)} fwd_ms fwdbwd_ms")
-        xs = inputs(b, d, 2048, n, torch.bfloat16, True)
-        for values in itertools.product(*grid.values()):
-            opts = dict(zip(grid, values))
-            label = " ".join(f"{v!s:>5}" for v in values)
-            try:
-                f = bench(ours("triton", **opts), xs, False)
-                fb = bench(ours("triton", **opts), xs, True)
-            except Exception as e:  # noqa: BLE001 - e.g. out of registers / shared memory
-                print(f"  {label} failed: {type(e).__name__}: {str(e)[:120]}")
-                continue
-            out["sweep"].append({**opts, "fwd_ms": f, "fwd_bwd_ms": fb})
-            print(f"  {label} {f:8.3f} {fb:8.3f}")
+        for L in map(int, args.sweep_L.split(",")):
+            print(f"sweep (bf16, L={L}): {' '.join(grid)} fwd_ms fwdbwd_ms")
+            xs = inputs(b, d, L, n, torch.bfloat16, True)
+            for values in itertools.product(*grid.values()):
+                opts = dict(zip(grid, values))
+                label = " ".join(f"{v!s:>5}" for v in values)
+                try:
+                    f = bench(ours("triton", **opts), xs, False)
+                    fb = bench(ours("triton", **opts), xs, True)
+                except Exception as e:  # noqa: BLE001 - e.g. out of registers / shared memory
+                    print(f"  {label} failed: {type(e).__name__}: {str(e)[:120]}")
+                    continue
+                out["sweep"].append({**opts, "L": L, "fwd_ms": f, "fwd_bwd_ms": fb})
+                print(f"  {label} {f:8.3f} {fb:8.3f}")
+            del xs
 
     impls = {"triton": ours("triton", **json.loads(args.opts)), "chunked": ours("chunked")}
     mp = mambapy_scan()
