@@ -34,7 +34,7 @@ def cases():
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", default="results/triton_check.json")
-    ap.add_argument("--opts", default="{}", help='kernel options as JSON, e.g. \'{"algo": "seq", "block_d": 32}\'')
+    ap.add_argument("--opts", default="{}", help='kernel options as JSON, e.g. \'{"block_d": 8, "chunk": 64}\'')
     args = ap.parse_args()
     opts = json.loads(args.opts)
     if not torch.cuda.is_available():
