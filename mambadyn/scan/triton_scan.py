@@ -150,6 +150,7 @@ def _bwd_kernel(
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     state_off = (pid_b * d + offs_d[:, None]) * n + offs_n[None, :]
+    # g after the last step: the last state's incoming gradient (carried through a = 1 past L - 1)
     if HAS_DLAST:
         g = tl.load(dlast_ptr + state_off, mask=mask_dn, other=0.0).to(tl.float32)
     else:
@@ -247,6 +248,7 @@ def _bwd_kernel(
         tl.atomic_add(dD_ptr + offs_d, dD_acc, mask=mask_d, sem="relaxed")
     if HAS_BIAS:
         tl.atomic_add(dbias_ptr + offs_d, dbias_acc, mask=mask_d, sem="relaxed")
+
 
 class _TritonScan(torch.autograd.Function):
     @staticmethod
