@@ -4,9 +4,9 @@
 
 Both integrate the same random 1-D systems (mu, s ~ U(-2, 2), a ~ U(0.5, 2), tokens of random sign
 and magnitude U(0.5, 1.5)) at rtol 1e-7 / atol 1e-10 to the same output times, freezing each token
-once its relative rate passes 1e3 (SimConfig.blowup_rate). scipy runs on ``--scipy-sample`` systems drawn from the batch and
-its time is scaled to the whole batch (it is a per-system loop, so it scales linearly); the blow-up
-times of that sample are compared. Prints a table and writes JSON.
+once its relative rate passes 1e3 (SimConfig.blowup_rate). scipy runs on ``--scipy-sample`` systems
+drawn from the batch and its time is scaled to the whole batch (it is a per-system loop, so it scales
+linearly); the blow-up times of that sample are compared. Prints a table and writes JSON.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""One system at a time with scipy's solve_ivp: the fallback for stiff systems.
+"""One system at a time, stepping a scipy.integrate OdeSolver: the fallback for stiff systems.
 
 Some D-dim systems are stiff: a large token pulls the others onto a slow manifold (or blows up while
 doing so), and the explicit batched Dormand-Prince then needs ever smaller steps. Those few systems
