@@ -1,7 +1,9 @@
 """GPU selective-scan timings, side by side in one run, against the memory/exp floor.
 
-    python benchmarks/scan_gpu.py [--L 512,2048,8192] [--dtypes bfloat16,float32] [--sweep]
+    python benchmarks/scan_gpu.py [--L 512,2048,8192] [--dtypes bfloat16,float32]
                                   [--mamba-ssm-build /tmp/mamba_ssm_build] [--json ...] [--md ...]
+    python benchmarks/scan_gpu.py --sweep --grid '{"bwd_block_d": [2, 4], "bwd_chunk": [64, 128]}'
+                                  --sweep-L 512,2048 --sweep-dtypes bfloat16,float32 --impls triton
 
 Implementations: mambadyn's Triton kernel, mambadyn's chunked PyTorch scan, mambapy's pscan
 (if importable: carry its wheel) and mamba-ssm's CUDA kernel (if built by build_mamba_ssm.py).
@@ -150,10 +152,11 @@ def main():
     ap.add_argument("--dtypes", default="bfloat16,float32")
     ap.add_argument("--impls", default="triton,chunked,mambapy,mamba_ssm")
     ap.add_argument("--mamba-ssm-build", default="/tmp/mamba_ssm_build")
-    ap.add_argument("--sweep", action="store_true", help="time the kernel's options grid at L=2048 first")
+    ap.add_argument("--sweep", action="store_true", help="time the kernel's options grid first")
     ap.add_argument("--grid", default='{"block_d": [2, 4, 8], "chunk": [64, 128, 256], "num_warps": [1, 2, 4]}',
                     help="the sweep's grid: JSON of option name -> values")
     ap.add_argument("--sweep-L", default="2048", help="sequence lengths of the sweep")
+    ap.add_argument("--sweep-dtypes", default="bfloat16", help="input dtypes of the sweep")
     ap.add_argument("--opts", default="{}", help="kernel options (JSON) for the Triton rows of the table")
     ap.add_argument("--json", default="results/scan_gpu.json")
     ap.add_argument("--md", default="results/scan_gpu.md")
@@ -169,9 +172,9 @@ def main():
 
     if args.sweep:
         grid = json.loads(args.grid)
-        for L in map(int, args.sweep_L.split(",")):
-            print(f"sweep (bf16, L={L}): {' '.join(grid)} fwd_ms fwdbwd_ms")
-            xs = inputs(b, d, L, n, torch.bfloat16, True)
+        for dtype, L in itertools.product(args.sweep_dtypes.split(","), map(int, args.sweep_L.split(","))):
+            print(f"sweep ({dtype}, L={L}): {' '.join(grid)} fwd_ms fwdbwd_ms")
+            xs = inputs(b, d, L, n, getattr(torch, dtype), True)
             for values in itertools.product(*grid.values()):
                 opts = dict(zip(grid, values))
                 label = " ".join(f"{v!s:>5}" for v in values)
@@ -181,7 +184,7 @@ def main():
                 except Exception as e:  # noqa: BLE001 - e.g. out of registers / shared memory
                     print(f"  {label} failed: {type(e).__name__}: {str(e)[:120]}")
                     continue
-                out["sweep"].append({**opts, "L": L, "fwd_ms": f, "fwd_bwd_ms": fb})
+                out["sweep"].append({**opts, "dtype": dtype, "L": L, "fwd_ms": f, "fwd_bwd_ms": fb})
                 print(f"  {label} {f:8.3f} {fb:8.3f}")
             del xs
 

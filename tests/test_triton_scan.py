@@ -20,6 +20,7 @@ pytest.importorskip("triton")
 INTERPRETED = [
     Case(2, 5, 37, 4, initial_state=True, last_state=True),      # L not a multiple of the chunk
     Case(1, 3, 9, 3, has_z=False, has_D=False, has_bias=False, softplus=False),  # n not a power of two
+    Case(1, 3, 40, 4, dtype="bfloat16", last_state=True),        # 8 steps per thread: the reverse scan
 ]
 
 SCRIPT = """
@@ -27,7 +28,9 @@ from mambadyn.scan._interpret import enable; enable()
 import json, sys
 from mambadyn.scan.verify import Case, compare_with_reference
 cases = [Case(**c) for c in json.loads(sys.argv[1])]
-print(json.dumps([compare_with_reference("triton", c, block_d=4, chunk=8) for c in cases]))
+# several forward chunks per backward chunk, several of those per sequence
+opts = dict(block_d=4, chunk=8, bwd_block_d=2, bwd_chunk=16)
+print(json.dumps([compare_with_reference("triton", c, **opts) for c in cases]))
 """
 
 

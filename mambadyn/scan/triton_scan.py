@@ -9,11 +9,18 @@ the scan runs mostly inside each thread. The carried state enters as the chunk's
 scan's b output is the state itself. Δ's bias and softplus, the D skip and the SiLU gate are fused,
 so u, Δ, z are read once and y is written once.
 
-Backward walks the chunks in reverse. Forward saves the state at each chunk start, so a chunk's
-states are recomputed from it, and the adjoint g_t = C_t ȳ_t + a_{t+1} g_{t+1} is a reverse scan.
-The decay's gradient uses a_t h_{t-1} = h_t - b_t, so h_{t-1} is never needed. dB and dC sum over
-channels, so programs add their partial sums atomically into float32 buffers, with relaxed ordering:
-Triton's default (acq_rel) fences every atomic, which cost 1 ms of the 3.2 ms fwd+bwd.
+Backward walks the chunks in reverse, with its own launch shape (narrower programs: it holds more
+per element, and wider ones spill). Forward saves the state at each backward chunk's start, so a
+chunk's states are recomputed from it, and the adjoint g_t = C_t ȳ_t + a_{t+1} g_{t+1} is a reverse
+scan. The decay's gradient uses a_t h_{t-1} = h_t - b_t, so h_{t-1} is never needed. dB and dC sum
+over channels, so programs add their partial sums atomically into float32 buffers, with relaxed
+ordering: Triton's default (acq_rel) fences every atomic, which cost 1 ms of the 3.2 ms fwd+bwd.
+
+Where time goes is read off the SASS, which compiles without a GPU (``triton.compile`` with a
+``GPUTarget``): a thread holds runs of 8 (16-bit inputs) or 4 (float32) consecutive steps, so
+per-element selects on the step index are replaced by splitting the run ends out of registers
+(``_chunk_end``), and the reverse scan, which Triton lowers as flip + scan + flip at ~15 shuffles
+per element, becomes a gather-flip where that is cheaper (``_flip``).
 
 Tried and measured slower on the H100 (bf16, batch 8, d 1536, L 2048; results/scan_gpu_sweeps.json):
 all n states in one (block_d, n, chunk) tile (fwd+bwd 5.1 ms against 3.2 ms for this kernel, both
@@ -28,6 +35,7 @@ inputs are left to the PyTorch backends.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -35,10 +43,6 @@ import triton.language as tl
 
 from .registry import register_backend
 
-# the fastest fwd+bwd of the sweeps in results/scan_gpu_sweeps.json (H100, batch 8, d 1536, L 2048, bf16)
-DEFAULT_BLOCK_D = 4
-DEFAULT_CHUNK = 128
-DEFAULT_WARPS = 1
 LOG2E = tl.constexpr(1.4426950408889634)
 
 
@@ -69,6 +73,28 @@ def _chunk_end(x, R: tl.constexpr, T: tl.constexpr, V: tl.constexpr, LAST: tl.co
 
 
 @triton.jit
+def _flip(x, R: tl.constexpr, T: tl.constexpr):
+    # (R, T) reversed along T by a gather across lanes. A reverse associative_scan flips its inputs and
+    # output with ~5x the shuffles; this wins where a thread holds 4 steps (float32) and loses where
+    # it holds 8 (16-bit inputs), so the backward picks per dtype (GATHER_FLIP)
+    idx = (T - 1 - tl.arange(0, T))[None, :] + tl.zeros((R, T), dtype=tl.int32)
+    return tl.gather(x, idx, 1)
+
+
+@triton.jit
+def _delta(ptr, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, RAW: tl.constexpr):
+    # Δ at ptr with its bias and softplus; zero where masked, so a = 1 and b = 0 there
+    x = tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        x = x + bias[:, None]
+    if SOFTPLUS:
+        x = _softplus(x)
+    if not RAW:
+        x = tl.where(mask, x, 0.0)
+    return x
+
+
+@triton.jit
 def _softplus(x):
     return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))))
 
@@ -80,7 +106,7 @@ def _fwd_kernel(
     d, n, L,
     s_ub, s_ud, s_bb, s_bn,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
-    SOFTPLUS: tl.constexpr, SAVE_STATES: tl.constexpr,
+    SOFTPLUS: tl.constexpr, SAVE_STATES: tl.constexpr, SAVE_T: tl.constexpr,
     BLOCK_D: tl.constexpr, N: tl.constexpr, T: tl.constexpr, V: tl.constexpr,
 ):
     # time-parallel, state-serial: a (BLOCK_D, T) tile per state index, scanned along T
@@ -103,9 +129,10 @@ def _fwd_kernel(
 
     n_chunks = (L + T - 1) // T
     for c in range(0, n_chunks):
-        if SAVE_STATES:
-            tl.store(states_ptr + (c * (tl.num_programs(0) * d) + pid_b * d + offs_d[:, None]) * n + offs_n[None, :],
-                     h, mask=mask_dn)
+        # the backward's chunks are SAVE_T long (a multiple of T): it restarts from these states
+        if SAVE_STATES and (c * T) % SAVE_T == 0:
+            tl.store(states_ptr + ((c * T // SAVE_T) * (tl.num_programs(0) * d) + pid_b * d + offs_d[:, None]) * n
+                     + offs_n[None, :], h, mask=mask_dn)
         t = c * T + offs_t
         mask_t = t < L
         m_dt = mask_d[:, None] & mask_t[None, :]
@@ -155,7 +182,7 @@ def _bwd_kernel(
     d, n, L,
     s_ub, s_ud, s_bb, s_bn,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DLAST: tl.constexpr,
-    SOFTPLUS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, GATHER_FLIP: tl.constexpr,
     BLOCK_D: tl.constexpr, N: tl.constexpr, T: tl.constexpr, V: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
@@ -167,6 +194,7 @@ def _bwd_kernel(
     mask_dn = mask_d[:, None] & (offs_n < n)[None, :]
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     state_off = (pid_b * d + offs_d[:, None]) * n + offs_n[None, :]
@@ -186,30 +214,16 @@ def _bwd_kernel(
         mask_t = t < L
         m_dt = mask_d[:, None] & mask_t[None, :]
         x_off = pid_b * s_ub + offs_d[:, None] * s_ud + t[None, :]
-        u = tl.load(u_ptr + x_off, mask=m_dt, other=0.0).to(tl.float32)
-        dl_raw = tl.load(dl_ptr + x_off, mask=m_dt, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            dl_raw = dl_raw + bias[:, None]
-        if SOFTPLUS:
-            dl = _softplus(dl_raw)
-        else:
-            dl = dl_raw
-        dl = tl.where(m_dt, dl, 0.0)
+        # only what the state loop needs stays live through it; u, z, dout and the raw delta are read
+        # again after it (from cache), because holding them spilled registers at block_d 4
+        dl = _delta(dl_ptr + x_off, m_dt, bias, HAS_BIAS, SOFTPLUS, False)
         m_next = mask_d[:, None] & (t + 1 < L)[None, :]
-        dl_next = tl.load(dl_ptr + x_off + 1, mask=m_next, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            dl_next = dl_next + bias[:, None]
-        if SOFTPLUS:
-            dl_next = _softplus(dl_next)
-        dl_next = tl.where(m_next, dl_next, 0.0)  # a = 1 from step L - 1 on: carries dlast
-        dlu = dl * u
-        dout = tl.load(dout_ptr + x_off, mask=m_dt, other=0.0).to(tl.float32)
+        dl_next = _delta(dl_ptr + x_off + 1, m_next, bias, HAS_BIAS, SOFTPLUS, False)  # a = 1 from step L - 1 on
+        dlu = dl * tl.load(u_ptr + x_off, mask=m_dt, other=0.0).to(tl.float32)
+        dy = tl.load(dout_ptr + x_off, mask=m_dt, other=0.0).to(tl.float32)
         if HAS_Z:
             zz = tl.load(z_ptr + x_off, mask=m_dt, other=0.0).to(tl.float32)
-            sz = tl.sigmoid(zz)
-            dy = dout * zz * sz
-        else:
-            dy = dout
+            dy = dy * zz * tl.sigmoid(zz)
         y = tl.zeros((BLOCK_D, T), dtype=tl.float32)
         gB = tl.zeros((BLOCK_D, T), dtype=tl.float32)  # sum over states of g_t B_t
         gdecay = tl.zeros((BLOCK_D, T), dtype=tl.float32)  # sum over states of g_t a_t h_{t-1} A
@@ -238,7 +252,11 @@ def _bwd_kernel(
             a_next = tl.exp2(dl_next * A2_i[:, None])
             r = C_i[None, :] * dy
             r = tl.where(offs_t[None, :] == T - 1, r + a_next * g_i[:, None], r)
-            _, gs = tl.associative_scan((a_next, r), 1, _affine, reverse=True)
+            if GATHER_FLIP:
+                _, gs = tl.associative_scan((_flip(a_next, BLOCK_D, T), _flip(r, BLOCK_D, T)), 1, _affine)
+                gs = _flip(gs, BLOCK_D, T)
+            else:
+                _, gs = tl.associative_scan((a_next, r), 1, _affine, reverse=True)
             g_first = _chunk_end(gs, BLOCK_D, T, V, False)
             g = tl.where(offs_n[None, :] == i, g_first[:, None], g)
             tl.atomic_add(dB_ptr + bc + i * s_bn, tl.sum(gs * dlu, axis=0), mask=mask_t, sem="relaxed")
@@ -247,6 +265,7 @@ def _bwd_kernel(
             gdecay += decay * A_i[:, None]
             dA_i = tl.sum(decay * dl, axis=1)
             dA_acc = tl.where(offs_n[None, :] == i, dA_acc + dA_i[:, None], dA_acc)
+        u = tl.load(u_ptr + x_off, mask=m_dt, other=0.0).to(tl.float32)
         du = gB * dl
         ddl = gB * u + gdecay
         if HAS_D:
@@ -254,9 +273,12 @@ def _bwd_kernel(
             dD_acc += tl.sum(dy * u, axis=1)
             du += dy * Dv[:, None]
         if HAS_Z:
+            dout = tl.load(dout_ptr + x_off, mask=m_dt, other=0.0).to(tl.float32)
+            zz = tl.load(z_ptr + x_off, mask=m_dt, other=0.0).to(tl.float32)
+            sz = tl.sigmoid(zz)
             tl.store(dz_ptr + x_off, (dout * y * sz * (1.0 + zz * (1.0 - sz))).to(dz_ptr.dtype.element_ty), mask=m_dt)
         if SOFTPLUS:
-            ddl = ddl * tl.sigmoid(dl_raw)
+            ddl = ddl * tl.sigmoid(_delta(dl_ptr + x_off, m_dt, bias, HAS_BIAS, False, True))
         ddl = tl.where(m_dt, ddl, 0.0)
         dbias_acc += tl.sum(ddl, axis=1)
         tl.store(du_ptr + x_off, du.to(du_ptr.dtype.element_ty), mask=m_dt)
@@ -270,6 +292,38 @@ def _bwd_kernel(
         tl.atomic_add(dbias_ptr + offs_d, dbias_acc, mask=mask_d, sem="relaxed")
 
 
+@dataclass(frozen=True)
+class Tuning:
+    """One kernel's launch shape: ``block_d`` channels per program, ``chunk`` steps per parallel scan
+    (both powers of two), ``num_warps`` warps per program."""
+
+    block_d: int
+    chunk: int
+    num_warps: int
+
+
+# by input element size: the fastest of the sweeps in results/scan_gpu_sweeps.json (H100, batch 8,
+# d 1536, n 16). The backward has its own, because it holds more per element: wider programs spill
+FWD_TUNING = {2: Tuning(block_d=8, chunk=64, num_warps=1), 4: Tuning(block_d=4, chunk=128, num_warps=2)}
+BWD_TUNING = {2: Tuning(block_d=2, chunk=128, num_warps=1), 4: Tuning(block_d=2, chunk=128, num_warps=1)}
+
+
+def _tunings(u: torch.Tensor, block_d, chunk, num_warps, bwd_block_d, bwd_chunk, bwd_num_warps):
+    size = 2 if u.element_size() <= 2 else 4
+    fwd = FWD_TUNING[size]
+    fwd = Tuning(block_d or fwd.block_d, chunk or fwd.chunk, num_warps or fwd.num_warps)
+    bwd = BWD_TUNING[size]
+    # the backward restarts from states the forward saves at its chunk starts, so its chunk is a multiple
+    bwd = Tuning(bwd_block_d or bwd.block_d, bwd_chunk or max(bwd.chunk, fwd.chunk), bwd_num_warps or bwd.num_warps)
+    for name, v in (("block_d", fwd.block_d), ("chunk", fwd.chunk), ("bwd_block_d", bwd.block_d),
+                    ("bwd_chunk", bwd.chunk)):
+        if v < 1 or v & (v - 1):
+            raise ValueError(f"selective_scan_triton: {name} must be a power of two, got {v}")
+    if bwd.chunk < fwd.chunk:
+        raise ValueError(f"selective_scan_triton: bwd_chunk ({bwd.chunk}) must be at least chunk ({fwd.chunk})")
+    return fwd, bwd
+
+
 def _run_length(u: torch.Tensor, chunk: int) -> int:
     # the steps one thread holds: Triton loads 16 bytes per thread along time (a layout that differs only
     # costs a layout conversion, never a wrong answer)
@@ -278,29 +332,29 @@ def _run_length(u: torch.Tensor, chunk: int) -> int:
 
 class _TritonScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, bias, h0, softplus, block_d, chunk, num_warps):
+    def forward(ctx, u, delta, A, B, C, D, z, bias, h0, softplus, fwd, bwd):
         # one set of strides serves u, delta, z, out (and B, C): everything goes in contiguous
         u, delta, A, B, C = (t.contiguous() for t in (u, delta, A, B, C))
         D, z, bias = (None if t is None else t.contiguous() for t in (D, z, bias))
         batch, d, L = u.shape
         n = A.shape[1]
-        n_chunks = triton.cdiv(L, chunk)
+        n_saved = triton.cdiv(L, bwd.chunk)
         need_grad = any(ctx.needs_input_grad)
         out = torch.empty_like(u)
-        states = torch.empty(n_chunks, batch, d, n, device=u.device, dtype=torch.float32) if need_grad else out
+        states = torch.empty(n_saved, batch, d, n, device=u.device, dtype=torch.float32) if need_grad else out
         last = torch.empty(batch, d, n, device=u.device, dtype=torch.float32)
         h0c = None if h0 is None else h0.float().contiguous()
-        grid = (batch, triton.cdiv(d, block_d))
+        grid = (batch, triton.cdiv(d, fwd.block_d))
         _fwd_kernel[grid](
             u, delta, A, B, C, D, z, bias, h0c, out, states, last, d, n, L,
             u.stride(0), u.stride(1), B.stride(0), B.stride(1),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, HAS_H0=h0 is not None,
-            SOFTPLUS=softplus, SAVE_STATES=need_grad, BLOCK_D=block_d, N=triton.next_power_of_2(n), T=chunk,
-            V=_run_length(u, chunk), num_warps=num_warps,
+            SOFTPLUS=softplus, SAVE_STATES=need_grad, SAVE_T=bwd.chunk, BLOCK_D=fwd.block_d,
+            N=triton.next_power_of_2(n), T=fwd.chunk, V=_run_length(u, fwd.chunk), num_warps=fwd.num_warps,
         )
         if need_grad:
             ctx.save_for_backward(u, delta, A, B, C, D, z, bias, h0, states)
-            ctx.softplus, ctx.block_d, ctx.chunk, ctx.num_warps = softplus, block_d, chunk, num_warps
+            ctx.softplus, ctx.tuning = softplus, bwd
         return out, last
 
     @staticmethod
@@ -312,20 +366,25 @@ class _TritonScan(torch.autograd.Function):
         du, ddelta = torch.empty_like(u), torch.empty_like(delta)
         dz = torch.empty_like(z) if z is not None else None
         f32 = dict(device=u.device, dtype=torch.float32)
-        dA = torch.zeros(d, n, **f32)
-        dB, dC = torch.zeros(batch, n, L, **f32), torch.zeros(batch, n, L, **f32)
-        dD = torch.zeros(d, **f32) if D is not None else None
-        dbias = torch.zeros(d, **f32) if bias is not None else None
+        # the atomically summed gradients start at zero; one buffer, because each allocation and fill
+        # costs CPU time that a short sequence's kernels do not hide
+        sums = torch.zeros(d * n + 2 * batch * n * L + 2 * d, **f32)
+        dA, dB, dC, dD, dbias = sums.split([d * n, batch * n * L, batch * n * L, d, d])
+        dA, dB, dC = dA.view(d, n), dB.view(batch, n, L), dC.view(batch, n, L)
+        dD = dD if D is not None else None
+        dbias = dbias if bias is not None else None
         g0 = torch.empty(batch, d, n, **f32)
         dlast = None if dlast is None else dlast.float().contiguous()
-        grid = (batch, triton.cdiv(d, ctx.block_d))
+        bwd = ctx.tuning
+        V = _run_length(u, bwd.chunk)
+        grid = (batch, triton.cdiv(d, bwd.block_d))
         _bwd_kernel[grid](
             u, delta, A, B, C, D, z, bias, states, dout, dlast,
             du, ddelta, dz, dA, dB, dC, dD, dbias, g0, d, n, L,
             u.stride(0), u.stride(1), B.stride(0), B.stride(1),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, HAS_DLAST=dlast is not None,
-            SOFTPLUS=ctx.softplus, BLOCK_D=ctx.block_d, N=triton.next_power_of_2(n), T=ctx.chunk,
-            V=_run_length(u, ctx.chunk), num_warps=ctx.num_warps,
+            SOFTPLUS=ctx.softplus, GATHER_FLIP=V == 4, BLOCK_D=bwd.block_d, N=triton.next_power_of_2(n),
+            T=bwd.chunk, V=V, num_warps=bwd.num_warps,
         )
         dh0 = None
         if h0 is not None and ctx.needs_input_grad[8]:
@@ -334,7 +393,7 @@ class _TritonScan(torch.autograd.Function):
             dh0 = (torch.exp(dl0[..., None] * A.float()) * g0).to(h0.dtype)
         return (du, ddelta, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
                 None if D is None else dD.to(D.dtype), dz, None if bias is None else dbias.to(bias.dtype),
-                dh0, None, None, None, None)
+                dh0, None, None, None)
 
 
 def selective_scan_triton(
@@ -349,17 +408,18 @@ def selective_scan_triton(
     delta_softplus: bool = False,
     return_last_state: bool = False,
     initial_state: torch.Tensor | None = None,
-    block_d: int = DEFAULT_BLOCK_D,
-    chunk: int = DEFAULT_CHUNK,
-    num_warps: int = DEFAULT_WARPS,
+    block_d: int | None = None,
+    chunk: int | None = None,
+    num_warps: int | None = None,
+    bwd_block_d: int | None = None,
+    bwd_chunk: int | None = None,
+    bwd_num_warps: int | None = None,
 ):
-    """The fused kernel, with ``selective_scan``'s contract (shapes there). ``block_d`` channels per
-    program, ``chunk`` steps per parallel scan (both powers of two) and ``num_warps`` are tuning knobs."""
-    for name, v in (("block_d", block_d), ("chunk", chunk)):
-        if v < 1 or v & (v - 1):
-            raise ValueError(f"selective_scan_triton: {name} must be a power of two, got {v}")
-    out, last = _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus),
-                                  int(block_d), int(chunk), int(num_warps))
+    """The fused kernel, with ``selective_scan``'s contract (shapes there). The rest are tuning knobs
+    (see ``Tuning``) for the forward and, with ``bwd_``, the backward kernel; None takes the tuned
+    default for the input dtype (``FWD_TUNING``, ``BWD_TUNING``)."""
+    fwd, bwd = _tunings(u, block_d, chunk, num_warps, bwd_block_d, bwd_chunk, bwd_num_warps)
+    out, last = _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus), fwd, bwd)
     return (out, last) if return_last_state else out
 
 
