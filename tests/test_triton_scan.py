@@ -49,6 +49,30 @@ def test_kernel_matches_reference_in_the_interpreter():
         assert_close(result)
 
 
+def test_kernels_compile_for_the_h100_without_spilling_in_their_loop():
+    # what the interpreter cannot catch: the compiled kernels' lowering, and a register blow-up in the
+    # per-state loop (Triton ships ptxas, so this compiles for sm_90 on a CPU machine)
+    from mambadyn.scan.sass import count
+
+    for kernel in ("fwd", "bwd"):
+        for dtype in (torch.bfloat16, torch.float32):
+            c = count(kernel, dtype)
+            assert c.loop_spill_instructions == 0, c
+            assert c.loop_mix.get("MUFU", 0) >= c.elements_per_thread, c  # the loop found is the state pass
+            assert c.loop_per_element < 100, c
+
+
+def test_bad_tuning_is_refused():
+    from mambadyn.scan.triton_scan import _tunings
+
+    with pytest.raises(ValueError, match="bwd_chunk"):
+        _tunings(2, chunk=128, bwd_chunk=64)
+    with pytest.raises(ValueError, match="power of two"):
+        _tunings(4, block_d=3)
+    fwd, bwd = _tunings(2, chunk=256)
+    assert bwd.chunk == 256  # the backward's default chunk grows to a multiple of the forward's
+
+
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled kernel needs CUDA")
 
 GPU_CASES = [

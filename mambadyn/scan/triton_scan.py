@@ -16,8 +16,8 @@ scan. The decay's gradient uses a_t h_{t-1} = h_t - b_t, so h_{t-1} is never nee
 over channels, so programs add their partial sums atomically into float32 buffers, with relaxed
 ordering: Triton's default (acq_rel) fences every atomic, which cost 1 ms of the 3.2 ms fwd+bwd.
 
-Where time goes is read off the SASS, which compiles without a GPU (``triton.compile`` with a
-``GPUTarget``): a thread holds runs of 8 (16-bit inputs) or 4 (float32) consecutive steps, so
+Where time goes is read off the SASS, which compiles without a GPU (``mambadyn.scan.sass``,
+``benchmarks/kernel_sass.py``): a thread holds runs of 8 (16-bit inputs) or 4 (float32) consecutive steps, so
 per-element selects on the step index are replaced by splitting the run ends out of registers
 (``_chunk_end``), and the reverse scan, which Triton lowers as flip + scan + flip at ~15 shuffles
 per element, becomes a gather-flip where that is cheaper (``_flip``).
@@ -308,8 +308,9 @@ FWD_TUNING = {2: Tuning(block_d=8, chunk=64, num_warps=1), 4: Tuning(block_d=4, 
 BWD_TUNING = {2: Tuning(block_d=2, chunk=128, num_warps=1), 4: Tuning(block_d=2, chunk=128, num_warps=1)}
 
 
-def _tunings(u: torch.Tensor, block_d, chunk, num_warps, bwd_block_d, bwd_chunk, bwd_num_warps):
-    size = 2 if u.element_size() <= 2 else 4
+def _tunings(element_size: int, block_d=None, chunk=None, num_warps=None, bwd_block_d=None, bwd_chunk=None,
+             bwd_num_warps=None) -> tuple[Tuning, Tuning]:
+    size = 2 if element_size <= 2 else 4
     fwd = FWD_TUNING[size]
     fwd = Tuning(block_d or fwd.block_d, chunk or fwd.chunk, num_warps or fwd.num_warps)
     bwd = BWD_TUNING[size]
@@ -324,10 +325,10 @@ def _tunings(u: torch.Tensor, block_d, chunk, num_warps, bwd_block_d, bwd_chunk,
     return fwd, bwd
 
 
-def _run_length(u: torch.Tensor, chunk: int) -> int:
+def _run_length(element_size: int, chunk: int) -> int:
     # the steps one thread holds: Triton loads 16 bytes per thread along time (a layout that differs only
     # costs a layout conversion, never a wrong answer)
-    return min(16 // u.element_size(), chunk)
+    return min(16 // element_size, chunk)
 
 
 class _TritonScan(torch.autograd.Function):
@@ -350,7 +351,8 @@ class _TritonScan(torch.autograd.Function):
             u.stride(0), u.stride(1), B.stride(0), B.stride(1),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, HAS_H0=h0 is not None,
             SOFTPLUS=softplus, SAVE_STATES=need_grad, SAVE_T=bwd.chunk, BLOCK_D=fwd.block_d,
-            N=triton.next_power_of_2(n), T=fwd.chunk, V=_run_length(u, fwd.chunk), num_warps=fwd.num_warps,
+            N=triton.next_power_of_2(n), T=fwd.chunk, V=_run_length(u.element_size(), fwd.chunk),
+            num_warps=fwd.num_warps,
         )
         if need_grad:
             ctx.save_for_backward(u, delta, A, B, C, D, z, bias, h0, states)
@@ -376,7 +378,7 @@ class _TritonScan(torch.autograd.Function):
         g0 = torch.empty(batch, d, n, **f32)
         dlast = None if dlast is None else dlast.float().contiguous()
         bwd = ctx.tuning
-        V = _run_length(u, bwd.chunk)
+        V = _run_length(u.element_size(), bwd.chunk)
         grid = (batch, triton.cdiv(d, bwd.block_d))
         _bwd_kernel[grid](
             u, delta, A, B, C, D, z, bias, states, dout, dlast,
@@ -418,7 +420,7 @@ def selective_scan_triton(
     """The fused kernel, with ``selective_scan``'s contract (shapes there). The rest are tuning knobs
     (see ``Tuning``) for the forward and, with ``bwd_``, the backward kernel; None takes the tuned
     default for the input dtype (``FWD_TUNING``, ``BWD_TUNING``)."""
-    fwd, bwd = _tunings(u, block_d, chunk, num_warps, bwd_block_d, bwd_chunk, bwd_num_warps)
+    fwd, bwd = _tunings(u.element_size(), block_d, chunk, num_warps, bwd_block_d, bwd_chunk, bwd_num_warps)
     out, last = _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus), fwd, bwd)
     return (out, last) if return_last_state else out
 

@@ -1,0 +1,133 @@
+"""The Triton scan's kernels compiled for an NVIDIA GPU on a machine without one, and counted.
+
+Triton compiles to SASS for a named target (``GPUTarget``) with the ptxas its wheel ships, so the
+cost of a kernel change can be read before any device time is spent: registers, spilled accesses,
+and the instructions of the innermost loop (one pass over one state of one chunk) per element it
+handles. The kernels get the constexprs and argument specializations a launch on a typical Mamba
+shape gets (sizes and strides divisible by 16, all options on, the tuned launch shape).
+
+    count("fwd", torch.bfloat16)  ->  SassCount(registers=..., loop_per_element=15.1, ...)
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from . import triton_scan as ts
+
+# pointer arguments in the inputs' dtype; the others are float32 (A, D, bias, states, summed grads)
+_INPUT_DTYPE_ARGS = {"u_ptr", "dl_ptr", "B_ptr", "C_ptr", "z_ptr", "out_ptr", "dout_ptr", "du_ptr", "ddl_ptr",
+                     "dz_ptr"}
+_TRITON_DTYPE = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+_BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+_INSTRUCTION = re.compile(r"^\s+/\*([0-9a-f]{4,6})\*/\s+(@!?U?P[0-9T]\s+)?([A-Z][A-Z0-9_]*)")
+
+
+@dataclass
+class SassCount:
+    kernel: str
+    dtype: str
+    tuning: dict
+    registers: int
+    spill_instructions: int          # LDL/STL in the whole kernel
+    loop_spill_instructions: int     # ... and in the innermost loop
+    loop_instructions: int
+    elements_per_thread: int         # (channel, step) elements of one state a thread handles per pass
+    loop_per_element: float
+    loop_mix: dict                   # opcode -> count in the innermost loop
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _constexprs(kernel: str, element_size: int, fwd: ts.Tuning, bwd: ts.Tuning, n: int) -> dict:
+    own = fwd if kernel == "fwd" else bwd
+    common = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, BLOCK_D=own.block_d,
+                  N=triton.next_power_of_2(n), T=own.chunk, V=ts._run_length(element_size, own.chunk))
+    if kernel == "fwd":
+        return dict(common, HAS_H0=False, SAVE_STATES=True, SAVE_T=bwd.chunk)
+    return dict(common, HAS_DLAST=False, GATHER_FLIP=common["V"] == 4)
+
+
+def compile_kernel(kernel: str, dtype: torch.dtype = torch.bfloat16, n: int = 16, arch: int = 90, **opts):
+    """Compile ``kernel`` ("fwd" or "bwd") for sm_``arch``. ``opts`` are ``selective_scan_triton``'s
+    tuning knobs. Returns (Triton's compiled kernel, the SASS text, the backward/forward Tuning used)."""
+    if kernel not in ("fwd", "bwd"):
+        raise ValueError(f"kernel must be 'fwd' or 'bwd', got {kernel!r}")
+    if dtype not in _TRITON_DTYPE:
+        raise ValueError(f"dtype must be one of {list(_TRITON_DTYPE)}, got {dtype}")
+    size = torch.tensor([], dtype=dtype).element_size()
+    fwd, bwd = ts._tunings(size, **opts)
+    fn = ts._fwd_kernel if kernel == "fwd" else ts._bwd_kernel
+    consts = _constexprs(kernel, size, fwd, bwd, n)
+    signature, attrs = {}, {}
+    for i, name in enumerate(fn.arg_names):
+        if name in consts:
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            signature[name] = "*" + (_TRITON_DTYPE[dtype] if name in _INPUT_DTYPE_ARGS else "fp32")
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        else:  # sizes and strides
+            signature[name] = "i32"
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    own = fwd if kernel == "fwd" else bwd
+    compiled = triton.compile(ASTSource(fn, signature, constexprs=consts, attrs=attrs),
+                              target=GPUTarget("cuda", arch, 32), options={"num_warps": own.num_warps})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(compiled.asm["cubin"])
+        sass = _tool("cuobjdump", "-sass", path)
+        usage = _tool("cuobjdump", "-res-usage", path)
+    compiled.registers = int(re.search(r"REG:(\d+)", usage).group(1))
+    return compiled, sass, own
+
+
+def _tool(name: str, *args: str) -> str:
+    return subprocess.run([os.path.join(_BIN, name), *args], capture_output=True, text=True, check=True).stdout
+
+
+def _instructions(sass: str) -> list[tuple[int, str, str]]:
+    """(address, opcode, line) of each instruction."""
+    out = []
+    for line in sass.splitlines():
+        m = _INSTRUCTION.match(line)
+        if m:
+            out.append((int(m.group(1), 16), m.group(3).split(".")[0], line))
+    return out
+
+
+def innermost_loop(sass: str) -> list[tuple[int, str, str]]:
+    """The instructions of the shortest backward branch's span: the kernels' per-state pass."""
+    ins = _instructions(sass)
+    loops = []
+    for addr, op, line in ins:
+        m = re.search(r"\bBRA(?:\.\w+)*\s+(?:`\(\.L_x_\d+\)|0x([0-9a-f]+))", line)
+        if op == "BRA" and m and m.group(1) and int(m.group(1), 16) < addr:
+            loops.append((int(m.group(1), 16), addr))
+    if not loops:
+        raise RuntimeError("no loop found in the SASS")
+    start, end = min(loops, key=lambda se: se[1] - se[0])
+    return [x for x in ins if start <= x[0] <= end]
+
+
+def count(kernel: str, dtype: torch.dtype = torch.bfloat16, n: int = 16, arch: int = 90, **opts) -> SassCount:
+    """Registers, spills and the innermost loop's instruction count of ``kernel`` for ``dtype``."""
+    compiled, sass, own = compile_kernel(kernel, dtype, n, arch, **opts)
+    loop = innermost_loop(sass)
+    spills = sum(op in ("LDL", "STL") for _, op, _ in _instructions(sass))
+    per_thread = own.block_d * own.chunk // (32 * own.num_warps)
+    mix = collections.Counter(op for _, op, _ in loop)
+    return SassCount(kernel, str(dtype).removeprefix("torch."), asdict(own), compiled.registers, spills,
+                     mix["LDL"] + mix["STL"], len(loop), per_thread, len(loop) / max(per_thread, 1),
+                     dict(mix.most_common()))
