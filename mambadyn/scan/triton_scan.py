@@ -26,7 +26,12 @@ Tried and measured slower on the H100 (bf16, batch 8, d 1536, L 2048; results/sc
 all n states in one (block_d, n, chunk) tile (fwd+bwd 5.1 ms against 3.2 ms for this kernel, both
 with acq_rel atomics); a per-step sequential walk (commit a8c5dcd, 7.7 ms: Triton waits for each
 step's loads); one channel per thread with the whole chunk in its registers (6.6 ms: too few threads
-to hide latency).
+to hide latency); two states per pass in the forward (236 registers, so fewer warps; not faster).
+Counted in SASS and dropped: a (step, state, channel, state) tile with 8 steps and 4 states in each
+thread, so the scan is serial in registers (Triton's default layout gives that), costs 22
+instructions per element against 15, because the per-(channel, step) work (softplus, gate, loads)
+is then repeated on every lane of a channel; running the adjoint on reversed loads with a single flip
+takes 255 registers.
 
 Inputs may be float32, bfloat16 or float16; the state and all arithmetic are float32. float64
 inputs are left to the PyTorch backends.
