@@ -61,7 +61,7 @@ def _constexprs(kernel: str, element_size: int, fwd: ts.Tuning, bwd: ts.Tuning, 
 
 def compile_kernel(kernel: str, dtype: torch.dtype = torch.bfloat16, n: int = 16, arch: int = 90, **opts):
     """Compile ``kernel`` ("fwd" or "bwd") for sm_``arch``. ``opts`` are ``selective_scan_triton``'s
-    tuning knobs. Returns (Triton's compiled kernel, the SASS text, the backward/forward Tuning used)."""
+    tuning knobs. Returns (the SASS text, registers per thread, the kernel's Tuning)."""
     if kernel not in ("fwd", "bwd"):
         raise ValueError(f"kernel must be 'fwd' or 'bwd', got {kernel!r}")
     if dtype not in _TRITON_DTYPE:
@@ -89,8 +89,7 @@ def compile_kernel(kernel: str, dtype: torch.dtype = torch.bfloat16, n: int = 16
             f.write(compiled.asm["cubin"])
         sass = _tool("cuobjdump", "-sass", path)
         usage = _tool("cuobjdump", "-res-usage", path)
-    compiled.registers = int(re.search(r"REG:(\d+)", usage).group(1))
-    return compiled, sass, own
+    return sass, int(re.search(r"REG:(\d+)", usage).group(1)), own
 
 
 def _tool(name: str, *args: str) -> str:
@@ -123,11 +122,11 @@ def innermost_loop(sass: str) -> list[tuple[int, str, str]]:
 
 def count(kernel: str, dtype: torch.dtype = torch.bfloat16, n: int = 16, arch: int = 90, **opts) -> SassCount:
     """Registers, spills and the innermost loop's instruction count of ``kernel`` for ``dtype``."""
-    compiled, sass, own = compile_kernel(kernel, dtype, n, arch, **opts)
+    sass, registers, own = compile_kernel(kernel, dtype, n, arch, **opts)
     loop = innermost_loop(sass)
     spills = sum(op in ("LDL", "STL") for _, op, _ in _instructions(sass))
     per_thread = own.block_d * own.chunk // (32 * own.num_warps)
     mix = collections.Counter(op for _, op, _ in loop)
-    return SassCount(kernel, str(dtype).removeprefix("torch."), asdict(own), compiled.registers, spills,
+    return SassCount(kernel, str(dtype).removeprefix("torch."), asdict(own), registers, spills,
                      mix["LDL"] + mix["STL"], len(loop), per_thread, len(loop) / max(per_thread, 1),
                      dict(mix.most_common()))

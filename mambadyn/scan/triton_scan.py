@@ -17,10 +17,10 @@ over channels, so programs add their partial sums atomically into float32 buffer
 ordering: Triton's default (acq_rel) fences every atomic, which cost 1 ms of the 3.2 ms fwd+bwd.
 
 Where time goes is read off the SASS, which compiles without a GPU (``mambadyn.scan.sass``,
-``benchmarks/kernel_sass.py``): a thread holds runs of 8 (16-bit inputs) or 4 (float32) consecutive steps, so
-per-element selects on the step index are replaced by splitting the run ends out of registers
-(``_chunk_end``), and the reverse scan, which Triton lowers as flip + scan + flip at ~15 shuffles
-per element, becomes a gather-flip where that is cheaper (``_flip``).
+``benchmarks/kernel_sass.py``): a thread holds runs of 8 (16-bit inputs) or 4 (float32) consecutive
+steps, so per-element selects on the step index are replaced by splitting the run ends out of
+registers (``_chunk_end``), and the reverse scan, which Triton lowers as flip + scan + flip at ~15
+shuffles per element, becomes a gather-flip where that is cheaper (``_flip``).
 
 Tried and measured slower on the H100 (bf16, batch 8, d 1536, L 2048; results/scan_gpu_sweeps.json):
 all n states in one (block_d, n, chunk) tile (fwd+bwd 5.1 ms against 3.2 ms for this kernel, both
@@ -87,16 +87,14 @@ def _flip(x, R: tl.constexpr, T: tl.constexpr):
 
 
 @triton.jit
-def _delta(ptr, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, RAW: tl.constexpr):
-    # Δ at ptr with its bias and softplus; zero where masked, so a = 1 and b = 0 there
+def _delta(ptr, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    # Δ at ptr with its bias (and softplus); zero where masked, so a = 1 and b = 0 there
     x = tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
         x = x + bias[:, None]
     if SOFTPLUS:
         x = _softplus(x)
-    if not RAW:
-        x = tl.where(mask, x, 0.0)
-    return x
+    return tl.where(mask, x, 0.0)
 
 
 @triton.jit
@@ -220,10 +218,10 @@ def _bwd_kernel(
         m_dt = mask_d[:, None] & mask_t[None, :]
         x_off = pid_b * s_ub + offs_d[:, None] * s_ud + t[None, :]
         # only what the state loop needs stays live through it; u, z, dout and the raw delta are read
-        # again after it (from cache), because holding them spilled registers at block_d 4
-        dl = _delta(dl_ptr + x_off, m_dt, bias, HAS_BIAS, SOFTPLUS, False)
+        # again after it (from cache), because holding them through it spilled registers
+        dl = _delta(dl_ptr + x_off, m_dt, bias, HAS_BIAS, SOFTPLUS)
         m_next = mask_d[:, None] & (t + 1 < L)[None, :]
-        dl_next = _delta(dl_ptr + x_off + 1, m_next, bias, HAS_BIAS, SOFTPLUS, False)  # a = 1 from step L - 1 on
+        dl_next = _delta(dl_ptr + x_off + 1, m_next, bias, HAS_BIAS, SOFTPLUS)  # a = 1 from step L - 1 on
         dlu = dl * tl.load(u_ptr + x_off, mask=m_dt, other=0.0).to(tl.float32)
         dy = tl.load(dout_ptr + x_off, mask=m_dt, other=0.0).to(tl.float32)
         if HAS_Z:
@@ -283,7 +281,7 @@ def _bwd_kernel(
             sz = tl.sigmoid(zz)
             tl.store(dz_ptr + x_off, (dout * y * sz * (1.0 + zz * (1.0 - sz))).to(dz_ptr.dtype.element_ty), mask=m_dt)
         if SOFTPLUS:
-            ddl = ddl * tl.sigmoid(_delta(dl_ptr + x_off, m_dt, bias, HAS_BIAS, False, True))
+            ddl = ddl * tl.sigmoid(_delta(dl_ptr + x_off, m_dt, bias, HAS_BIAS, False))  # softplus'
         ddl = tl.where(m_dt, ddl, 0.0)
         dbias_acc += tl.sum(ddl, axis=1)
         tl.store(du_ptr + x_off, du.to(du_ptr.dtype.element_ty), mask=m_dt)
@@ -317,10 +315,11 @@ def _tunings(element_size: int, block_d=None, chunk=None, num_warps=None, bwd_bl
              bwd_num_warps=None) -> tuple[Tuning, Tuning]:
     size = 2 if element_size <= 2 else 4
     fwd = FWD_TUNING[size]
-    fwd = Tuning(block_d or fwd.block_d, chunk or fwd.chunk, num_warps or fwd.num_warps)
+    fwd = Tuning(int(block_d or fwd.block_d), int(chunk or fwd.chunk), int(num_warps or fwd.num_warps))
     bwd = BWD_TUNING[size]
     # the backward restarts from states the forward saves at its chunk starts, so its chunk is a multiple
-    bwd = Tuning(bwd_block_d or bwd.block_d, bwd_chunk or max(bwd.chunk, fwd.chunk), bwd_num_warps or bwd.num_warps)
+    bwd = Tuning(int(bwd_block_d or bwd.block_d), int(bwd_chunk or max(bwd.chunk, fwd.chunk)),
+                 int(bwd_num_warps or bwd.num_warps))
     for name, v in (("block_d", fwd.block_d), ("chunk", fwd.chunk), ("bwd_block_d", bwd.block_d),
                     ("bwd_chunk", bwd.chunk)):
         if v < 1 or v & (v - 1):
@@ -426,7 +425,8 @@ def selective_scan_triton(
     (see ``Tuning``) for the forward and, with ``bwd_``, the backward kernel; None takes the tuned
     default for the input dtype (``FWD_TUNING``, ``BWD_TUNING``)."""
     fwd, bwd = _tunings(u.element_size(), block_d, chunk, num_warps, bwd_block_d, bwd_chunk, bwd_num_warps)
-    out, last = _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus), fwd, bwd)
+    out, last = _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus),
+                                  fwd, bwd)
     return (out, last) if return_last_state else out
 
 
