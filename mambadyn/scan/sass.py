@@ -93,7 +93,8 @@ def compile_kernel(kernel: str, dtype: torch.dtype = torch.bfloat16, n: int = 16
 
 
 def _tool(name: str, *args: str) -> str:
-    return subprocess.run([os.path.join(_BIN, name), *args], capture_output=True, text=True, check=True).stdout
+    done = subprocess.run([os.path.join(_BIN, name), *args], capture_output=True, text=True, check=True)
+    return done.stdout
 
 
 def _instructions(sass: str) -> list[tuple[int, str, str]]:

@@ -134,8 +134,8 @@ def _fwd_kernel(
     for c in range(0, n_chunks):
         # the backward's chunks are SAVE_T long (a multiple of T): it restarts from these states
         if SAVE_STATES and (c * T) % SAVE_T == 0:
-            tl.store(states_ptr + ((c * T // SAVE_T) * (tl.num_programs(0) * d) + pid_b * d + offs_d[:, None]) * n
-                     + offs_n[None, :], h, mask=mask_dn)
+            saved = (c * T // SAVE_T) * (tl.num_programs(0) * d) + pid_b * d + offs_d[:, None]
+            tl.store(states_ptr + saved * n + offs_n[None, :], h, mask=mask_dn)
         t = c * T + offs_t
         mask_t = t < L
         m_dt = mask_d[:, None] & mask_t[None, :]
@@ -325,7 +325,8 @@ def _tunings(element_size: int, block_d=None, chunk=None, num_warps=None, bwd_bl
         if v < 1 or v & (v - 1):
             raise ValueError(f"selective_scan_triton: {name} must be a power of two, got {v}")
     if bwd.chunk < fwd.chunk:
-        raise ValueError(f"selective_scan_triton: bwd_chunk ({bwd.chunk}) must be at least chunk ({fwd.chunk})")
+        raise ValueError(
+            f"selective_scan_triton: bwd_chunk ({bwd.chunk}) must be at least chunk ({fwd.chunk})")
     return fwd, bwd
 
 
