@@ -35,7 +35,8 @@ def main():
             t = c.tuning
             top = " ".join(f"{op}:{k}" for op, k in list(c.loop_mix.items())[:6])
             print(f"{kernel:<6} {c.dtype:<9} {t['block_d']:>7} {t['chunk']:>5} {t['num_warps']:>5} "
-                  f"{c.registers:>4} {c.spill_instructions:>6} {c.loop_instructions:>5} {c.loop_per_element:>6.1f}  {top}")
+                  f"{c.registers:>4} {c.spill_instructions:>6} {c.loop_instructions:>5} "
+                  f"{c.loop_per_element:>6.1f}  {top}")
             rows.append(c.as_dict())
     with open(args.json, "w") as f:
         json.dump({"arch": f"sm_{args.arch}", "n": args.n, "opts": opts, "rows": rows}, f, indent=1)
