@@ -21,6 +21,7 @@ INTERPRETED = [
     Case(2, 5, 37, 4, initial_state=True, last_state=True),      # L not a multiple of the chunk
     Case(1, 3, 9, 3, has_z=False, has_D=False, has_bias=False, softplus=False),  # n not a power of two
     Case(1, 3, 40, 4, dtype="bfloat16", last_state=True),        # 8 steps per thread: the reverse scan
+    Case(1, 3, 21, 4, last_state=True, forward_only=True),       # no grad: no states saved
 ]
 
 SCRIPT = """
@@ -73,6 +74,17 @@ def test_bad_tuning_is_refused():
     assert bwd.chunk == 256  # the backward's default chunk grows to a multiple of the forward's
 
 
+def test_few_rows_take_their_own_forward():
+    from mambadyn.scan.triton_scan import FWD_TUNING, FWD_TUNING_FEW_ROWS, FWD_TUNING_MID_ROWS, _tunings
+
+    assert _tunings(2, rows=8 * 1536, sms=132)[0] == FWD_TUNING[2]   # the benchmark shape fills an H100
+    assert _tunings(2, rows=2 * 2560, sms=132)[0] == FWD_TUNING_MID_ROWS
+    assert _tunings(2, rows=768, sms=132, need_grad=False)[0] == FWD_TUNING_FEW_ROWS[False]
+    fwd, bwd = _tunings(2, rows=768, sms=132, need_grad=True)
+    assert fwd == FWD_TUNING_FEW_ROWS[True] and bwd.chunk == 128
+    assert _tunings(2, block_d=8, rows=768, sms=132)[0].block_d == 8  # a knob given wins
+
+
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled kernel needs CUDA")
 
 GPU_CASES = [
@@ -84,6 +96,9 @@ GPU_CASES = [
     Case(2, 33, 100, 16, has_z=False, has_D=False, has_bias=False, softplus=False),
     Case(2, 33, 100, 16, initial_state=True, last_state=True),
     Case(2, 33, 100, 12, dtype="float16"),
+    # inference, whose launch shapes differ for few rows (batch * d) and for many
+    Case(1, 37, 1000, 16, dtype="bfloat16", initial_state=True, last_state=True, forward_only=True),
+    Case(8, 1536, 300, 16, dtype="bfloat16", forward_only=True),
 ]
 
 

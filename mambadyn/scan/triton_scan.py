@@ -39,6 +39,7 @@ inputs are left to the PyTorch backends.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -309,12 +310,34 @@ class Tuning:
 # d 1536, n 16). The backward has its own, because it holds more per element: wider programs spill
 FWD_TUNING = {2: Tuning(block_d=8, chunk=64, num_warps=1), 4: Tuning(block_d=4, chunk=128, num_warps=2)}
 BWD_TUNING = {2: Tuning(block_d=2, chunk=128, num_warps=1), 4: Tuning(block_d=2, chunk=128, num_warps=1)}
+# ... and the forward's where batch * d is too small for FWD_TUNING to fill the GPU, by rows (batch * d)
+# per SM: fewer, wider programs with more warps, and longer chunks when no backward needs the states
+# at 128-step intervals. Fastest in the few-rows sweeps of results/scan_gpu_sweeps.json (batch 1-4,
+# d 768-2560, L 2048, bf16): 2-2.6x faster than FWD_TUNING there
+FULL_ROWS_PER_SM = 80
+FWD_TUNING_MID_ROWS, MID_ROWS_PER_SM = Tuning(block_d=4, chunk=128, num_warps=1), 32
+FWD_TUNING_FEW_ROWS = {False: Tuning(block_d=2, chunk=512, num_warps=2),   # inference
+                       True: Tuning(block_d=2, chunk=128, num_warps=1)}    # training
+
+
+@functools.cache
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
 def _tunings(element_size: int, block_d=None, chunk=None, num_warps=None, bwd_block_d=None, bwd_chunk=None,
-             bwd_num_warps=None) -> tuple[Tuning, Tuning]:
+             bwd_num_warps=None, rows: int | None = None, sms: int | None = None,
+             need_grad: bool = True) -> tuple[Tuning, Tuning]:
+    """The forward and backward launch shapes: the knobs given, the rest from the tables above.
+    ``rows`` (batch * d) and ``sms`` (the GPU's SM count), where known and no forward knob is given,
+    pick the forward for few rows."""
     size = 2 if element_size <= 2 else 4
     fwd = FWD_TUNING[size]
+    if (block_d, chunk, num_warps) == (None, None, None) and rows is not None and sms is not None:
+        if rows < MID_ROWS_PER_SM * sms:
+            fwd = FWD_TUNING_FEW_ROWS[need_grad]
+        elif rows < FULL_ROWS_PER_SM * sms:
+            fwd = FWD_TUNING_MID_ROWS
     fwd = Tuning(int(block_d or fwd.block_d), int(chunk or fwd.chunk), int(num_warps or fwd.num_warps))
     bwd = BWD_TUNING[size]
     # the backward restarts from states the forward saves at its chunk starts, so its chunk is a multiple
@@ -425,7 +448,11 @@ def selective_scan_triton(
     """The fused kernel, with ``selective_scan``'s contract (shapes there). The rest are tuning knobs
     (see ``Tuning``) for the forward and, with ``bwd_``, the backward kernel; None takes the tuned
     default for the input dtype (``FWD_TUNING``, ``BWD_TUNING``)."""
-    fwd, bwd = _tunings(u.element_size(), block_d, chunk, num_warps, bwd_block_d, bwd_chunk, bwd_num_warps)
+    sms = _sm_count(u.device.index or 0) if u.is_cuda else None
+    need_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias, initial_state))
+    fwd, bwd = _tunings(u.element_size(), block_d, chunk, num_warps, bwd_block_d, bwd_chunk, bwd_num_warps,
+                        rows=u.shape[0] * u.shape[1], sms=sms, need_grad=need_grad)
     out, last = _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus),
                                   fwd, bwd)
     return (out, last) if return_last_state else out

@@ -36,6 +36,7 @@ class Case:
     softplus: bool = True
     initial_state: bool = False
     last_state: bool = False
+    forward_only: bool = False  # under no_grad: what inference runs (the Triton scan tunes it apart)
 
 
 def make_inputs(case: Case, device, seed: int = 0) -> dict[str, torch.Tensor | None]:
@@ -67,6 +68,10 @@ def _run(fn_backend, inputs, case, out_grad, last_grad):
               return_last_state=True)
     if xs["initial_state"] is not None:
         kw["initial_state"] = xs["initial_state"]
+    if case.forward_only:
+        with torch.no_grad():
+            out, last = fn_backend(xs["u"], xs["delta"], xs["A"], xs["B"], xs["C"], **kw)
+        return out, last, {}
     out, last = fn_backend(xs["u"], xs["delta"], xs["A"], xs["B"], xs["C"], **kw)
     loss = (out.double() * out_grad).sum()
     if case.last_state:
