@@ -313,7 +313,7 @@ BWD_TUNING = {2: Tuning(block_d=2, chunk=128, num_warps=1), 4: Tuning(block_d=2,
 # ... and the forward's where batch * d is too small for FWD_TUNING to fill the GPU, by rows (batch * d)
 # per SM: fewer, wider programs with more warps, and longer chunks when no backward needs the states
 # at 128-step intervals. Fastest in the few-rows sweeps of results/scan_gpu_sweeps.json (batch 1-4,
-# d 768-2560, L 2048, bf16): 2-2.6x faster than FWD_TUNING there
+# d 768-2560, L 2048, bf16): 1.3-3.8x faster than FWD_TUNING there (results/scan_gpu_small.json)
 FULL_ROWS_PER_SM = 80
 FWD_TUNING_MID_ROWS, MID_ROWS_PER_SM = Tuning(block_d=4, chunk=128, num_warps=1), 32
 FWD_TUNING_FEW_ROWS = {False: Tuning(block_d=2, chunk=512, num_warps=2),   # inference
