@@ -1,6 +1,6 @@
 """GPU selective-scan timings, side by side in one run, against the memory/exp floor.
 
-    python benchmarks/scan_gpu.py [--L 512,2048,8192] [--dtypes bfloat16,float32]
+    python benchmarks/scan_gpu.py [--L 512,2048,8192] [--dtypes bfloat16,float32] [--overhead]
                                   [--mamba-ssm-build /tmp/mamba_ssm_build] [--json ...] [--md ...]
     python benchmarks/scan_gpu.py --sweep --grid '{"bwd_block_d": [2, 4], "bwd_chunk": [64, 128]}'
                                   --sweep-L 512,2048 --sweep-dtypes bfloat16,float32 --impls triton
@@ -22,6 +22,7 @@ import argparse
 import itertools
 import json
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -111,6 +112,21 @@ def bench(fn, xs, backward):
     return do_bench(step, warmup=5, rep=200, return_mode="median")  # ms
 
 
+def call_overhead_us(fn, n, calls=500):
+    """Wall time per forward call on tiny inputs (batch 1, d 64, L 64), synchronizing only at the end:
+    what one call costs the CPU, which bounds short sequences and small batches."""
+    xs = inputs(1, 64, 64, n, torch.bfloat16, False)
+    with torch.no_grad():
+        for _ in range(20):
+            fn(*xs)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(calls):
+            fn(*xs)
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t) / calls * 1e6
+
+
 @triton.jit
 def _ex2_kernel(x_ptr, ITERS: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -158,6 +174,7 @@ def main():
     ap.add_argument("--sweep-L", default="2048", help="sequence lengths of the sweep")
     ap.add_argument("--sweep-dtypes", default="bfloat16", help="input dtypes of the sweep")
     ap.add_argument("--opts", default="{}", help="kernel options (JSON) for the Triton rows of the table")
+    ap.add_argument("--overhead", action="store_true", help="also time one call's CPU cost on tiny inputs")
     ap.add_argument("--json", default="results/scan_gpu.json")
     ap.add_argument("--md", default="results/scan_gpu.md")
     args = ap.parse_args()
@@ -200,6 +217,10 @@ def main():
     else:
         out["notes"]["mamba_ssm"] = why
     impls = {k: v for k, v in impls.items() if k in args.impls.split(",")}
+    if args.overhead:
+        out["call_overhead_us"] = {name: call_overhead_us(fn, n) for name, fn in impls.items()}
+        for name, us in out["call_overhead_us"].items():
+            print(f"{name:<10} one forward call on tiny inputs: {us:7.1f} us")
 
     for dtype_name in args.dtypes.split(","):
         dtype = getattr(torch, dtype_name)
@@ -241,6 +262,8 @@ def main():
         lines.append(f"| {r['impl']} | {r['dtype']} | {r['L']} | {r['fwd_ms']:.3f} | {r['fwd_ms'] / r['floor_fwd_ms']:.2f} "
                      f"| {r['fwd_bwd_ms']:.3f} | {r['fwd_bwd_ms'] / r['floor_fwd_bwd_ms']:.2f} "
                      f"| {r.get('fwd_bwd_vs_triton', float('nan')):.2f}x |")
+    for name, us in out.get("call_overhead_us", {}).items():
+        lines.append(f"\n{name}: one forward call on tiny inputs (batch 1, d 64, L 64) takes {us:.1f} us")
     for k, v in out["notes"].items():
         lines.append(f"\n{k}: {v}")
     Path(args.md).write_text("\n".join(lines) + "\n")
