@@ -361,9 +361,9 @@ def _run_length(element_size: int, chunk: int) -> int:
 
 
 def _forward(u, delta, A, B, C, D, z, bias, h0, softplus: bool, fwd: Tuning, bwd: Tuning, save_states: bool):
-    """Launch the forward kernel. Returns out (batch, d, L), the last state (batch, d, n) and, if
-    ``save_states``, the states at the backward's chunk starts (n_chunks, batch, d, n) with the
-    contiguous inputs the backward reads (else None)."""
+    """Launch the forward kernel. Returns out (batch, d, L), the last state (batch, d, n), and what
+    the backward reads if ``save_states`` (else None): the contiguous inputs, then the states at the
+    backward's chunk starts (n_chunks, batch, d, n)."""
     # one set of strides serves u, delta, z, out (and B, C): everything goes in contiguous
     u, delta, A, B, C = (t.contiguous() for t in (u, delta, A, B, C))
     D, z, bias = (None if t is None else t.contiguous() for t in (D, z, bias))
