@@ -112,18 +112,27 @@ def bench(fn, xs, backward):
     return do_bench(step, warmup=5, rep=200, return_mode="median")  # ms
 
 
-def call_overhead_us(fn, n, calls=500):
-    """Wall time per forward call on tiny inputs (batch 1, d 64, L 64), synchronizing only at the end:
-    what one call costs the CPU, which bounds short sequences and small batches."""
-    xs = inputs(1, 64, 64, n, torch.bfloat16, False)
-    with torch.no_grad():
-        for _ in range(20):
-            fn(*xs)
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(calls):
-            fn(*xs)
-        torch.cuda.synchronize()
+def call_overhead_us(fn, n, backward, calls=300):
+    """Wall time per forward (or forward and backward) call on tiny inputs (batch 1, d 64, L 64),
+    synchronizing only at the end: what one call costs the CPU, which bounds short sequences and small
+    batches."""
+    xs = inputs(1, 64, 64, n, torch.bfloat16, backward)
+    dy = torch.randn_like(xs[0])
+
+    def call():
+        if backward:
+            fn(*xs).backward(dy)
+        else:
+            with torch.no_grad():
+                fn(*xs)
+
+    for _ in range(20):
+        call()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(calls):
+        call()
+    torch.cuda.synchronize()
     return (time.perf_counter() - t) / calls * 1e6
 
 
@@ -218,9 +227,12 @@ def main():
         out["notes"]["mamba_ssm"] = why
     impls = {k: v for k, v in impls.items() if k in args.impls.split(",")}
     if args.overhead:
-        out["call_overhead_us"] = {name: call_overhead_us(fn, n) for name, fn in impls.items()}
+        out["call_overhead_us"] = {
+            name: {"fwd": call_overhead_us(fn, n, False), "fwd_bwd": call_overhead_us(fn, n, True)}
+            for name, fn in impls.items()}
         for name, us in out["call_overhead_us"].items():
-            print(f"{name:<10} one forward call on tiny inputs: {us:7.1f} us")
+            print(f"{name:<10} one call on tiny inputs: fwd {us['fwd']:7.1f} us, "
+                  f"fwd+bwd {us['fwd_bwd']:7.1f} us")
 
     for dtype_name in args.dtypes.split(","):
         dtype = getattr(torch, dtype_name)
@@ -263,7 +275,8 @@ def main():
                      f"| {r['fwd_bwd_ms']:.3f} | {r['fwd_bwd_ms'] / r['floor_fwd_bwd_ms']:.2f} "
                      f"| {r.get('fwd_bwd_vs_triton', float('nan')):.2f}x |")
     for name, us in out.get("call_overhead_us", {}).items():
-        lines.append(f"\n{name}: one forward call on tiny inputs (batch 1, d 64, L 64) takes {us:.1f} us")
+        lines.append(f"\n{name}: one call on tiny inputs (batch 1, d 64, L 64, bf16) takes {us['fwd']:.1f} "
+                     f"us (forward) and {us['fwd_bwd']:.1f} us (forward and backward) of wall time")
     for k, v in out["notes"].items():
         lines.append(f"\n{k}: {v}")
     Path(args.md).write_text("\n".join(lines) + "\n")
