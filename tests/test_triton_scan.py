@@ -85,6 +85,42 @@ def test_few_rows_take_their_own_forward():
     assert _tunings(2, block_d=8, rows=768, sms=132)[0].block_d == 8  # a knob given wins
 
 
+UNUSED_OUTPUT_SCRIPT = """
+from mambadyn.scan._interpret import enable; enable()
+import torch
+from mambadyn.scan import selective_scan
+from mambadyn.scan.reference import selective_scan_ref
+g = torch.Generator().manual_seed(0)
+b, d, L, n = 1, 3, 20, 4
+mk = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
+inputs = (mk(b, d, L), mk(b, d, L) * 0.5 - 1, -torch.exp(mk(d, n) * 0.5), mk(b, n, L), mk(b, n, L), mk(d),
+          mk(b, d, L), mk(d) * 0.1)
+worst = {}
+for use in ("out", "last"):  # the other output's gradient reaches the backward as None
+    grads = []
+    for backend, dt in (("reference", torch.float64), ("triton", torch.float32)):
+        xs = [t.detach().to(dt).clone().requires_grad_(True) for t in inputs]
+        out, last = selective_scan(*xs[:5], D=xs[5], z=xs[6], delta_bias=xs[7], delta_softplus=True,
+                                   return_last_state=True, backend=backend,
+                                   **(dict(block_d=4, chunk=8) if backend == "triton" else {}))
+        (out if use == "out" else last).sum().backward()
+        grads.append([torch.zeros(x.shape, dtype=torch.float64) if x.grad is None else x.grad.double()
+                      for x in xs])
+    ref, ours = grads
+    worst[use] = max(((a - r).abs().max() / r.abs().max().clamp_min(1e-3)).item() for a, r in zip(ours, ref))
+print(worst)
+"""
+
+
+def test_an_unused_output_needs_no_gradient_in_the_interpreter():
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-c", UNUSED_OUTPUT_SCRIPT], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    worst = eval(proc.stdout.strip().splitlines()[-1])  # noqa: S307 - our own script's dict of floats
+    assert worst["out"] < 2e-3 and worst["last"] < 2e-3, worst
+
+
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled kernel needs CUDA")
 
 GPU_CASES = [

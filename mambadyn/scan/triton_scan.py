@@ -360,6 +360,11 @@ def _run_length(element_size: int, chunk: int) -> int:
     return min(16 // element_size, chunk)
 
 
+def _as(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    # a same-dtype .to() still costs a dispatch, several per backward call
+    return grad if grad.dtype == like.dtype else grad.to(like.dtype)
+
+
 def _forward(u, delta, A, B, C, D, z, bias, h0, softplus: bool, fwd: Tuning, bwd: Tuning, save_states: bool):
     """Launch the forward kernel. Returns out (batch, d, L), the last state (batch, d, n), and what
     the backward reads if ``save_states`` (else None): the contiguous inputs, then the states at the
@@ -395,6 +400,8 @@ class _TritonScan(torch.autograd.Function):
         if need_grad:
             ctx.save_for_backward(*saved)
             ctx.softplus, ctx.tuning = softplus, bwd
+        # an unused output's gradient arrives as None rather than a zero tensor made and filled for it
+        ctx.set_materialize_grads(False)
         return out, last
 
     @staticmethod
@@ -402,7 +409,7 @@ class _TritonScan(torch.autograd.Function):
         u, delta, A, B, C, D, z, bias, h0, states = ctx.saved_tensors
         batch, d, L = u.shape
         n = A.shape[1]
-        dout = dout.contiguous()
+        dout = torch.zeros_like(u) if dout is None else dout.contiguous()
         du, ddelta = torch.empty_like(u), torch.empty_like(delta)
         dz = torch.empty_like(z) if z is not None else None
         f32 = dict(device=u.device, dtype=torch.float32)
@@ -431,9 +438,10 @@ class _TritonScan(torch.autograd.Function):
             dl0 = delta[:, :, 0].float() + (bias.float() if bias is not None else 0.0)
             dl0 = torch.nn.functional.softplus(dl0) if ctx.softplus else dl0
             dh0 = (torch.exp(dl0[..., None] * A.float()) * g0).to(h0.dtype)
-        return (du, ddelta, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
-                None if D is None else dD.to(D.dtype), dz, None if bias is None else dbias.to(bias.dtype),
-                dh0, None, None, None)
+        if B.dtype == C.dtype != torch.float32:  # one conversion for both: they sit side by side in sums
+            dB, dC = sums[d * n:d * n + 2 * batch * n * L].to(B.dtype).view(2, batch, n, L).unbind(0)
+        return (du, ddelta, _as(dA, A), _as(dB, B), _as(dC, C), None if D is None else _as(dD, D), dz,
+                None if bias is None else _as(dbias, bias), dh0, None, None, None)
 
 
 def selective_scan_triton(
