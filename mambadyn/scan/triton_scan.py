@@ -123,6 +123,7 @@ def _fwd_kernel(
     mask_dn = mask_d[:, None] & (offs_n < n)[None, :]
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     state_off = (pid_b * d + offs_d[:, None]) * n + offs_n[None, :]
@@ -142,12 +143,7 @@ def _fwd_kernel(
         m_dt = mask_d[:, None] & mask_t[None, :]
         x_off = pid_b * s_ub + offs_d[:, None] * s_ud + t[None, :]
         u = tl.load(u_ptr + x_off, mask=m_dt, other=0.0).to(tl.float32)
-        dl = tl.load(dl_ptr + x_off, mask=m_dt, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            dl = dl + bias[:, None]
-        if SOFTPLUS:
-            dl = _softplus(dl)
-        dl = tl.where(m_dt, dl, 0.0)  # a = 1, b = 0 past L: the state passes through
+        dl = _delta(dl_ptr + x_off, m_dt, bias, HAS_BIAS, SOFTPLUS)  # past L the state passes through
         dlu = dl * u
         y = tl.zeros((BLOCK_D, T), dtype=tl.float32)
         bc = pid_b * s_bb + t
