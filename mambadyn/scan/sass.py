@@ -51,12 +51,11 @@ class SassCount:
 
 
 def _constexprs(kernel: str, element_size: int, fwd: ts.Tuning, bwd: ts.Tuning, n: int) -> dict:
-    own = fwd if kernel == "fwd" else bwd
-    common = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, BLOCK_D=own.block_d,
-                  N=triton.next_power_of_2(n), T=own.chunk, V=ts._run_length(element_size, own.chunk))
+    # the launch's own launch-shape constexprs (and num_warps), with every input option on
+    flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True)
     if kernel == "fwd":
-        return dict(common, HAS_H0=False, SAVE_STATES=True, SAVE_T=bwd.chunk)
-    return dict(common, HAS_DLAST=False, GATHER_FLIP=common["V"] == 4)
+        return dict(flags, HAS_H0=False, **ts._fwd_meta(fwd, bwd, element_size, n, True))
+    return dict(flags, HAS_DLAST=False, **ts._bwd_meta(bwd, element_size, n))
 
 
 def compile_kernel(kernel: str, dtype: torch.dtype = torch.bfloat16, n: int = 16, arch: int = 90, **opts):
@@ -70,6 +69,7 @@ def compile_kernel(kernel: str, dtype: torch.dtype = torch.bfloat16, n: int = 16
     fwd, bwd = ts._tunings(size, **opts)
     fn = ts._fwd_kernel if kernel == "fwd" else ts._bwd_kernel
     consts = _constexprs(kernel, size, fwd, bwd, n)
+    num_warps = consts.pop("num_warps")
     signature, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in consts:
@@ -82,7 +82,7 @@ def compile_kernel(kernel: str, dtype: torch.dtype = torch.bfloat16, n: int = 16
             attrs[(i,)] = [["tt.divisibility", 16]]
     own = fwd if kernel == "fwd" else bwd
     compiled = triton.compile(ASTSource(fn, signature, constexprs=consts, attrs=attrs),
-                              target=GPUTarget("cuda", arch, 32), options={"num_warps": own.num_warps})
+                              target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "kernel.cubin")
         with open(path, "wb") as f:

@@ -356,6 +356,19 @@ def _run_length(element_size: int, chunk: int) -> int:
     return min(16 // element_size, chunk)
 
 
+def _fwd_meta(fwd: Tuning, bwd: Tuning, element_size: int, n: int, save_states: bool) -> dict:
+    # the forward's launch-shape constexprs and num_warps (mambadyn.scan.sass compiles with these too)
+    return dict(SAVE_STATES=save_states, SAVE_T=bwd.chunk, BLOCK_D=fwd.block_d, N=triton.next_power_of_2(n),
+                T=fwd.chunk, V=_run_length(element_size, fwd.chunk), num_warps=fwd.num_warps)
+
+
+def _bwd_meta(bwd: Tuning, element_size: int, n: int) -> dict:
+    # the backward's, likewise
+    V = _run_length(element_size, bwd.chunk)
+    return dict(GATHER_FLIP=V == 4, BLOCK_D=bwd.block_d, N=triton.next_power_of_2(n), T=bwd.chunk, V=V,
+                num_warps=bwd.num_warps)
+
+
 def _as(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     # a same-dtype .to() still costs a dispatch, several per backward call
     return grad if grad.dtype == like.dtype else grad.to(like.dtype)
@@ -380,9 +393,7 @@ def _forward(u, delta, A, B, C, D, z, bias, h0, softplus: bool, fwd: Tuning, bwd
         u, delta, A, B, C, D, z, bias, h0c, out, states, last, d, n, L,
         u.stride(0), u.stride(1), B.stride(0), B.stride(1),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, HAS_H0=h0 is not None,
-        SOFTPLUS=softplus, SAVE_STATES=save_states, SAVE_T=bwd.chunk, BLOCK_D=fwd.block_d,
-        N=triton.next_power_of_2(n), T=fwd.chunk, V=_run_length(u.element_size(), fwd.chunk),
-        num_warps=fwd.num_warps,
+        SOFTPLUS=softplus, **_fwd_meta(fwd, bwd, u.element_size(), n, save_states),
     )
     saved = (u, delta, A, B, C, D, z, bias, h0, states) if save_states else None
     return out, last, saved
@@ -419,15 +430,13 @@ class _TritonScan(torch.autograd.Function):
         g0 = torch.empty(batch, d, n, **f32)
         dlast = None if dlast is None else dlast.float().contiguous()
         bwd = ctx.tuning
-        V = _run_length(u.element_size(), bwd.chunk)
         grid = (batch, triton.cdiv(d, bwd.block_d))
         _bwd_kernel[grid](
             u, delta, A, B, C, D, z, bias, states, dout, dlast,
             du, ddelta, dz, dA, dB, dC, dD, dbias, g0, d, n, L,
             u.stride(0), u.stride(1), B.stride(0), B.stride(1),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, HAS_DLAST=dlast is not None,
-            SOFTPLUS=ctx.softplus, GATHER_FLIP=V == 4, BLOCK_D=bwd.block_d, N=triton.next_power_of_2(n),
-            T=bwd.chunk, V=V, num_warps=bwd.num_warps,
+            SOFTPLUS=ctx.softplus, **_bwd_meta(bwd, u.element_size(), n),
         )
         dh0 = None
         if h0 is not None and ctx.needs_input_grad[8]:
