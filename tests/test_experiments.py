@@ -14,7 +14,7 @@ def test_summary_statistics():
     assert abs(s.ci95_high - 2.0 - 4.302652729911275 / 3**0.5) < 1e-9  # t_{0.975, 2} = 4.3027
 
 
-def test_scenarios_smoke(tmp_path):
+def test_scenarios_smoke(tmp_path, shared_data):
     r = CliRunner().invoke(app, ["experiment", "scenarios", "--preset", "smoke", "--modes", "positive,negative",
                                  "--seeds", "0", "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output
@@ -29,7 +29,7 @@ def test_scenarios_smoke(tmp_path):
     assert again.exit_code == 0  # finished runs are reused, not retrained
 
 
-def test_reorder_smoke(tmp_path):
+def test_reorder_smoke(tmp_path, shared_data):
     r = CliRunner().invoke(app, ["experiment", "reorder", "--preset", "smoke", "--variants", "none,hard",
                                  "--seeds", "0", "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output

@@ -45,7 +45,7 @@ def test_transformers_to_mambadyn(tmp_path, shape):
     hf = hf_model(shape)
     hf.save_pretrained(tmp_path)
     ours = MambaLM.from_pretrained(tmp_path).eval()
-    assert ours.config.dt_rank == hf.config.time_step_rank
+    assert ours.config.time_step_rank == hf.config.time_step_rank
     ids = torch.randint(0, 97, (2, 19))
     with torch.no_grad():
         ref = hf(ids).logits
@@ -126,11 +126,34 @@ def test_missing_files_are_named(tmp_path):
         MambaLM.from_pretrained(tmp_path)
 
 
-def test_pickle_only_folder_is_refused(tmp_path):
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):  # what a malicious checkpoint does: run code on unpickling
+        return (open, (self.marker, "w"))
+
+
+def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
     _saved(tmp_path)
-    (tmp_path / "model.safetensors").rename(tmp_path / "pytorch_model.bin")
-    with pytest.raises(CheckpointError, match="never unpickles"):
+    marker = tmp_path / "pwned"
+    (tmp_path / "model.safetensors").unlink()
+    torch.save({"x": _Payload(str(marker))}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="never fully unpickles"):
         MambaLM.from_pretrained(tmp_path)
+    assert not marker.exists()
+
+
+def test_weights_only_bin_loads_like_safetensors(tmp_path):
+    from safetensors.torch import load_file
+
+    model = _saved(tmp_path)
+    sd = load_file(str(tmp_path / "model.safetensors"))
+    (tmp_path / "model.safetensors").unlink()
+    torch.save(sd, tmp_path / "pytorch_model.bin")
+    again = MambaLM.from_pretrained(tmp_path)
+    ids = torch.randint(0, model.config.vocab_size, (1, 7))
+    assert torch.equal(model(ids), again(ids))
 
 
 def test_config_that_does_not_match_weights(tmp_path):
@@ -156,7 +179,7 @@ def test_bad_ids_and_configs():
         m(torch.tensor([[1.0, 2.0]]))
     with pytest.raises(ValueError, match="eigen_mode"):
         MambaConfig(eigen_mode="sideways")
-    with pytest.raises(ValueError, match="d_model must be a positive integer"):
+    with pytest.raises(ValueError, match="d_model must be > 0"):
         MambaConfig(d_model=0)
     with pytest.raises(ValueError, match="model_type 'llama'"):
         MambaConfig.from_hf_dict({"model_type": "llama", "vocab_size": 3, "hidden_size": 4, "num_hidden_layers": 1})

@@ -64,7 +64,7 @@ def test_config_file_and_overrides(tmp_path):
     f = tmp_path / "c.json"
     f.write_text(json.dumps({"model": {"d_model": 64}, "optim": {"lr": 0.01}}))
     cfg = load_config(LMTrainConfig, f, ["run.seed=3", "model.eigen_mode=positive"])
-    assert (cfg.model.d_model, cfg.model.dt_rank, cfg.optim.lr, cfg.run.seed) == (64, 4, 0.01, 3)
+    assert (cfg.model.d_model, cfg.model.time_step_rank, cfg.optim.lr, cfg.run.seed) == (64, 4, 0.01, 3)
     assert cfg.model.eigen_mode == "positive"
     with pytest.raises(ValueError, match="unknown field 'widht'"):
         apply_overrides(cfg, ["model.widht=3"])
@@ -107,12 +107,9 @@ def test_idx_reader_checks_the_file(tmp_path):
         read_idx(tmp_path / "junk")
 
 
-def test_fashion_mnist_shared_files_load():
+def test_fashion_mnist_loads_from_the_data_cache(shared_data):
     from mambadyn.data import load_fashion_mnist
-    from mambadyn.data.images import DEFAULT_FASHION
 
-    if not DEFAULT_FASHION.is_dir():
-        pytest.skip("shared Fashion-MNIST not present")
     train, test = load_fashion_mnist()
     assert train.images.shape == (60000, 1, 28, 28) and test.labels.shape == (10000,)
     assert 0 <= train.images.min() and train.images.max() <= 1 and set(test.labels.unique().tolist()) == set(range(10))

@@ -38,8 +38,7 @@ def _run(kind: str, config, sets, out, steps, data, resume, print_config) -> Non
 
         typer.echo(json.dumps(asdict(cfg), indent=2))
         return
-    task = task_cls(cfg)
-    final = train(task, cfg, resume=resume)
+    final = train(task_cls, cfg, resume=resume)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return
     typer.echo(json.dumps(final))

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-DEFAULT_FASHION = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "fashion-mnist"
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
@@ -47,8 +46,13 @@ class ImageSplit:
 
 
 def load_fashion_mnist(root: str | Path | None = None) -> tuple[ImageSplit, ImageSplit]:
-    """(train 60k, test 10k) from train-/t10k-{images-idx3,labels-idx1}-ubyte[.gz] under ``root``."""
-    root = Path(root or DEFAULT_FASHION)
+    """(train 60k, test 10k) from train-/t10k-{images-idx3,labels-idx1}-ubyte[.gz] under ``root``; without
+    ``root`` from the data cache (downloaded once, see ``download.py``)."""
+    if root is None:
+        from .download import fetch
+
+        root = fetch("fashion-mnist")
+    root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"Fashion-MNIST folder {root} does not exist")
 

@@ -1,4 +1,6 @@
-"""Text corpora as token-id tensors: characters (Tiny Shakespeare) or a BPE trained with ``tokenizers``."""
+"""Text corpora as token-id tensors: characters (Tiny Shakespeare) or a BPE trained with ``tokenizers``;
+WikiText through the ``datasets`` library. Every tokenizer saves as a ``tokenizers`` tokenizer.json, so a
+run folder (and the probe) reads it back with the same library."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-DEFAULT_SHAKESPEARE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "tiny-shakespeare" / "input.txt"
+WIKITEXT = {"wikitext-2": "wikitext-2-raw-v1", "wikitext-103": "wikitext-103-raw-v1"}
 
 
 class CharTokenizer:
@@ -37,12 +39,27 @@ class CharTokenizer:
     def decode(self, ids) -> str:
         return "".join(self.chars[int(i)] for i in ids)
 
+    def to_tokenizers(self):
+        """The same vocabulary as a ``tokenizers.Tokenizer`` (one WordLevel token per character)."""
+        from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+        vocab = {c: i for i, c in enumerate(self.chars)}
+        tok = Tokenizer(models.WordLevel(vocab, unk_token=None))
+        tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+        tok.decoder = decoders.Fuse()
+        return tok
+
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"type": "char", "chars": self.chars}))
+        """Write a tokenizers-format tokenizer.json."""
+        self.to_tokenizers().save(str(path))
 
     @classmethod
     def load(cls, path: str | Path) -> "CharTokenizer":
-        return cls(json.loads(Path(path).read_text())["chars"])
+        d = json.loads(Path(path).read_text())
+        if d.get("type") == "char":  # the format of mambadyn 0.1's first runs
+            return cls(d["chars"])
+        vocab = d["model"]["vocab"]
+        return cls(sorted(vocab, key=vocab.get))
 
 
 @dataclass
@@ -78,8 +95,13 @@ def _split(ids: torch.Tensor, train_fraction: float) -> tuple[torch.Tensor, torc
 
 
 def load_tiny_shakespeare(path: str | Path | None = None, train_fraction: float = 0.9) -> TextSplits:
-    """Tiny Shakespeare at character level with the standard split: the first 90% trains."""
-    text = _read(path or DEFAULT_SHAKESPEARE)
+    """Tiny Shakespeare at character level with the standard split: the first 90% trains. Without
+    ``path`` the file comes from the data cache (downloaded once, see ``download.py``)."""
+    if path is None:
+        from .download import fetch
+
+        path = fetch("tiny-shakespeare") / "input.txt"
+    text = _read(path)
     tok = CharTokenizer.from_text(text)
     train, val = _split(tok.encode(text), train_fraction)
     return TextSplits(train, val, tok.vocab_size, tok)
@@ -130,13 +152,20 @@ def load_text(path: str | Path, tokenizer: str = "char", vocab_size: int = 4096,
     return TextSplits(train, val, vocab, tok)
 
 
-def load_wikitext(name: str = "wikitext-2-raw-v1", vocab_size: int = 8192) -> TextSplits:
-    """WikiText-2/103 through the ``datasets`` library (needs it installed and a network), BPE-tokenized."""
+def load_wikitext(name: str = "wikitext-2", vocab_size: int = 8192) -> TextSplits:
+    """WikiText-2 or -103 (raw) through the ``datasets`` library (its own cache; a network the first
+    time), with a byte-level BPE trained on the train split."""
+    if name not in WIKITEXT:
+        raise ValueError(f"unknown WikiText {name!r}; choose from {sorted(WIKITEXT)}")
     try:
         from datasets import load_dataset
     except ImportError as e:
         raise ImportError("WikiText needs the `datasets` library: pip install datasets") from e
-    ds = load_dataset("wikitext", name)
+    try:
+        ds = load_dataset("Salesforce/wikitext", WIKITEXT[name])
+    except Exception as e:  # noqa: BLE001 - datasets raises several kinds for "not cached and offline"
+        raise FileNotFoundError(f"could not load {name} through datasets ({type(e).__name__}: {e}); it needs a "
+                                "network the first time, or pass a local text file as data.path") from e
     tok, trainer = _byte_level_bpe(vocab_size)
     tok.train_from_iterator(ds["train"]["text"], trainer)
 

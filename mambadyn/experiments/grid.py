@@ -1,5 +1,10 @@
-"""Run a grid of training runs (variants x seeds) as ``mambadyn train`` subprocesses, resumably, and
-read their results back. A finished run is never run again; an interrupted one resumes."""
+"""Run a grid of training runs (variants x seeds), resumably, and read their results back.
+
+Each run is a ``mambadyn.train.worker`` process given its resolved config (the library's entry point,
+not the CLI's flags). A finished run is reused only when its stored config equals the requested one;
+an interrupted one resumes under the same rule; anything else is refused with the differences named.
+Children die with the experiment (``die_with_parent``), and each run folder is locked by its trainer.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,15 @@ import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
+
+from ..train.config import ImageTrainConfig, LMTrainConfig, apply_overrides
+from ..train.loop import config_differences
+
+CONFIGS = {"lm": LMTrainConfig, "image": ImageTrainConfig}
 
 
 @dataclass
@@ -35,10 +45,44 @@ class Run:
         return [m for m in self.metrics() if "loss" in m]
 
 
+def check_grid(cfg) -> None:
+    """The checks every experiment config shares: seeds given, jobs >= 1, and (where present) a positive
+    number of evaluations per epoch and of epochs."""
+    if not cfg.seeds:
+        raise ValueError("give at least one seed (--seeds 0,1,2)")
+    if len(set(cfg.seeds)) != len(cfg.seeds):
+        raise ValueError(f"seeds repeat: {cfg.seeds}")
+    if cfg.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {cfg.jobs}")
+    if getattr(cfg, "evals_per_epoch", 1) < 1:
+        raise ValueError(f"--evals-per-epoch must be >= 1, got {cfg.evals_per_epoch}")
+    if getattr(cfg, "epochs", None) is not None and cfg.epochs <= 0:
+        raise ValueError(f"--epochs must be > 0, got {cfg.epochs}")
+
+
+def _stored_mismatch(run: Run, requested: dict) -> list[str]:
+    stored = run.folder / "config.json"
+    if not stored.is_file():
+        return []
+    return config_differences(json.loads(stored.read_text()), requested)
+
+
 def run_grid(kind: str, variants: dict[str, list[str]], seeds: list[int], base: list[str], out: Path,
              jobs: int = 1, log_dir: Path | None = None) -> list[Run]:
-    """Train every (variant, seed) under ``out/runs/{variant}-s{seed}``; ``jobs`` at a time."""
+    """Train every (variant, seed) under ``out/runs/{variant}-s{seed}``; ``jobs`` at a time. ``base`` and
+    each variant's list are ``section.key=value`` overrides of the ``kind`` ("lm" | "image") config."""
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     runs = [Run(v, s, out / "runs" / f"{v}-s{s}") for v in variants for s in seeds]
+    configs = {}
+    for r in runs:
+        cfg = apply_overrides(CONFIGS[kind](), base + variants[r.variant] + [
+            f"run.seed={r.seed}", "run.progress=false", f"run.out_dir={r.folder}"])
+        configs[r.folder] = asdict(cfg)
+        diffs = _stored_mismatch(r, configs[r.folder])
+        if diffs:
+            raise ValueError(f"{r.folder} holds a run with other settings ({'; '.join(diffs[:4])}); "
+                             "use another --out for a different experiment, or delete the folder to rerun it")
     todo = [r for r in runs if not r.finished]
     log_dir = log_dir or out / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -47,14 +91,19 @@ def run_grid(kind: str, variants: dict[str, list[str]], seeds: list[int], base: 
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
 
     def one(r: Run) -> None:
-        sets = base + variants[r.variant] + [f"run.seed={r.seed}", "run.progress=false"]
-        cmd = [sys.executable, "-m", "mambadyn.cli", "train", kind, "--out", str(r.folder), "--resume",
-               *sum((["--set", s] for s in sets), [])]
+        cmd = [sys.executable, "-c", "from mambadyn.train.worker import die_with_parent, main; import sys; "
+               "die_with_parent(); sys.exit(main(sys.argv[1:]))", kind, json.dumps(configs[r.folder]), "--resume"]
         with open(log_dir / f"{r.folder.name}.log", "w") as log:
-            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        if proc.returncode != 0:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+            try:
+                code = proc.wait()
+            except BaseException:  # KeyboardInterrupt in the parent: take the child down with us
+                proc.kill()
+                proc.wait()
+                raise
+        if code != 0:
             tail = (log_dir / f"{r.folder.name}.log").read_text()[-2000:]
-            raise RuntimeError(f"run {r.folder.name} failed (exit {proc.returncode}):\n{tail}")
+            raise RuntimeError(f"run {r.folder.name} failed (exit {code}):\n{tail}")
 
     with tqdm(total=len(runs), initial=len(runs) - len(todo), desc="runs") as bar, \
             ThreadPoolExecutor(max_workers=jobs) as pool:

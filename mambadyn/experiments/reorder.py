@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..train.config import ImageTrainConfig, apply_overrides
-from .grid import run_grid
+from .grid import check_grid, run_grid
+from ..typed import check_fields
 from .stats import summarize, welch_p
 
 VARIANTS = {"none": [], "soft": ["model.reorder_layers=[0]"],
@@ -42,6 +43,8 @@ class ReorderExperimentConfig:
     jobs: int = 1
 
     def __post_init__(self):
+        check_fields(self)
+        check_grid(self)
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
         bad = [v for v in self.variants if v not in VARIANTS]

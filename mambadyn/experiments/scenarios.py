@@ -11,10 +11,11 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .grid import Run, run_grid
+from .grid import Run, check_grid, run_grid
+from ..typed import check_fields
 from .stats import summarize, welch_p
 
-MODES = ("free", "positive", "mixed", "negative")
+from ..nn.config import EIGEN_MODES as MODES
 
 PRESETS = {
     "smoke": ["model.d_model=16", "model.n_layer=2", "model.d_state=4", "data.seq_len=32", "optim.batch_size=4",
@@ -39,6 +40,8 @@ class ScenarioExperimentConfig:
     jobs: int = 1
 
     def __post_init__(self):
+        check_fields(self)
+        check_grid(self)
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
         bad = [m for m in self.modes if m not in MODES]

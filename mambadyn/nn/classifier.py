@@ -106,22 +106,22 @@ class MambaClassifier(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, **overrides) -> "MambaClassifier":
         """Load a folder written by ``save_pretrained``; ``overrides`` replace config fields."""
-        from ..refine import constrain_eigenvalues
-        from .hf_io import CheckpointError, load_effective_state_dict, read_config_json, read_safetensors_folder
+        from .hf_io import (CheckpointError, build_then_constrain, check_finite, load_effective_state_dict,
+                            read_config_json, read_safetensors_folder)
 
         folder = Path(path)
+        if not folder.is_dir():
+            raise CheckpointError(f"checkpoint folder {folder} does not exist")
         raw = read_config_json(folder)
         if raw.pop("architectures", [ARCHITECTURE]) != [ARCHITECTURE]:
             raise CheckpointError(f"{folder / 'config.json'} does not describe a {ARCHITECTURE}")
-        config = ClassifierConfig.from_dict({**raw, **overrides})
-        eigen_mode = config.eigen_mode
-        config.eigen_mode = "free"  # load the effective weights, then constrain (exact on the family)
-        model = cls(config)
-        load_effective_state_dict(model, read_safetensors_folder(folder), source=str(folder))
-        if eigen_mode != "free":
-            constrain_eigenvalues(model, eigen_mode, threshold=config.eigen_threshold)
-        config.eigen_mode = eigen_mode
-        return model
+        try:
+            config = ClassifierConfig.from_dict({**raw, **overrides})
+        except (ValueError, TypeError) as e:
+            raise CheckpointError(f"{folder / 'config.json'}: {e}") from e
+        sd = read_safetensors_folder(folder)
+        check_finite(sd, str(folder))
+        return build_then_constrain(cls, config, lambda m: load_effective_state_dict(m, sd, source=str(folder)))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

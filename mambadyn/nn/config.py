@@ -2,11 +2,38 @@
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-EIGEN_MODES = ("free", "positive", "negative", "mixed")
+from ..typed import check_fields, positive
+
+
+class EigenMode(str, enum.Enum):
+    """The sign constraint on the eigenvalues of S_C^T S_B (see ``mambadyn.refine.eigen``): the one
+    vocabulary of eigen modes for configs, the parametrization and the experiments."""
+
+    FREE = "free"
+    POSITIVE = "positive"
+    NEGATIVE = "negative"
+    MIXED = "mixed"
+
+
+EIGEN_MODES = tuple(m.value for m in EigenMode)
+
+
+def _check_eigen(cfg) -> None:
+    if cfg.eigen_mode not in EIGEN_MODES:
+        raise ValueError(f"{type(cfg).__name__}.eigen_mode must be one of {EIGEN_MODES}, got {cfg.eigen_mode!r}")
+    if isinstance(cfg.eigen_mode, EigenMode):
+        cfg.eigen_mode = cfg.eigen_mode.value  # JSON and comparisons see the plain string
+
+
+def _rank(dt_rank: int | str, d_model: int) -> int:
+    if dt_rank == "auto":
+        return math.ceil(d_model / 16)
+    return dt_rank
 
 
 @dataclass
@@ -44,14 +71,15 @@ class MambaConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.dt_rank == "auto":
-            self.dt_rank = math.ceil(self.d_model / 16)
-        for name in ("vocab_size", "d_model", "n_layer", "d_state", "expand", "d_conv", "dt_rank"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v <= 0:
-                raise ValueError(f"MambaConfig.{name} must be a positive integer, got {v!r}")
-        if self.eigen_mode not in EIGEN_MODES:
-            raise ValueError(f"MambaConfig.eigen_mode must be one of {EIGEN_MODES}, got {self.eigen_mode!r}")
+        _check_eigen(self)
+        check_fields(self)
+        if isinstance(self.dt_rank, str) and self.dt_rank != "auto":
+            raise ValueError(f"MambaConfig.dt_rank must be a positive integer or 'auto', got {self.dt_rank!r}")
+        positive(self, "vocab_size", "d_model", "n_layer", "d_state", "expand", "d_conv", "time_step_rank",
+                 "rms_eps", "dt_min", "dt_max", "dt_scale")
+        positive(self, "dt_init_floor", "initializer_range", "eigen_threshold", allow_zero=True)
+        if self.dt_min > self.dt_max:
+            raise ValueError(f"MambaConfig.dt_min {self.dt_min} exceeds dt_max {self.dt_max}")
         if self.eigen_mode != "free" and self.d_state > self.d_inner:
             raise ValueError(f"eigen_mode {self.eigen_mode!r} needs d_state <= d_inner ({self.d_state} > {self.d_inner})")
         if not 0.0 <= self.dropout < 1.0:
@@ -60,6 +88,11 @@ class MambaConfig:
     @property
     def d_inner(self) -> int:
         return self.expand * self.d_model
+
+    @property
+    def time_step_rank(self) -> int:
+        """dt_rank as a number: ceil(d_model / 16) where it is "auto"."""
+        return _rank(self.dt_rank, self.d_model)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,7 +126,7 @@ class MambaConfig:
             "hidden_act": "silu",
             "initializer_range": self.initializer_range,
             "residual_in_fp32": self.residual_in_fp32,
-            "time_step_rank": self.dt_rank,
+            "time_step_rank": self.time_step_rank,
             "time_step_scale": self.dt_scale,
             "time_step_min": self.dt_min,
             "time_step_max": self.dt_max,
@@ -179,10 +212,14 @@ class ClassifierConfig:
     rms_eps: float = 1e-5
 
     def __post_init__(self) -> None:
+        _check_eigen(self)
+        check_fields(self)
+        positive(self, "image_size", "in_channels", "patch_size", "num_classes", "d_model", "n_layer", "d_state",
+                 "expand", "d_conv", "rms_eps")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
-        if self.eigen_mode not in EIGEN_MODES:
-            raise ValueError(f"ClassifierConfig.eigen_mode must be one of {EIGEN_MODES}, got {self.eigen_mode!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"ClassifierConfig.dropout must be in [0, 1), got {self.dropout}")
         bad = [i for i in self.reorder_layers if not 0 <= i < self.n_layer]
         if bad:
             raise ValueError(f"reorder_layers {bad} out of range for n_layer={self.n_layer}")

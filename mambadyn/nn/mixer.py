@@ -26,7 +26,7 @@ class MambaMixer(nn.Module):
     def __init__(self, config: MambaConfig, layer_idx: int = 0):
         super().__init__()
         self.layer_idx = layer_idx
-        self.d_inner, self.d_state, self.dt_rank = config.d_inner, config.d_state, int(config.dt_rank)
+        self.d_inner, self.d_state, self.dt_rank = config.d_inner, config.d_state, config.time_step_rank
         self.d_conv = config.d_conv
         self.scan_backend = config.scan_backend
         di = self.d_inner

@@ -21,7 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-MODES = ("free", "positive", "negative", "mixed")
+from ..nn.config import EIGEN_MODES as MODES
+from ..nn.config import EigenMode
+
+CONSTRAINED = tuple(m.value for m in EigenMode if m is not EigenMode.FREE)
 
 
 def _inv_softplus(y: torch.Tensor) -> torch.Tensor:
@@ -33,8 +36,8 @@ class EigenSign(nn.Module):
 
     def __init__(self, dt_rank: int, d_state: int, mode: str, threshold: float = 0.7):
         super().__init__()
-        if mode not in ("positive", "negative", "mixed"):
-            raise ValueError(f"EigenSign mode must be positive, negative or mixed, got {mode!r}")
+        if mode not in CONSTRAINED:
+            raise ValueError(f"EigenSign mode must be one of {CONSTRAINED}, got {mode!r}")
         if threshold < 0:
             raise ValueError(f"threshold must be >= 0, got {threshold}")
         self.r, self.n, self.mode, self.threshold = dt_rank, d_state, mode, threshold

@@ -64,8 +64,10 @@ def save_checkpoint(out_dir: str | Path, step: int, model, optimizer, scheduler,
     pointer = out / ".latest.tmp"
     pointer.write_text(folder.name)
     os.replace(pointer, out / "latest")
-    ckpts = sorted(out.glob("ckpt-*"), key=lambda p: int(p.name.split("-")[1]))
-    for old in ckpts[:-keep]:
+    # prune by step below this one: a folder named for a later step is never the newest of this run
+    older = sorted((p for p in out.glob("ckpt-*") if p.name.split("-")[1].isdigit() and p != folder
+                    and int(p.name.split("-")[1]) < step), key=lambda p: int(p.name.split("-")[1]))
+    for old in older[: max(0, len(older) - (keep - 1))]:
         shutil.rmtree(old, ignore_errors=True)
     return folder
 
@@ -83,15 +85,21 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
 def load_checkpoint(folder: str | Path, model, optimizer, scheduler, scaler) -> dict:
     """Restore everything ``save_checkpoint`` wrote; returns the trainer metadata (with ``step``)."""
     folder = Path(folder)
-    meta = json.loads((folder / "trainer.json").read_text())
-    missing, unexpected = load_model(model, str(folder / "model.safetensors"), strict=True)
+    try:
+        meta = json.loads((folder / "trainer.json").read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{folder / 'trainer.json'} is not valid JSON ({e}); the checkpoint is damaged") from e
     device = next(model.parameters()).device
-    opt_tensors = load_file(str(folder / "optimizer.safetensors"), device=str(device))
+    try:
+        load_model(model, str(folder / "model.safetensors"), strict=True)
+        opt_tensors = load_file(str(folder / "optimizer.safetensors"), device=str(device))
+        rng = load_file(str(folder / "rng.safetensors"))
+    except Exception as e:  # noqa: BLE001 - safetensors' own error type for torn files, missing keys
+        raise ValueError(f"checkpoint {folder} cannot be read ({e}); it is damaged or from another model") from e
     optimizer.load_state_dict(_unflatten_optimizer(opt_tensors, meta["optimizer"]))
     scheduler.load_state_dict(meta["scheduler"])
     if scaler is not None and meta.get("scaler"):
         scaler.load_state_dict(meta["scaler"])
-    rng = load_file(str(folder / "rng.safetensors"))
     torch.set_rng_state(rng["cpu"])
     if torch.cuda.is_available():
         states = [rng[k] for k in sorted(k for k in rng if k.startswith("cuda"))]

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..nn.config import ClassifierConfig, MambaConfig
+from ..typed import check_fields, positive
 
 
 @dataclass
@@ -19,14 +20,16 @@ class OptimConfig:
     warmup_steps: int = 100
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # 0: no clipping
 
     def __post_init__(self):
-        for k in ("steps", "batch_size"):
-            if getattr(self, k) <= 0:
-                raise ValueError(f"optim.{k} must be > 0, got {getattr(self, k)}")
-        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1 or self.warmup_steps < 0:
-            raise ValueError("optim: need lr > 0, 0 <= min_lr_ratio <= 1, warmup_steps >= 0")
+        check_fields(self)
+        positive(self, "steps", "batch_size", "lr")
+        positive(self, "warmup_steps", "weight_decay", "grad_clip", allow_zero=True)
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"OptimConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"OptimConfig.betas must be in [0, 1), got {list(self.betas)}")
         self.betas = tuple(self.betas)
 
 
@@ -43,24 +46,46 @@ class RunConfig:
     progress: bool = True
 
     def __post_init__(self):
+        check_fields(self)
+        positive(self, "eval_batches", "log_every")
+        positive(self, "seed", "eval_every", "ckpt_every", allow_zero=True)
+        if not self.out_dir:
+            raise ValueError("RunConfig.out_dir must name a folder")
         if self.amp not in ("auto", "bf16", "fp16", "none"):
             raise ValueError(f"run.amp must be auto, bf16, fp16 or none, got {self.amp!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"run.device must be auto, cpu or cuda[:i], got {self.device!r}")
 
 
+LM_DATASETS = ("tiny-shakespeare", "wikitext-2", "wikitext-103")
+
+
 @dataclass
 class LMData:
-    path: str = ""  # empty: the shared Tiny Shakespeare
-    tokenizer: str = "char"  # char | bpe | path/to/tokenizer.json
+    path: str = ""  # a UTF-8 text file; empty: ``dataset``
+    dataset: str = "tiny-shakespeare"  # used when path is empty: tiny-shakespeare | wikitext-2 | wikitext-103
+    tokenizer: str = "char"  # char | bpe | path/to/tokenizer.json (with path; WikiText always trains a BPE)
     bpe_vocab: int = 4096
     seq_len: int = 256
+
+    def __post_init__(self):
+        check_fields(self)
+        positive(self, "bpe_vocab", "seq_len")
+        if self.dataset not in LM_DATASETS:
+            raise ValueError(f"LMData.dataset must be one of {LM_DATASETS}, got {self.dataset!r}")
+        if not self.path and self.tokenizer != "char" and self.dataset == "tiny-shakespeare":
+            raise ValueError(f"data.tokenizer={self.tokenizer!r} needs a corpus: give data.path (--data); "
+                             "Tiny Shakespeare is character-level")
 
 
 @dataclass
 class ImageData:
-    path: str = ""  # empty: the shared Fashion-MNIST folder
+    path: str = ""  # a Fashion-MNIST folder (IDX files); empty: the data cache (downloaded once)
     test_limit: int = 0  # evaluate on the first test_limit test images (0: all 10,000)
+
+    def __post_init__(self):
+        check_fields(self)
+        positive(self, "test_limit", allow_zero=True)
 
 
 @dataclass
@@ -69,6 +94,9 @@ class LMTrainConfig:
     data: LMData = field(default_factory=LMData)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 @dataclass
@@ -79,6 +107,9 @@ class ImageTrainConfig:
                                                                    weight_decay=0.05))
     run: RunConfig = field(default_factory=RunConfig)
 
+    def __post_init__(self):
+        check_fields(self)
+
 
 def to_dict(cfg) -> dict[str, Any]:
     return asdict(cfg)
@@ -87,6 +118,8 @@ def to_dict(cfg) -> dict[str, Any]:
 def from_dict(cls, d: dict[str, Any]):
     """Build a (nested) config dataclass from a dict; missing fields keep their defaults, unknown
     ones are named in the error."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{cls.__name__} must be given as a JSON object, got a {type(d).__name__}")
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(d) - set(known))
     if unknown:
@@ -95,19 +128,13 @@ def from_dict(cls, d: dict[str, Any]):
     for name, v in d.items():
         f = known[name]
         default = f.default_factory() if f.default_factory is not MISSING else None
-        if is_dataclass(default) and isinstance(v, dict):
-            kw[name] = from_dict(type(default), _merge_section(asdict(default), v))
+        if is_dataclass(default):
+            if not isinstance(v, dict):
+                raise ValueError(f"section {name!r} must be a JSON object of fields, got {v!r}")
+            kw[name] = from_dict(type(default), {**asdict(default), **v})
         else:
             kw[name] = v
     return cls(**kw)
-
-
-def _merge_section(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    """``base`` updated by ``changes``; a new d_model without a dt_rank re-derives dt_rank ("auto")."""
-    merged = {**base, **changes}
-    if "d_model" in changes and "dt_rank" not in changes and "dt_rank" in base:
-        merged["dt_rank"] = "auto"
-    return merged
 
 
 def _coerce(text: str, current):
@@ -118,10 +145,16 @@ def _coerce(text: str, current):
             return False
         raise ValueError(f"expected a boolean, got {text!r}")
     if isinstance(current, (list, tuple)) or text.startswith("["):
-        return json.loads(text)
-    for t in (int, float):
-        if isinstance(current, t) and not isinstance(current, bool):
-            return t(text)
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"expected a JSON list, got {text!r}") from e
+    if isinstance(current, (int, float)) or current == "auto":  # dt_rank: "auto" or a number
+        # a number as JSON reads it: "10" an int, "1e-3" and "10.7" floats (the field's check then decides)
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
     return text
 
 
@@ -139,8 +172,7 @@ def apply_overrides(cfg, overrides: list[str]):
         if name not in d[section]:
             raise ValueError(f"override {key!r}: unknown field {name!r}; fields: {sorted(d[section])}")
         new.setdefault(section, {})[name] = _coerce(value, d[section][name])
-    return from_dict(type(cfg), {section: _merge_section(values, new.get(section, {}))
-                                 for section, values in d.items()})
+    return from_dict(type(cfg), {section: {**values, **new.get(section, {})} for section, values in d.items()})
 
 
 def load_config(cls, path: str | Path | None, overrides: list[str] = ()):
@@ -151,7 +183,11 @@ def load_config(cls, path: str | Path | None, overrides: list[str] = ()):
         if not p.is_file():
             raise FileNotFoundError(f"config file {p} does not exist")
         try:
-            cfg = from_dict(cls, json.loads(p.read_text()))
-        except json.JSONDecodeError as e:
+            raw = json.loads(p.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"config file {p} is not valid JSON: {e}") from e
+        try:
+            cfg = from_dict(cls, raw)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"config file {p}: {e}") from e
     return apply_overrides(cfg, list(overrides))

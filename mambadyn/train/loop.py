@@ -5,12 +5,14 @@ several)."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import math
 import os
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -59,27 +61,123 @@ def lr_lambda(warmup: int, total: int, min_ratio: float):
 
 
 def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines a killed run wrote after its last checkpoint: the resumed run writes them again."""
+    """Drop log lines a killed run wrote after its last checkpoint (the resumed run writes them again),
+    and a torn last line (the kill came mid-write; the checkpoint is intact)."""
     if not path.exists():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= step]
+    keep = []
+    for ln in path.read_text().splitlines():
+        try:
+            record = json.loads(ln) if ln else None
+        except json.JSONDecodeError:
+            continue
+        if record is not None and record.get("step", 0) <= step:
+            keep.append(ln)
     path.write_text("".join(ln + "\n" for ln in keep))
 
 
-def train(task, cfg, resume: bool = False, on_eval=None) -> dict:
-    """Train ``task`` (see tasks.py) under ``cfg`` (LMTrainConfig / ImageTrainConfig).
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys where two nested config dicts differ."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _differences(va, vb, f"{prefix}{k}.")
+        elif (list(va) if isinstance(va, tuple) else va) != (list(vb) if isinstance(vb, tuple) else vb):
+            out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
+    return out
+
+
+# settings that may change between a run and its resumption: they do not change what is computed
+RESUMABLE_CHANGES = ("run.progress", "run.device", "run.out_dir", "run.eval_every", "run.eval_batches", "run.log_every",
+                     "run.ckpt_every")
+
+
+def config_differences(stored: dict, requested: dict) -> list[str]:
+    """What a resumption would change in a run's stored config.json, ignoring ``RESUMABLE_CHANGES``
+    (and the vocabulary, which the data sets)."""
+    diffs = _differences(stored, requested)
+    return [d for d in diffs if not d.startswith(RESUMABLE_CHANGES + ("model.vocab_size",))]
+
+
+@contextlib.contextmanager
+def run_lock(out: Path):
+    """Hold ``out/.lock`` for the whole run, so a second trainer on the same folder fails at once
+    (the kernel drops the lock when the process dies, so a killed run never leaves it stale)."""
+    out.mkdir(parents=True, exist_ok=True)
+    fh = open(out / ".lock", "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        owner = fh.read().strip() or "another process"
+        fh.close()
+        raise RuntimeError(f"run folder {out} is in use by a trainer ({owner}); wait for it or stop it") from None
+    fh.truncate(0)
+    fh.write(f"pid {os.getpid()}")
+    fh.flush()
+    try:
+        yield
+    finally:
+        fh.close()
+
+
+def check_out_dir(out: Path) -> None:
+    """Fail before any work when the run folder cannot be created or written."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"run folder {out} is not writable ({e.strerror or e})") from e
+
+
+def _prepare_folder(out: Path, cfg_dict: dict, resume: bool) -> None:
+    """Refuse what would mix two runs in one folder: a fresh run over another's checkpoints, or a
+    resumption under different settings."""
+    stored_file = out / "config.json"
+    has_run = (out / "latest").exists() or any(out.glob("ckpt-*"))
+    if not resume and has_run:
+        raise ValueError(f"run folder {out} already holds a run; pass --resume to continue it, or choose "
+                         "another --out")
+    if resume and stored_file.exists():
+        try:
+            stored = json.loads(stored_file.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{stored_file} is not valid JSON ({e}); cannot check the resumed settings") from e
+        diffs = config_differences(stored, cfg_dict)
+        if diffs:
+            raise ValueError(f"--resume with settings that differ from the run in {out}: {'; '.join(diffs[:6])}. "
+                             "Resume with the same settings, or start a new run in another folder")
+
+
+def train(make_task: Callable, cfg, resume: bool = False, on_eval=None) -> dict:
+    """Train the task ``make_task(cfg, rank=..., world=...)`` builds (``LMTask``, ``ImageTask``; see
+    tasks.py) under ``cfg`` (LMTrainConfig / ImageTrainConfig). The task is built after the process
+    group exists, so under torchrun every rank draws its own share of the data.
 
     Writes ``run.out_dir``: config.json, metrics.jsonl (one JSON object per logged step or
-    evaluation), checkpoints (``ckpt-*`` + ``latest``) and the final model under ``model/``.
-    ``resume`` continues from the latest checkpoint there; the result equals an uninterrupted run.
-    Returns the final evaluation metrics.
+    evaluation), checkpoints (``ckpt-*`` + ``latest``), the final model under ``model/`` and the
+    task's artifacts (an LM's tokenizer.json). ``resume`` continues from the latest checkpoint there;
+    the result equals an uninterrupted run. The folder is locked while a trainer owns it. Returns the
+    final evaluation metrics.
     """
+    out = Path(cfg.run.out_dir)
+    check_out_dir(out)
+    rank = int(os.environ.get("RANK", "0"))
+    lock = run_lock(out) if rank == 0 else contextlib.nullcontext()
+    with lock:
+        return _train(make_task, cfg, out, resume, on_eval)
+
+
+def _train(make_task, cfg, out: Path, resume: bool, on_eval) -> dict:
     run, opt_cfg = cfg.run, cfg.optim
     rank, world, device = _dist_setup(run.device)
-    out = Path(run.out_dir)
     is_main = rank == 0
+    task = make_task(cfg, rank=rank, world=world)
     if is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        _prepare_folder(out, asdict(cfg), resume)
     amp = run.amp if run.amp != "auto" else ("bf16" if device.type == "cuda" else "none")
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
 
@@ -108,6 +206,7 @@ def train(task, cfg, resume: bool = False, on_eval=None) -> dict:
         log_path.unlink(missing_ok=True)
     if is_main:
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+        task.save_artifacts(out)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
     def log(record):
@@ -141,7 +240,7 @@ def train(task, cfg, resume: bool = False, on_eval=None) -> dict:
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), opt_cfg.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), opt_cfg.grad_clip or math.inf)
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
@@ -168,6 +267,7 @@ def train(task, cfg, resume: bool = False, on_eval=None) -> dict:
     if is_main:
         save_checkpoint(out, opt_cfg.steps, model, optimizer, scheduler, scaler, {"config": asdict(cfg)})
         model.save_pretrained(out / "model")
+        task.save_artifacts(out / "model")
     if world > 1:
         dist.barrier()
     return final

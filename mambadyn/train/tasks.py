@@ -7,7 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..data import EpochSampler, ImageSplit, WindowSampler, load_fashion_mnist, load_text, load_tiny_shakespeare
+from ..data import (EpochSampler, ImageSplit, WindowSampler, load_fashion_mnist, load_text, load_tiny_shakespeare,
+                    load_wikitext)
 from ..nn import MambaClassifier, MambaLM
 from .config import ImageTrainConfig, LMTrainConfig
 
@@ -17,14 +18,24 @@ class LMTask:
 
     unit = "tok"
 
-    def __init__(self, cfg: LMTrainConfig, rank: int = 0):
+    def __init__(self, cfg: LMTrainConfig, rank: int = 0, world: int = 1):
         d = cfg.data
-        self.splits = load_tiny_shakespeare() if not d.path else load_text(d.path, d.tokenizer, d.bpe_vocab)
+        if d.path:
+            self.splits = load_text(d.path, d.tokenizer, d.bpe_vocab)
+        elif d.dataset == "tiny-shakespeare":
+            self.splits = load_tiny_shakespeare()
+        else:
+            self.splits = load_wikitext(d.dataset, d.bpe_vocab)
         if cfg.model.vocab_size != self.splits.vocab_size:
             cfg.model.vocab_size = self.splits.vocab_size  # the data decides the vocabulary
         self.cfg = cfg
+        # each rank draws its own windows (the rank enters the batch seed); the union is the global batch
         self.train = WindowSampler(self.splits.train, d.seq_len, cfg.optim.batch_size, cfg.run.seed, rank)
         self.val = WindowSampler(self.splits.val, d.seq_len, cfg.optim.batch_size, cfg.run.seed)
+
+    def save_artifacts(self, folder) -> None:
+        """tokenizer.json (``tokenizers`` format), so the folder decodes and encodes on its own."""
+        self.splits.tokenizer.save(str(folder / "tokenizer.json"))
 
     def build_model(self) -> MambaLM:
         return MambaLM(self.cfg.model)
@@ -73,6 +84,9 @@ class ImageTask:
 
     def build_model(self) -> MambaClassifier:
         return MambaClassifier(self.cfg.model)
+
+    def save_artifacts(self, folder) -> None:
+        """Nothing beyond the model: images need no tokenizer."""
 
     def batch(self, step: int):
         idx = self.sampler.indices(step)

@@ -1,0 +1,40 @@
+"""One training run in its own process: ``python -m mambadyn.train.worker KIND CONFIG_JSON [--resume]``.
+
+The library entry point that experiment grids start (never the CLI's flags). The child asks the kernel
+to kill it when its parent dies (Linux ``PR_SET_PDEATHSIG``), so stopping an experiment never leaves a
+trainer writing into its folder; the run folder's lock catches any other second trainer.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import signal
+import sys
+
+from .config import ImageTrainConfig, LMTrainConfig, from_dict
+from .loop import train
+from .tasks import ImageTask, LMTask
+
+KINDS = {"lm": (LMTrainConfig, LMTask), "image": (ImageTrainConfig, ImageTask)}
+
+
+def die_with_parent() -> None:
+    """Ask for SIGKILL when the parent process exits (Linux; elsewhere a no-op)."""
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) not in (2, 3) or argv[0] not in KINDS or (len(argv) == 3 and argv[2] != "--resume"):
+        print("usage: python -m mambadyn.train.worker lm|image CONFIG_JSON [--resume]", file=sys.stderr)
+        return 2
+    cfg_cls, task_cls = KINDS[argv[0]]
+    cfg = from_dict(cfg_cls, json.loads(argv[1]))
+    print(json.dumps(train(task_cls, cfg, resume=len(argv) == 3)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
