@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 import typer
+from ..jsonio import write_json
 
 app = typer.Typer(help="Simulate and picture the continuous-time token dynamics.", no_args_is_help=True)
 
@@ -54,7 +55,7 @@ def scenarios(out: Path = OUT, tokens: int = typer.Option(8, "--tokens", "-L", m
             for t, row, ok in zip(tr.t.tolist(), tr.x[:, 0, :, 0].tolist(), tr.valid[:, 0].tolist()):
                 w.writerow([t] + [v if o else "" for v, o in zip(row, ok)])
     png = trajectories(trajs, out / "scenarios.png")
-    (out / "scenarios.json").write_text(json.dumps(summary, indent=1))
+    write_json(out / "scenarios.json", summary)
     for s in summary:
         typer.echo(f"{s['case']:36s} classified {s['classified']:15s} observed {s['observed']}")
     typer.echo(f"wrote {png}, {out / 'scenarios.json'} and trajectory_*.csv")
@@ -83,32 +84,43 @@ def portrait(out: Path = OUT, tokens: int = typer.Option(6, "--tokens", "-L", mi
         summary.append({"case": name, "eigenvalues": ev, "classified": c.scenario.value, "conjectural": True,
                         "observed": tr.outcome()[0], "final_norms": tr.norms()[-1, 0].tolist()})
     png = portraits(trajs, out / "portraits.png")
-    (out / "portraits.json").write_text(json.dumps(summary, indent=1))
+    write_json(out / "portraits.json", summary)
     for s in summary:
         typer.echo(f"{s['case']:26s} observed {s['observed']}")
     typer.echo(f"wrote {png} and {out / 'portraits.json'}")
+
+
+def _parse_dims(text: str) -> tuple[int, ...]:
+    """"2-8" (a range) or "2,4,8" (a list) -> dimensions, each >= 1."""
+    try:
+        lo, sep, hi = text.partition("-")
+        ds = tuple(range(int(lo), int(hi) + 1)) if sep else tuple(int(d) for d in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"--dims takes a range like 2-8 or a list like 2,4,8, got {text!r}") from None
+    if not ds:
+        raise typer.BadParameter(f"--dims {text!r} is an empty range (write the smaller dimension first)")
+    if min(ds) < 1:
+        raise typer.BadParameter(f"dimensions must be >= 1, got {text!r}")
+    return ds
 
 
 @app.command("phase-diagram")
 def phase_diagram_cmd(out: Path = OUT, systems: int = typer.Option(200, min=1, help="random systems per D"),
                       dims: str = typer.Option("2-8", help="dimensions, e.g. 2-8 or 2,4,8"),
                       tokens: int = typer.Option(4, "--tokens", "-L", min=1), t_end: float = 200.0,
-                      max_steps: int = typer.Option(2000, help="explicit steps per system before LSODA takes over"),
-                      stiff_max_steps: int = typer.Option(5000, help="LSODA steps per system, then it is "
+                      max_steps: int = typer.Option(2000, min=1, help="explicit steps per system before LSODA takes over"),
+                      stiff_max_steps: int = typer.Option(5000, min=1, help="LSODA steps per system, then it is "
                                                           "left out as unfinished (fewer: faster)"),
                       seed: int = 0) -> None:
     """Fraction of random D-dim systems that converge, against the number of positive eigenvalues."""
     from mambadyn.dynamics.phase import PhaseConfig, phase_diagram
     from mambadyn.plots.dynamics import phase_diagram as plot
 
-    lo, _, hi = dims.partition("-")
-    ds = tuple(range(int(lo), int(hi) + 1)) if hi else tuple(int(d) for d in dims.split(","))
-    if min(ds) < 1:
-        raise typer.BadParameter(f"dimensions must be >= 1, got {dims}")
+    ds = _parse_dims(dims)
     out.mkdir(parents=True, exist_ok=True)
     rows = phase_diagram(PhaseConfig(dims=ds, systems=systems, L=tokens, t_end=t_end, seed=seed, max_steps=max_steps,
                                       stiff_max_steps=stiff_max_steps))
-    (out / "phase_diagram.json").write_text(json.dumps(rows, indent=1))
+    write_json(out / "phase_diagram.json", rows)
     png = plot(rows, out / "phase_diagram.png")
     for r in rows:
         if r["criterion"] == "matrix":

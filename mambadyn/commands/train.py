@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from ..jsonio import dumps
 
 app = typer.Typer(help="Train a Mamba language model or image classifier (resumable, DDP under torchrun).",
                   no_args_is_help=True)
@@ -41,7 +42,7 @@ def _run(kind: str, config, sets, out, steps, data, resume, print_config) -> Non
     final = train(task_cls, cfg, resume=resume)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return
-    typer.echo(json.dumps(final))
+    typer.echo(dumps(final, indent=None))
     typer.echo(f"run folder: {Path(cfg.run.out_dir).resolve()} (metrics.jsonl, model/, checkpoints)")
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from ..typed import check_fields, positive
 from .classify import positive_eigenvalue_count
 from .simulation import SimConfig, simulate
 from .system import TokenSystem
@@ -23,6 +24,12 @@ class PhaseConfig:
     seed: int = 0
     max_steps: int = 2000  # explicit steps per system, then LSODA takes over
     stiff_max_steps: int = 5000  # LSODA steps per system; still running then: unfinished, not counted
+
+    def __post_init__(self):
+        check_fields(self)
+        positive(self, "systems", "L", "t_end", "a", "max_steps", "stiff_max_steps")
+        if not self.dims or min(self.dims) < 1:
+            raise ValueError(f"PhaseConfig.dims must be dimensions >= 1, got {self.dims}")
 
 
 def phase_diagram(cfg: PhaseConfig, progress: bool = True) -> list[dict]:

@@ -8,8 +8,10 @@ Finite-time blow-up is detected per token by its relative rate r = |dx/dt| / |x|
 blow-up x' = c x^p it equals 1 / ((p - 1)(T* - t)), so r large means T* is near, and t + 1/(3 r)
 (p = 4, the 1-D fast regime) estimates T*. Slow divergence keeps r ~ l / (t ln t), far below the
 threshold. A token is frozen (its derivative masked to 0) at the first accepted step where r passes
-the threshold, so a blow-up is a result recorded in the trajectory, never a crash, a NaN, or a
-stalled solver.
+the threshold *while its norm grows* (x . dx/dt > 0) *and r grew since its last step*, as it must on
+the way to a blow-up; a large token that shrinks (a converging system started far out, where r is
+large for a while) is a transient, not a blow-up. A blow-up is a result recorded in the trajectory,
+never a crash, a NaN, or a stalled solver.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from ..typed import check_fields
 from .solver import integrate
 from .stiff import rhs_numpy, solve_one
 from .system import TokenSystem, token_rhs
@@ -39,8 +42,16 @@ class SimConfig:
     progress: bool = False
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if not self.t_end > 0:
             raise ValueError(f"t_end must be > 0, got {self.t_end}")
+        if not (self.rtol > 0 and self.atol > 0):
+            raise ValueError(f"rtol and atol must be > 0, got rtol={self.rtol}, atol={self.atol}")
+        if self.rtol < 1e-14:
+            raise ValueError(f"rtol {self.rtol} is below what float64 can resolve (use >= 1e-14)")
+        if self.max_steps < 1 or self.stiff_max_steps < 1:
+            raise ValueError(f"max_steps and stiff_max_steps must be >= 1, got {self.max_steps}, "
+                             f"{self.stiff_max_steps}")
         if not 0 < self.t_start < self.t_end:
             raise ValueError(f"t_start must be in (0, t_end), got {self.t_start}")
         if self.n_points < 3:
@@ -78,19 +89,28 @@ class Trajectory:
 
     def outcome(self) -> list[str]:
         """Observed behaviour per system: 'blow-up', 'converging', 'diverging', 'bounded', or 'unfinished'
-        (the step budget ran out before t_end)."""
+        (the step budget ran out before t_end). The trend is the log-log slope of the largest token norm
+        over the last fifth of the time decades, or, on a grid too coarse for a fit there, between the
+        last two output times after 0."""
         from .rates import tail_slope
 
         slopes = tail_slope(self)
+        norms = self.norms().amax(-1)  # (T, batch)
         out = []
         for i in range(self.x.shape[1]):
+            slope = float(slopes[i])
+            if slope != slope:  # too few points in the tail: two-point slope
+                ok = torch.nonzero(torch.isfinite(norms[:, i]) & (self.t > 0)).flatten()
+                if len(ok) >= 2:
+                    a, b = ok[-2], ok[-1]
+                    slope = float((norms[b, i] / norms[a, i]).log() / (self.t[b] / self.t[a]).log())
             if self.blew_up[i].any():
                 out.append("blow-up")
             elif not self.reached[i]:
                 out.append("unfinished")
-            elif slopes[i] < -0.1:
+            elif slope < -0.1:
                 out.append("converging")
-            elif slopes[i] > 0.02:
+            elif slope > 0.02:
                 out.append("diverging")
             else:
                 out.append("bounded")
@@ -100,6 +120,14 @@ class Trajectory:
 def _rel_rate(F: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     """|x'| / |x| per token (batch, L)."""
     return F.norm(dim=-1) / X.norm(dim=-1).clamp_min(1e-300)
+
+
+def blowing_up(X: torch.Tensor, F: torch.Tensor, rate: torch.Tensor, prev_rate: torch.Tensor,
+               threshold: float) -> torch.Tensor:
+    """(batch, L) bool: the relative rate is past ``threshold``, the norm grows and the rate rose since the
+    previous accepted step (X, F (batch, L, D); rate, prev_rate (batch, L))."""
+    growing = (X * F).sum(-1) > 0
+    return (rate >= threshold) & growing & (rate > prev_rate)
 
 
 def _finish_one(system: TokenSystem, i: int, t0: float, x: torch.Tensor, alive: torch.Tensor, t: torch.Tensor,
@@ -137,6 +165,7 @@ def simulate(system: TokenSystem, x0: torch.Tensor, t_end: float | None = None,
     alive = torch.ones(b, L, dtype=torch.bool, device=dev)
     blowup = torch.full((b, L), torch.inf, dtype=dt, device=dev)
     primary = torch.zeros(b, L, dtype=torch.bool, device=dev)
+    last_rate = torch.full((b, L), torch.inf, dtype=dt, device=dev)  # no rise can be seen at the first step
 
     def f(idx):
         p_i, mask = [p[idx] for p in params], alive[idx][..., None]
@@ -144,7 +173,8 @@ def simulate(system: TokenSystem, x0: torch.Tensor, t_end: float | None = None,
 
     def on_step(idx, t_new, Y, F):
         r = _rel_rate(F, Y)
-        hit = alive[idx] & (r >= config.blowup_rate)
+        hit = alive[idx] & blowing_up(Y, F, r, last_rate[idx], config.blowup_rate)
+        last_rate[idx] = r
         if hit.any():
             # remaining time of a power-law blow-up; token l's trajectory ends when any j <= l blows up
             est = torch.where(hit, t_new[:, None] + 1.0 / (3.0 * r), torch.inf)

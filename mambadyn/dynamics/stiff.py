@@ -67,8 +67,8 @@ def solve_one(F: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, t_out: np.n
 
     ``alive`` (L,) marks tokens not yet frozen (default all); frozen tokens keep their value. ``method``
     names a scipy.integrate OdeSolver class; after ``max_steps`` steps the system is left unfinished.
-    Tokens freeze after the first step that ends with their relative rate past ``blowup_rate``, as in
-    the batched solver (no event root-finding: near a blow-up the dense output is too poor for it).
+    Tokens freeze after the first step that ends with their relative rate past ``blowup_rate``, rising,
+    with a growing norm, as in the batched solver (no event root-finding: near a blow-up the dense output is too poor for it).
     """
     L, D = x0.shape
     alive = np.ones(L, bool) if alive is None else alive.copy()
@@ -79,6 +79,11 @@ def solve_one(F: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, t_out: np.n
     def rate(x):  # an overflowed state counts as an infinite rate: it has blown up
         r = np.linalg.norm(F(x), axis=-1) / np.maximum(np.linalg.norm(x, axis=-1), 1e-300)
         return np.nan_to_num(r, nan=np.inf)
+
+    def growing(x):
+        return np.nan_to_num((x * F(x)).sum(-1), nan=np.inf) > 0
+
+    last_rate = np.full(L, np.inf)  # as in the batched solver: the rate must rise past the threshold
 
     def f(_t, y):
         return (F(y.reshape(L, D)) * alive[:, None]).ravel()
@@ -112,8 +117,10 @@ def solve_one(F: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, t_out: np.n
                 while k < len(t_out) and t_out[k] <= solver.t:
                     xs[k] = (solver.y if t_out[k] == solver.t or dense is None else dense(t_out[k])).reshape(L, D)
                     k += 1
-            r = rate(solver.y.reshape(L, D))
-            hit = alive & (r >= blowup_rate)
+            y = solver.y.reshape(L, D)
+            r = rate(y)
+            hit = alive & (r >= blowup_rate) & growing(y) & (r > last_rate)
+            last_rate = r
             if hit.any():
                 freeze(solver.t, hit, r)
                 if solver.status == "running":  # the right-hand side changed: restart from here

@@ -124,7 +124,9 @@ class TokenSystem:
         if X.shape[1] == 0:
             raise ValueError("tokens: L is 0")
         if not torch.isfinite(X).all():
-            raise ValueError("tokens x0 contain NaN or inf")
+            hint = (f" ({X.dtype} overflows past {torch.finfo(X.dtype).max:.3g}: pass float64 tokens)"
+                    if X.dtype != torch.float64 and torch.isinf(X).any() else "")
+            raise ValueError(f"tokens x0 contain NaN or inf{hint}")
         return X.to(self.S_B.dtype)
 
     # --- dynamics ---------------------------------------------------------------------------------

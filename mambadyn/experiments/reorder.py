@@ -15,6 +15,7 @@ from ..train.config import ImageTrainConfig, apply_overrides
 from .grid import check_grid, run_grid
 from ..typed import check_fields
 from .stats import summarize, welch_p
+from ..jsonio import write_json
 
 VARIANTS = {"none": [], "soft": ["model.reorder_layers=[0]"],
             "hard": ["model.reorder_layers=[0]", "model.reorder_hard=true"]}
@@ -77,7 +78,7 @@ def run_reorder(cfg: ReorderExperimentConfig) -> dict:
         r["step_time_vs_none"] = r["seconds_per_step"]["mean"] / base_t if base_t else None
         if v != "none" and "none" in results["variants"]:
             r["p_vs_none"] = welch_p(list(r["per_seed"].values()), list(results["variants"]["none"]["per_seed"].values()))
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_json(out / "results.json", results)
     _plot(results, out)
     _report(results, cfg, out)
     return results

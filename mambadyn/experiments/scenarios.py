@@ -16,6 +16,7 @@ from ..typed import check_fields
 from .stats import summarize, welch_p
 
 from ..nn.config import EIGEN_MODES as MODES
+from ..jsonio import write_json
 
 PRESETS = {
     "smoke": ["model.d_model=16", "model.n_layer=2", "model.d_state=4", "data.seq_len=32", "optim.batch_size=4",
@@ -76,7 +77,7 @@ def run_scenarios(cfg: ScenarioExperimentConfig) -> dict:
             "tokens_per_s": [sum(m["tok_per_s"] for m in r.train_log()) / max(1, len(r.train_log())) for r in mine],
             "spectrum_seed0": _spectra(mine[0]),
         }
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_json(out / "results.json", results)
     write_outputs(results, out)
     return results
 

@@ -19,6 +19,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ..jsonio import dumps
 
 NO_DECAY = ("bias", "norm", "A_log", "D", "pos_embed", "embeddings")
 
@@ -212,7 +213,7 @@ def _train(make_task, cfg, out: Path, resume: bool, on_eval) -> dict:
     def log(record):
         if is_main:
             with open(log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(dumps(record, indent=None) + "\n")
 
     def evaluate(step):
         model.eval()

@@ -15,6 +15,7 @@ import sys
 from .config import ImageTrainConfig, LMTrainConfig, from_dict
 from .loop import train
 from .tasks import ImageTask, LMTask
+from ..jsonio import dumps
 
 KINDS = {"lm": (LMTrainConfig, LMTask), "image": (ImageTrainConfig, ImageTask)}
 
@@ -32,7 +33,7 @@ def main(argv: list[str]) -> int:
         return 2
     cfg_cls, task_cls = KINDS[argv[0]]
     cfg = from_dict(cfg_cls, json.loads(argv[1]))
-    print(json.dumps(train(task_cls, cfg, resume=len(argv) == 3)))
+    print(dumps(train(task_cls, cfg, resume=len(argv) == 3), indent=None))
     return 0
 
 

@@ -1,0 +1,60 @@
+"""Train the scenario experiment's four LMs (eigen modes free / positive / mixed / negative, its `gpu`
+preset) and one 130M-shaped LM (d_model 768, 24 layers), then probe each; on the GPU machine.
+
+    MAMBADYN_DATA=.devdata MAMBADYN_OFFLINE=1 python benchmarks/probe_trained.py --out OUT [--big-steps N]
+
+Writes OUT/<model>/ (the probe's probe.json, report.md, figures), OUT/summary.json (per model: layers by
+scenario, sign counts, train time, probe time) and prints a table. The training runs stay in OUT/runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from mambadyn.experiments.scenarios import PRESETS
+from mambadyn.probe import ProbeConfig, probe, write_outputs
+from mambadyn.train import LMTask, LMTrainConfig, apply_overrides, train
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--modes", default="free,positive,mixed,negative")
+    ap.add_argument("--big-steps", type=int, default=1500, help="steps of the 130M-shaped model (0: skip it)")
+    ap.add_argument("--tokens", type=int, default=2048, help="tokens the probe runs on")
+    args = ap.parse_args()
+    jobs = {f"scenario-{m}": PRESETS["gpu"] + [f"model.eigen_mode={m}"] for m in args.modes.split(",") if m}
+    if args.big_steps:
+        jobs["mamba-130m-shape"] = ["model.d_model=768", "model.n_layer=24", "data.seq_len=512", "optim.batch_size=16",
+                                    f"optim.steps={args.big_steps}", "optim.warmup_steps=100", "optim.lr=1e-3",
+                                    "run.eval_every=500", "run.eval_batches=10", "run.ckpt_every=500", "run.log_every=50"]
+    text = Path(__import__("os").environ.get("MAMBADYN_DATA", ".")) / "tiny-shakespeare" / "input.txt"
+    # the probe reads held-out text: the last 10% of the corpus, which no run trained on
+    held_out = text.read_text()[-30_000:]
+    summary = {}
+    for name, sets in jobs.items():
+        cfg = apply_overrides(LMTrainConfig(), sets + [f"run.out_dir={args.out / 'runs' / name}", "run.progress=false"])
+        t0 = time.perf_counter()
+        final = train(LMTask, cfg, resume=(args.out / "runs" / name / "latest").exists())
+        t_train = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        result = probe(args.out / "runs" / name, text=held_out, config=ProbeConfig(max_tokens=args.tokens, progress=False))
+        t_probe = time.perf_counter() - t0
+        write_outputs(result, args.out / name)
+        counts = {}
+        for lp in result.layers:
+            counts[lp.scenario] = counts.get(lp.scenario, 0) + 1
+        summary[name] = {"final": final, "train_s": t_train, "probe_s": t_probe, "scenarios": counts,
+                         "positive": [lp.positive for lp in result.layers], "negative": [lp.negative for lp in result.layers],
+                         "complex_pairs": [lp.complex_pairs for lp in result.layers],
+                         "ode_agreement": [o.agreement for o in result.ode],
+                         "grad_top10": result.to_dict()["tokens"]["grad_share_top10pct"]}
+        print(f"{name:20s} val {final.get('val_loss', float('nan')):.4f}  train {t_train:6.1f}s  probe {t_probe:6.1f}s  "
+              f"scenarios {counts}", flush=True)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()

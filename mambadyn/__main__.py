@@ -1,0 +1,5 @@
+"""``python -m mambadyn`` is the ``mambadyn`` command."""
+
+from .cli import entry
+
+entry()

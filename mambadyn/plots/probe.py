@@ -1,0 +1,98 @@
+"""Figures of ``mambadyn probe``: the spectrum by layer, token norms across depth, gradient shares.
+Each takes the probe.json dict (so a saved probe redraws without the model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import LogNorm  # noqa: E402
+
+
+def spectrum(d: dict, path: str | Path) -> Path:
+    """Real parts of the nonzero eigenvalues of S_C^T S_B per layer (symlog), coloured by sign, with its
+    symmetric part's beside them."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharex=True)
+    for ax, key, title in ((axes[0], "eigenvalues", "eigenvalues of $S_C^T S_B$ (real part)"),
+                           (axes[1], "symmetric_eigenvalues", "eigenvalues of its symmetric part")):
+        for i, layer in enumerate(d["layers"]):
+            ev = np.array([v[0] if isinstance(v, list) else v for v in layer[key]])
+            imag = np.array([abs(v[1]) if isinstance(v, list) else 0.0 for v in layer[key]])
+            colour = np.where(imag > 1e-9 * max(1.0, np.abs(ev).max(initial=0)), "tab:purple",
+                              np.where(ev > 0, "tab:blue", "tab:red"))
+            ax.scatter(np.full(len(ev), i), ev, s=10, c=colour, alpha=0.8)
+        lin = max(1e-6, np.percentile(np.abs(np.concatenate([np.array([v[0] if isinstance(v, list) else v
+                                                                      for v in l[key]]) for l in d["layers"]])), 10))
+        ax.set_yscale("symlog", linthresh=lin)
+        ax.axhline(0, color="k", lw=0.6)
+        ax.set(title=title, xlabel="layer", ylabel="eigenvalue (symlog)")
+        ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], ls="", marker="o", color=c, label=t) for c, t in
+               (("tab:blue", "positive"), ("tab:red", "negative"), ("tab:purple", "complex pair (real part)"))]
+    axes[1].legend(handles=handles, loc="best", fontsize=8)
+    src = d["source"]
+    fig.suptitle(f"spectrum by layer: {src.get('path') or 'model'} ({src['n_layer']} layers, "
+                 f"eigen_mode {src['eigen_mode']})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return Path(path)
+
+
+def token_norms(d: dict, path: str | Path, highlight: int = 5) -> Path:
+    """Residual-stream norm over position x layer (log colour), and the norm against depth for the
+    positions that grow fastest and slowest (by the fitted growth)."""
+    t = d["tokens"]
+    norms = np.array(t["residual_norms"])  # (layers + 1, L)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [1.4, 1]})
+    im = axes[0].imshow(norms, aspect="auto", origin="lower", cmap="magma",
+                        norm=LogNorm(vmin=max(norms.min(), 1e-12), vmax=norms.max()), interpolation="nearest")
+    fig.colorbar(im, ax=axes[0], label="||h_l[p]||")
+    axes[0].set(title="residual-stream norm (layer 0 = embedding)", xlabel="position p", ylabel="layer l")
+    growth = np.array(t["growth_per_layer"])
+    order = np.argsort(-growth)
+    picks = list(order[:highlight]) + list(order[-highlight:][::-1])
+    depth = np.arange(norms.shape[0])
+    for k, p in enumerate(picks):
+        fast = k < highlight
+        axes[1].plot(depth, norms[:, p], color=plt.cm.autumn(k / highlight) if fast else plt.cm.winter(
+            (k - highlight) / highlight), lw=1.3, label=f"p={p} ({'fast' if fast else 'slow'}, {growth[p]:+.3f}/layer)")
+    axes[1].plot(depth, np.median(norms, axis=1), color="k", lw=2, ls="--", label="median over positions")
+    axes[1].set_yscale("log")
+    axes[1].set(title="fastest / slowest positions (fitted growth)", xlabel="layer",
+                ylabel="||h_l[p]||")
+    axes[1].legend(fontsize=6.5, ncol=2)
+    axes[1].grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return Path(path)
+
+
+def grad_shares(d: dict, path: str | Path) -> Path:
+    """Share of the loss gradient each position carries, per layer (heat map), and the top-10% share
+    and Gini coefficient by layer against the uniform value."""
+    t = d["tokens"]
+    shares = np.array(t["grad_shares"])
+    L = shares.shape[1]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [1.4, 1]})
+    im = axes[0].imshow(shares * L, aspect="auto", origin="lower", cmap="viridis",
+                        norm=LogNorm(vmin=max((shares * L).min(), 1e-4), vmax=(shares * L).max()),
+                        interpolation="nearest")
+    fig.colorbar(im, ax=axes[0], label="share x L (1 = uniform)")
+    axes[0].set(title="||d loss / d h_l[p]||, as a share of the layer's total", xlabel="position p", ylabel="layer l")
+    layers = np.arange(shares.shape[0])
+    axes[1].plot(layers, t["grad_share_top10pct"], "o-", label="share of the top 10% of positions")
+    axes[1].plot(layers, t["grad_share_gini"], "s-", label="Gini coefficient")
+    axes[1].axhline(max(1, round(0.1 * L)) / L, color="tab:blue", ls=":", label="top 10% if uniform")
+    axes[1].set(ylim=(0, 1), xlabel="layer", title="how unequal the gradient is, by layer")
+    axes[1].legend(fontsize=8)
+    axes[1].grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return Path(path)

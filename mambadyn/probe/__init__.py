@@ -1,0 +1,7 @@
+"""Point mambadyn at a Mamba checkpoint: per layer, the spectrum of S_C^T S_B, the (conjectural)
+scenario, what the tokens do across depth, who carries the gradient, and the layer's own ODE."""
+
+from .api import ProbeConfig, ProbeResult, probe, sample_text, write_outputs
+from .load import load_checkpoint
+
+__all__ = ["ProbeConfig", "ProbeResult", "load_checkpoint", "probe", "sample_text", "write_outputs"]

@@ -1,0 +1,182 @@
+"""``probe(model_or_path, ids) -> ProbeResult`` and the files ``mambadyn probe`` writes.
+
+probe.json (strict JSON; a value that could not be measured is null):
+    {"version": 1, "source": {"path", "kind": "lm"|"classifier", "format": "hf"|"mamba_ssm"|
+     "mambadyn_run"|"classifier", "n_layer", "d_model", "d_inner", "d_state", "eigen_mode"},
+     "input": {"tokens": L, "from": "text"|"ids"|"embedded sample"|"parameters only"}, "loss": float|null,
+     "layers": [{"name", "eigenvalues": [[re, im], ...] (N nonzero eigenvalues of S_C^T S_B),
+                 "symmetric_eigenvalues": [...] (2N, of its symmetric part), "positive", "negative",
+                 "complex_pairs", "sym_positive", "sym_negative", "scenario", "scenario_symmetric",
+                 "conjectural": true, "reason"}, ...],
+     "tokens": null | {"residual_norms": [[L floats] x (n_layer + 1)], "mixer_input_norms": [[L] x n_layer],
+                "grad_shares": [[L] x (n_layer + 1)], "growth_per_layer": [L] (fitted), "fastest_positions",
+                "grad_share_top10pct": [per layer: share carried by the top 10% of positions],
+                "grad_share_gini": [per layer]},
+     "ode": [{"layer", "positions", "t_end", "predicted", "predicted_ratio", "blowup_order", "observed",
+              "observed_ratio", "agreement", "spearman"}, ...]}
+report.md says the same in words; spectrum.png, token_norms.png, grad_share.png draw it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..jsonio import write_json
+from ..refine.eigen import eigen_mode_of, find_mixers
+from ..typed import check_fields, positive
+from .load import check_ids, encode_text, load_checkpoint
+from .measure import LayerParams, OdeCheck, TokenTrace, layer_params, ode_check, trace_tokens
+
+
+def sample_text() -> str:
+    """The short text shipped with mambadyn (written for it; public domain), probed by default."""
+    return resources.files("mambadyn.probe").joinpath("sample.txt").read_text(encoding="utf-8")
+
+
+@dataclass
+class ProbeConfig:
+    max_tokens: int = 2048  # longer inputs are cut to their first max_tokens
+    ode_positions: int = 16  # leading positions whose scan inputs seed each layer's ODE (0: no ODE)
+    ode_t_end: float = 1.0  # horizon of the ODE, in units of one layer's residual step
+    ode_layers: list[int] = field(default_factory=list)  # empty: every layer
+    progress: bool = True
+
+    def __post_init__(self):
+        check_fields(self)
+        positive(self, "max_tokens", "ode_t_end")
+        positive(self, "ode_positions", allow_zero=True)
+
+
+@dataclass
+class ProbeResult:
+    source: dict
+    input: dict
+    layers: list[LayerParams]
+    tokens: TokenTrace | None
+    ode: list[OdeCheck]
+
+    def to_dict(self) -> dict:
+        d = {"version": 1, "source": self.source, "input": self.input,
+             "loss": None if self.tokens is None else self.tokens.loss,
+             "layers": [{**asdict(lp), "eigenvalues": [[z.real, z.imag] for z in lp.eigenvalues]}
+                        for lp in self.layers],
+             "tokens": None, "ode": [asdict(o) for o in self.ode]}
+        if self.tokens is not None:
+            t = self.tokens
+            shares = torch.tensor(t.grad_shares)
+            d["tokens"] = {k: getattr(t, k) for k in ("residual_norms", "mixer_input_norms", "grad_shares",
+                                                     "growth_per_layer", "fastest_positions")}
+            d["tokens"]["grad_share_top10pct"] = top_share(shares, 0.1).tolist()
+            d["tokens"]["grad_share_gini"] = gini(shares).tolist()
+        return d
+
+
+def top_share(shares: torch.Tensor, frac: float) -> torch.Tensor:
+    """Share of the total carried by the top ``frac`` of positions, per row: (layers, L) -> (layers,)."""
+    k = max(1, round(frac * shares.shape[-1]))
+    return shares.sort(dim=-1, descending=True).values[..., :k].sum(-1)
+
+
+def gini(shares: torch.Tensor) -> torch.Tensor:
+    """Gini coefficient per row (0: every position carries the same share; near 1: one carries all)."""
+    s = shares.double().sort(dim=-1).values
+    n = s.shape[-1]
+    i = torch.arange(1, n + 1, dtype=torch.float64)
+    return ((2 * i - n - 1) * s).sum(-1) / (n * s.sum(-1).clamp_min(1e-300))
+
+
+def probe(model_or_path: nn.Module | str | Path, ids: torch.Tensor | None = None,
+          config: ProbeConfig | None = None, labels: torch.Tensor | None = None, text: str | None = None) -> ProbeResult:
+    """Probe a Mamba model layer by layer.
+
+    model_or_path: a MambaLM / MambaClassifier, or anything ``load_checkpoint`` opens. ids: (L,) token
+    ids for an LM (or (1, C, H, W) images with ``labels`` (1,) for a classifier); or ``text`` with the
+    checkpoint's tokenizer.json; with neither, an LM is probed on ``sample_text()``, a classifier on its
+    parameters only."""
+    config = config or ProbeConfig()
+    if isinstance(model_or_path, nn.Module):
+        model, kind = model_or_path.eval(), ("lm" if hasattr(model_or_path, "backbone") else "classifier")
+        fmt, tok_file, path = "module", None, None
+    else:
+        loaded = load_checkpoint(model_or_path)
+        model, kind, fmt, tok_file, path = loaded.model, loaded.kind, loaded.source, loaded.tokenizer_file, loaded.folder
+    _check_finite_weights(model)
+    cfg = model.config
+    source = {"path": None if path is None else str(path), "kind": kind, "format": fmt, "n_layer": cfg.n_layer,
+              "d_model": cfg.d_model, "d_inner": cfg.expand * cfg.d_model, "d_state": cfg.d_state,
+              "eigen_mode": eigen_mode_of(model)}
+    origin = "ids"
+    if kind == "lm" and ids is None:
+        if tok_file is None:
+            raise ValueError("this checkpoint has no tokenizer.json: pass token ids (--ids FILE) or a tokenizer "
+                             "(--tokenizer tokenizer.json)")
+        origin = "text" if text is not None else "embedded sample"
+        ids = encode_text(text if text is not None else sample_text(), tok_file, cfg.vocab_size)
+    if kind == "lm":
+        ids = torch.as_tensor(ids, dtype=torch.int64).flatten()[: config.max_tokens]
+        check_ids(ids, cfg.vocab_size)
+    tokens = None
+    if ids is not None:
+        tokens = trace_tokens(model, ids, labels, keep_scan_inputs=config.ode_positions)
+    mixers = find_mixers(model)
+    fwd = [m for name, m in mixers if not name.endswith("mixer_b")]
+    layers = []
+    for i, (name, m) in enumerate(tqdm(mixers, desc="spectra", disable=not config.progress, leave=False)):
+        u = tokens.scan_inputs[i] if tokens is not None and m in fwd and fwd.index(m) < len(tokens.scan_inputs) \
+            else None
+        layers.append(layer_params(name, m, u))
+    ode = []
+    if tokens is not None and config.ode_positions:
+        which = config.ode_layers or list(range(len(fwd)))
+        bad = [w for w in which if not 0 <= w < len(fwd)]
+        if bad:
+            raise ValueError(f"ode_layers {bad} out of range for {len(fwd)} layers")
+        for w in tqdm(which, desc="layer ODEs", disable=not config.progress, leave=False):
+            ode.append(ode_check(w, fwd[w], tokens.scan_inputs[w], tokens.residual_norms, config.ode_t_end))
+    n = 0 if ids is None else (ids.numel() if kind == "lm" else int(ids.shape[0]))
+    inp = {"tokens": n, "from": "parameters only" if ids is None else origin}
+    return ProbeResult(source, inp, layers, tokens, ode)
+
+
+def _check_finite_weights(model: nn.Module) -> None:
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"the model has non-finite weights (NaN or inf) in {bad[:5]}")
+
+
+def write_outputs(result: ProbeResult, out: str | Path) -> Path:
+    """probe.json, report.md and the figures into ``out``; written in a temporary folder beside it and
+    moved into place, so an interrupted probe leaves no half-written folder."""
+    from ..plots.probe import grad_shares, spectrum, token_norms
+    from .report import markdown
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        d = result.to_dict()
+        write_json(tmp / "probe.json", d)
+        spectrum(d, tmp / "spectrum.png")
+        if d["tokens"] is not None:
+            token_norms(d, tmp / "token_norms.png")
+            grad_shares(d, tmp / "grad_share.png")
+        (tmp / "report.md").write_text(markdown(d))
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

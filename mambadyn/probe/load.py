@@ -1,0 +1,106 @@
+"""Open whatever Mamba checkpoint a user has, and the tokenizer that goes with it.
+
+Accepted: a Hugging Face Mamba folder (config.json + model.safetensors or a sharded index, as
+transformers' ``save_pretrained`` writes it), a mamba-ssm folder (config.json with d_model / n_layer /
+ssm_cfg + pytorch_model.bin, read with ``torch.load(weights_only=True)`` only), a hub id (online), a
+``mambadyn train lm`` run folder (its ``model/`` inside) and a MambaClassifier folder.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..nn import MambaLM
+from ..nn.classifier import ARCHITECTURE as CLASSIFIER, MambaClassifier
+from ..nn.hf_io import CheckpointError, read_config_json, resolve_checkpoint
+
+
+@dataclass
+class Loaded:
+    model: nn.Module
+    kind: str  # "lm" | "classifier"
+    source: str  # what the folder was: "hf", "mamba_ssm", "mambadyn_run", "classifier"
+    folder: Path
+    tokenizer_file: Path | None  # tokenizer.json beside the weights, if any
+
+
+def _model_folder(path: Path) -> tuple[Path, str]:
+    """The folder holding the weights, and what kind of folder ``path`` is."""
+    cfg = path / "config.json"
+    if (path / "model" / "config.json").is_file() and cfg.is_file():
+        raw = json.loads(cfg.read_text())
+        if isinstance(raw, dict) and {"model", "optim", "run"} <= set(raw):
+            if not (path / "model" / "model.safetensors").is_file():
+                raise CheckpointError(f"{path} is a mambadyn run that has not finished (no model/ weights yet)")
+            return path / "model", "mambadyn_run"
+    raw = read_config_json(path)
+    if raw.get("architectures") == [CLASSIFIER]:
+        return path, "classifier"
+    if "d_model" in raw and "hidden_size" not in raw:
+        return path, "mamba_ssm"
+    return path, "hf"
+
+
+def load_checkpoint(path: str | Path) -> Loaded:
+    """Load the model at ``path`` (a folder or a hub id) on CPU in float32, in eval mode."""
+    folder = resolve_checkpoint(path)
+    weights_folder, source = _model_folder(folder)
+    if source == "classifier":
+        model: nn.Module = MambaClassifier.from_pretrained(weights_folder)
+        kind = "classifier"
+    else:
+        model = MambaLM.from_pretrained(weights_folder)
+        kind = "lm"
+    model = model.float().eval()
+    tok = next((p for p in (weights_folder / "tokenizer.json", folder / "tokenizer.json") if p.is_file()), None)
+    return Loaded(model, kind, source, folder, tok)
+
+
+def encode_text(text: str, tokenizer_file: Path | str, vocab_size: int) -> torch.Tensor:
+    """Token ids (L,) int64 of ``text`` with a ``tokenizers`` tokenizer.json; a clear error for empty
+    text, characters the vocabulary lacks, or ids past the model's vocabulary."""
+    from tokenizers import Tokenizer
+
+    if not text.strip():
+        raise ValueError("the text to probe is empty")
+    p = Path(tokenizer_file)
+    if not p.is_file():
+        raise FileNotFoundError(f"tokenizer file {p} does not exist")
+    try:
+        tok = Tokenizer.from_file(str(p))
+    except Exception as e:  # noqa: BLE001 - tokenizers raises its own exception type
+        raise ValueError(f"{p} is not a tokenizers tokenizer.json ({e})") from e
+    try:
+        ids = torch.tensor(tok.encode(text).ids, dtype=torch.int64)
+    except Exception as e:  # noqa: BLE001 - a WordLevel vocabulary without the text's characters
+        raise ValueError(f"the text has tokens that {p} cannot encode ({e}); probe with text in the model's "
+                         "vocabulary or pass --ids") from e
+    check_ids(ids, vocab_size)
+    return ids
+
+
+def read_ids(file: Path | str, vocab_size: int) -> torch.Tensor:
+    """Token ids from a file of whitespace- or comma-separated integers: (L,) int64."""
+    p = Path(file)
+    if not p.is_file():
+        raise FileNotFoundError(f"ids file {p} does not exist")
+    parts = p.read_text().replace(",", " ").split()
+    try:
+        ids = torch.tensor([int(x) for x in parts], dtype=torch.int64)
+    except ValueError as e:
+        raise ValueError(f"{p} must hold integers separated by spaces or commas ({e})") from e
+    check_ids(ids, vocab_size)
+    return ids
+
+
+def check_ids(ids: torch.Tensor, vocab_size: int) -> None:
+    if ids.numel() < 2:
+        raise ValueError(f"need at least 2 tokens to probe, got {ids.numel()}")
+    bad = ids[(ids < 0) | (ids >= vocab_size)]
+    if bad.numel():
+        raise ValueError(f"token ids {bad[:5].tolist()} are out of the model's vocabulary [0, {vocab_size})")
