@@ -8,8 +8,12 @@ from __future__ import annotations
 import platform
 import sys
 
-import click
 import typer
+
+try:  # typer >= 0.20 vendors click; its exceptions are not click's
+    from typer._click import exceptions as click_exc
+except ImportError:  # pragma: no cover - older typer with click installed
+    from click import exceptions as click_exc
 
 from .commands import dynamics, experiment, probe, train
 
@@ -56,12 +60,17 @@ def run(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         app(args=argv, prog_name="mambadyn", standalone_mode=False)
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         return e.exit_code
-    except click.ClickException as e:
+    except click_exc.NoArgsIsHelpError as e:
         e.show()
-        return e.exit_code
-    except click.exceptions.Abort:
+        return 2
+    except click_exc.ClickException as e:
+        if debug:
+            raise
+        print(f"error: {e.format_message()}", file=sys.stderr)
+        return 2
+    except typer.Abort:
         print("aborted", file=sys.stderr)
         return 130
     except KeyboardInterrupt:

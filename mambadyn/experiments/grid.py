@@ -3,7 +3,7 @@
 Each run is a ``mambadyn.train.worker`` process given its resolved config (the library's entry point,
 not the CLI's flags). A finished run is reused only when its stored config equals the requested one;
 an interrupted one resumes under the same rule; anything else is refused with the differences named.
-Children die with the experiment (``die_with_parent``), and each run folder is locked by its trainer.
+Children die with the experiment (``worker_command``), and each run folder is locked by its trainer.
 """
 
 from __future__ import annotations
@@ -22,6 +22,21 @@ from ..train.config import ImageTrainConfig, LMTrainConfig, apply_overrides
 from ..train.loop import config_differences
 
 CONFIGS = {"lm": LMTrainConfig, "image": ImageTrainConfig}
+
+# The child asks the kernel for SIGKILL when its parent dies (Linux PR_SET_PDEATHSIG) before it imports
+# anything heavy (torch takes seconds), then checks that the parent did not die in the meantime.
+_BOOT = ("import ctypes, os, signal, sys\n"
+         "if sys.platform.startswith('linux'):\n"
+         "    ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))\n"
+         "    if os.getppid() != int(sys.argv[1]):\n"
+         "        sys.exit(1)\n"
+         "from mambadyn.train.worker import main\n"
+         "sys.exit(main(sys.argv[2:]))\n")
+
+
+def worker_command(kind: str, config: dict, resume: bool = True) -> list[str]:
+    """The command that trains ``config`` (a resolved config dict) in a child tied to this process."""
+    return [sys.executable, "-c", _BOOT, str(os.getpid()), kind, json.dumps(config)] + (["--resume"] if resume else [])
 
 
 @dataclass
@@ -91,8 +106,7 @@ def run_grid(kind: str, variants: dict[str, list[str]], seeds: list[int], base: 
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
 
     def one(r: Run) -> None:
-        cmd = [sys.executable, "-c", "from mambadyn.train.worker import die_with_parent, main; import sys; "
-               "die_with_parent(); sys.exit(main(sys.argv[1:]))", kind, json.dumps(configs[r.folder]), "--resume"]
+        cmd = worker_command(kind, configs[r.folder])
         with open(log_dir / f"{r.folder.name}.log", "w") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
             try:

@@ -92,7 +92,8 @@ def layer_params(name: str, m: nn.Module, tokens: torch.Tensor | None = None, to
         fast = bool(((tokens.double() @ mats["S_delta"].T) > 0).any())
     npos_real = int((ev.real > tol * scale).sum())
     reason = (f"{npos_real} of {n} nonzero eigenvalues of S_C^T S_B have positive real part"
-              + ("" if fast is None else f"; S_Δ x_l has {'some' if fast else 'no'} positive entry on the real tokens"))
+              + ("" if fast is None else f"; S_Δ x_l has {'a' if fast else 'no'} positive entry on the {len(tokens)} leading "
+                 "real tokens"))
     return LayerParams(name, [complex(v) for v in ev.tolist()], sym.tolist(), pos, neg, cpx, spos, sneg,
                        _scenario(npos_real, fast), _scenario(spos, fast), True, reason)
 

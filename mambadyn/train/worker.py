@@ -1,15 +1,14 @@
 """One training run in its own process: ``python -m mambadyn.train.worker KIND CONFIG_JSON [--resume]``.
 
-The library entry point that experiment grids start (never the CLI's flags). The child asks the kernel
-to kill it when its parent dies (Linux ``PR_SET_PDEATHSIG``), so stopping an experiment never leaves a
-trainer writing into its folder; the run folder's lock catches any other second trainer.
+The library entry point that experiment grids start (never the CLI's flags), through
+``mambadyn.experiments.grid.worker_command``, which ties the child's life to its parent's so that
+stopping an experiment never leaves a trainer writing into its folder; the run folder's lock catches
+any other second trainer.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
-import signal
 import sys
 
 from .config import ImageTrainConfig, LMTrainConfig, from_dict
@@ -18,13 +17,6 @@ from .tasks import ImageTask, LMTask
 from ..jsonio import dumps
 
 KINDS = {"lm": (LMTrainConfig, LMTask), "image": (ImageTrainConfig, ImageTask)}
-
-
-def die_with_parent() -> None:
-    """Ask for SIGKILL when the parent process exits (Linux; elsewhere a no-op)."""
-    if sys.platform.startswith("linux"):
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def main(argv: list[str]) -> int:
