@@ -129,10 +129,11 @@ def probe(model_or_path: nn.Module | str | Path, ids: torch.Tensor | None = None
         tokens = trace_tokens(model, ids, labels, keep_scan_inputs=config.ode_positions)
     mixers = find_mixers(model)
     fwd = [m for name, m in mixers if not name.endswith("mixer_b")]
+    fwd_index = {id(m): k for k, m in enumerate(fwd)}  # scan inputs are recorded for forward mixers only
     layers = []
-    for i, (name, m) in enumerate(tqdm(mixers, desc="spectra", disable=not config.progress, leave=False)):
-        u = tokens.scan_inputs[i] if tokens is not None and m in fwd and fwd.index(m) < len(tokens.scan_inputs) \
-            else None
+    for name, m in tqdm(mixers, desc="spectra", disable=not config.progress, leave=False):
+        k = fwd_index.get(id(m))
+        u = tokens.scan_inputs[k] if tokens is not None and k is not None and k < len(tokens.scan_inputs) else None
         layers.append(layer_params(name, m, u))
     ode = []
     if tokens is not None and config.ode_positions:
