@@ -26,7 +26,8 @@ USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionErro
 
 
 @app.callback()
-def main(debug: bool = typer.Option(False, "--debug", help="show tracebacks instead of one-line errors")) -> None:
+def main(debug: bool = typer.Option(False, "--debug", help="show tracebacks instead of one-line errors"),
+         ) -> None:
     """mambadyn: simulate, refine, train and probe Mamba token dynamics."""
 
 
@@ -65,22 +66,17 @@ def run(argv: list[str] | None = None) -> int:
     except click_exc.NoArgsIsHelpError as e:
         e.show()
         return 2
-    except click_exc.ClickException as e:
-        if debug:
-            raise
-        print(f"error: {e.format_message()}", file=sys.stderr)
-        return 2
     except typer.Abort:
         print("aborted", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except USER_ERRORS as e:
+    except (click_exc.ClickException, *USER_ERRORS) as e:
         if debug:
             raise
-        msg = str(e).strip() or type(e).__name__
-        print(f"error: {msg}", file=sys.stderr)
+        msg = e.format_message() if isinstance(e, click_exc.ClickException) else str(e).strip()
+        print(f"error: {msg or type(e).__name__}", file=sys.stderr)
         return 2
     return 0
 

@@ -188,8 +188,6 @@ def test_experiments_refuse_to_reuse_runs_made_with_other_settings(tmp_path):
 def test_a_worker_dies_with_its_parent(tmp_path):
     from dataclasses import asdict
 
-    from mambadyn.experiments.grid import worker_command
-
     cfg = asdict(_lm_cfg(tmp_path, tmp_path / "run", ["optim.steps=1000000", "run.eval_every=0", "run.ckpt_every=0"]))
     pid_file = tmp_path / "child.pid"
     parent = subprocess.Popen([sys.executable, "-c", (

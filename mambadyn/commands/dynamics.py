@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import torch
 import typer
+
 from ..jsonio import write_json
 
 app = typer.Typer(help="Simulate and picture the continuous-time token dynamics.", no_args_is_help=True)

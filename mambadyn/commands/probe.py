@@ -21,36 +21,31 @@ def probe_cmd(path: str = typer.Argument(..., help="checkpoint folder, mambadyn 
               ) -> None:
     """Probe a Mamba checkpoint layer by layer (HF folder, mamba-ssm folder, hub id, mambadyn run): spectrum
     of S_C^T S_B, scenario, token norms, gradient shares and the layer's own ODE."""
-    from ..probe import ProbeConfig, load_checkpoint, probe, write_outputs
+    from ..probe import ProbeConfig, load_checkpoint, probe, sample_text, write_outputs
     from ..probe.load import encode_text, read_ids
 
     if text is not None and ids is not None:
         raise typer.BadParameter("give --text or --ids, not both")
     cfg = ProbeConfig(max_tokens=tokens, ode_positions=ode_positions, ode_t_end=ode_t_end)
     loaded = load_checkpoint(path)
-    vocab = loaded.model.config.vocab_size if loaded.kind == "lm" else 0
-    token_ids, body = None, None
+    token_ids, origin = None, "parameters only"
     if loaded.kind == "lm":
+        vocab = loaded.model.config.vocab_size
         if ids is not None:
-            token_ids = read_ids(ids, vocab)
-        elif text is not None or tokenizer is not None:
+            token_ids, origin = read_ids(ids, vocab), "ids"
+        else:
             if text is not None and not text.is_file():
                 raise FileNotFoundError(f"text file {text} does not exist")
             tok = tokenizer or loaded.tokenizer_file
             if tok is None:
                 raise ValueError(f"{path} has no tokenizer.json: pass --tokenizer FILE or --ids FILE")
-            body = text.read_text(encoding="utf-8") if text is not None else None
-            from ..probe import sample_text
-
-            token_ids = encode_text(body if body is not None else sample_text(), tok, vocab)
+            body = text.read_text(encoding="utf-8") if text is not None else sample_text()
+            token_ids, origin = encode_text(body, tok, vocab), ("text" if text is not None else "embedded sample")
     elif text is not None or ids is not None:
         raise typer.BadParameter("a MambaClassifier reads images: the CLI probes its parameters only")
-    result = probe(loaded.model, token_ids, cfg) if token_ids is not None or loaded.kind != "lm" else None
-    if result is None:  # an LM with its own tokenizer on the embedded sample or --text
-        result = probe(path, None, cfg, text=body)
+    result = probe(loaded.model, token_ids, cfg)
     result.source.update(path=str(path), format=loaded.source)
-    if token_ids is not None:
-        result.input["from"] = "ids" if ids is not None else ("text" if text is not None else "embedded sample")
+    result.input["from"] = origin
     write_outputs(result, out)
     for lp in result.layers:
         typer.echo(f"{lp.name:28s} +{lp.positive:<3d} -{lp.negative:<3d} complex pairs {lp.complex_pairs:<3d} "

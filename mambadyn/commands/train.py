@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+
 from ..jsonio import dumps
 
 app = typer.Typer(help="Train a Mamba language model or image classifier (resumable, DDP under torchrun).",
@@ -23,9 +24,10 @@ PRINT = typer.Option(False, "--print-config", help="Print the resolved config an
 
 
 def _run(kind: str, config, sets, out, steps, data, resume, print_config) -> None:
-    from ..train import ImageTask, ImageTrainConfig, LMTask, LMTrainConfig, load_config, train
+    from ..train import load_config, train
+    from ..train.worker import KINDS
 
-    cls, task_cls = (LMTrainConfig, LMTask) if kind == "lm" else (ImageTrainConfig, ImageTask)
+    cls, task_cls = KINDS[kind]
     sets = list(sets)
     for key, value in (("run.out_dir", out), ("optim.steps", steps), ("data.path", data)):
         if value is not None:

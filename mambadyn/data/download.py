@@ -31,26 +31,25 @@ class RemoteFile:
 
 
 _FASHION = "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/"
+# (file, upstream md5, sha256 of Debian's dataset-fashion-mnist: the same arrays, gzip redone)
+_FASHION_FILES = (
+    ("train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+     "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7"),
+    ("train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe",
+     "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056"),
+    ("t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79",
+     "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa"),
+    ("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310",
+     "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05"),
+)
 DATASETS: dict[str, tuple[RemoteFile, ...]] = {
     "tiny-shakespeare": (
         RemoteFile("input.txt",
                    "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
                    ("sha256:86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",)),
     ),
-    "fashion-mnist": (  # upstream md5s; the sha256s are Debian's dataset-fashion-mnist (same arrays, gzip redone)
-        RemoteFile("train-images-idx3-ubyte.gz", _FASHION + "train-images-idx3-ubyte.gz",
-                   ("md5:8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-                    "sha256:b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7")),
-        RemoteFile("train-labels-idx1-ubyte.gz", _FASHION + "train-labels-idx1-ubyte.gz",
-                   ("md5:25c81989df183df01b3e8a0aad5dffbe",
-                    "sha256:0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056")),
-        RemoteFile("t10k-images-idx3-ubyte.gz", _FASHION + "t10k-images-idx3-ubyte.gz",
-                   ("md5:bef4ecab320f06d8554ea6380940ec79",
-                    "sha256:cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa")),
-        RemoteFile("t10k-labels-idx1-ubyte.gz", _FASHION + "t10k-labels-idx1-ubyte.gz",
-                   ("md5:bb300cfdad3c16e7a12a480ee83cd310",
-                    "sha256:8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05")),
-    ),
+    "fashion-mnist": tuple(RemoteFile(name, _FASHION + name, (f"md5:{md5}", f"sha256:{sha}"))
+                           for name, md5, sha in _FASHION_FILES),
 }
 
 

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ..typed import check_fields
 from .solver import integrate
-from .stiff import rhs_numpy, solve_one
+from .stiff import blowing_up, rhs_numpy, solve_one
 from .system import TokenSystem, token_rhs
 
 
@@ -120,14 +120,6 @@ class Trajectory:
 def _rel_rate(F: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     """|x'| / |x| per token (batch, L)."""
     return F.norm(dim=-1) / X.norm(dim=-1).clamp_min(1e-300)
-
-
-def blowing_up(X: torch.Tensor, F: torch.Tensor, rate: torch.Tensor, prev_rate: torch.Tensor,
-               threshold: float) -> torch.Tensor:
-    """(batch, L) bool: the relative rate is past ``threshold``, the norm grows and the rate rose since the
-    previous accepted step (X, F (batch, L, D); rate, prev_rate (batch, L))."""
-    growing = (X * F).sum(-1) > 0
-    return (rate >= threshold) & growing & (rate > prev_rate)
 
 
 def _finish_one(system: TokenSystem, i: int, t0: float, x: torch.Tensor, alive: torch.Tensor, t: torch.Tensor,

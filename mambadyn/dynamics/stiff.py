@@ -38,6 +38,14 @@ def blowup_end_times(t: float, rate: np.ndarray, hit: np.ndarray) -> tuple[np.nd
     return ends, hit & (est == ends)
 
 
+def blowing_up(X, F, rate, prev_rate, threshold: float):
+    """(..., L) bool, for NumPy arrays or torch tensors alike: the relative rate is past ``threshold``, the
+    norm grows (x . x' > 0; an overflowed product counts as growing) and the rate rose since the previous
+    accepted step. X, F (..., L, D); rate, prev_rate (..., L)."""
+    growing = ~((X * F).sum(-1) <= 0)
+    return (rate >= threshold) & growing & (rate > prev_rate)
+
+
 def rhs_numpy(S_B: np.ndarray, S_C: np.ndarray, S_delta: np.ndarray, A: np.ndarray
               ) -> Callable[[np.ndarray], np.ndarray]:
     """One system's right-hand side X (L, D) -> dX/dt (L, D) in NumPy, for scipy's per-call loop (a torch
@@ -67,8 +75,8 @@ def solve_one(F: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, t_out: np.n
 
     ``alive`` (L,) marks tokens not yet frozen (default all); frozen tokens keep their value. ``method``
     names a scipy.integrate OdeSolver class; after ``max_steps`` steps the system is left unfinished.
-    Tokens freeze after the first step that ends with their relative rate past ``blowup_rate``, rising,
-    with a growing norm, as in the batched solver (no event root-finding: near a blow-up the dense output is too poor for it).
+    Tokens freeze after the first step that ends with ``blowing_up`` true, as in the batched solver (no
+    event root-finding: near a blow-up the dense output is too poor for it).
     """
     L, D = x0.shape
     alive = np.ones(L, bool) if alive is None else alive.copy()
@@ -76,12 +84,9 @@ def solve_one(F: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, t_out: np.n
     xs = np.full((len(t_out), L, D), np.nan)
     solver_cls = getattr(integrate, method)
 
-    def rate(x):  # an overflowed state counts as an infinite rate: it has blown up
-        r = np.linalg.norm(F(x), axis=-1) / np.maximum(np.linalg.norm(x, axis=-1), 1e-300)
+    def rate(x, fx):  # an overflowed state counts as an infinite rate: it has blown up
+        r = np.linalg.norm(fx, axis=-1) / np.maximum(np.linalg.norm(x, axis=-1), 1e-300)
         return np.nan_to_num(r, nan=np.inf)
-
-    def growing(x):
-        return np.nan_to_num((x * F(x)).sum(-1), nan=np.inf) > 0
 
     last_rate = np.full(L, np.inf)  # as in the batched solver: the rate must rise past the threshold
 
@@ -108,7 +113,8 @@ def solve_one(F: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, t_out: np.n
                 return OneSystem(xs, blow, primary, False)
             bad = ~np.isfinite(solver.y.reshape(L, D)).all(axis=-1)
             if bad.any():  # overflowed within one step: those tokens blow up between t_prev and t
-                r = np.maximum(rate(y_prev.reshape(L, D)), 1.0 / (3.0 * (solver.t - t_prev)))
+                x_prev = y_prev.reshape(L, D)
+                r = np.maximum(rate(x_prev, F(x_prev)), 1.0 / (3.0 * (solver.t - t_prev)))
                 freeze(t_prev, alive & bad, r)
                 solver = solver_cls(f, t_prev, y_prev, t_out[-1], rtol=rtol, atol=atol)
                 continue
@@ -118,8 +124,9 @@ def solve_one(F: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, t_out: np.n
                     xs[k] = (solver.y if t_out[k] == solver.t or dense is None else dense(t_out[k])).reshape(L, D)
                     k += 1
             y = solver.y.reshape(L, D)
-            r = rate(y)
-            hit = alive & (r >= blowup_rate) & growing(y) & (r > last_rate)
+            fy = F(y)
+            r = rate(y, fy)
+            hit = alive & blowing_up(y, fy, r, last_rate, blowup_rate)
             last_rate = r
             if hit.any():
                 freeze(solver.t, hit, r)

@@ -18,10 +18,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..train.config import ImageTrainConfig, LMTrainConfig, apply_overrides
+from ..train.config import apply_overrides
 from ..train.loop import config_differences
-
-CONFIGS = {"lm": LMTrainConfig, "image": ImageTrainConfig}
+from ..train.worker import KINDS
 
 # The child asks the kernel for SIGKILL when its parent dies (Linux PR_SET_PDEATHSIG) before it imports
 # anything heavy (torch takes seconds), then checks that the parent did not die in the meantime.
@@ -36,7 +35,8 @@ _BOOT = ("import ctypes, os, signal, sys\n"
 
 def worker_command(kind: str, config: dict, resume: bool = True) -> list[str]:
     """The command that trains ``config`` (a resolved config dict) in a child tied to this process."""
-    return [sys.executable, "-c", _BOOT, str(os.getpid()), kind, json.dumps(config)] + (["--resume"] if resume else [])
+    cmd = [sys.executable, "-c", _BOOT, str(os.getpid()), kind, json.dumps(config)]
+    return cmd + ["--resume"] if resume else cmd
 
 
 @dataclass
@@ -61,14 +61,12 @@ class Run:
 
 
 def check_grid(cfg) -> None:
-    """The checks every experiment config shares: seeds given, jobs >= 1, and (where present) a positive
+    """The checks every experiment config shares: seeds given, and (where present) a positive
     number of evaluations per epoch and of epochs."""
     if not cfg.seeds:
         raise ValueError("give at least one seed (--seeds 0,1,2)")
     if len(set(cfg.seeds)) != len(cfg.seeds):
         raise ValueError(f"seeds repeat: {cfg.seeds}")
-    if cfg.jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {cfg.jobs}")
     if getattr(cfg, "evals_per_epoch", 1) < 1:
         raise ValueError(f"--evals-per-epoch must be >= 1, got {cfg.evals_per_epoch}")
     if getattr(cfg, "epochs", None) is not None and cfg.epochs <= 0:
@@ -91,7 +89,7 @@ def run_grid(kind: str, variants: dict[str, list[str]], seeds: list[int], base: 
     runs = [Run(v, s, out / "runs" / f"{v}-s{s}") for v in variants for s in seeds]
     configs = {}
     for r in runs:
-        cfg = apply_overrides(CONFIGS[kind](), base + variants[r.variant] + [
+        cfg = apply_overrides(KINDS[kind][0](), base + variants[r.variant] + [
             f"run.seed={r.seed}", "run.progress=false", f"run.out_dir={r.folder}"])
         configs[r.folder] = asdict(cfg)
         diffs = _stored_mismatch(r, configs[r.folder])

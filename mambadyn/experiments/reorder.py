@@ -6,16 +6,15 @@ The paper's claims: importance-based reordering improves accuracy and convergenc
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..train.config import ImageTrainConfig, apply_overrides
-from .grid import check_grid, run_grid
-from ..typed import check_fields
-from .stats import summarize, welch_p
 from ..jsonio import write_json
+from ..train.config import ImageTrainConfig, apply_overrides
+from ..typed import check_fields
+from .grid import check_grid, run_grid
+from .stats import summarize, welch_p
 
 VARIANTS = {"none": [], "soft": ["model.reorder_layers=[0]"],
             "hard": ["model.reorder_layers=[0]", "model.reorder_hard=true"]}

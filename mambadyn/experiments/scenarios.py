@@ -6,17 +6,15 @@ between, positive best. Writes ``report.md``, ``results.json``, ``curves.png`` a
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .grid import Run, check_grid, run_grid
-from ..typed import check_fields
-from .stats import summarize, welch_p
-
-from ..nn.config import EIGEN_MODES as MODES
 from ..jsonio import write_json
+from ..nn.config import EIGEN_MODES as MODES
+from ..typed import check_fields
+from .grid import Run, check_grid, run_grid
+from .stats import summarize, welch_p
 
 PRESETS = {
     "smoke": ["model.d_model=16", "model.n_layer=2", "model.d_state=4", "data.seq_len=32", "optim.batch_size=4",

@@ -30,12 +30,6 @@ def _check_eigen(cfg) -> None:
         cfg.eigen_mode = cfg.eigen_mode.value  # JSON and comparisons see the plain string
 
 
-def _rank(dt_rank: int | str, d_model: int) -> int:
-    if dt_rank == "auto":
-        return math.ceil(d_model / 16)
-    return dt_rank
-
-
 @dataclass
 class MambaConfig:
     """A Mamba language model (and the mixer settings shared by every mambadyn model).
@@ -92,7 +86,7 @@ class MambaConfig:
     @property
     def time_step_rank(self) -> int:
         """dt_rank as a number: ceil(d_model / 16) where it is "auto"."""
-        return _rank(self.dt_rank, self.d_model)
+        return math.ceil(self.d_model / 16) if self.dt_rank == "auto" else self.dt_rank
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

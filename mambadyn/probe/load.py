@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from ..nn import MambaLM
-from ..nn.classifier import ARCHITECTURE as CLASSIFIER, MambaClassifier
+from ..nn.classifier import ARCHITECTURE as CLASSIFIER
+from ..nn.classifier import MambaClassifier
 from ..nn.hf_io import CheckpointError, read_config_json, resolve_checkpoint
 
 

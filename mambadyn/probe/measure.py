@@ -57,11 +57,12 @@ def mixer_matrices(m: nn.Module) -> dict[str, torch.Tensor]:
             "A": -torch.exp(m.A_log.detach().double())}
 
 
-def _sign_counts(ev: torch.Tensor, tol: float) -> tuple[int, int, int]:
+def _sign_counts(ev: torch.Tensor, atol: float) -> tuple[int, int, int]:
+    """(positive, negative, complex pairs) among eigenvalues ``ev``, with ``atol`` as zero."""
     real = ev.real if ev.is_complex() else ev
     imag = ev.imag if ev.is_complex() else torch.zeros_like(ev)
-    is_complex = imag.abs() > tol * max(1.0, float(ev.abs().max()) if ev.numel() else 1.0)
-    return int(((real > tol) & ~is_complex).sum()), int(((real < -tol) & ~is_complex).sum()), int(is_complex.sum()) // 2
+    is_complex = imag.abs() > atol
+    return int(((real > atol) & ~is_complex).sum()), int(((real < -atol) & ~is_complex).sum()), int(is_complex.sum()) // 2
 
 
 def _scenario(npos_real_part: int, fast: bool | None) -> str:
@@ -84,13 +85,13 @@ def layer_params(name: str, m: nn.Module, tokens: torch.Tensor | None = None, to
     K = torch.zeros(2 * n, 2 * n, dtype=torch.float64)
     K[:n, n:] = K[n:, :n] = 0.5 * torch.eye(n, dtype=torch.float64)
     sym = torch.linalg.eigvals(K @ (U @ U.T)).real.sort().values  # real: similar to a symmetric matrix
-    scale = float(ev.abs().max()) if ev.numel() else 1.0
-    pos, neg, cpx = _sign_counts(ev, tol * max(scale, 1e-300))
-    spos, sneg, _ = _sign_counts(sym, tol * max(scale, 1e-300))
+    atol = tol * max(float(ev.abs().max()) if ev.numel() else 1.0, 1e-300)  # relative to the spectrum's size
+    pos, neg, cpx = _sign_counts(ev, atol)
+    spos, sneg, _ = _sign_counts(sym, atol)
     fast = None
     if tokens is not None:
         fast = bool(((tokens.double() @ mats["S_delta"].T) > 0).any())
-    npos_real = int((ev.real > tol * scale).sum())
+    npos_real = int((ev.real > atol).sum())
     reason = (f"{npos_real} of {n} nonzero eigenvalues of S_C^T S_B have positive real part"
               + ("" if fast is None else f"; S_Δ x_l has {'a' if fast else 'no'} positive entry on the {len(tokens)} leading "
                  "real tokens"))

@@ -7,6 +7,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from ..data.text import WIKITEXT
 from ..nn.config import ClassifierConfig, MambaConfig
 from ..typed import check_fields, positive
 
@@ -57,7 +58,7 @@ class RunConfig:
             raise ValueError(f"run.device must be auto, cpu or cuda[:i], got {self.device!r}")
 
 
-LM_DATASETS = ("tiny-shakespeare", "wikitext-2", "wikitext-103")
+LM_DATASETS = ("tiny-shakespeare", *WIKITEXT)
 
 
 @dataclass

@@ -18,8 +18,8 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from ..jsonio import dumps
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
 NO_DECAY = ("bias", "norm", "A_log", "D", "pos_embed", "embeddings")
 

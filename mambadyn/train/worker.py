@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import sys
 
+from ..jsonio import dumps
 from .config import ImageTrainConfig, LMTrainConfig, from_dict
 from .loop import train
 from .tasks import ImageTask, LMTask
-from ..jsonio import dumps
 
 KINDS = {"lm": (LMTrainConfig, LMTask), "image": (ImageTrainConfig, ImageTask)}
 
