@@ -227,6 +227,38 @@ def _fake_fashion(root, n_train=32, n_test=8):
                 f.write(header + arr.numpy().tobytes())
 
 
+def test_killing_the_torchrun_group_stops_its_workers(tmp_path):
+    """torchrun puts each worker in a session of its own; SIGKILL to the launcher's group must still end
+    them (else they train on and write into the folder a resume then finds locked)."""
+    from mambadyn.train.loop import run_lock
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("to be or not to be, that is the question. " * 400)
+    out = tmp_path / "run"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29519",
+         "-m", "mambadyn.cli", "train", "lm", "--out", str(out), "--data", str(corpus), "--steps", "1000000",
+         "--set", "model.d_model=16", "--set", "model.n_layer=1", "--set", "model.d_state=4",
+         "--set", "data.seq_len=16", "--set", "optim.batch_size=2", "--set", "run.eval_every=0",
+         "--set", "run.ckpt_every=0", "--set", "run.log_every=1", "--set", "run.progress=false",
+         "--set", "run.device=cpu"],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while not (out / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert (out / "metrics.jsonl").exists(), "the workers never started training"
+    os.killpg(launcher.pid, signal.SIGKILL)
+    launcher.wait()
+    for _ in range(100):
+        try:
+            with run_lock(out):  # free once rank 0 is gone
+                return
+        except RuntimeError:
+            time.sleep(0.1)
+    pytest.fail("a torchrun worker outlived its launcher and still holds the run folder")
+
+
 def test_two_gloo_ranks_train_like_one_process_on_the_union_of_their_batches(tmp_path):
     """Under torchrun each rank must draw its own share: two ranks of batch 4 take the same steps as one
     process of batch 8 (EpochSampler's strided shares), up to the order of the gradient sums."""
@@ -255,4 +287,6 @@ def test_two_gloo_ranks_train_like_one_process_on_the_union_of_their_batches(tmp
     r0, r1 = EpochSampler(32, 4, rank=0, world=2), EpochSampler(32, 4, rank=1, world=2)
     assert not set(r0.indices(0).tolist()) & set(r1.indices(0).tolist())
     toks = torch.arange(1000)
-    assert not torch.equal(WindowSampler(toks, 8, 2, rank=0).batch(0)[0], WindowSampler(toks, 8, 2, rank=1).batch(0)[0])
+    a, b = WindowSampler(toks, 8, 2, rank=0, world=2).batch(5)[0], WindowSampler(toks, 8, 2, rank=1, world=2).batch(5)[0]
+    assert not torch.equal(a, b)
+    assert torch.equal(torch.cat([a, b]), WindowSampler(toks, 8, 4).batch(5)[0])  # LM ranks slice one global draw

@@ -7,19 +7,27 @@ import torch
 
 
 class WindowSampler:
-    """Random windows of ``seq_len + 1`` tokens from a 1-D token tensor, for next-token prediction."""
+    """Random windows of ``seq_len + 1`` tokens from a 1-D token tensor, for next-token prediction.
 
-    def __init__(self, tokens: torch.Tensor, seq_len: int, batch_size: int, seed: int = 0, rank: int = 0):
+    Under DDP each of ``world`` ranks takes its own slice of one global draw of ``batch_size * world``
+    windows, so N ranks of batch b see exactly the windows one process of batch N*b sees."""
+
+    def __init__(self, tokens: torch.Tensor, seq_len: int, batch_size: int, seed: int = 0, rank: int = 0,
+                 world: int = 1):
         if tokens.dim() != 1:
             raise ValueError(f"tokens must be 1-D, got shape {tuple(tokens.shape)}")
         if tokens.numel() <= seq_len + 1:
             raise ValueError(f"{tokens.numel()} tokens are too few for windows of {seq_len + 1}")
-        self.tokens, self.seq_len, self.batch_size, self.seed, self.rank = tokens, seq_len, batch_size, seed, rank
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is outside a world of {world}")
+        self.tokens, self.seq_len, self.batch_size, self.seed = tokens, seq_len, batch_size, seed
+        self.rank, self.world = rank, world
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, targets), each (batch_size, seq_len) int64."""
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.rank) * 1_000_033 + step)
-        starts = torch.randint(0, self.tokens.numel() - self.seq_len - 1, (self.batch_size,), generator=g)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 * 1_000_033 + step)
+        everyone = torch.randint(0, self.tokens.numel() - self.seq_len - 1, (self.batch_size * self.world,), generator=g)
+        starts = everyone[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
         idx = starts[:, None] + torch.arange(self.seq_len + 1)
         w = self.tokens[idx]
         return w[:, :-1], w[:, 1:]

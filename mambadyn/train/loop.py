@@ -5,10 +5,13 @@ several)."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import json
 import math
 import os
+import signal
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -24,7 +27,21 @@ from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 NO_DECAY = ("bias", "norm", "A_log", "D", "pos_embed", "embeddings")
 
 
+def _die_with_launcher() -> None:
+    """torchrun starts each worker in a session of its own, so a SIGKILL to the launcher's process group
+    never reaches the workers: they would train on without it, writing into the run folder. Ask the
+    kernel (Linux PR_SET_PDEATHSIG) to kill this worker when its parent, the torchrun agent, dies."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))
+    if parent == 1 or os.getppid() != parent:  # the agent died before the request took effect
+        os._exit(1)
+
+
 def _dist_setup(device_pref: str):
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        _die_with_launcher()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if device_pref == "auto":
@@ -253,9 +270,16 @@ def _train(make_task, cfg, out: Path, resume: bool, on_eval) -> dict:
             now = time.perf_counter()
             rate = items / (now - t_last)
             t_last, items = now, 0
-            log({"step": done, "loss": loss.item(), "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm.item(),
-                 f"{task.unit}_per_s": rate})
-            bar.set_postfix(loss=f"{loss.item():.3f}", **{f"{task.unit}/s": f"{rate:,.0f}"})
+            logged = loss.detach().float()
+            if world > 1:  # the global batch's loss, so curves of different world sizes compare
+                dist.all_reduce(logged)
+                logged /= world
+            record = {"step": done, "loss": logged.item(), "lr": scheduler.get_last_lr()[0],
+                      "grad_norm": grad_norm.item(), f"{task.unit}_per_s": rate}
+            if device.type == "cuda":
+                record["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+            log(record)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", **{f"{task.unit}/s": f"{rate:,.0f}"})
         bar.update(1)
         t_pause = time.perf_counter()
         if run.eval_every and done % run.eval_every == 0 and done != opt_cfg.steps:

@@ -29,8 +29,8 @@ class LMTask:
         if cfg.model.vocab_size != self.splits.vocab_size:
             cfg.model.vocab_size = self.splits.vocab_size  # the data decides the vocabulary
         self.cfg = cfg
-        # each rank draws its own windows (the rank enters the batch seed); the union is the global batch
-        self.train = WindowSampler(self.splits.train, d.seq_len, cfg.optim.batch_size, cfg.run.seed, rank)
+        # each rank takes its slice of one global draw: the union is what one process of batch*world sees
+        self.train = WindowSampler(self.splits.train, d.seq_len, cfg.optim.batch_size, cfg.run.seed, rank, world)
         self.val = WindowSampler(self.splits.val, d.seq_len, cfg.optim.batch_size, cfg.run.seed)
 
     def save_artifacts(self, folder) -> None:
