@@ -19,18 +19,26 @@ def test_dynamics_scenarios_writes_figure_and_numbers(tmp_path):
     r = runner.invoke(app, ["dynamics", "scenarios", "--out", str(tmp_path), "-L", "4", "--t-end", "50"])
     assert r.exit_code == 0, r.output
     summary = json.loads((tmp_path / "scenarios.json").read_text())
-    assert [s["observed"] for s in summary] == ["converging", "diverging", "blow-up"]
+    assert [s["observed"] for s in summary] == ["converges", "grows", "blows_up", "blows_up"]
+    assert [s["predicted"] for s in summary] == ["converges", "diverges_slowly", "blows_up", "blows_up"]
+    mixed = [t["predicted"] for t in summary[3]["tokens"]]
+    assert mixed == ["diverges_slowly"] * 2 + ["blows_up"] * 2  # tokens before the first s x > 0 stay slow
+    assert summary[0]["limit_of_sqrt_t_times_x"][0] > 0 and "window" in summary[0]["fitted_convergence_exponent"]
     assert (tmp_path / "scenarios.png").stat().st_size > 10_000
-    assert len(list(tmp_path.glob("trajectory_*.csv"))) == 3
+    assert len(list(tmp_path.glob("trajectory_*.csv"))) == 4
 
 
 def test_dynamics_portrait_and_phase_diagram(tmp_path):
     r = runner.invoke(app, ["dynamics", "portrait", "--out", str(tmp_path), "-L", "3", "--t-end", "10"])
     assert r.exit_code == 0, r.output
-    assert [s["observed"] for s in json.loads((tmp_path / "portraits.json").read_text())][2] == "converging"
+    portraits = json.loads((tmp_path / "portraits.json").read_text())
+    assert portraits[2]["tokens_observed"] == ["converges"] * 3
+    assert portraits[0]["t_end"] == 1e5  # growing tokens: run on, 10x at a time, to the horizon
     r = runner.invoke(app, ["dynamics", "phase-diagram", "--out", str(tmp_path), "--systems", "6", "--dims", "2",
                             "-L", "2", "--t-end", "5", "--max-steps", "400"])
     assert r.exit_code == 0, r.output
     rows = json.loads((tmp_path / "phase_diagram.json").read_text())
     assert {r["criterion"] for r in rows} == {"matrix", "symmetric"}
+    assert all(r["systems"] == 6 for r in rows if r["criterion"] == "matrix")  # every cell filled
+    assert {r["positive"] for r in rows if r["criterion"] == "matrix"} == {0, 1, 2}
     assert (tmp_path / "phase_diagram.png").exists()

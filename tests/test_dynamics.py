@@ -6,15 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from mambadyn.dynamics import Scenario, SimConfig, TokenSystem, classify, simulate
-from mambadyn.dynamics.stiff import rhs_numpy, solve_one
+from mambadyn.dynamics import Outcome, SimConfig, TokenSystem, classify, simulate
+from mambadyn.dynamics.outcome import describe_tokens, system_outcome
 from mambadyn.dynamics.rates import (
-    convergence_exponent,
-    divergence_order,
-    first_token_blowup_time,
-    log_growth_exponent,
+    convergence_constants,
+    end_order,
+    fitted_convergence_exponent,
+    fitted_log_growth_exponent,
+    own_blowup_bound,
+    slow_divergence_ratios,
     slow_growth_invariant,
 )
+from mambadyn.dynamics.simulation import simulate_until_decided
+from mambadyn.dynamics.stiff import rhs_numpy, solve_one
 from mambadyn.scan import selective_scan_ref
 
 
@@ -95,40 +99,70 @@ def test_classify_agrees_with_simulation_on_hundreds_of_random_systems():
     sysm, x0, t_end = random_1d(300, 6, seed=3)
     labels = [c.scenario for c in classify(sysm, x0)]
     observed = simulate(sysm, x0, t_end, n_points=60).outcome()
-    expect = {Scenario.CONVERGENT: "converging", Scenario.SLOW_DIVERGENT: "diverging",
-              Scenario.FAST_DIVERGENT: "blow-up"}
-    counts = {sc: labels.count(sc) for sc in expect}
+    # a slowly diverging system is seen growing at the horizon; the rest must be seen as predicted
+    seen_as = {Outcome.CONVERGES: Outcome.CONVERGES, Outcome.DIVERGES_SLOWLY: Outcome.GROWS,
+               Outcome.BLOWS_UP: Outcome.BLOWS_UP}
+    counts = {sc: labels.count(sc) for sc in seen_as}
     assert all(c >= 40 for c in counts.values()), counts
-    wrong = [(i, lab, obs) for i, (lab, obs) in enumerate(zip(labels, observed)) if expect[lab] != obs]
+    wrong = [(i, lab, obs) for i, (lab, obs) in enumerate(zip(labels, observed)) if seen_as[lab] != obs]
     assert not wrong, wrong[:5]
 
 
-def test_convergent_rate_is_t_to_the_minus_half():
-    sysm = TokenSystem.one_dim(torch.tensor([-1.0, -0.5, -2.0]), torch.tensor([1.0, -1.0, 0.5]), 1.0)
-    x0 = torch.tensor([[0.8, -1.2, 1.0, 0.6], [1.1, 0.9, -0.7, 1.3], [-0.5, 0.5, 1.5, -1.0]]).double()
+def test_per_token_fates_in_fast_divergence_leave_early_tokens_slow():
+    """mu > 0: tokens before the first s x_l(0) > 0 only diverge slowly; from there every solution ends
+    in finite time, in the order L, L-1, ..., l0, never later than the stated bounds."""
+    sysm = TokenSystem.one_dim(1.0, 1.0, 1.0)
+    x0 = torch.tensor([[-0.8, -0.3, 0.6, -0.5, 0.9, 0.0, -1.0]], dtype=torch.float64)
+    c = classify(sysm, x0)[0]
+    fates = [f.outcome for f in c.tokens]
+    assert fates == [Outcome.DIVERGES_SLOWLY] * 2 + [Outcome.BLOWS_UP] * 3 + [Outcome.STAYS, Outcome.BLOWS_UP]
+    assert c.scenario == Outcome.BLOWS_UP and not c.conjectural
+    assert all(f.basis == "theorem" for f in c.tokens)
+    assert "token 3" in c.tokens[3].reason  # s x_4(0) < 0: it ends with token 3's blow-up
+    assert c.end_order == [6, 4, 3, 2]  # 0-based: L, ..., l0, skipping the zero token
     traj = simulate(sysm, x0, 1e4, n_points=200)
-    k = convergence_exponent(traj, tail=0.25)
-    assert torch.allclose(k, torch.full_like(k, -0.5), atol=0.03), k
-    # token 1 alone: x ~ 1 / sqrt(2 |mu| ln2 t)
-    x1 = traj.x[-1, :, 0, 0].abs()
-    pred = 1 / torch.sqrt(2 * torch.tensor([1.0, 0.5, 2.0]).double() * math.log(2) * 1e4)
-    torch.testing.assert_close(x1, pred, rtol=0.05, atol=0)
+    seen = traj.token_outcomes()[0]
+    assert seen[:2] == [Outcome.GROWS, Outcome.GROWS] and not traj.blew_up[0, :2].any()
+    assert all(o == Outcome.BLOWS_UP for o in seen[2:5]) and seen[5] == Outcome.STAYS
+    T = traj.blowup_time[0]
+    for l in (2, 3, 4, 6):
+        assert T[l] <= c.tokens[l].bound * (1 + 1e-6), (l, T[l], c.tokens[l].bound)
+    assert (T[3:5] <= T[2:4]).all() and T[6] <= T[4]  # end times never increase with l
+    assert "tokens 1-2 grow" in describe_tokens(seen, T.tolist())
+
+
+def test_convergence_constants_hold_to_t_1e12():
+    """sqrt(t) |x_1| -> (2|mu| ln2)^(-1/2); sqrt(t) |x_l| -> sqrt((1 - 2^-a) / (2|mu| ln2)) for l >= 2."""
+    for mu, s, a, rtol in ((-1.0, 1.0, 1.0, 1e-4), (-0.5, -1.0, 0.5, 1e-2), (-2.0, 0.5, 2.0, 1e-3)):
+        x0 = torch.tensor([[0.8, -1.3, 0.5, 2.0, 0.7]], dtype=torch.float64)
+        traj = simulate(TokenSystem.one_dim(mu, s, a), x0, 1e12, n_points=40, rtol=1e-10, atol=1e-300)
+        got = traj.norms()[-1, 0] * traj.t[-1].sqrt()
+        torch.testing.assert_close(got, convergence_constants(mu, a, 5), rtol=rtol, atol=0)
+        assert all(o == Outcome.CONVERGES for o in traj.token_outcomes()[0])
+    # the fitted exponent over a short window is a fit, not the rate: far from -1/2 at t <= 1e2 here
+    short = simulate(TokenSystem.one_dim(-0.5, -1.0, 0.5), x0, 1e2, n_points=60)
+    assert (fitted_convergence_exponent(short)[0] + 0.5).abs().max() > 0.05
+    with pytest.raises(ValueError, match="mu < 0"):
+        convergence_constants(1.0, 1.0, 3)
 
 
 def test_slow_divergence_first_token_grows_like_log_t():
     """x_1' = mu x^3 softplus(s x) with s x < 0: e^{|s| x} x^-3 ~ t, i.e. |s| x - 3 ln x - ln t -> const,
-    while x / ln t still drifts (the log-growth exponent creeps towards 1 only as ln ln t / ln t -> 0)."""
+    while x / ln t still drifts (the log-growth exponent creeps towards 1 only as ln ln t / ln t -> 0).
+    Every later token keeps a frozen ratio to the smallest token before it."""
     sysm = TokenSystem.one_dim(1.0, -1.0, 1.0)
     traj = simulate(sysm, torch.tensor([[0.5, 0.7, 0.9]]).double(), 1e12, n_points=120)
     assert not traj.blew_up.any()
-    inv = slow_growth_invariant(traj, 1.0, -1.0)[:, 0]
+    inv = slow_growth_invariant(traj, -1.0)[:, 0]
     tail = traj.t > 1e6
     assert inv[tail].max() - inv[tail].min() < 0.15  # flat while ln t grows by 14
     ratio = traj.x[:, 0, 0, 0] / torch.log(traj.t)
     assert ratio[tail].max() - ratio[tail].min() > 0.1  # so x is not simply c ln t at these times
-    k = log_growth_exponent(traj, tail=0.3)[0]
+    k = fitted_log_growth_exponent(traj, tail=0.3)[0]
     assert 0.6 < k[0] < 1.0, k  # measured, with the theory's finite-t value ~0.77 at t ~ 1e12
     assert (traj.x[-1, 0, :, 0] > traj.x[0, 0, :, 0]).all()
+    early = simulate(sysm, torch.tensor([[0.5, 0.7, 0.9]]).double(), 1e8, n_points=60)
+    torch.testing.assert_close(slow_divergence_ratios(traj), slow_divergence_ratios(early), rtol=1e-2, atol=0)
 
 
 def test_fast_divergence_blowup_time_matches_quadrature():
@@ -137,11 +171,12 @@ def test_fast_divergence_blowup_time_matches_quadrature():
     x0 = torch.tensor([[0.9, -0.2], [0.6, -0.2], [1.3, -0.2], [-0.8, 0.2]]).double()
     traj = simulate(TokenSystem.one_dim(mu, s, 1.0), x0, 50.0, n_points=50)
     for i in range(4):
-        exact = first_token_blowup_time(mu[i].item(), s[i].item(), x0[i, 0].item())
+        exact = own_blowup_bound(mu[i].item(), s[i].item(), x0[i, 0].item())
         assert traj.primary[i, 0]
         assert abs(traj.blowup_time[i, 0].item() - exact) < 1e-5 * exact
         # token 2's trajectory cannot outlive token 1's
         assert traj.blowup_time[i, 1] <= traj.blowup_time[i, 0]
+    assert own_blowup_bound(1.0, -1.0, 0.5) == math.inf and own_blowup_bound(-1.0, 1.0, 0.5) == math.inf
 
 
 def test_tokens_diverge_at_different_rates_later_ones_first():
@@ -150,13 +185,54 @@ def test_tokens_diverge_at_different_rates_later_ones_first():
     T = traj.blowup_time[0]
     assert torch.isfinite(T).all()
     assert (T[1:] <= T[:-1]).all() and T[-1] < T[0]
-    assert divergence_order(traj)[0, 0] == 7
+    assert end_order(traj)[0, 0] == 7
 
 
-def test_d_dim_classification_is_marked_conjectural():
-    sysm = TokenSystem.from_matrices(torch.eye(2), -torch.eye(2), torch.eye(2))
-    c = classify(sysm, torch.ones(1, 3, 2))[0]
-    assert c.scenario == Scenario.CONVERGENT and c.conjectural
+def test_d_dim_fates_are_undetermined_and_the_counterexample_is_observed():
+    """D > 1: no theorem, so token fates are undetermined and the paper's criterion is only a conjecture.
+    The case the conjecture gets wrong (eigenvalues 1, -0.5): token 1 converges and tokens 3..6 blow
+    up near t = 65, which a run to t = 50 does not see."""
+    g = torch.Generator().manual_seed(0)
+    Q, _ = torch.linalg.qr(torch.randn(2, 2, generator=g, dtype=torch.float64))
+    x0 = 0.3 + torch.rand(1, 6, 2, generator=g, dtype=torch.float64)
+    M = Q @ torch.diag(torch.tensor([1.0, -0.5], dtype=torch.float64)) @ Q.T
+    system = TokenSystem.from_matrices(M, torch.eye(2), -torch.eye(2), a=1.0)
+    c = classify(system, x0)[0]
+    assert c.conjectural and c.scenario == Outcome.UNDETERMINED
+    assert all(f.outcome == Outcome.UNDETERMINED and f.basis == "none" for f in c.tokens)
+    assert c.conjecture == Outcome.DIVERGES_SLOWLY and "conjecture" in c.reason
+    short = simulate(system, x0, 50.0, n_points=100)
+    assert not short.blew_up.any()
+    traj = simulate_until_decided(system, x0, 50.0, 1e5, n_points=200)
+    seen = traj.token_outcomes()[0]
+    assert seen[0] == Outcome.CONVERGES and all(o == Outcome.BLOWS_UP for o in seen[2:])
+    assert 60 < traj.blowup_time[0, 2] < 70 and abs(traj.t[-1].item() - 500.0) < 1e-9
+    # a negative definite symmetric part proves token 1 converges; the rest stays undetermined
+    neg = classify(TokenSystem.from_matrices(-torch.eye(2), torch.eye(2), torch.eye(2)), torch.ones(1, 3, 2))[0]
+    assert neg.tokens[0].outcome == Outcome.CONVERGES and neg.tokens[1].outcome == Outcome.UNDETERMINED
+    assert neg.conjecture == Outcome.CONVERGES
+
+
+def test_system_outcome_is_the_most_severe_token_outcome():
+    assert system_outcome([Outcome.CONVERGES, Outcome.STAYS]) == Outcome.CONVERGES
+    assert system_outcome([Outcome.DIVERGES_SLOWLY, Outcome.BLOWS_UP]) == Outcome.BLOWS_UP
+    assert system_outcome([Outcome.STAYS]) == Outcome.STAYS
+    assert Outcome.BLOWS_UP.paper_name == "fast divergence"
+
+
+def test_simulate_on_a_given_time_grid():
+    sysm = TokenSystem.one_dim(-1.0, 1.0, 1.0)
+    x0 = torch.tensor([[0.5, 0.4]], dtype=torch.float64)
+    grid = torch.tensor([0.5, 1.0, 2.0, 7.0])
+    tr = simulate(sysm, x0, t_out=grid)
+    torch.testing.assert_close(tr.t, torch.tensor([0.0, 0.5, 1.0, 2.0, 7.0], dtype=torch.float64))
+    ref = simulate(sysm, x0, 7.0, n_points=300)
+    torch.testing.assert_close(tr.x[-1], ref.x[-1], rtol=1e-6, atol=1e-9)
+    for bad, msg in (([1.0, 0.5], "increase strictly"), ([0.1, float("nan")], "finite"), ([1.0], "at least 2")):
+        with pytest.raises(ValueError, match=msg):
+            simulate(sysm, x0, t_out=bad)
+    with pytest.raises(ValueError, match="not both"):
+        simulate(sysm, x0, 3.0, t_out=grid)
 
 
 def test_blowup_is_a_result_not_a_nan():

@@ -20,7 +20,7 @@ from mambadyn.train import LMTrainConfig, apply_overrides
 # --- dynamics -------------------------------------------------------------------------------------
 def test_a_large_converging_token_is_not_a_blow_up():
     tr = simulate(TokenSystem.one_dim(-1.0, 1.0, 1.0), torch.tensor([[12.0]], dtype=torch.float64), t_end=10.0)
-    assert not tr.blew_up.any() and tr.outcome() == ["converging"]
+    assert not tr.blew_up.any() and tr.outcome() == ["converges"]
     assert abs(tr.x[-1, 0, 0, 0].item() - 0.2333) < 5e-4  # LSODA gives x(10) = 0.2333
     big = simulate(TokenSystem.one_dim(1.0, 1.0, 1.0), torch.tensor([[12.0]], dtype=torch.float64), t_end=1.0)
     assert big.blew_up.all() and 1.5e-4 < big.blowup_time.item() < 2.5e-4  # T* ~ 1/(3 mu s x0^3)
@@ -32,7 +32,7 @@ def test_bad_tolerances_are_refused_and_coarse_grids_still_classify():
         with pytest.raises(ValueError):
             simulate(system, torch.tensor([[0.5, 0.4]]), **{"t_end": 10.0, **kw})
     coarse = simulate(system, torch.tensor([[0.5, 0.4]], dtype=torch.float64), t_end=100.0, n_points=3)
-    assert coarse.outcome() == ["converging"]
+    assert coarse.outcome() == ["converges"]
 
 
 def test_overflowing_tokens_name_the_dtype():

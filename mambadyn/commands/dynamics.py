@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import torch
@@ -20,54 +21,91 @@ def _one_dim_cases(L: int, seed: int):
 
     g = torch.Generator().manual_seed(seed)
     mag = 0.5 + torch.rand(1, L, generator=g, dtype=torch.float64)
-    return {  # (system, x0): the three 1-D scenarios of the paper
-        "convergent (mu=-1, s=1)": (TokenSystem.one_dim(-1.0, 1.0, 1.0), mag.clone()),
-        "slow divergence (mu=1, s=-1, x>0)": (TokenSystem.one_dim(1.0, -1.0, 1.0), mag.clone()),
-        "fast divergence (mu=1, s=1, x>0)": (TokenSystem.one_dim(1.0, 1.0, 1.0), mag * 0.5),
+    mixed = mag * 0.5 * torch.where(torch.arange(L) < L // 2, -1.0, 1.0)  # s x_l < 0 before the middle
+    return {  # (parameters for the title, system, x0): the paper's three 1-D scenarios, and a mixed start
+        "convergent": ("mu=-1, s=1, a=1", TokenSystem.one_dim(-1.0, 1.0, 1.0), mag.clone()),
+        "slow_divergence": ("mu=1, s=-1, a=1, x>0", TokenSystem.one_dim(1.0, -1.0, 1.0), mag.clone()),
+        "fast_divergence": ("mu=1, s=1, a=1, x>0", TokenSystem.one_dim(1.0, 1.0, 1.0), mag * 0.5),
+        "fast_divergence_mixed": (f"mu=1, s=1, a=1, x<0 for l<={L // 2}", TokenSystem.one_dim(1.0, 1.0, 1.0), mixed),
     }
 
 
 @app.command()
-def scenarios(out: Path = OUT, tokens: int = typer.Option(8, "--tokens", "-L", min=1),
+def scenarios(out: Path = OUT, tokens: int = typer.Option(8, "--tokens", "-L", min=2),
               t_end: float = typer.Option(1e4, help="final time (continuous depth)"),
               seed: int = 0) -> None:
-    """The three 1-D scenarios: token norms against t, blow-up times, fitted rates."""
+    """The 1-D scenarios: token norms against t, per-token fates (predicted and observed), blow-up times,
+    the asymptotic constants."""
     from mambadyn.dynamics import classify, simulate
-    from mambadyn.dynamics.rates import convergence_exponent, log_growth_exponent
+    from mambadyn.dynamics.outcome import describe_tokens
+    from mambadyn.dynamics.rates import (
+        convergence_constants,
+        fitted_convergence_exponent,
+        fitted_log_growth_exponent,
+        slow_divergence_ratios,
+    )
     from mambadyn.plots.dynamics import trajectories
 
     out.mkdir(parents=True, exist_ok=True)
     trajs, summary = {}, []
-    for name, (system, x0) in _one_dim_cases(tokens, seed).items():
-        tr = simulate(system, x0, t_end, n_points=300, progress=True)
-        trajs[name] = tr
+    for name, (params, system, x0) in _one_dim_cases(tokens, seed).items():
         c = classify(system, x0)[0]
-        summary.append({
-            "case": name, "classified": c.scenario.value, "reason": c.reason, "observed": tr.outcome()[0],
-            "x0": x0[0].tolist(), "blowup_time": [float(v) for v in tr.blowup_time[0]],
-            "blew_up_itself": tr.primary[0].tolist(),
-            "convergence_exponent": [float(v) for v in convergence_exponent(tr)[0]],
-            "log_growth_exponent": [float(v) for v in log_growth_exponent(tr)[0]],
-        })
-        with open(out / f"trajectory_{summary[-1]['classified']}.csv", "w", newline="") as f:
+        tr = simulate(system, x0, t_end, n_points=300, progress=True)
+        ends = sorted({float(v) for v in tr.blowup_time[0] if math.isfinite(v)})
+        if ends:  # again, on output times that crowd towards each blow-up, so the power law there shows;
+            # tokens freeze only at relative rate 1e8, about 3e-9 before their blow-up
+            near = [T - T * torch.logspace(-0.5, -10, 120, dtype=torch.float64) for T in ends]
+            grid = torch.unique(torch.cat([tr.t[1:], *near]))
+            tr = simulate(system, x0, t_out=grid, blowup_rate=1e8, progress=True)
+        observed = tr.token_outcomes()[0]
+        predicted = [f.outcome for f in c.tokens]
+        trajs[f"{name.replace('_', ' ')} ({params})\npredicted: {describe_tokens(predicted)}"] = tr
+        row = {
+            "case": name, "parameters": params, "predicted": c.scenario.value, "reason": c.reason,
+            "observed": tr.outcome()[0].value,
+            "tokens": [{"predicted": f.outcome.value, "why": f.reason, "basis": f.basis, "end_time_bound": f.bound,
+                        "observed": o.value, "end_time": float(tr.blowup_time[0, l]),
+                        "blew_up_itself": bool(tr.primary[0, l])}
+                       for l, (f, o) in enumerate(zip(c.tokens, observed))],
+            "predicted_end_order": None if c.end_order is None else [l + 1 for l in c.end_order],
+            "x0": x0[0].tolist(),
+            "fitted_convergence_exponent": {"window": f"last fifth of the decades up to t = {t_end:g}",
+                                            "values": fitted_convergence_exponent(tr)[0].tolist()},
+            "fitted_log_growth_exponent": {"window": f"last fifth of the decades up to t = {t_end:g}",
+                                           "values": fitted_log_growth_exponent(tr)[0].tolist()},
+        }
+        if name == "convergent":
+            row["sqrt_t_times_x_at_t_end"] = (tr.norms()[-1, 0] * tr.t[-1].sqrt()).tolist()
+            row["limit_of_sqrt_t_times_x"] = convergence_constants(-1.0, 1.0, tokens).tolist()
+        if name == "slow_divergence":
+            row["measured_ratio_to_running_min"] = slow_divergence_ratios(tr)[0].tolist()
+        summary.append(row)
+        with open(out / f"trajectory_{name}.csv", "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["t"] + [f"x{l + 1}" for l in range(tokens)])
-            for t, row, ok in zip(tr.t.tolist(), tr.x[:, 0, :, 0].tolist(), tr.valid[:, 0].tolist()):
-                w.writerow([t] + [v if o else "" for v, o in zip(row, ok)])
+            for t, xs, ok in zip(tr.t.tolist(), tr.x[:, 0, :, 0].tolist(), tr.valid[:, 0].tolist()):
+                w.writerow([t] + [v if o else "" for v, o in zip(xs, ok)])
     png = trajectories(trajs, out / "scenarios.png")
     write_json(out / "scenarios.json", summary)
     for s in summary:
-        typer.echo(f"{s['case']:36s} classified {s['classified']:15s} observed {s['observed']}")
+        typer.echo(f"{s['case']:22s} predicted {s['predicted']:16s} observed {s['observed']}")
     typer.echo(f"wrote {png}, {out / 'scenarios.json'} and trajectory_*.csv")
 
 
 @app.command()
 def portrait(out: Path = OUT, tokens: int = typer.Option(6, "--tokens", "-L", min=1),
-             t_end: float = 50.0, seed: int = 0) -> None:
-    """2-D phase portraits for S_C^T S_B with two positive, one positive and two negative eigenvalues."""
-    from mambadyn.dynamics import TokenSystem, classify, simulate
+             t_end: float = typer.Option(50.0, help="first horizon; runs 10x longer until every token's fate "
+                                         "is decided"),
+             horizon: float = typer.Option(1e5, help="the longest run"), seed: int = 0) -> None:
+    """2-D phase portraits for S_C^T S_B with two positive, one positive and two negative eigenvalues.
+    Each runs until every token has blown up, converges or stays (or the horizon)."""
+    from mambadyn.dynamics import TokenSystem, classify
+    from mambadyn.dynamics.outcome import describe_tokens
+    from mambadyn.dynamics.simulation import simulate_until_decided
     from mambadyn.plots.dynamics import portraits
 
+    if not 0 < t_end <= horizon:
+        raise typer.BadParameter(f"need 0 < --t-end <= --horizon, got {t_end} and {horizon}")
     out.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(seed)
     Q, _ = torch.linalg.qr(torch.randn(2, 2, generator=g, dtype=torch.float64))
@@ -78,15 +116,21 @@ def portrait(out: Path = OUT, tokens: int = typer.Option(6, "--tokens", "-L", mi
                      ("two negative eigenvalues", (-1.0, -0.5))):
         M = Q @ torch.diag(torch.tensor(ev, dtype=torch.float64)) @ Q.T  # S_C^T S_B with S_C = I
         system = TokenSystem.from_matrices(M, torch.eye(2), S_delta, a=1.0)
-        tr = simulate(system, x0, t_end, n_points=200)
+        tr = simulate_until_decided(system, x0, t_end, horizon, n_points=300)
         c = classify(system, x0)[0]
-        trajs[f"{name} {ev}\nobserved: {tr.outcome()[0]}"] = tr
-        summary.append({"case": name, "eigenvalues": ev, "classified": c.scenario.value, "conjectural": True,
-                        "observed": tr.outcome()[0], "final_norms": tr.norms()[-1, 0].tolist()})
+        observed = tr.token_outcomes()[0]
+        words = describe_tokens(observed, tr.blowup_time[0].tolist())
+        trajs[f"{name} {ev}, to t = {float(tr.t[-1]):g}\nobserved: {words}"] = tr
+        summary.append({"case": name, "eigenvalues": ev, "t_end": float(tr.t[-1]),
+                        "predicted": c.scenario.value, "prediction": c.reason,
+                        "paper_conjecture": c.conjecture.value if c.conjecture else None,
+                        "tokens_predicted": [f.outcome.value for f in c.tokens],
+                        "tokens_observed": [o.value for o in observed], "observed": words,
+                        "end_times": tr.blowup_time[0].tolist(), "final_norms": tr.norms()[-1, 0].tolist()})
     png = portraits(trajs, out / "portraits.png")
     write_json(out / "portraits.json", summary)
     for s in summary:
-        typer.echo(f"{s['case']:26s} observed {s['observed']}")
+        typer.echo(f"{s['case']:26s} to t = {s['t_end']:<8g} observed: {s['observed']}")
     typer.echo(f"wrote {png} and {out / 'portraits.json'}")
 
 
@@ -105,25 +149,26 @@ def _parse_dims(text: str) -> tuple[int, ...]:
 
 
 @app.command("phase-diagram")
-def phase_diagram_cmd(out: Path = OUT, systems: int = typer.Option(200, min=1, help="random systems per D"),
-                      dims: str = typer.Option("2-8", help="dimensions, e.g. 2-8 or 2,4,8"),
-                      tokens: int = typer.Option(4, "--tokens", "-L", min=1), t_end: float = 200.0,
-                      max_steps: int = typer.Option(2000, min=1, help="explicit steps per system before LSODA takes over"),
+def phase_diagram_cmd(out: Path = OUT, systems: int = typer.Option(100, min=1, help="random systems per cell (D, k)"),
+                      dims: str = typer.Option("2-6", help="dimensions, e.g. 2-6 or 2,4,8"),
+                      tokens: int = typer.Option(4, "--tokens", "-L", min=1), t_end: float = 1000.0,
+                      max_steps: int = typer.Option(4000, min=1, help="explicit steps per system before LSODA takes over"),
                       stiff_max_steps: int = typer.Option(5000, min=1, help="LSODA steps per system, then it is "
                                                           "left out as unfinished (fewer: faster)"),
                       seed: int = 0) -> None:
-    """Fraction of random D-dim systems that converge, against the number of positive eigenvalues."""
+    """Fraction of random D-dim systems that converge, against the number of positive eigenvalues of
+    S_C^T S_B and of its symmetric part (a test of the paper's D-dim conjecture)."""
     from mambadyn.dynamics.phase import PhaseConfig, phase_diagram
     from mambadyn.plots.dynamics import phase_diagram as plot
 
     ds = _parse_dims(dims)
     out.mkdir(parents=True, exist_ok=True)
-    rows = phase_diagram(PhaseConfig(dims=ds, systems=systems, L=tokens, t_end=t_end, seed=seed, max_steps=max_steps,
-                                      stiff_max_steps=stiff_max_steps))
+    cfg = PhaseConfig(dims=ds, systems=systems, L=tokens, t_end=t_end, seed=seed, max_steps=max_steps,
+                      stiff_max_steps=stiff_max_steps)
+    rows = phase_diagram(cfg)
     write_json(out / "phase_diagram.json", rows)
     png = plot(rows, out / "phase_diagram.png")
     for r in rows:
-        if r["criterion"] == "matrix":
-            typer.echo(f"D={r['D']} positive={r['positive']}: {r['converged']}/{r['systems']} converge"
-                       f" ({r['unfinished']} unfinished, not counted)")
-    typer.echo(f"wrote {png} and {out / 'phase_diagram.json'}")
+        typer.echo(f"D={r['D']} {r['criterion']:9s} positive={r['positive']}: {r['converged']}/{r['systems']} converge, "
+                   f"{r['blew_up']} blow up, {r['grew']} grow ({r['unfinished']} unfinished, not counted)")
+    typer.echo(f"L = {tokens} tokens, horizon t = {t_end:g}; wrote {png} and {out / 'phase_diagram.json'}")

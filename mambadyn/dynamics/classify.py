@@ -1,34 +1,67 @@
-"""The paper's scenarios, decided from the parameters and the initial tokens (no simulation).
+"""What the theory says each token does, decided from the parameters and the initial tokens (no
+simulation). Every fate carries its reason and how it is known.
 
-1-D (proved in the paper): mu = S_C^T S_B < 0 -> all tokens converge to 0; mu > 0 and s x_l(0) < 0
-for every l -> all diverge slowly; mu > 0 and s x_l(0) > 0 for some l -> finite-time blow-up.
-D > 1 (conjectural, from the paper's 2-D experiments): convergent when every eigenvalue of S_C^T S_B
-has negative real part, divergent when at least one is positive; which matrix decides (S_C^T S_B
-itself or its symmetric part) is not settled, so both are offered.
+1-D (D = 1, mu = S_C^T S_B, s = S_Δ):
+* mu < 0: every nonzero token converges to 0 [the paper's theorem].
+* mu > 0. Let l0 be the first token with s x_l0(0) > 0 (every nonzero token counts when s = 0,
+  since then softplus is the constant ln 2 and growth is cubic).
+  - Tokens l < l0 form a slow-divergence system of their own: token l's equation contains only
+    tokens j <= l. They diverge slowly and exist for all t [the paper's theorem, applied to that
+    prefix].
+  - Tokens l >= l0 end in finite time. Token l's solution ends at the first blow-up among tokens
+    l0..l. A token with s x_l(0) > 0 blows up no later than a lone token from x_l(0): by
+    comparison with the j = l term of its own sum (``rates.own_blowup_bound``). A token with
+    s x_l(0) < 0 after l0 ends with the earlier blow-up.
+  - End times therefore never increase with l. The predicted order in which solutions end is
+    L, L-1, ..., l0 (nonzero tokens), with ties possible.
+* A token that is 0 stays 0 while the solution exists (x_l' is proportional to x_l); mu = 0 moves
+  nothing.
+
+D > 1: the paper proves nothing. One case follows from a short Lyapunov argument: if the symmetric
+part of S_C^T S_B is negative definite, d|x_1|^2/dt = 2 (x_1^T M x_1) Σ_d Δ_1^d (x_1^d)^2 <= -c |x_1|^4, so
+token 1 converges. Every other token, and every other D > 1 system, is ``undetermined``. The
+system-level scenario the paper's experiments suggest (at least one positive eigenvalue -> divergence)
+is reported separately as ``conjecture`` and is never stated as a result.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from enum import Enum
+from dataclasses import dataclass, field
 
 import torch
 
+from .outcome import Outcome, system_outcome
+from .rates import own_blowup_bound
 from .system import TokenSystem
 
+THEOREM = "theorem"  # the paper's, or a short argument written in this module's docstring
+NONE = "none"  # no theorem applies
 
-class Scenario(str, Enum):
-    CONVERGENT = "convergent"
-    SLOW_DIVERGENT = "slow_divergent"
-    FAST_DIVERGENT = "fast_divergent"
-    DEGENERATE = "degenerate"  # mu = 0 or all tokens 0: nothing moves
+
+@dataclass(frozen=True)
+class TokenFate:
+    """One token's predicted outcome, why, and on what it rests (``THEOREM`` or ``NONE``).
+    ``bound``: for a 1-D blow-up, an upper bound on the time its solution ends (inf otherwise)."""
+
+    outcome: Outcome
+    reason: str
+    basis: str
+    bound: float = float("inf")
 
 
 @dataclass(frozen=True)
 class Classification:
-    scenario: Scenario
+    """A system's predicted outcome (its most severe token fate) with the reason, per-token ``tokens``,
+    ``end_order`` (1-D with blow-ups: token indices, 0-based, in the order their solutions end; tied
+    tokens are listed in descending index), and for D > 1 the paper's ``conjecture`` (an Outcome or
+    None), which is a conjecture and nothing more."""
+
+    scenario: Outcome
     reason: str
     conjectural: bool
+    tokens: list[TokenFate] = field(default_factory=list)
+    end_order: list[int] | None = None
+    conjecture: Outcome | None = None
 
 
 def positive_eigenvalue_count(system: TokenSystem, symmetric: bool = False, tol: float = 1e-10) -> torch.Tensor:
@@ -41,43 +74,82 @@ def positive_eigenvalue_count(system: TokenSystem, symmetric: bool = False, tol:
     return (ev > tol).sum(-1)
 
 
+def _one_dim(mu: float, s: float, x: list[float]) -> tuple[list[TokenFate], list[int] | None]:
+    L = len(x)
+    if mu == 0:
+        return [TokenFate(Outcome.STAYS, "mu = 0: the right-hand side vanishes", THEOREM)] * L, None
+    zero = TokenFate(Outcome.STAYS, "x_l(0) = 0 and x_l' is proportional to x_l", THEOREM)
+    if mu < 0:
+        conv = TokenFate(Outcome.CONVERGES, f"mu = {mu:.3g} < 0 (paper, 1-D theorem)", THEOREM)
+        return [zero if v == 0 else conv for v in x], None
+    fast = [v != 0 and s * v >= 0 for v in x]
+    if not any(fast):
+        slow = TokenFate(Outcome.DIVERGES_SLOWLY, f"mu = {mu:.3g} > 0 and s x_j(0) < 0 for every nonzero token "
+                         "(paper, 1-D theorem)", THEOREM)
+        return [zero if v == 0 else slow for v in x], None
+    l0 = fast.index(True)
+    fates, bound, last_fast = [], float("inf"), l0
+    for l, v in enumerate(x):
+        if l < l0:
+            fates.append(zero if v == 0 else TokenFate(
+                Outcome.DIVERGES_SLOWLY, f"tokens 1..{l0} have s x_j(0) < 0 (or are 0) and evolve on their own: "
+                "slow divergence (paper, 1-D theorem on that prefix)", THEOREM))
+            continue
+        if v == 0:
+            fates.append(zero)
+            continue
+        if fast[l]:
+            last_fast = l
+            bound = min(bound, own_blowup_bound(mu, s, v))
+            why = ("s = 0: softplus is ln 2 and x_l' >= mu ln2 x_l^3" if s == 0 else
+                   f"s x_{l + 1}(0) > 0: x_l' >= mu x_l^3 softplus(s x_l), so it blows up by T <= {bound:.4g}")
+        else:
+            why = (f"s x_{l + 1}(0) < 0, but its equation contains token {last_fast + 1}, which blows up: the "
+                   f"solution ends by T <= {bound:.4g}")
+        fates.append(TokenFate(Outcome.BLOWS_UP, why, THEOREM, bound))
+    order = [l for l in range(L - 1, l0 - 1, -1) if x[l] != 0]  # end times never increase with l
+    return fates, order
+
+
 def classify(system: TokenSystem, x0: torch.Tensor, criterion: str = "matrix") -> list[Classification]:
-    """Scenario per system, with the reason. x0: (batch, L, D) (or (batch, L) in 1-D).
-    criterion ("matrix" | "symmetric") picks the matrix whose eigenvalues decide when D > 1."""
+    """Per system, the predicted outcome of every token and of the system, with reasons.
+    x0: (batch, L, D) (or (batch, L) in 1-D). ``criterion`` ("matrix" | "symmetric") picks the matrix
+    whose eigenvalues drive the D > 1 ``conjecture``."""
     if criterion not in ("matrix", "symmetric"):
         raise ValueError(f"criterion must be 'matrix' or 'symmetric', got {criterion!r}")
     X = system.check_state(x0)
     out = []
     if system.D == 1:
         mu = system.io_matrix()[:, 0, 0]
-        sx = system.S_delta[:, 0, 0][:, None] * X[..., 0]
-        nonzero = X[..., 0] != 0
+        s = system.S_delta[:, 0, 0]
         for i in range(system.batch):
-            m = float(mu[i])
-            if m == 0 or not nonzero[i].any():
-                out.append(Classification(Scenario.DEGENERATE, "mu = 0 or every token is 0: tokens stay put", False))
-            elif m < 0:
-                out.append(Classification(Scenario.CONVERGENT, f"mu = {m:.3g} < 0", False))
-            elif (sx[i][nonzero[i]] >= 0).any():
-                ls = (torch.nonzero((sx[i] >= 0) & nonzero[i]).flatten() + 1).tolist()
-                why = "s = 0 makes softplus constant (cubic growth)" if sx[i][nonzero[i]].eq(0).all() else \
-                      f"s x_l(0) > 0 for tokens l = {ls[:6]}{'...' if len(ls) > 6 else ''}"
-                out.append(Classification(Scenario.FAST_DIVERGENT, f"mu = {m:.3g} > 0 and {why}", False))
-            else:
-                out.append(Classification(Scenario.SLOW_DIVERGENT, f"mu = {m:.3g} > 0 and s x_l(0) < 0 for all l",
-                                          False))
+            fates, order = _one_dim(float(mu[i]), float(s[i]), X[i, :, 0].tolist())
+            scenario = system_outcome(f.outcome for f in fates)
+            reason = next(f.reason for f in fates if f.outcome == scenario)
+            out.append(Classification(scenario, reason, False, fates, order))
         return out
+    M = system.io_matrix()
+    sym_max = torch.linalg.eigvalsh((M + M.transpose(1, 2)) / 2).amax(-1)
     npos = positive_eigenvalue_count(system, symmetric=criterion == "symmetric")
     which = "symmetric part of S_C^T S_B" if criterion == "symmetric" else "S_C^T S_B"
     sdx = torch.einsum("bed,bld->ble", system.S_delta, X)
+    undetermined = TokenFate(Outcome.UNDETERMINED, "D > 1: no theorem covers this token", NONE)
     for i in range(system.batch):
         k = int(npos[i])
+        first = undetermined
+        if X[i, 0].abs().sum() == 0:
+            first = TokenFate(Outcome.STAYS, "x_1(0) = 0 and x_1' is proportional to x_1", THEOREM)
+        elif sym_max[i] < 0:
+            first = TokenFate(Outcome.CONVERGES, "the symmetric part of S_C^T S_B is negative definite: "
+                              "|x_1|^2 decreases like a Lyapunov function", THEOREM)
+        fates = [first] + [undetermined] * (X.shape[1] - 1)
         if k == 0:
-            out.append(Classification(Scenario.CONVERGENT, f"no eigenvalue of {which} is positive", True))
+            guess, why = Outcome.CONVERGES, f"no eigenvalue of {which} is positive"
         elif (sdx[i] > 0).any():
-            out.append(Classification(Scenario.FAST_DIVERGENT,
-                                      f"{k} positive eigenvalue(s) of {which}; S_Δ x_l(0) has positive entries", True))
+            guess, why = Outcome.BLOWS_UP, f"{k} positive eigenvalue(s) of {which}; S_Δ x_l(0) has positive entries"
         else:
-            out.append(Classification(Scenario.SLOW_DIVERGENT,
-                                      f"{k} positive eigenvalue(s) of {which}; S_Δ x_l(0) < 0 everywhere", True))
+            guess, why = Outcome.DIVERGES_SLOWLY, f"{k} positive eigenvalue(s) of {which}; S_Δ x_l(0) < 0 everywhere"
+        scenario = system_outcome(f.outcome for f in fates)
+        out.append(Classification(scenario, f"D > 1: no theorem decides the system; the paper's 2-D experiments "
+                                  f"suggest {guess.paper_name} ({why}), a conjecture", True, fates, None, guess))
     return out

@@ -4,18 +4,15 @@ Solver: ``solver.integrate``, a Dormand-Prince 5(4) with one adaptive step size 
 there for why not torchdiffeq's shared step or a loop of scipy calls). The few stiff systems it cannot
 finish within ``max_steps`` continue one by one in scipy's LSODA (``stiff.py``).
 
-Finite-time blow-up is detected per token by its relative rate r = |dx/dt| / |x|: for power-law
-blow-up x' = c x^p it equals 1 / ((p - 1)(T* - t)), so r large means T* is near, and t + 1/(3 r)
-(p = 4, the 1-D fast regime) estimates T*. Slow divergence keeps r ~ l / (t ln t), far below the
-threshold. A token is frozen (its derivative masked to 0) at the first accepted step where r passes
-the threshold *while its norm grows* (x . dx/dt > 0) *and r grew since its last step*, as it must on
-the way to a blow-up; a large token that shrinks (a converging system started far out, where r is
-large for a while) is a transient, not a blow-up. A blow-up is a result recorded in the trajectory,
-never a crash, a NaN, or a stalled solver.
+Finite-time blow-up is detected per token by its relative rate |dx/dt| / |x|, with the rule and the
+blow-up-time estimate of ``blowup.py`` (shared with the LSODA path). A token whose rate passes the
+threshold while its norm grows is frozen (its derivative masked to 0) and its blow-up time recorded. A
+blow-up is a result recorded in the trajectory, never a crash, a NaN, or a stalled solver.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 
@@ -23,16 +20,19 @@ import torch
 from tqdm.auto import tqdm
 
 from ..typed import check_fields
+from .blowup import blowing_up, blowup_end_times
+from .fits import loglog_slopes
+from .outcome import Outcome, system_outcome
 from .solver import integrate
-from .stiff import blowing_up, rhs_numpy, solve_one
+from .stiff import rhs_numpy, solve_one
 from .system import TokenSystem, token_rhs
 
 
 @dataclass
 class SimConfig:
     t_end: float = 100.0
-    n_points: int = 400  # output times: 0 then log-spaced from t_start to t_end
-    t_start: float = 1e-3
+    n_points: int = 400  # output times: 0, then n_points - 1 log-spaced from t_first to t_end
+    t_first: float = 1e-3  # the first output time after 0 (the log grid's start; integration starts at 0)
     rtol: float = 1e-7
     atol: float = 1e-10
     blowup_rate: float = 1e3  # relative rate |x'|/|x| above which a token counts as blowing up
@@ -52,8 +52,8 @@ class SimConfig:
         if self.max_steps < 1 or self.stiff_max_steps < 1:
             raise ValueError(f"max_steps and stiff_max_steps must be >= 1, got {self.max_steps}, "
                              f"{self.stiff_max_steps}")
-        if not 0 < self.t_start < self.t_end:
-            raise ValueError(f"t_start must be in (0, t_end), got {self.t_start}")
+        if not 0 < self.t_first < self.t_end:
+            raise ValueError(f"t_first must be in (0, t_end), got {self.t_first}")
         if self.n_points < 3:
             raise ValueError(f"n_points must be >= 3, got {self.n_points}")
         if not self.blowup_rate > 0:
@@ -66,7 +66,8 @@ class Trajectory:
     exists through t_end): the first blow-up among tokens 1..l, since token l's equation contains them;
     primary (batch, L): the token's own rate crossed the threshold there (it blew up itself, rather
     than its trajectory ending with an earlier token's);
-    valid (T, batch, L): False after a token's blow-up (its values there are frozen, not the solution);
+    valid (T, batch, L): False once a token is frozen on its way to a blow-up (its values there are not
+    the solution);
     reached (batch,): False where the solver gave up before t_end (then nothing after is valid)."""
 
     t: torch.Tensor
@@ -87,34 +88,37 @@ class Trajectory:
         n = self.x.norm(dim=-1)
         return torch.where(self.valid, n, torch.nan)
 
-    def outcome(self) -> list[str]:
-        """Observed behaviour per system: 'blow-up', 'converging', 'diverging', 'bounded', or 'unfinished'
-        (the step budget ran out before t_end). The trend is the log-log slope of the largest token norm
-        over the last fifth of the time decades, or, on a grid too coarse for a fit there, between the
-        last two output times after 0."""
-        from .rates import tail_slope
-
-        slopes = tail_slope(self)
-        norms = self.norms().amax(-1)  # (T, batch)
+    def token_outcomes(self, tail: float = 0.2) -> list[list[Outcome]]:
+        """What each token did, observed (batch lists of L): STAYS (0 throughout), BLOWS_UP, UNFINISHED (the solver stopped
+        before the horizon), else by the log-log slope of its norm over the last ``tail`` of the time
+        decades: CONVERGES (< -0.1), GROWS (> 0.02) or BOUNDED. A slope over a window is a fit, and
+        GROWS is not a proof of divergence: the token may still blow up after the horizon."""
+        norms = self.norms()
+        slopes = loglog_slopes(self.t, norms, tail)  # (batch, L)
+        still = (torch.nan_to_num(norms, nan=0.0) == 0).all(0)  # a token at 0 stays there
         out = []
         for i in range(self.x.shape[1]):
-            slope = float(slopes[i])
-            if slope != slope:  # too few points in the tail: two-point slope
-                ok = torch.nonzero(torch.isfinite(norms[:, i]) & (self.t > 0)).flatten()
-                if len(ok) >= 2:
-                    a, b = ok[-2], ok[-1]
-                    slope = float((norms[b, i] / norms[a, i]).log() / (self.t[b] / self.t[a]).log())
-            if self.blew_up[i].any():
-                out.append("blow-up")
-            elif not self.reached[i]:
-                out.append("unfinished")
-            elif slope < -0.1:
-                out.append("converging")
-            elif slope > 0.02:
-                out.append("diverging")
-            else:
-                out.append("bounded")
+            row = []
+            for l in range(self.x.shape[2]):
+                slope = float(slopes[i, l])
+                if still[i, l]:
+                    row.append(Outcome.STAYS)
+                elif self.blew_up[i, l]:
+                    row.append(Outcome.BLOWS_UP)
+                elif not self.reached[i]:
+                    row.append(Outcome.UNFINISHED)
+                elif slope < -0.1:
+                    row.append(Outcome.CONVERGES)
+                elif slope > 0.02:
+                    row.append(Outcome.GROWS)
+                else:
+                    row.append(Outcome.BOUNDED)
+            out.append(row)
         return out
+
+    def outcome(self, tail: float = 0.2) -> list[Outcome]:
+        """Per system, its most severe observed token outcome (``outcome.system_outcome``)."""
+        return [system_outcome(row) for row in self.token_outcomes(tail)]
 
 
 def _rel_rate(F: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
@@ -123,7 +127,8 @@ def _rel_rate(F: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
 
 
 def _finish_one(system: TokenSystem, i: int, t0: float, x: torch.Tensor, alive: torch.Tensor, t: torch.Tensor,
-                xs: torch.Tensor, blowup: torch.Tensor, primary: torch.Tensor, reached: torch.Tensor,
+                xs: torch.Tensor, blowup: torch.Tensor, primary: torch.Tensor, frozen_at: torch.Tensor,
+                reached: torch.Tensor,
                 config: SimConfig) -> None:
     """Continue system i from (t0, x) with LSODA, writing its results into the batch's tensors in place."""
     F = rhs_numpy(*(p[i].cpu().numpy() for p in (system.S_B, system.S_C, system.S_delta, system.A)))
@@ -133,15 +138,44 @@ def _finish_one(system: TokenSystem, i: int, t0: float, x: torch.Tensor, alive: 
     xs[later, i] = torch.from_numpy(one.x).to(xs)[later.cpu()]
     blowup[i] = torch.minimum(blowup[i], torch.from_numpy(one.blowup).to(blowup))  # LSODA only ends live tokens
     primary[i] |= torch.from_numpy(one.primary).to(primary.device)
+    frozen_at[i] = torch.minimum(frozen_at[i], torch.from_numpy(one.frozen_at).to(frozen_at))
     reached[i] = one.reached
 
 
-def simulate(system: TokenSystem, x0: torch.Tensor, t_end: float | None = None,
-             config: SimConfig | None = None, **overrides) -> Trajectory:
-    """Integrate dX/dt = F(X) from tokens x0 (batch, L, D) (or (batch, L) in 1-D) to ``t_end``.
+def output_grid(config: SimConfig, dtype=torch.float64) -> torch.Tensor:
+    """The default output times (n_points,): 0, then log-spaced from t_first to t_end."""
+    return torch.cat([torch.zeros(1, dtype=dtype),
+                      torch.logspace(math.log10(config.t_first), math.log10(config.t_end), config.n_points - 1,
+                                     dtype=dtype)])
 
-    Returns a ``Trajectory`` on the output grid with per-token blow-up times."""
+
+def _check_grid(t_out) -> torch.Tensor:
+    t = torch.as_tensor(t_out, dtype=torch.float64).flatten()
+    if not torch.isfinite(t).all() or (t < 0).any():
+        raise ValueError("t_out must hold finite times >= 0 (it has NaN, inf or negative entries)")
+    if not (t[1:] > t[:-1]).all():
+        k = int(torch.nonzero(t[1:] <= t[:-1])[0])
+        raise ValueError(f"t_out must increase strictly: t_out[{k + 1}] = {float(t[k + 1]):g} follows {float(t[k]):g}")
+    if t[0] > 0:  # integration starts at 0, where x0 is given
+        t = torch.cat([torch.zeros(1, dtype=t.dtype), t])
+    if len(t) < 3:
+        raise ValueError(f"t_out needs at least 2 output times after 0, got {len(t) - 1}")
+    return t
+
+
+def simulate(system: TokenSystem, x0: torch.Tensor, t_end: float | None = None,
+             config: SimConfig | None = None, t_out=None, **overrides) -> Trajectory:
+    """Integrate dX/dt = F(X) from tokens x0 (batch, L, D) (or (batch, L) in 1-D) at t = 0.
+
+    Output times: ``t_out`` (a 1-D increasing sequence; 0 is prepended when it does not start there),
+    else the config's log grid up to ``t_end``. Returns a ``Trajectory`` on those times with per-token
+    blow-up times."""
     config = config or SimConfig()
+    if t_out is not None:
+        if t_end is not None:
+            raise ValueError("give t_end or t_out, not both")
+        grid = _check_grid(t_out)
+        overrides.update(t_end=float(grid[-1]), n_points=len(grid), t_first=float(grid[1]))
     if t_end is not None:
         overrides["t_end"] = t_end
     if overrides:
@@ -149,14 +183,12 @@ def simulate(system: TokenSystem, x0: torch.Tensor, t_end: float | None = None,
     X = system.check_state(x0)
     b, L, _ = X.shape
     dev, dt = X.device, X.dtype
-    t = torch.cat([torch.zeros(1, dtype=dt),
-                   torch.logspace(torch.log10(torch.tensor(config.t_start)).item(),
-                                  torch.log10(torch.tensor(config.t_end)).item(),
-                                  config.n_points - 1, dtype=dt)]).to(dev)
+    t = (grid if t_out is not None else output_grid(config)).to(dev, dt)
     params = (system.S_B, system.S_C, system.S_delta, system.A)
     alive = torch.ones(b, L, dtype=torch.bool, device=dev)
     blowup = torch.full((b, L), torch.inf, dtype=dt, device=dev)
     primary = torch.zeros(b, L, dtype=torch.bool, device=dev)
+    frozen_at = torch.full((b, L), torch.inf, dtype=dt, device=dev)
     last_rate = torch.full((b, L), torch.inf, dtype=dt, device=dev)  # no rise can be seen at the first step
 
     def f(idx):
@@ -168,12 +200,11 @@ def simulate(system: TokenSystem, x0: torch.Tensor, t_end: float | None = None,
         hit = alive[idx] & blowing_up(Y, F, r, last_rate[idx], config.blowup_rate)
         last_rate[idx] = r
         if hit.any():
-            # remaining time of a power-law blow-up; token l's trajectory ends when any j <= l blows up
-            est = torch.where(hit, t_new[:, None] + 1.0 / (3.0 * r), torch.inf)
-            ends = est.cummin(dim=-1).values
+            ends, own = blowup_end_times(t_new[:, None], r, hit)
             newly = alive[idx] & torch.isfinite(ends)
             blowup[idx] = torch.where(newly, ends, blowup[idx])
-            primary[idx] = primary[idx] | (hit & (est == ends))
+            primary[idx] = primary[idx] | (own & newly)
+            frozen_at[idx] = torch.where(newly, t_new[:, None], frozen_at[idx])
             alive[idx] = alive[idx] & ~newly
             return newly.any(dim=-1)
         return None
@@ -186,11 +217,29 @@ def simulate(system: TokenSystem, x0: torch.Tensor, t_end: float | None = None,
     if config.stiff_fallback and not reached.all():
         stiff = torch.nonzero(~reached).flatten().tolist()
         for i in tqdm(stiff, desc="stiff systems (LSODA)", disable=not config.progress, leave=False):
-            _finish_one(system, i, float(t_stop[i]), x_stop[i], alive[i], t, xs, blowup, primary, reached, config)
+            _finish_one(system, i, float(t_stop[i]), x_stop[i], alive[i], t, xs, blowup, primary, frozen_at,
+                        reached, config)
     if not reached.all():
         warnings.warn(f"{int((~reached).sum())} systems stopped before t_end (the solver gave up)",
                       RuntimeWarning, stacklevel=2)
-    after = t[:, None, None] >= blowup[None]
+    after = (t[:, None, None] >= blowup[None]) | (t[:, None, None] > frozen_at[None])
     valid = ~after & reached[None, :, None]
     return Trajectory(t=t, x=xs, blowup_time=blowup, primary=primary, valid=valid, reached=reached,
                       config=config)
+
+
+UNDECIDED = (Outcome.GROWS, Outcome.BOUNDED)
+
+
+def simulate_until_decided(system: TokenSystem, x0: torch.Tensor, t_end: float, horizon: float,
+                           config: SimConfig | None = None, **overrides) -> Trajectory:
+    """``simulate`` to t_end, then to 10x further, up to ``horizon``, until no token only grows or stays
+    bounded: each has blown up, converges or stays at 0. A converging token is not a proof (a later
+    token's blow-up ends it too); the horizon reached is the trajectory's t[-1]."""
+    if not 0 < t_end <= horizon:
+        raise ValueError(f"need 0 < t_end <= horizon, got t_end={t_end}, horizon={horizon}")
+    while True:
+        traj = simulate(system, x0, t_end, config=config, **overrides)
+        if t_end >= horizon or not any(o in UNDECIDED for row in traj.token_outcomes() for o in row):
+            return traj
+        t_end = min(10 * t_end, horizon)

@@ -3,8 +3,7 @@
 Some D-dim systems are stiff: a large token pulls the others onto a slow manifold (or blows up while
 doing so), and the explicit batched Dormand-Prince then needs ever smaller steps. Those few systems
 are handed, from the state the batched solver reached, to LSODA, which switches to a BDF method when it
-detects stiffness. The same blow-up rule applies (a token freezes once its relative rate |x'|/|x| passes
-the threshold), so both paths report the same kind of result.
+detects stiffness. The same blow-up rule and estimate apply (``blowup.py``), so both paths report the same kind of result.
 """
 
 from __future__ import annotations
@@ -16,34 +15,20 @@ from typing import Callable
 import numpy as np
 from scipy import integrate
 
+from .blowup import blowing_up, blowup_end_times
+
 
 @dataclass
 class OneSystem:
     """x (T, L, D): the states at the output times after t0 (NaN where not reached); blowup (L,) blow-up
-    times (inf: none); primary (L,) the token's own rate crossed the threshold; reached: got to t_out[-1]."""
+    times (inf: none); primary (L,) the token's own rate crossed the threshold; frozen_at (L,) when the
+    token was frozen (inf: never); reached: got to t_out[-1]."""
 
     x: np.ndarray
     blowup: np.ndarray
     primary: np.ndarray
+    frozen_at: np.ndarray
     reached: bool
-
-
-def blowup_end_times(t: float, rate: np.ndarray, hit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Estimated blow-up times when tokens ``hit`` (L,) pass the threshold at time t with relative rate
-    ``rate`` (L,): t + 1/(3 r) for the power law x' ~ x^4; token l's trajectory ends with the first
-    blow-up among tokens 1..l. Returns (ends (L,), own (L,) bool: token l's own blow-up sets its end)."""
-    with np.errstate(over="ignore"):  # a rate near the float limit: the blow-up is now
-        est = np.where(hit, t + 1.0 / (3.0 * rate), np.inf)
-    ends = np.minimum.accumulate(est)
-    return ends, hit & (est == ends)
-
-
-def blowing_up(X, F, rate, prev_rate, threshold: float):
-    """(..., L) bool, for NumPy arrays or torch tensors alike: the relative rate is past ``threshold``, the
-    norm grows (x . x' > 0; an overflowed product counts as growing) and the rate rose since the previous
-    accepted step. X, F (..., L, D); rate, prev_rate (..., L)."""
-    growing = ~((X * F).sum(-1) <= 0)
-    return (rate >= threshold) & growing & (rate > prev_rate)
 
 
 def rhs_numpy(S_B: np.ndarray, S_C: np.ndarray, S_delta: np.ndarray, A: np.ndarray
@@ -80,7 +65,7 @@ def solve_one(F: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, t_out: np.n
     """
     L, D = x0.shape
     alive = np.ones(L, bool) if alive is None else alive.copy()
-    blow, primary = np.full(L, np.inf), np.zeros(L, bool)
+    blow, primary, frozen_at = np.full(L, np.inf), np.zeros(L, bool), np.full(L, np.inf)
     xs = np.full((len(t_out), L, D), np.nan)
     solver_cls = getattr(integrate, method)
 
@@ -96,7 +81,7 @@ def solve_one(F: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, t_out: np.n
     def freeze(t, hit, r):
         ends, own = blowup_end_times(t, r, hit)
         newly = alive & np.isfinite(ends)
-        blow[newly], primary[newly] = ends[newly], own[newly]
+        blow[newly], primary[newly], frozen_at[newly] = ends[newly], own[newly], t
         alive[newly] = False
 
     # overflow is how a blow-up shows itself here, and LSODA's complaints end as "unfinished": both quiet
@@ -110,7 +95,7 @@ def solve_one(F: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, t_out: np.n
             t_prev, y_prev = solver.t, solver.y.copy()
             solver.step()
             if solver.status == "failed":
-                return OneSystem(xs, blow, primary, False)
+                return OneSystem(xs, blow, primary, frozen_at, False)
             bad = ~np.isfinite(solver.y.reshape(L, D)).all(axis=-1)
             if bad.any():  # overflowed within one step: those tokens blow up between t_prev and t
                 x_prev = y_prev.reshape(L, D)
@@ -132,4 +117,4 @@ def solve_one(F: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, t_out: np.n
                 freeze(solver.t, hit, r)
                 if solver.status == "running":  # the right-hand side changed: restart from here
                     solver = solver_cls(f, solver.t, solver.y, t_out[-1], rtol=rtol, atol=atol)
-    return OneSystem(xs, blow, primary, solver.status == "finished")
+    return OneSystem(xs, blow, primary, frozen_at, solver.status == "finished")

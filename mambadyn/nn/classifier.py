@@ -106,8 +106,14 @@ class MambaClassifier(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, **overrides) -> "MambaClassifier":
         """Load a folder written by ``save_pretrained``; ``overrides`` replace config fields."""
-        from .hf_io import (CheckpointError, build_then_constrain, check_finite, load_effective_state_dict,
-                            read_config_json, read_safetensors_folder)
+        from .hf_io import (
+            CheckpointError,
+            build_then_constrain,
+            check_finite,
+            load_effective_state_dict,
+            read_config_json,
+            read_safetensors_folder,
+        )
 
         folder = Path(path)
         if not folder.is_dir():

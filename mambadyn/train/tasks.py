@@ -7,8 +7,15 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..data import (EpochSampler, ImageSplit, WindowSampler, load_fashion_mnist, load_text, load_tiny_shakespeare,
-                    load_wikitext)
+from ..data import (
+    EpochSampler,
+    ImageSplit,
+    WindowSampler,
+    load_fashion_mnist,
+    load_text,
+    load_tiny_shakespeare,
+    load_wikitext,
+)
 from ..nn import MambaClassifier, MambaLM
 from .config import ImageTrainConfig, LMTrainConfig
 
