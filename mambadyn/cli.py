@@ -15,7 +15,7 @@ try:  # typer >= 0.20 vendors click; its exceptions are not click's
 except ImportError:  # pragma: no cover - older typer with click installed
     from click import exceptions as click_exc
 
-from .commands import dynamics, experiment, probe, train
+from .commands import dynamics, experiment, probe, signature, train
 
 app = typer.Typer(help="mambadyn: token dynamics of deep selective state-space models (Mamba / S6).",
                   no_args_is_help=True, add_completion=False)
@@ -53,6 +53,7 @@ app.add_typer(dynamics.app, name="dynamics")
 app.add_typer(train.app, name="train")
 app.add_typer(experiment.app, name="experiment")
 app.command("probe")(probe.probe_cmd)
+app.command("signature")(signature.signature_cmd)
 
 
 def run(argv: list[str] | None = None) -> int:
