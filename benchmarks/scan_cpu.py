@@ -1,15 +1,25 @@
-"""CPU selective-scan timings: reference loop vs chunked scan vs transformers' slow path.
+"""CPU selective scan, side by side: the fused numba kernel, the chunked PyTorch scan, the plain
+reference loop and transformers' mambapy path, with the machine's floor measured in the same run.
 
-    python benchmarks/scan_cpu.py [--sizes small,paper] [--repeats 3] [--json results/scan_cpu.json]
+    pip install mambapy transformers   # for the mambapy column (optional)
+    python benchmarks/scan_cpu.py [--sizes 2x256x256,1x768x1024,4x1536x1024] [--rounds 5] \
+        [--json results/scan_cpu.json] [--md results/scan_cpu.md]
 
-Prints a table of forward and forward+backward median times and ratios, and writes JSON.
+On a shared host, timings swing with load. Each round therefore runs every implementation once, in an
+order that rotates from round to round. The table gives the median over rounds of the *paired* ratio
+(other / numba in the same round), with min-max, and records the load average before and after.
+The floor is the time the scan's exps and multiply-adds need at the rates this machine shows in the
+same run. torch.exp on a large float32 tensor gives the exp rate; a float32 matmul that stays in cache
+gives the FMA rate. The forward needs b·d·L·n exps and 3·b·d·L·n multiply-adds; forward+backward
+needs 2x the exps (the backward recomputes the states) and 12·b·d·L·n multiply-adds. Inputs are
+float32 with z, D, Δ bias and softplus, n = 16.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import statistics
 import time
 
@@ -17,87 +27,134 @@ import torch
 
 from mambadyn.scan import selective_scan
 
-SIZES = {"small": (2, 256, 256, 16), "paper": (4, 1536, 1024, 16)}
 
-
-def make_inputs(batch, d, L, n, seed=0):
+def make_inputs(batch, d, L, n=16, seed=0):
     g = torch.Generator().manual_seed(seed)
-    u = torch.randn(batch, d, L, generator=g)
-    delta = torch.randn(batch, d, L, generator=g) * 0.5 - 1.0
-    A = -torch.exp(torch.randn(d, n, generator=g) * 0.5)
-    B = torch.randn(batch, n, L, generator=g)
-    C = torch.randn(batch, n, L, generator=g)
-    D = torch.randn(d, generator=g)
-    z = torch.randn(batch, d, L, generator=g)
-    bias = torch.randn(d, generator=g) * 0.1
-    return u, delta, A, B, C, D, z, bias
-
-
-def transformers_slow_path():
-    try:
-        from transformers.models.mamba import modeling_mamba as mm
-    except ImportError:
-        return None
-    fn = getattr(mm, "mamba_selective_scan", None)
-    if fn is None:
-        return None
-
-    def run(u, delta, A, B, C, D, z, bias):
-        return fn(u, delta, A, B, C, D=D, z=z, delta_bias=bias, delta_softplus=True, use_mambapy=False,
-                  use_associative_scan=False)
-
-    return run
+    return (torch.randn(batch, d, L, generator=g), torch.randn(batch, d, L, generator=g) * 0.5 - 1.0,
+            -torch.exp(torch.randn(d, n, generator=g) * 0.5), torch.randn(batch, n, L, generator=g),
+            torch.randn(batch, n, L, generator=g), torch.randn(d, generator=g), torch.randn(batch, d, L, generator=g),
+            torch.randn(d, generator=g) * 0.1)
 
 
 def ours(backend):
     def run(u, delta, A, B, C, D, z, bias):
         return selective_scan(u, delta, A, B, C, D=D, z=z, delta_bias=bias, delta_softplus=True, backend=backend)
-
     return run
 
 
-def time_fn(fn, inputs, backward, repeats):
-    times = []
-    for _ in range(repeats + 1):  # first run is warm-up
-        xs = [x.detach().clone().requires_grad_(backward) for x in inputs]
-        t0 = time.perf_counter()
-        y = fn(*xs)
-        if backward:
-            y.sum().backward()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times[1:])
+def mambapy():
+    """transformers' scan with mambapy's parallel scan (pscan); None where either is missing."""
+    try:
+        import mambapy.pscan  # noqa: F401
+        from transformers.models.mamba.modeling_mamba import mamba_selective_scan
+    except ImportError:
+        return None
+
+    def run(u, delta, A, B, C, D, z, bias):
+        return mamba_selective_scan(u, delta, A, B, C, D=D, z=z, delta_bias=bias, delta_softplus=True,
+                                    use_mambapy=True)
+    return run
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="small,paper")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--json", default="results/scan_cpu.json")
-    ap.add_argument("--skip-reference-at", default="", help="size names where the slow reference is skipped")
+def once(fn, inputs, backward: bool) -> float:
+    xs = [x.detach().clone().requires_grad_(backward) for x in inputs]
+    t0 = time.perf_counter()
+    if backward:
+        fn(*xs).sum().backward()
+    else:
+        with torch.no_grad():
+            fn(*xs)
+    return time.perf_counter() - t0
+
+
+def rates() -> tuple[float, float]:
+    """(exps per second, multiply-adds per second) on this machine at the current thread count."""
+    x = torch.randn(1 << 24)
+    torch.exp(x)
+    t0 = time.perf_counter()
+    for _ in range(5):
+        torch.exp(x)
+    exp_rate = 5 * x.numel() / (time.perf_counter() - t0)
+    a, b = torch.randn(256, 256), torch.randn(256, 256)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(50):
+        a @ b
+    fma_rate = 50 * 256**3 / (time.perf_counter() - t0)
+    return exp_rate, fma_rate
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="2x256x256,1x768x1024,4x1536x1024")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reference-max", type=int, default=2 * 768 * 1024,
+                    help="skip the reference loop and mambapy above this b*d*L (they take minutes)")
+    ap.add_argument("--json", default="")
+    ap.add_argument("--md", default="")
     args = ap.parse_args()
-    impls = {"reference": ours("reference"), "chunked": ours("chunked")}
-    hf = transformers_slow_path()
-    if hf is not None:
-        impls["transformers_slow"] = hf
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
+    impls = {"numba": ours("numba"), "chunked": ours("chunked"), "reference": ours("reference")}
+    if (m := mambapy()) is not None:
+        impls["mambapy"] = m
     rows = []
     for size in args.sizes.split(","):
-        shape = SIZES[size]
-        inputs = make_inputs(*shape)
-        for name, fn in impls.items():
-            if name == "reference" and size in args.skip_reference_at.split(","):
-                continue
-            fwd = time_fn(fn, inputs, False, args.repeats)
-            fb = time_fn(fn, inputs, True, args.repeats)
-            rows.append({"size": size, "shape(b,d,L,n)": shape, "impl": name, "fwd_s": fwd, "fwd_bwd_s": fb})
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}")
-    print(f"{'size':6} {'impl':18} {'fwd s':>9} {'fwd+bwd s':>10} {'fwd+bwd: chunked speed-up':>26}")
+        b, d, L = (int(v) for v in size.split("x"))
+        inputs = make_inputs(b, d, L)
+        names = [k for k in impls if k not in ("reference", "mambapy") or b * d * L <= args.reference_max]
+        for name in names:  # warm-up (numba compiles or loads its cache here)
+            once(impls[name], inputs, True)
+        times = {(n, bw): [] for n in names for bw in (False, True)}
+        for r in range(args.rounds):
+            order = names[r % len(names):] + names[: r % len(names)]
+            for name in order:
+                for bw in (False, True):
+                    times[(name, bw)].append(once(impls[name], inputs, bw))
+        one_thread = []  # numba at 1 thread against 2, paired
+        for _ in range(args.rounds):
+            torch.set_num_threads(1)
+            t1 = once(impls["numba"], inputs, True)
+            torch.set_num_threads(args.threads)
+            one_thread.append(t1 / once(impls["numba"], inputs, True))
+        exp_rate, fma_rate = rates()
+        elems = b * d * L * 16
+        floor = {False: elems / exp_rate + 3 * elems / fma_rate, True: 2 * elems / exp_rate + 12 * elems / fma_rate}
+        for name in names:
+            for bw in (False, True):
+                t = times[(name, bw)]
+                paired = [x / y for x, y in zip(t, times[("numba", bw)])]
+                rows.append({"size": size, "impl": name, "pass": "fwd+bwd" if bw else "fwd", "median_s": statistics.median(t),
+                             "ratio_to_numba": statistics.median(paired), "ratio_min": min(paired),
+                             "ratio_max": max(paired), "floor_s": floor[bw],
+                             "times_floor": statistics.median(t) / floor[bw]})
+        rows.append({"size": size, "impl": "numba", "pass": "1 thread / 2 threads (fwd+bwd)",
+                     "ratio_to_numba": statistics.median(one_thread), "ratio_min": min(one_thread),
+                     "ratio_max": max(one_thread)})
+        print(f"{size}: exp rate {exp_rate / 1e9:.2f} G/s, FMA rate {fma_rate / 1e9:.1f} G/s", flush=True)
+    load_after = os.getloadavg()
+    head = ["| size b×d×L | pass | impl | median | ÷ floor | time ÷ numba's (median, min-max) |", "|---|---|---|---|---|---|"]
+    lines = []
     for r in rows:
-        ch = next(x for x in rows if x["size"] == r["size"] and x["impl"] == "chunked")
-        ratio = r["fwd_bwd_s"] / ch["fwd_bwd_s"]
-        print(f"{r['size']:6} {r['impl']:18} {r['fwd_s']:9.3f} {r['fwd_bwd_s']:10.3f} {ratio:25.2f}x")
-    with open(args.json, "w") as f:
-        json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}, f, indent=1)
-    print(f"wrote {args.json}")
+        if "median_s" in r:
+            lines.append(f"| {r['size']} | {r['pass']} | {r['impl']} | {r['median_s'] * 1e3:.1f} ms | {r['times_floor']:.1f}x | "
+                         f"{r['ratio_to_numba']:.2f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) |")
+        else:
+            lines.append(f"| {r['size']} | {r['pass']} | numba | | | {r['ratio_to_numba']:.2f} "
+                         f"({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) |")
+    table = "\n".join(head + lines)
+    print(table)
+    print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}; threads {args.threads}")
+    result = {"torch": torch.__version__, "threads": args.threads, "rounds": args.rounds,
+              "load_before": load_before, "load_after": load_after, "rows": rows}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    if args.md:
+        with open(args.md, "w") as f:
+            f.write(table + f"\n\nload average before {load_before[0]:.2f}, after {load_after[0]:.2f}; "
+                    f"{args.threads} threads; {args.rounds} rounds\n")
 
 
 if __name__ == "__main__":

@@ -107,5 +107,5 @@ def test_bad_input_errors_name_the_problem():
         selective_scan(**{k: (v[..., :0] if v.dim() == 3 else v) for k, v in xs.items()})
 
 
-def test_auto_is_chunked_on_cpu():
-    assert available_backends(torch.zeros(1, 1, 1))[0] == "chunked"
+def test_chunked_is_usable_on_cpu():
+    assert "chunked" in available_backends(torch.zeros(1, 1, 1))

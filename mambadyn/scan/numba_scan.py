@@ -1,0 +1,220 @@
+"""Fused selective scan on CPU, compiled by numba: the CPU default where numba imports.
+
+One pass over memory per (batch, channel) does everything: Δ's bias and softplus, the exp, the
+recurrence with a float32 state (float64 for float64 inputs), the C contraction, the D skip and the
+SiLU gate. The (batch, channel) pairs run in parallel on numba's threads, as many as torch uses.
+
+Backward: the forward keeps the state every ``SAVE`` steps. The backward walks each channel's chunks in
+reverse, recomputes a chunk's states and decays from its saved state into a small local buffer, and
+runs the adjoint recurrence through it. dB and dC sum over channels, so each thread writes a partial
+sum for its group of channels, and torch adds the groups at the end. The same holds for dA, dD and
+Δ's bias over the batch. Without grad, the forward saves nothing.
+
+numba's default threading layer must not be entered from two Python threads at once; mambadyn runs
+parallel work (experiment grids) in processes.
+
+Why numba and not torch.compile: inductor would have to lower a sequential loop over L (it has no CPU
+codegen for a recurrence: it unrolls or falls back to per-step kernels), and it needs a C++ toolchain
+on the user's machine. numba installs as a wheel and compiles the loop as written.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+import torch
+from numba import njit, prange
+
+from .epilogue import compute_dtype
+
+SAVE = 64  # steps between saved states: the backward's chunk
+
+
+@njit(inline="always")
+def _softplus(x):
+    return x if x > 20.0 else math.log1p(math.exp(x))
+
+
+@njit(inline="always")
+def _sigmoid(x):
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+@njit(parallel=True, cache=True)
+def _forward(u, delta, bias, A, Bt, Ct, D, z, h0, softplus, has_z, save, out, h_last, saved):  # pragma: no cover
+    b, d, L = u.shape
+    n = A.shape[1]
+    for job in prange(b * d):
+        i, c = job // d, job % d
+        h = h0[i, c].copy()
+        for t in range(L):
+            if save > 0 and t % save == 0:
+                saved[i, c, t // save] = h
+            x = delta[i, c, t] + bias[c]
+            dt = _softplus(x) if softplus else x
+            ut = u[i, c, t]
+            du = dt * ut
+            acc = 0.0
+            for k in range(n):
+                h[k] = math.exp(dt * A[c, k]) * h[k] + du * Bt[i, t, k]
+                acc += h[k] * Ct[i, t, k]
+            y = acc + D[c] * ut
+            if has_z:
+                zt = z[i, c, t]
+                y = y * zt * _sigmoid(zt)
+            out[i, c, t] = y
+        h_last[i, c] = h
+
+
+@njit(parallel=True, cache=True)
+def _backward(u, delta, bias, A, Bt, Ct, D, z, softplus, has_z, save, saved, gout, gh_last, groups,
+              gu, gdelta, gz, gA, gD, gbias, gB, gC, gh0):  # pragma: no cover
+    b, d, L = u.shape
+    n = A.shape[1]
+    per = (d + groups - 1) // groups
+    n_chunks = (L + save - 1) // save
+    for job in prange(b * groups):
+        i, grp = job // groups, job % groups
+        hs = np.empty((save + 1, n), dtype=saved.dtype)
+        a = np.empty((save, n), dtype=saved.dtype)
+        dts = np.empty(save, dtype=saved.dtype)
+        for c in range(grp * per, min(d, (grp + 1) * per)):
+            g = gh_last[i, c].copy()
+            sD = 0.0
+            sbias = 0.0
+            for ch in range(n_chunks - 1, -1, -1):
+                s = ch * save
+                e = min(s + save, L)
+                hs[0] = saved[i, c, ch]
+                for t in range(s, e):  # recompute the chunk's decays and states
+                    x = delta[i, c, t] + bias[c]
+                    dt = _softplus(x) if softplus else x
+                    dts[t - s] = dt
+                    du = dt * u[i, c, t]
+                    for k in range(n):
+                        a[t - s, k] = math.exp(dt * A[c, k])
+                        hs[t - s + 1, k] = a[t - s, k] * hs[t - s, k] + du * Bt[i, t, k]
+                for t in range(e - 1, s - 1, -1):
+                    r = t - s
+                    dt = dts[r]
+                    ut = u[i, c, t]
+                    go = gout[i, c, t]
+                    if has_z:
+                        zt = z[i, c, t]
+                        sg = _sigmoid(zt)
+                        core = D[c] * ut
+                        for k in range(n):
+                            core += hs[r + 1, k] * Ct[i, t, k]
+                        gz[i, c, t] = go * core * sg * (1.0 + zt * (1.0 - sg))
+                        gy = go * zt * sg
+                    else:
+                        gy = go
+                    sD += gy * ut
+                    gut = gy * D[c]
+                    du = dt * ut
+                    gdt = 0.0
+                    for k in range(n):
+                        g[k] += gy * Ct[i, t, k]
+                        gC[grp, i, t, k] += gy * hs[r + 1, k]
+                        gB[grp, i, t, k] += g[k] * du
+                        gut += g[k] * dt * Bt[i, t, k]
+                        gda = g[k] * a[r, k] * hs[r, k]  # ∂loss/∂(Δ_t A_k)
+                        gdt += gda * A[c, k] + g[k] * Bt[i, t, k] * ut
+                        gA[i, c, k] += gda * dt
+                        g[k] *= a[r, k]
+                    if softplus:
+                        gdt *= _sigmoid(delta[i, c, t] + bias[c])
+                    gu[i, c, t] = gut
+                    gdelta[i, c, t] = gdt
+                    sbias += gdt
+            gh0[i, c] = g
+            gD[i, c] = sD
+            gbias[i, c] = sbias
+
+
+def _threads() -> int:
+    return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+
+
+class _NumbaScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, bias, h0, softplus, grad):
+        numba.set_num_threads(_threads())
+        b, d, L = u.shape
+        n = A.shape[1]
+        Bt, Ct = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
+        out = torch.empty_like(u)
+        h_last = torch.empty(b, d, n, dtype=u.dtype)
+        saved = torch.empty(b, d, (L + SAVE - 1) // SAVE if grad else 0, n, dtype=u.dtype)
+        zz = z if z is not None else u.new_empty(b, d, 0)  # contiguous: one compiled layout
+        _forward(u.numpy(), delta.numpy(), bias.numpy(), A.numpy(), Bt.numpy(), Ct.numpy(), D.numpy(), zz.numpy(),
+                 h0.numpy(), softplus, z is not None, SAVE if grad else 0, out.numpy(), h_last.numpy(), saved.numpy())
+        if grad:
+            ctx.save_for_backward(u, delta, A, Bt, Ct, D, zz, bias, saved)
+            ctx.softplus, ctx.has_z = softplus, z is not None
+        return out, h_last
+
+    @staticmethod
+    def backward(ctx, gout, gh_last):
+        u, delta, A, Bt, Ct, D, zz, bias, saved = ctx.saved_tensors
+        numba.set_num_threads(_threads())
+        b, d, L = u.shape
+        n = A.shape[1]
+        groups = max(1, min(d, -(-_threads() // b)))  # enough jobs for every thread
+        gout = torch.zeros_like(u) if gout is None else gout.to(u.dtype).contiguous()
+        gh_last = torch.zeros(b, d, n, dtype=u.dtype) if gh_last is None else gh_last.to(u.dtype).contiguous()
+        gu, gdelta, gz = torch.empty_like(u), torch.empty_like(u), torch.zeros_like(zz)
+        gA = torch.zeros(b, d, n, dtype=u.dtype)
+        gD, gbias = torch.empty(b, d, dtype=u.dtype), torch.empty(b, d, dtype=u.dtype)
+        gB = torch.zeros(groups, b, L, n, dtype=u.dtype)
+        gC = torch.zeros(groups, b, L, n, dtype=u.dtype)
+        gh0 = torch.empty(b, d, n, dtype=u.dtype)
+        _backward(u.numpy(), delta.numpy(), bias.numpy(), A.numpy(), Bt.numpy(), Ct.numpy(), D.numpy(), zz.numpy(),
+                  ctx.softplus, ctx.has_z, SAVE, saved.numpy(), gout.numpy(), gh_last.numpy(), groups,
+                  gu.numpy(), gdelta.numpy(), gz.numpy(), gA.numpy(), gD.numpy(), gbias.numpy(), gB.numpy(),
+                  gC.numpy(), gh0.numpy())
+        return (gu, gdelta, gA.sum(0), gB.sum(0).transpose(1, 2), gC.sum(0).transpose(1, 2), gD.sum(0),
+                gz if ctx.has_z else None, gbias.sum(0), gh0, None, None)
+
+
+def selective_scan_numba(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    initial_state: torch.Tensor | None = None,
+):
+    """Fused CPU scan with the contract of ``selective_scan_ref``; differentiable in every input."""
+    dt = compute_dtype(u, delta, A, B, C)
+    batch, d, _ = u.shape
+    n = A.shape[1]
+
+    def prep(t):
+        return t.to(dt).contiguous()
+
+    zeros_d = u.new_zeros(d, dtype=dt)
+    # inference (no grad) takes the forward-only path: no saved states
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                           for t in (u, delta, A, B, C, D, z, delta_bias, initial_state))
+    h0 = u.new_zeros(batch, d, n, dtype=dt) if initial_state is None else prep(initial_state)
+    out, h_last = _NumbaScan.apply(
+        prep(u), prep(delta), prep(A), prep(B), prep(C), zeros_d if D is None else prep(D),
+        None if z is None else prep(z), zeros_d if delta_bias is None else prep(delta_bias), h0, bool(delta_softplus),
+        grad)
+    out = out.to(u.dtype)
+    return (out, h_last) if return_last_state else out
+
+
+def _unusable(u: torch.Tensor) -> str | None:
+    return None if u.device.type == "cpu" else f"the numba scan runs on CPU tensors, not {u.device.type}"
+
+
+__all__ = ["selective_scan_numba"]
