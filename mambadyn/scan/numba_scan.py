@@ -4,7 +4,8 @@ One pass over memory per (batch, channel) does everything: Δ's bias and softplu
 recurrence with a float32 state (float64 for float64 inputs), the C contraction, the D skip and the
 SiLU gate. The (batch, channel) pairs run in parallel on numba's threads, as many as torch uses.
 
-Backward: the forward keeps the state every ``SAVE`` steps. The backward walks each channel's chunks in
+Forward and backward are ``torch.library`` custom ops with fake implementations, so ``torch.compile``
+traces a mixer on this backend without a graph break. Backward: the forward keeps the state every ``SAVE`` steps. The backward walks each channel's chunks in
 reverse, recomputes a chunk's states and decays from its saved state into a small local buffer, and
 runs the adjoint recurrence through it. dB and dC sum over channels, so each thread writes a partial
 sum for its group of channels, and torch adds the groups at the end. The same holds for dA, dD and
@@ -138,45 +139,81 @@ def _threads() -> int:
     return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
 
 
-class _NumbaScan(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, bias, h0, softplus, grad):
-        numba.set_num_threads(_threads())
-        b, d, L = u.shape
-        n = A.shape[1]
-        Bt, Ct = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
-        out = torch.empty_like(u)
-        h_last = torch.empty(b, d, n, dtype=u.dtype)
-        saved = torch.empty(b, d, (L + SAVE - 1) // SAVE if grad else 0, n, dtype=u.dtype)
-        zz = z if z is not None else u.new_empty(b, d, 0)  # contiguous: one compiled layout
-        _forward(u.numpy(), delta.numpy(), bias.numpy(), A.numpy(), Bt.numpy(), Ct.numpy(), D.numpy(), zz.numpy(),
-                 h0.numpy(), softplus, z is not None, SAVE if grad else 0, out.numpy(), h_last.numpy(), saved.numpy())
-        if grad:
-            ctx.save_for_backward(u, delta, A, Bt, Ct, D, zz, bias, saved)
-            ctx.softplus, ctx.has_z = softplus, z is not None
-        return out, h_last
+# Two torch.library custom ops, with fake implementations and an autograd formula: eager mode and
+# torch.compile run the same code, and dynamo traces a mixer without a graph break.
+@torch.library.custom_op("mambadyn::numba_scan", mutates_args=())
+def _scan_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+             D: torch.Tensor, z: torch.Tensor, bias: torch.Tensor, h0: torch.Tensor, softplus: bool,
+             has_z: bool, grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> out (b, d, L), last state (b, d, n), states every SAVE steps for the backward (b, d, k, n)."""
+    numba.set_num_threads(_threads())
+    b, d, L = u.shape
+    n = A.shape[1]
+    Bt, Ct = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
+    out = torch.empty_like(u)
+    h_last = torch.empty(b, d, n, dtype=u.dtype)
+    saved = torch.empty(b, d, (L + SAVE - 1) // SAVE if grad else 0, n, dtype=u.dtype)
+    _forward(u.numpy(), delta.numpy(), bias.numpy(), A.numpy(), Bt.numpy(), Ct.numpy(), D.numpy(), z.numpy(),
+             h0.numpy(), softplus, has_z, SAVE if grad else 0, out.numpy(), h_last.numpy(), saved.numpy())
+    return out, h_last, saved
 
-    @staticmethod
-    def backward(ctx, gout, gh_last):
-        u, delta, A, Bt, Ct, D, zz, bias, saved = ctx.saved_tensors
-        numba.set_num_threads(_threads())
-        b, d, L = u.shape
-        n = A.shape[1]
-        groups = max(1, min(d, -(-_threads() // b)))  # enough jobs for every thread
-        gout = torch.zeros_like(u) if gout is None else gout.to(u.dtype).contiguous()
-        gh_last = torch.zeros(b, d, n, dtype=u.dtype) if gh_last is None else gh_last.to(u.dtype).contiguous()
-        gu, gdelta, gz = torch.empty_like(u), torch.empty_like(u), torch.zeros_like(zz)
-        gA = torch.zeros(b, d, n, dtype=u.dtype)
-        gD, gbias = torch.empty(b, d, dtype=u.dtype), torch.empty(b, d, dtype=u.dtype)
-        gB = torch.zeros(groups, b, L, n, dtype=u.dtype)
-        gC = torch.zeros(groups, b, L, n, dtype=u.dtype)
-        gh0 = torch.empty(b, d, n, dtype=u.dtype)
-        _backward(u.numpy(), delta.numpy(), bias.numpy(), A.numpy(), Bt.numpy(), Ct.numpy(), D.numpy(), zz.numpy(),
-                  ctx.softplus, ctx.has_z, SAVE, saved.numpy(), gout.numpy(), gh_last.numpy(), groups,
-                  gu.numpy(), gdelta.numpy(), gz.numpy(), gA.numpy(), gD.numpy(), gbias.numpy(), gB.numpy(),
-                  gC.numpy(), gh0.numpy())
-        return (gu, gdelta, gA.sum(0), gB.sum(0).transpose(1, 2), gC.sum(0).transpose(1, 2), gD.sum(0),
-                gz if ctx.has_z else None, gbias.sum(0), gh0, None, None)
+
+@_scan_op.register_fake
+def _(u, delta, A, B, C, D, z, bias, h0, softplus, has_z, grad):
+    b, d, L = u.shape
+    n = A.shape[1]
+    return (torch.empty_like(u), u.new_empty(b, d, n),
+            u.new_empty(b, d, (L + SAVE - 1) // SAVE if grad else 0, n))
+
+
+@torch.library.custom_op("mambadyn::numba_scan_backward", mutates_args=())
+def _scan_backward_op(gout: torch.Tensor, gh_last: torch.Tensor, u: torch.Tensor, delta: torch.Tensor,
+                      A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: torch.Tensor, z: torch.Tensor,
+                      bias: torch.Tensor, saved: torch.Tensor, softplus: bool, has_z: bool) -> list[torch.Tensor]:
+    """-> the gradients of u, delta, A, B, C, D, z, bias, h0."""
+    numba.set_num_threads(_threads())
+    b, d, L = u.shape
+    n = A.shape[1]
+    groups = max(1, min(d, -(-_threads() // b)))  # enough jobs for every thread
+    Bt, Ct = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
+    gout, gh_last = gout.to(u.dtype).contiguous(), gh_last.to(u.dtype).contiguous()
+    gu, gdelta, gz = torch.empty_like(u), torch.empty_like(u), torch.zeros_like(z)
+    gA = torch.zeros(b, d, n, dtype=u.dtype)
+    gD, gbias = torch.empty(b, d, dtype=u.dtype), torch.empty(b, d, dtype=u.dtype)
+    gB = torch.zeros(groups, b, L, n, dtype=u.dtype)
+    gC = torch.zeros(groups, b, L, n, dtype=u.dtype)
+    gh0 = torch.empty(b, d, n, dtype=u.dtype)
+    _backward(u.numpy(), delta.numpy(), bias.numpy(), A.numpy(), Bt.numpy(), Ct.numpy(), D.numpy(), z.numpy(),
+              softplus, has_z, SAVE, saved.numpy(), gout.numpy(), gh_last.numpy(), groups,
+              gu.numpy(), gdelta.numpy(), gz.numpy(), gA.numpy(), gD.numpy(), gbias.numpy(), gB.numpy(),
+              gC.numpy(), gh0.numpy())
+    return [gu, gdelta, gA.sum(0), gB.sum(0).transpose(1, 2).contiguous(), gC.sum(0).transpose(1, 2).contiguous(),
+            gD.sum(0), gz, gbias.sum(0), gh0]
+
+
+@_scan_backward_op.register_fake
+def _(gout, gh_last, u, delta, A, B, C, D, z, bias, saved, softplus, has_z):
+    return [torch.empty_like(t) for t in (u, delta, A, B, C, D, z, bias)] + [u.new_empty(u.shape[0], u.shape[1],
+                                                                                        A.shape[1])]
+
+
+def _setup(ctx, inputs, output):
+    u, delta, A, B, C, D, z, bias, h0, softplus, has_z, grad = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, z, bias, output[2])
+    ctx.softplus, ctx.has_z = softplus, has_z
+
+
+def _scan_backward(ctx, gout, gh_last, _gsaved):
+    u, delta, A, B, C, D, z, bias, saved = ctx.saved_tensors
+    if saved.shape[2] == 0:
+        raise RuntimeError("the numba scan ran without saving states (no grad was needed then)")
+    gout = torch.zeros_like(u) if gout is None else gout
+    gh_last = u.new_zeros(u.shape[0], u.shape[1], A.shape[1]) if gh_last is None else gh_last
+    grads = _scan_backward_op(gout, gh_last, u, delta, A, B, C, D, z, bias, saved, ctx.softplus, ctx.has_z)
+    return (*grads[:6], grads[6] if ctx.has_z else None, grads[7], grads[8], None, None, None)
+
+
+_scan_op.register_autograd(_scan_backward, setup_context=_setup)
 
 
 def selective_scan_numba(
@@ -205,10 +242,10 @@ def selective_scan_numba(
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                            for t in (u, delta, A, B, C, D, z, delta_bias, initial_state))
     h0 = u.new_zeros(batch, d, n, dtype=dt) if initial_state is None else prep(initial_state)
-    out, h_last = _NumbaScan.apply(
-        prep(u), prep(delta), prep(A), prep(B), prep(C), zeros_d if D is None else prep(D),
-        None if z is None else prep(z), zeros_d if delta_bias is None else prep(delta_bias), h0, bool(delta_softplus),
-        grad)
+    zz = prep(z) if z is not None else u.new_empty(batch, d, 0, dtype=dt)  # contiguous: one compiled layout
+    out, h_last, _ = _scan_op(
+        prep(u), prep(delta), prep(A), prep(B), prep(C), zeros_d if D is None else prep(D), zz,
+        zeros_d if delta_bias is None else prep(delta_bias), h0, bool(delta_softplus), z is not None, grad)
     out = out.to(u.dtype)
     return (out, h_last) if return_last_state else out
 
