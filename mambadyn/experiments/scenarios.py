@@ -14,7 +14,7 @@ from ..jsonio import write_json
 from ..nn.config import EIGEN_MODES as MODES
 from ..typed import check_fields
 from .grid import Run, check_grid, run_grid
-from .stats import summarize, welch_p
+from .stats import compare_to, summarize
 
 PRESETS = {
     "smoke": ["model.d_model=16", "model.n_layer=2", "model.d_state=4", "data.seq_len=32", "optim.batch_size=4",
@@ -134,21 +134,25 @@ def _report(results: dict, cfg: ScenarioExperimentConfig, out: Path) -> None:
     modes = results["modes"]
     lines = ["# Scenario experiment: eigenvalue sign of S_C^T S_B", "",
              f"Preset `{cfg.preset}` with overrides {cfg.overrides or 'none'}; seeds {cfg.seeds}. "
-             "Losses in nats per token on the validation split; 95% CIs from Student's t.", ""]
+             "Losses in nats per token on the validation split; 95% CIs from Student's t. Each mode is compared "
+             "with positive seed by seed (paired t-test), and the p-values are Holm-adjusted over the comparisons "
+             "of one table.", ""]
     for key, title in (("val_loss", "final validation loss"), ("best_val_loss", "best validation loss over evaluations")):
         if key not in next(iter(modes.values())):
             continue
         per = "per_seed" if key == "val_loss" else "best_per_seed"
         order = sorted(modes, key=lambda m: modes[m][key]["mean"])
-        lines += [f"## {title}", "", "| eigen_mode | n | mean ± std [95% CI] | perplexity | per seed | p vs positive |",
-                  "|---|---|---|---|---|---|"]
+        cmp = compare_to({m: modes[m][per] for m in modes}, "positive") if "positive" in modes else {}
+        lines += [f"## {title}", "", "| eigen_mode | n | mean ± std [95% CI] | perplexity | per seed | "
+                  "minus positive, paired [95% CI] | p (paired t) | p (Holm) |", "|---|---|---|---|---|---|---|---|"]
         for mode in order:
             s = modes[mode][key]
             seeds = ", ".join(f"{v:.4f}" for v in modes[mode][per].values())
-            p = welch_p(list(modes[mode][per].values()), list(modes["positive"][per].values())) \
-                if "positive" in modes and mode != "positive" else float("nan")
+            c = cmp.get(mode)
+            diff = (f"{c.mean_diff:+.4f} [{c.ci95_low:+.4f}, {c.ci95_high:+.4f}] | {c.p:.3g} | {c.p_holm:.3g}"
+                    if c else "| |")
             lines.append(f"| {mode} | {s['n']} | {s['mean']:.4f} ± {s['std']:.4f} [{s['ci95_low']:.4f}, "
-                         f"{s['ci95_high']:.4f}] | {math.exp(s['mean']):.3f} | {seeds} | {p:.3g} |")
+                         f"{s['ci95_high']:.4f}] | {math.exp(s['mean']):.3f} | {seeds} | {diff} |")
         lines += ["", f"Ranking (best first): {' < '.join(order)}. The paper predicts positive < mixed < negative.", ""]
     lines += ["![curves](curves.png)", "", "![spectrum](spectrum.png)", ""]
     (out / "report.md").write_text("\n".join(lines))

@@ -1,4 +1,6 @@
-"""Summary statistics for a handful of seeds: mean, sample std and a Student-t 95% interval."""
+"""Statistics for a handful of seeds: mean, sample std and a Student-t 95% interval; paired comparisons
+of two arms over the seeds they share (the seeds are paired across arms: same data order, same init
+draw), and Holm's correction over the comparisons of one claim."""
 
 from __future__ import annotations
 
@@ -39,3 +41,46 @@ def welch_p(a, b) -> float:
     if len(a) < 2 or len(b) < 2:
         return float("nan")
     return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+@dataclass
+class Paired:
+    """arm a minus arm b over ``n`` shared seeds: mean difference with a Student-t 95% interval, the
+    paired t-test's two-sided p and, where ``holm`` has been applied, the adjusted p."""
+
+    n: int
+    mean_diff: float
+    ci95_low: float
+    ci95_high: float
+    p: float
+    p_holm: float = float("nan")
+
+
+def paired(a: dict, b: dict) -> Paired:
+    """Compare arm a with arm b seed by seed: ``a``, ``b`` map seed -> value. Seeds missing from either
+    arm are left out. Fewer than two shared seeds give NaN intervals and p."""
+    seeds = [k for k in a if k in b]
+    d = [float(a[k]) - float(b[k]) for k in seeds]
+    s = summarize(d) if d else Summary(0, float("nan"), float("nan"), float("nan"), float("nan"))
+    p = float(stats.ttest_rel([a[k] for k in seeds], [b[k] for k in seeds]).pvalue) if len(d) >= 2 else float("nan")
+    return Paired(len(d), s.mean, s.ci95_low, s.ci95_high, p)
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjustment of the p-values of one family of comparisons (NaN stays NaN and is
+    not counted): the k-th smallest of m is multiplied by m - k + 1, then made monotone and capped at 1."""
+    idx = sorted((i for i, p in enumerate(pvalues) if p == p), key=lambda i: pvalues[i])
+    m, out, running = len(idx), [float("nan")] * len(pvalues), 0.0
+    for k, i in enumerate(idx):
+        running = max(running, min(1.0, (m - k) * pvalues[i]))
+        out[i] = running
+    return out
+
+
+def compare_to(arms: dict[str, dict], reference: str) -> dict[str, Paired]:
+    """Every arm against ``reference`` (arm -> {seed: value}), paired over seeds, Holm-adjusted as one family."""
+    others = [a for a in arms if a != reference]
+    res = {a: paired(arms[a], arms[reference]) for a in others}
+    for a, p in zip(others, holm([res[a].p for a in others])):
+        res[a].p_holm = p
+    return res
