@@ -21,6 +21,8 @@ def _seeds(text: str) -> list[int]:
 @app.command()
 def scenarios(out: str = typer.Option("results/scenarios", "--out", "-o"),
               preset: str = typer.Option("small", help="smoke | small (CPU, minutes) | gpu"),
+              kind: str = typer.Option("lm", help="lm (text) | synthetic (selective copying or MQAR: "
+                                       "--set data.task=mqar)"),
               modes: str = typer.Option("free,positive,mixed,negative", help="eigen modes to compare"),
               seeds: str = typer.Option("0,1", help="comma-separated seeds"),
               sets: list[str] = typer.Option([], "--set", "-s", help="training override section.key=value"),
@@ -29,7 +31,7 @@ def scenarios(out: str = typer.Option("results/scenarios", "--out", "-o"),
     from ..experiments import ScenarioExperimentConfig, run_scenarios
 
     try:
-        cfg = ScenarioExperimentConfig(out=out, preset=preset, modes=modes.split(","), seeds=_seeds(seeds),
+        cfg = ScenarioExperimentConfig(out=out, preset=preset, kind=kind, modes=modes.split(","), seeds=_seeds(seeds),
                                        overrides=list(sets), jobs=jobs)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e

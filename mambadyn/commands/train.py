@@ -62,3 +62,10 @@ def image(config: Optional[Path] = CONFIG, sets: list[str] = SET, out: Optional[
           print_config: bool = PRINT) -> None:
     """Train a MambaClassifier (default: Fashion-MNIST)."""
     _run("image", config, sets, out, steps, data, resume, print_config)
+
+
+@app.command()
+def synthetic(config: Optional[Path] = CONFIG, sets: list[str] = SET, out: Optional[str] = OUT,
+              steps: Optional[int] = STEPS, resume: bool = RESUME, print_config: bool = PRINT) -> None:
+    """Train a MambaLM on selective copying or MQAR (data.task), generated on the fly; reports answer accuracy."""
+    _run("synthetic", config, sets, out, steps, None, resume, print_config)

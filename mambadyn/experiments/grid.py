@@ -83,7 +83,7 @@ def _stored_mismatch(run: Run, requested: dict) -> list[str]:
 def run_grid(kind: str, variants: dict[str, list[str]], seeds: list[int], base: list[str], out: Path,
              jobs: int = 1, log_dir: Path | None = None) -> list[Run]:
     """Train every (variant, seed) under ``out/runs/{variant}-s{seed}``; ``jobs`` at a time. ``base`` and
-    each variant's list are ``section.key=value`` overrides of the ``kind`` ("lm" | "image") config."""
+    each variant's list are ``section.key=value`` overrides of the ``kind`` ("lm" | "image" | "synthetic") config."""
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     runs = [Run(v, s, out / "runs" / f"{v}-s{s}") for v in variants for s in seeds]

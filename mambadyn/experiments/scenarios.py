@@ -27,12 +27,26 @@ PRESETS = {
             "optim.warmup_steps=100", "optim.lr=2e-3", "run.eval_every=250", "run.eval_batches=20",
             "run.ckpt_every=500", "run.log_every=25"],
 }
+# tasks that stress token dynamics (mambadyn.data.synthetic), with kind "synthetic"
+SYNTHETIC_PRESETS = {
+    "smoke": ["model.d_model=16", "model.n_layer=2", "model.d_state=4", "data.seq_len=24", "data.n_items=3",
+              "data.vocab=4", "optim.batch_size=4", "optim.steps=6", "optim.warmup_steps=2", "run.eval_every=3",
+              "run.eval_batches=1", "run.ckpt_every=0", "run.log_every=1"],
+    "small": ["data.seq_len=64", "data.n_items=4", "data.vocab=8", "optim.batch_size=32", "optim.steps=400",
+              "optim.warmup_steps=40", "run.eval_every=100", "run.eval_batches=10", "run.ckpt_every=100",
+              "run.log_every=20"],
+    "gpu": ["model.d_model=128", "model.n_layer=4", "data.seq_len=512", "data.n_items=16", "data.vocab=32",
+            "optim.batch_size=64", "optim.steps=3000", "optim.warmup_steps=200", "optim.lr=2e-3",
+            "run.eval_every=250", "run.eval_batches=20", "run.ckpt_every=500", "run.log_every=50"],
+}
+KINDS = ("lm", "synthetic")
 
 
 @dataclass
 class ScenarioExperimentConfig:
     out: str = "results/scenarios"
     preset: str = "small"
+    kind: str = "lm"  # lm (a text corpus) | synthetic (selective copying or MQAR: set data.task)
     modes: list[str] = field(default_factory=lambda: list(MODES))
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     overrides: list[str] = field(default_factory=list)  # applied after the preset
@@ -41,8 +55,11 @@ class ScenarioExperimentConfig:
     def __post_init__(self):
         check_fields(self)
         check_grid(self)
-        if self.preset not in PRESETS:
-            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        presets = PRESETS if self.kind == "lm" else SYNTHETIC_PRESETS
+        if self.preset not in presets:
+            raise ValueError(f"preset must be one of {sorted(presets)}, got {self.preset!r}")
         bad = [m for m in self.modes if m not in MODES]
         if bad:
             raise ValueError(f"unknown eigen modes {bad}; choose from {MODES}")
@@ -59,7 +76,8 @@ def _spectra(run: Run) -> list[list[float]]:
 def run_scenarios(cfg: ScenarioExperimentConfig) -> dict:
     out = Path(cfg.out)
     variants = {m: [f"model.eigen_mode={m}"] for m in cfg.modes}
-    runs = run_grid("lm", variants, cfg.seeds, PRESETS[cfg.preset] + cfg.overrides, out, cfg.jobs)
+    presets = PRESETS if cfg.kind == "lm" else SYNTHETIC_PRESETS
+    runs = run_grid(cfg.kind, variants, cfg.seeds, presets[cfg.preset] + cfg.overrides, out, cfg.jobs)
     results = {"config": asdict(cfg), "modes": {}}
     for mode in cfg.modes:
         mine = [r for r in runs if r.variant == mode]
@@ -75,6 +93,12 @@ def run_scenarios(cfg: ScenarioExperimentConfig) -> dict:
             "tokens_per_s": [sum(m["tok_per_s"] for m in r.train_log()) / max(1, len(r.train_log())) for r in mine],
             "spectrum_seed0": _spectra(mine[0]),
         }
+        if "val_acc" in mine[0].evals()[-1]:  # synthetic tasks: accuracy on the asked positions
+            accs = [r.evals()[-1]["val_acc"] for r in mine]
+            best_accs = [max(e["val_acc"] for e in r.evals()) for r in mine]
+            results["modes"][mode].update({
+                "val_acc": asdict(summarize(accs)), "acc_per_seed": dict(zip(cfg.seeds, accs)),
+                "best_val_acc": asdict(summarize(best_accs)), "best_acc_per_seed": dict(zip(cfg.seeds, best_accs))})
     write_json(out / "results.json", results)
     write_outputs(results, out)
     return results
@@ -137,11 +161,13 @@ def _report(results: dict, cfg: ScenarioExperimentConfig, out: Path) -> None:
              "Losses in nats per token on the validation split; 95% CIs from Student's t. Each mode is compared "
              "with positive seed by seed (paired t-test), and the p-values are Holm-adjusted over the comparisons "
              "of one table.", ""]
-    for key, title in (("val_loss", "final validation loss"), ("best_val_loss", "best validation loss over evaluations")):
+    tables = (("val_loss", "per_seed", "final validation loss", 1), ("best_val_loss", "best_per_seed",
+              "best validation loss over evaluations", 1), ("val_acc", "acc_per_seed", "final accuracy on the "
+              "asked positions", -1), ("best_val_acc", "best_acc_per_seed", "best accuracy over evaluations", -1))
+    for key, per, title, sign in tables:
         if key not in next(iter(modes.values())):
             continue
-        per = "per_seed" if key == "val_loss" else "best_per_seed"
-        order = sorted(modes, key=lambda m: modes[m][key]["mean"])
+        order = sorted(modes, key=lambda m: sign * modes[m][key]["mean"])
         cmp = compare_to({m: modes[m][per] for m in modes}, "positive") if "positive" in modes else {}
         lines += [f"## {title}", "", "| eigen_mode | n | mean ± std [95% CI] | perplexity | per seed | "
                   "minus positive, paired [95% CI] | p (paired t) | p (Holm) |", "|---|---|---|---|---|---|---|---|"]
@@ -151,8 +177,9 @@ def _report(results: dict, cfg: ScenarioExperimentConfig, out: Path) -> None:
             c = cmp.get(mode)
             diff = (f"{c.mean_diff:+.4f} [{c.ci95_low:+.4f}, {c.ci95_high:+.4f}] | {c.p:.3g} | {c.p_holm:.3g}"
                     if c else "| |")
+            ppl = f"{math.exp(s['mean']):.3f}" if sign > 0 else ""
             lines.append(f"| {mode} | {s['n']} | {s['mean']:.4f} ± {s['std']:.4f} [{s['ci95_low']:.4f}, "
-                         f"{s['ci95_high']:.4f}] | {math.exp(s['mean']):.3f} | {seeds} | {diff} |")
-        lines += ["", f"Ranking (best first): {' < '.join(order)}. The paper predicts positive < mixed < negative.", ""]
+                         f"{s['ci95_high']:.4f}] | {ppl} | {seeds} | {diff} |")
+        lines += ["", f"Ranking (best first): {', '.join(order)}. The paper predicts positive best, then mixed, then negative.", ""]
     lines += ["![curves](curves.png)", "", "![spectrum](spectrum.png)", ""]
     (out / "report.md").write_text("\n".join(lines))

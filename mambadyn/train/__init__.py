@@ -1,9 +1,18 @@
-"""Training: typed configs, tasks (LM, image), the loop with exact resume, checkpoints."""
+"""Training: typed configs, tasks (LM, image, synthetic), the loop with exact resume, checkpoints."""
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import ImageTrainConfig, LMTrainConfig, OptimConfig, RunConfig, apply_overrides, load_config
+from .config import (
+                     ImageTrainConfig,
+                     LMTrainConfig,
+                     OptimConfig,
+                     RunConfig,
+                     SyntheticData,
+                     SyntheticTrainConfig,
+                     apply_overrides,
+                     load_config,
+)
 from .loop import train
-from .tasks import ImageTask, LMTask
+from .tasks import ImageTask, LMTask, SyntheticTask
 
 __all__ = [
     "ImageTask",
@@ -12,6 +21,9 @@ __all__ = [
     "LMTrainConfig",
     "OptimConfig",
     "RunConfig",
+    "SyntheticData",
+    "SyntheticTask",
+    "SyntheticTrainConfig",
     "apply_overrides",
     "latest_checkpoint",
     "load_checkpoint",

@@ -90,6 +90,32 @@ class ImageData:
 
 
 @dataclass
+class SyntheticData:
+    task: str = "selective_copy"  # selective_copy | mqar (mambadyn.data.synthetic)
+    seq_len: int = 256
+    n_items: int = 16  # tokens to copy, or key-value pairs to recall
+    vocab: int = 16  # data tokens (MQAR: keys, and as many values)
+
+    def __post_init__(self):
+        from ..data.synthetic import check
+
+        check_fields(self)
+        check(self.task, self.seq_len, self.n_items, self.vocab)
+
+
+@dataclass
+class SyntheticTrainConfig:
+    model: MambaConfig = field(default_factory=lambda: MambaConfig(vocab_size=18, d_model=64, n_layer=2))
+    data: SyntheticData = field(default_factory=SyntheticData)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=1000, batch_size=32, lr=3e-3,
+                                                                   weight_decay=0.0))
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self):
+        check_fields(self)
+
+
+@dataclass
 class LMTrainConfig:
     model: MambaConfig = field(default_factory=lambda: MambaConfig(vocab_size=65, d_model=128, n_layer=4))
     data: LMData = field(default_factory=LMData)

@@ -16,8 +16,9 @@ from ..data import (
     load_tiny_shakespeare,
     load_wikitext,
 )
+from ..data.synthetic import SyntheticSampler, vocab_size
 from ..nn import MambaClassifier, MambaLM
-from .config import ImageTrainConfig, LMTrainConfig
+from .config import ImageTrainConfig, LMTrainConfig, SyntheticTrainConfig
 
 
 class LMTask:
@@ -118,3 +119,49 @@ class ImageTask:
             total_loss += F.cross_entropy(logits, y, reduction="sum").item()
             correct += (logits.argmax(-1) == y).sum().item()
         return {"test_loss": total_loss / n, "test_acc": correct / n}
+
+
+class SyntheticTask:
+    """Selective copying or MQAR (``mambadyn.data.synthetic``): the loss and the accuracy count only the
+    positions where an answer is asked; evaluation also reports whole-sequence exact match."""
+
+    unit = "tok"
+
+    def __init__(self, cfg: SyntheticTrainConfig, rank: int = 0, world: int = 1):
+        d = cfg.data
+        cfg.model.vocab_size = vocab_size(d.task, d.vocab)  # the task decides the vocabulary
+        self.cfg = cfg
+        self.train = SyntheticSampler(d.task, d.seq_len, d.n_items, d.vocab, cfg.optim.batch_size, cfg.run.seed,
+                                      rank, world)
+
+    def save_artifacts(self, folder) -> None:
+        """Nothing to save: the task is regenerated from its config."""
+
+    def build_model(self) -> MambaLM:
+        return MambaLM(self.cfg.model)
+
+    def batch(self, step: int):
+        return self.train.batch(step)
+
+    def items(self, x) -> int:
+        return x.numel()
+
+    @staticmethod
+    def loss(model, x, y):
+        return F.cross_entropy(model(x).float().flatten(0, 1), y.flatten(), ignore_index=-100)
+
+    @torch.no_grad()
+    def evaluate(self, model, device, autocast) -> dict:
+        total, count, right, exact, seqs = 0.0, 0, 0, 0, 0
+        for x, y in self.train.eval_batches(self.cfg.run.eval_batches):
+            x, y = x.to(device), y.to(device)
+            with autocast():
+                logits = model(x).float()
+            asked = y != -100
+            total += F.cross_entropy(logits[asked], y[asked], reduction="sum").item()
+            hit = (logits.argmax(-1) == y) | ~asked
+            right += int((hit & asked).sum())
+            count += int(asked.sum())
+            exact += int(hit.all(dim=1).sum())
+            seqs += len(y)
+        return {"val_loss": total / count, "val_acc": right / count, "val_exact_match": exact / seqs}

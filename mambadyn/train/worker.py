@@ -12,16 +12,17 @@ import json
 import sys
 
 from ..jsonio import dumps
-from .config import ImageTrainConfig, LMTrainConfig, from_dict
+from .config import ImageTrainConfig, LMTrainConfig, SyntheticTrainConfig, from_dict
 from .loop import train
-from .tasks import ImageTask, LMTask
+from .tasks import ImageTask, LMTask, SyntheticTask
 
-KINDS = {"lm": (LMTrainConfig, LMTask), "image": (ImageTrainConfig, ImageTask)}
+KINDS = {"lm": (LMTrainConfig, LMTask), "image": (ImageTrainConfig, ImageTask),
+         "synthetic": (SyntheticTrainConfig, SyntheticTask)}
 
 
 def main(argv: list[str]) -> int:
     if len(argv) not in (2, 3) or argv[0] not in KINDS or (len(argv) == 3 and argv[2] != "--resume"):
-        print("usage: python -m mambadyn.train.worker lm|image CONFIG_JSON [--resume]", file=sys.stderr)
+        print("usage: python -m mambadyn.train.worker lm|image|synthetic CONFIG_JSON [--resume]", file=sys.stderr)
         return 2
     cfg_cls, task_cls = KINDS[argv[0]]
     cfg = from_dict(cfg_cls, json.loads(argv[1]))
