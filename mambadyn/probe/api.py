@@ -19,9 +19,6 @@ report.md says the same in words; spectrum.png, token_norms.png, grad_share.png 
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -31,6 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..jsonio import write_json
+from ..outputs import atomic_folder
 from ..refine.eigen import eigen_mode_of, find_mixers
 from ..typed import check_fields, positive
 from .load import check_ids, encode_text, load_checkpoint
@@ -160,10 +158,7 @@ def write_outputs(result: ProbeResult, out: str | Path) -> Path:
     from ..plots.probe import grad_shares, spectrum, token_norms
     from .report import markdown
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         d = result.to_dict()
         write_json(tmp / "probe.json", d)
         spectrum(d, tmp / "spectrum.png")
@@ -171,13 +166,4 @@ def write_outputs(result: ProbeResult, out: str | Path) -> Path:
             token_norms(d, tmp / "token_norms.png")
             grad_shares(d, tmp / "grad_share.png")
         (tmp / "report.md").write_text(markdown(d))
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return Path(out)

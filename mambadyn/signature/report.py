@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -13,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..jsonio import write_json  # noqa: E402
+from ..outputs import atomic_folder  # noqa: E402
 from .lens import SignatureResult  # noqa: E402
 
 
@@ -66,20 +64,9 @@ def markdown(result: SignatureResult) -> str:
 
 
 def write_outputs(result: SignatureResult, out: str | Path) -> Path:
-    """Write signature.json, report.md and signature.png into ``out`` all at once (a temporary folder
-    renamed into place, so an interruption leaves the old outputs whole)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    """Write signature.json, report.md and signature.png into ``out`` all at once (``atomic_folder``)."""
+    with atomic_folder(out) as tmp:
         write_json(tmp / "signature.json", result.to_dict())
         (tmp / "report.md").write_text(markdown(result))
         figure(result, tmp / "signature.png")
-        if out.exists():
-            for f in tmp.iterdir():
-                os.replace(f, out / f.name)
-        else:
-            os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return Path(out)
