@@ -21,10 +21,29 @@ from ..nn import MambaClassifier, MambaLM
 from .config import ImageTrainConfig, LMTrainConfig, SyntheticTrainConfig
 
 
-class LMTask:
-    """Next-token prediction on a text corpus; evaluation is the mean loss over fixed validation windows."""
+class _TokenTask:
+    """What the MambaLM tasks share: the model, batch k from ``self.train``, and a per-token loss in which
+    targets of -100 (positions where nothing is asked) do not count."""
 
     unit = "tok"
+
+    def build_model(self) -> MambaLM:
+        return MambaLM(self.cfg.model)
+
+    def batch(self, step: int):
+        return self.train.batch(step)
+
+    def items(self, x) -> int:
+        return x.numel()
+
+    @staticmethod
+    def loss(model, x, y):
+        logits = model(x)
+        return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100)
+
+
+class LMTask(_TokenTask):
+    """Next-token prediction on a text corpus; evaluation is the mean loss over fixed validation windows."""
 
     def __init__(self, cfg: LMTrainConfig, rank: int = 0, world: int = 1):
         d = cfg.data
@@ -44,20 +63,6 @@ class LMTask:
     def save_artifacts(self, folder) -> None:
         """tokenizer.json (``tokenizers`` format), so the folder decodes and encodes on its own."""
         self.splits.tokenizer.save(str(folder / "tokenizer.json"))
-
-    def build_model(self) -> MambaLM:
-        return MambaLM(self.cfg.model)
-
-    def batch(self, step: int):
-        return self.train.batch(step)
-
-    def items(self, x) -> int:
-        return x.numel()
-
-    @staticmethod
-    def loss(model, x, y):
-        logits = model(x)
-        return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
 
     @torch.no_grad()
     def evaluate(self, model, device, autocast) -> dict:
@@ -121,11 +126,9 @@ class ImageTask:
         return {"test_loss": total_loss / n, "test_acc": correct / n}
 
 
-class SyntheticTask:
+class SyntheticTask(_TokenTask):
     """Selective copying or MQAR (``mambadyn.data.synthetic``): the loss and the accuracy count only the
     positions where an answer is asked; evaluation also reports whole-sequence exact match."""
-
-    unit = "tok"
 
     def __init__(self, cfg: SyntheticTrainConfig, rank: int = 0, world: int = 1):
         d = cfg.data
@@ -136,19 +139,6 @@ class SyntheticTask:
 
     def save_artifacts(self, folder) -> None:
         """Nothing to save: the task is regenerated from its config."""
-
-    def build_model(self) -> MambaLM:
-        return MambaLM(self.cfg.model)
-
-    def batch(self, step: int):
-        return self.train.batch(step)
-
-    def items(self, x) -> int:
-        return x.numel()
-
-    @staticmethod
-    def loss(model, x, y):
-        return F.cross_entropy(model(x).float().flatten(0, 1), y.flatten(), ignore_index=-100)
 
     @torch.no_grad()
     def evaluate(self, model, device, autocast) -> dict:
