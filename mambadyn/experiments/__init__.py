@@ -2,7 +2,7 @@
 
 from .reorder import ReorderExperimentConfig, run_reorder
 from .scenarios import ScenarioExperimentConfig, run_scenarios, write_outputs
-from .stats import Paired, Summary, compare_to, holm, paired, summarize, welch_p
+from .stats import Paired, Summary, compare_to, holm, paired, summarize
 
 __all__ = ["Paired", "ReorderExperimentConfig", "ScenarioExperimentConfig", "Summary", "compare_to", "holm", "paired",
-           "run_reorder", "run_scenarios", "summarize", "welch_p", "write_outputs"]
+           "run_reorder", "run_scenarios", "summarize", "write_outputs"]

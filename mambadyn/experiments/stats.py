@@ -36,13 +36,6 @@ def summarize(values) -> Summary:
     return Summary(n, mean, std, mean - half, mean + half)
 
 
-def welch_p(a, b) -> float:
-    """Two-sided Welch t-test p-value (nan with fewer than two values in either group)."""
-    if len(a) < 2 or len(b) < 2:
-        return float("nan")
-    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
-
-
 @dataclass
 class Paired:
     """arm a minus arm b over ``n`` shared seeds: mean difference with a Student-t 95% interval, the
