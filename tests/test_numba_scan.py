@@ -83,5 +83,5 @@ def test_torch_compile_traces_a_model_on_the_numba_scan_without_graph_breaks():
     for g, p in zip(grads, m.parameters()):
         torch.testing.assert_close(g, p.grad)
     torch.library.opcheck(torch.ops.mambadyn.numba_scan, (
-        torch.randn(1, 2, 5), torch.randn(1, 2, 5), -torch.rand(2, 3), torch.randn(1, 3, 5), torch.randn(1, 3, 5),
+        torch.randn(1, 2, 5), torch.randn(1, 2, 5), -torch.rand(2, 3), torch.randn(1, 5, 3), torch.randn(1, 5, 3),
         torch.randn(2), torch.randn(1, 2, 5), torch.randn(2), torch.zeros(1, 2, 3), True, True, True))

@@ -142,14 +142,14 @@ def _threads() -> int:
 # Two torch.library custom ops, with fake implementations and an autograd formula: eager mode and
 # torch.compile run the same code, and dynamo traces a mixer without a graph break.
 @torch.library.custom_op("mambadyn::numba_scan", mutates_args=())
-def _scan_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+def _scan_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bt: torch.Tensor, Ct: torch.Tensor,
              D: torch.Tensor, z: torch.Tensor, bias: torch.Tensor, h0: torch.Tensor, softplus: bool,
              has_z: bool, grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """-> out (b, d, L), last state (b, d, n), states every SAVE steps for the backward (b, d, k, n)."""
+    """Bt, Ct: B and C time-major, (b, L, n) contiguous. -> out (b, d, L), last state (b, d, n), states
+    every SAVE steps for the backward (b, d, k, n)."""
     numba.set_num_threads(_threads())
     b, d, L = u.shape
     n = A.shape[1]
-    Bt, Ct = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
     out = torch.empty_like(u)
     h_last = torch.empty(b, d, n, dtype=u.dtype)
     saved = torch.empty(b, d, (L + SAVE - 1) // SAVE if grad else 0, n, dtype=u.dtype)
@@ -159,7 +159,7 @@ def _scan_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Ten
 
 
 @_scan_op.register_fake
-def _(u, delta, A, B, C, D, z, bias, h0, softplus, has_z, grad):
+def _(u, delta, A, Bt, Ct, D, z, bias, h0, softplus, has_z, grad):
     b, d, L = u.shape
     n = A.shape[1]
     return (torch.empty_like(u), u.new_empty(b, d, n),
@@ -168,14 +168,13 @@ def _(u, delta, A, B, C, D, z, bias, h0, softplus, has_z, grad):
 
 @torch.library.custom_op("mambadyn::numba_scan_backward", mutates_args=())
 def _scan_backward_op(gout: torch.Tensor, gh_last: torch.Tensor, u: torch.Tensor, delta: torch.Tensor,
-                      A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: torch.Tensor, z: torch.Tensor,
+                      A: torch.Tensor, Bt: torch.Tensor, Ct: torch.Tensor, D: torch.Tensor, z: torch.Tensor,
                       bias: torch.Tensor, saved: torch.Tensor, softplus: bool, has_z: bool) -> list[torch.Tensor]:
-    """-> the gradients of u, delta, A, B, C, D, z, bias, h0."""
+    """-> the gradients of u, delta, A, Bt, Ct, D, z, bias, h0."""
     numba.set_num_threads(_threads())
     b, d, L = u.shape
     n = A.shape[1]
     groups = max(1, min(d, -(-_threads() // b)))  # enough jobs for every thread
-    Bt, Ct = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
     gout, gh_last = gout.to(u.dtype).contiguous(), gh_last.to(u.dtype).contiguous()
     gu, gdelta, gz = torch.empty_like(u), torch.empty_like(u), torch.zeros_like(z)
     gA = torch.zeros(b, d, n, dtype=u.dtype)
@@ -187,29 +186,28 @@ def _scan_backward_op(gout: torch.Tensor, gh_last: torch.Tensor, u: torch.Tensor
               softplus, has_z, SAVE, saved.numpy(), gout.numpy(), gh_last.numpy(), groups,
               gu.numpy(), gdelta.numpy(), gz.numpy(), gA.numpy(), gD.numpy(), gbias.numpy(), gB.numpy(),
               gC.numpy(), gh0.numpy())
-    return [gu, gdelta, gA.sum(0), gB.sum(0).transpose(1, 2).contiguous(), gC.sum(0).transpose(1, 2).contiguous(),
-            gD.sum(0), gz, gbias.sum(0), gh0]
+    return [gu, gdelta, gA.sum(0), gB.sum(0), gC.sum(0), gD.sum(0), gz, gbias.sum(0), gh0]
 
 
 @_scan_backward_op.register_fake
-def _(gout, gh_last, u, delta, A, B, C, D, z, bias, saved, softplus, has_z):
-    return [torch.empty_like(t) for t in (u, delta, A, B, C, D, z, bias)] + [u.new_empty(u.shape[0], u.shape[1],
+def _(gout, gh_last, u, delta, A, Bt, Ct, D, z, bias, saved, softplus, has_z):
+    return [torch.empty_like(t) for t in (u, delta, A, Bt, Ct, D, z, bias)] + [u.new_empty(u.shape[0], u.shape[1],
                                                                                         A.shape[1])]
 
 
 def _setup(ctx, inputs, output):
-    u, delta, A, B, C, D, z, bias, h0, softplus, has_z, grad = inputs
-    ctx.save_for_backward(u, delta, A, B, C, D, z, bias, output[2])
+    u, delta, A, Bt, Ct, D, z, bias, h0, softplus, has_z, grad = inputs
+    ctx.save_for_backward(u, delta, A, Bt, Ct, D, z, bias, output[2])
     ctx.softplus, ctx.has_z = softplus, has_z
 
 
 def _scan_backward(ctx, gout, gh_last, _gsaved):
-    u, delta, A, B, C, D, z, bias, saved = ctx.saved_tensors
+    u, delta, A, Bt, Ct, D, z, bias, saved = ctx.saved_tensors
     if saved.shape[2] == 0:
         raise RuntimeError("the numba scan ran without saving states (no grad was needed then)")
     gout = torch.zeros_like(u) if gout is None else gout
     gh_last = u.new_zeros(u.shape[0], u.shape[1], A.shape[1]) if gh_last is None else gh_last
-    grads = _scan_backward_op(gout, gh_last, u, delta, A, B, C, D, z, bias, saved, ctx.softplus, ctx.has_z)
+    grads = _scan_backward_op(gout, gh_last, u, delta, A, Bt, Ct, D, z, bias, saved, ctx.softplus, ctx.has_z)
     return (*grads[:6], grads[6] if ctx.has_z else None, grads[7], grads[8], None, None, None)
 
 
@@ -244,7 +242,8 @@ def selective_scan_numba(
     h0 = u.new_zeros(batch, d, n, dtype=dt) if initial_state is None else prep(initial_state)
     zz = prep(z) if z is not None else u.new_empty(batch, d, 0, dtype=dt)  # contiguous: one compiled layout
     out, h_last, _ = _scan_op(
-        prep(u), prep(delta), prep(A), prep(B), prep(C), zeros_d if D is None else prep(D), zz,
+        prep(u), prep(delta), prep(A), prep(B.transpose(1, 2)), prep(C.transpose(1, 2)),  # time-major, once
+        zeros_d if D is None else prep(D), zz,
         zeros_d if delta_bias is None else prep(delta_bias), h0, bool(delta_softplus), z is not None, grad)
     out = out.to(u.dtype)
     return (out, h_last) if return_last_state else out
