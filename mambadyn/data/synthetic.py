@@ -13,6 +13,7 @@ Targets are -100 (ignored by the loss) except where the model must answer:
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 TASKS = ("selective_copy", "mqar")
@@ -79,8 +80,15 @@ class SyntheticSampler:
         s = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
         return x[s], y[s]
 
-    def eval_batches(self, n_batches: int):
-        """A fixed held-out set: the same sequences at every evaluation, drawn from another stream."""
-        g = torch.Generator().manual_seed(2**62 + self.seed)
+    def eval_batches(self, n_batches: int, split: str = "val"):
+        """A fixed held-out set: the same sequences at every evaluation, drawn from a stream of its own
+        (``split`` "val" or "test": two disjoint streams, neither the training one)."""
+        if split not in ("val", "test"):
+            raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+        # torch's CPU generator keeps only the low 32 bits of a seed, so an offset like 2**62 + seed would
+        # replay training batch ``seed``; a hashed 32-bit seed lands in the training range by chance only
+        # (about steps / 2**32)
+        state = np.random.SeedSequence([0x5EED, 1 if split == "val" else 2, self.seed]).generate_state(1)[0]
+        g = torch.Generator().manual_seed(int(state))
         for _ in range(n_batches):
             yield generate(self.task, self.batch_size, self.seq_len, self.n_items, self.vocab, g)

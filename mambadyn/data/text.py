@@ -64,14 +64,20 @@ class CharTokenizer:
 
 @dataclass
 class TextSplits:
+    """Token ids per split. ``val`` picks models (best evaluation, hyper-parameters); ``test``, when there
+    is one, is only reported."""
+
     train: torch.Tensor  # (n_train,) int64 token ids
     val: torch.Tensor  # (n_val,) int64 token ids
     vocab_size: int
     tokenizer: object
+    test: torch.Tensor | None = None  # (n_test,) int64 token ids
 
     def __post_init__(self):
         if self.train.numel() < 2 or self.val.numel() < 2:
             raise ValueError(f"corpus too small: {self.train.numel()} train and {self.val.numel()} val tokens")
+        if self.test is not None and self.test.numel() < 2:
+            raise ValueError(f"test split too small: {self.test.numel()} tokens")
 
 
 def _read(path: str | Path) -> str:
@@ -132,12 +138,20 @@ def train_bpe(files: list[str | Path], vocab_size: int = 4096, save_to: str | Pa
 
 
 def load_text(path: str | Path, tokenizer: str = "char", vocab_size: int = 4096,
-              train_fraction: float = 0.9) -> TextSplits:
-    """Any plain-text corpus: ``tokenizer`` "char", "bpe" (trained on the file) or a tokenizer.json path."""
-    text = _read(path)
+              train_fraction: float = 0.9, val_path: str | Path | None = None,
+              test_path: str | Path | None = None) -> TextSplits:
+    """Any plain-text corpus: ``tokenizer`` "char", "bpe" (trained on the training text only) or a
+    tokenizer.json path. Without ``val_path`` the first ``train_fraction`` of ``path`` trains and the rest
+    validates; with it, ``path`` is all training text. ``test_path``: a test split, reported, never used
+    for choosing."""
+    texts = {"train": _read(path)}
+    if val_path:
+        texts["val"] = _read(val_path)
+    if test_path:
+        texts["test"] = _read(test_path)
     if tokenizer == "char":
-        tok = CharTokenizer.from_text(text)
-        ids, vocab = tok.encode(text), tok.vocab_size
+        tok = CharTokenizer.from_text("".join(texts.values()))  # a character unseen in training still encodes
+        vocab = tok.vocab_size
     else:
         if tokenizer == "bpe":
             tok = train_bpe([path], vocab_size)
@@ -147,29 +161,55 @@ def load_text(path: str | Path, tokenizer: str = "char", vocab_size: int = 4096,
             if not Path(tokenizer).is_file():
                 raise FileNotFoundError(f"tokenizer file {tokenizer} does not exist ('char', 'bpe' or a tokenizer.json)")
             tok = Tokenizer.from_file(str(tokenizer))
-        ids, vocab = torch.tensor(tok.encode(text).ids, dtype=torch.int64), tok.get_vocab_size()
-    train, val = _split(ids, train_fraction)
-    return TextSplits(train, val, vocab, tok)
+        vocab = tok.get_vocab_size()
+    ids = {k: _encode(tok, v) for k, v in texts.items()}
+    train, val = (ids["train"], ids["val"]) if val_path else _split(ids["train"], train_fraction)
+    return TextSplits(train, val, vocab, tok, ids.get("test"))
 
 
-def load_wikitext(name: str = "wikitext-2", vocab_size: int = 8192) -> TextSplits:
-    """WikiText-2 or -103 (raw) through the ``datasets`` library (its own cache; a network the first
-    time), with a byte-level BPE trained on the train split."""
-    if name not in WIKITEXT:
-        raise ValueError(f"unknown WikiText {name!r}; choose from {sorted(WIKITEXT)}")
+def _encode(tok, text: str) -> torch.Tensor:
+    if isinstance(tok, CharTokenizer):
+        return tok.encode(text)
+    return torch.tensor(tok.encode(text).ids, dtype=torch.int64)
+
+
+WIKITEXT_SPLITS = {"train": "train", "val": "validation", "test": "test"}
+
+
+def _wikitext_dataset(name: str, folder: str | Path | None):
     try:
         from datasets import load_dataset
     except ImportError as e:
-        raise ImportError("WikiText needs the `datasets` library: pip install datasets") from e
+        raise ImportError("WikiText needs the `datasets` library: pip install 'mambadyn[data]'") from e
+    if folder is not None:
+        # the layout of the Hub's Salesforce/wikitext: <config>/{train,validation,test}-NNNNN-of-NNNNN.parquet
+        root = Path(folder)
+        if (root / WIKITEXT[name]).is_dir():
+            root = root / WIKITEXT[name]
+        files = {split: sorted(str(f) for f in root.glob(f"{split}-*.parquet")) for split in WIKITEXT_SPLITS.values()}
+        missing = [split for split, f in files.items() if not f]
+        if missing:
+            raise FileNotFoundError(f"{root} has no {', '.join(f'{m}-*.parquet' for m in missing)} "
+                                    "(the Hub's Salesforce/wikitext layout)")
+        return load_dataset("parquet", data_files=files)
     try:
-        ds = load_dataset("Salesforce/wikitext", WIKITEXT[name])
+        return load_dataset("Salesforce/wikitext", WIKITEXT[name])
     except Exception as e:  # noqa: BLE001 - datasets raises several kinds for "not cached and offline"
         raise FileNotFoundError(f"could not load {name} through datasets ({type(e).__name__}: {e}); it needs a "
-                                "network the first time, or pass a local text file as data.path") from e
+                                "network the first time, or pass a local copy as data.path") from e
+
+
+def load_wikitext(name: str = "wikitext-2", vocab_size: int = 8192, folder: str | Path | None = None) -> TextSplits:
+    """WikiText-2 or -103 (raw) through the ``datasets`` library, from the Hub (its own cache; a network the
+    first time) or from ``folder``, a local copy in the Hub's parquet layout. A byte-level BPE is trained
+    on the train split; validation and test are the dataset's own."""
+    if name not in WIKITEXT:
+        raise ValueError(f"unknown WikiText {name!r}; choose from {sorted(WIKITEXT)}")
+    ds = _wikitext_dataset(name, folder)
+    for split in WIKITEXT_SPLITS.values():
+        if "text" not in ds[split].column_names:
+            raise ValueError(f"WikiText {split} split has no 'text' column (columns: {ds[split].column_names})")
     tok, trainer = _byte_level_bpe(vocab_size)
-    tok.train_from_iterator(ds["train"]["text"], trainer)
-
-    def ids(split):
-        return torch.tensor(tok.encode("".join(ds[split]["text"])).ids, dtype=torch.int64)
-
-    return TextSplits(ids("train"), ids("validation"), tok.get_vocab_size(), tok)
+    tok.train_from_iterator(ds["train"]["text"], trainer, length=len(ds["train"]))
+    ids = {k: _encode(tok, "".join(ds[split]["text"])) for k, split in WIKITEXT_SPLITS.items()}
+    return TextSplits(ids["train"], ids["val"], tok.get_vocab_size(), tok, ids["test"])

@@ -59,6 +59,23 @@ class Run:
     def train_log(self) -> list[dict]:
         return [m for m in self.metrics() if "loss" in m]
 
+    def selected(self, metric: str, larger_is_better: bool = False) -> dict:
+        """The evaluation that ``metric`` (a validation metric) picks: model selection on validation, so its
+        test_* entries are the numbers to report. The earliest wins a tie."""
+        evals = [e for e in self.evals() if metric in e]
+        if not evals:
+            raise ValueError(f"{self.folder}: no evaluation recorded {metric!r}")
+        sign = -1 if larger_is_better else 1
+        return min(evals, key=lambda e: (sign * e[metric], e["step"]))
+
+    def final_train_loss(self, last: int = 5) -> float:
+        """Mean of the last ``last`` logged training losses (each one step's batch, dropout on)."""
+        log = self.train_log()
+        if not log:
+            raise ValueError(f"{self.folder}: no training loss logged")
+        tail = log[-last:]
+        return sum(m["loss"] for m in tail) / len(tail)
+
 
 def check_grid(cfg) -> None:
     """The checks every experiment config shares: seeds given, and (where present) a positive

@@ -5,7 +5,8 @@ one mixer scans the patches forward, a second scans them backward, and the block
 of the two to the residual stream. The mean, not the sum, keeps the residual update on the same
 scale as a unidirectional block, so ``bidirectional`` can be switched without retuning.
 ``bidirectional=False`` gives a plain causal stack whose last patch alone has seen the whole image;
-mean pooling still lets every patch vote.
+mean pooling still lets every patch vote, ``pool="last"`` reads the last patch alone (sequential-MNIST
+style, where the order of the patches matters most).
 
 Token reordering (``reorder_layers``) attaches a ``TokenReorder`` to every mixer of those blocks;
 it is what the paper's importance-based reordering does in the first block of each stage.
@@ -88,7 +89,8 @@ class MambaClassifier(nn.Module):
         h = self.patch_embed(images.to(self.patch_embed.weight.dtype)).flatten(2).transpose(1, 2) + self.pos_embed
         for layer in self.layers:
             h = layer(h)
-        return self.head(self.norm_f(h).mean(1))
+        h = self.norm_f(h)
+        return self.head(h[:, -1] if c.pool == "last" else h.mean(1))
 
     # --- checkpoints ---------------------------------------------------------------------------
     def save_pretrained(self, path: str | Path) -> None:

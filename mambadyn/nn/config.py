@@ -195,6 +195,7 @@ class ClassifierConfig:
     d_conv: int = 4
     dt_rank: int | str = "auto"
     bidirectional: bool = True
+    pool: str = "mean"  # mean over tokens | last: the last token's state (a causal stack's whole-sequence summary)
     reorder_layers: list[int] = field(default_factory=list)
     reorder_tau: float = 1.0
     reorder_hard: bool = False
@@ -219,6 +220,8 @@ class ClassifierConfig:
             raise ValueError(f"reorder_layers {bad} out of range for n_layer={self.n_layer}")
         if self.reorder_tau <= 0:
             raise ValueError(f"reorder_tau must be > 0, got {self.reorder_tau}")
+        if self.pool not in ("mean", "last"):
+            raise ValueError(f"ClassifierConfig.pool must be 'mean' or 'last', got {self.pool!r}")
 
     @property
     def seq_len(self) -> int:

@@ -165,8 +165,9 @@ def trace_tokens(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor | Non
     finally:
         for h in handles:
             h.remove()
-    norms = [s.detach()[0].norm(dim=-1) for s in streams]  # (L,) each
-    grads = [s.grad[0].norm(dim=-1) if s.grad is not None else torch.zeros(s.shape[1]) for s in streams]
+    # the measurements are small: they are gathered on the CPU whatever device the model runs on
+    norms = [s.detach()[0].norm(dim=-1).cpu() for s in streams]  # (L,) each
+    grads = [s.grad[0].norm(dim=-1).cpu() if s.grad is not None else torch.zeros(s.shape[1]) for s in streams]
     shares = [(g / g.sum().clamp_min(1e-300)).tolist() for g in grads]
     logn = torch.stack(norms).double().clamp_min(1e-300).log()  # (layers + 1, L)
     depth = torch.arange(logn.shape[0], dtype=torch.float64)[:, None]
@@ -174,7 +175,7 @@ def trace_tokens(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor | Non
     slope = ((dc * (logn - logn.mean(0))).sum(0) / (dc**2).sum()).tolist()
     order = sorted(range(len(slope)), key=lambda p: -slope[p])
     return TokenTrace([n.tolist() for n in norms], [m[0].norm(dim=-1).tolist() for m in mixer_in], shares, slope,
-                      order[:10], scan_in, loss.item())
+                      order[:10], [x.cpu() for x in scan_in], loss.item())
 
 
 @dataclass

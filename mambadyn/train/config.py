@@ -63,17 +63,26 @@ LM_DATASETS = ("tiny-shakespeare", *WIKITEXT)
 
 @dataclass
 class LMData:
-    path: str = ""  # a UTF-8 text file; empty: ``dataset``
-    dataset: str = "tiny-shakespeare"  # used when path is empty: tiny-shakespeare | wikitext-2 | wikitext-103
-    tokenizer: str = "char"  # char | bpe | path/to/tokenizer.json (with path; WikiText always trains a BPE)
+    # a UTF-8 text file, or (with a WikiText dataset) a local copy of it in the Hub's parquet layout;
+    # empty: ``dataset`` from its home
+    path: str = ""
+    dataset: str = "tiny-shakespeare"  # tiny-shakespeare | wikitext-2 | wikitext-103
+    tokenizer: str = "char"  # char | bpe | path/to/tokenizer.json (with a text file; WikiText always trains a BPE)
     bpe_vocab: int = 4096
     seq_len: int = 256
+    val_path: str = ""  # with a text file: the validation text (then all of ``path`` trains); else its last 10%
+    test_path: str = ""  # with a text file: a test text, only reported (WikiText has its own)
 
     def __post_init__(self):
         check_fields(self)
         positive(self, "bpe_vocab", "seq_len")
         if self.dataset not in LM_DATASETS:
             raise ValueError(f"LMData.dataset must be one of {LM_DATASETS}, got {self.dataset!r}")
+        if (self.val_path or self.test_path) and not self.path:
+            raise ValueError("data.val_path / data.test_path go with a text file in data.path")
+        if self.path and Path(self.path).is_dir() and self.dataset not in WIKITEXT:
+            raise ValueError(f"data.path {self.path} is a folder: a local WikiText copy needs "
+                             "data.dataset=wikitext-2 or wikitext-103; otherwise give a text file")
         if not self.path and self.tokenizer != "char" and self.dataset == "tiny-shakespeare":
             raise ValueError(f"data.tokenizer={self.tokenizer!r} needs a corpus: give data.path (--data); "
                              "Tiny Shakespeare is character-level")
@@ -83,10 +92,11 @@ class LMData:
 class ImageData:
     path: str = ""  # a Fashion-MNIST folder (IDX files); empty: the data cache (downloaded once)
     test_limit: int = 0  # evaluate on the first test_limit test images (0: all 10,000)
+    val_size: int = 0  # hold out the last val_size training images for validation (0: none)
 
     def __post_init__(self):
         check_fields(self)
-        positive(self, "test_limit", allow_zero=True)
+        positive(self, "test_limit", "val_size", allow_zero=True)
 
 
 @dataclass

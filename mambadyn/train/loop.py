@@ -234,7 +234,10 @@ def _train(make_task, cfg, out: Path, resume: bool, on_eval) -> dict:
 
     def evaluate(step):
         model.eval()
+        t0 = time.perf_counter()
         metrics = task.evaluate(model, device, autocast) if is_main else {}
+        if is_main:
+            metrics["eval_s"] = time.perf_counter() - t0
         model.train()
         if world > 1:
             dist.barrier()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -47,18 +48,21 @@ class LMTask(_TokenTask):
 
     def __init__(self, cfg: LMTrainConfig, rank: int = 0, world: int = 1):
         d = cfg.data
-        if d.path:
-            self.splits = load_text(d.path, d.tokenizer, d.bpe_vocab)
+        if d.path and not Path(d.path).is_dir():
+            self.splits = load_text(d.path, d.tokenizer, d.bpe_vocab, val_path=d.val_path or None,
+                                    test_path=d.test_path or None)
         elif d.dataset == "tiny-shakespeare":
             self.splits = load_tiny_shakespeare()
         else:
-            self.splits = load_wikitext(d.dataset, d.bpe_vocab)
+            self.splits = load_wikitext(d.dataset, d.bpe_vocab, folder=d.path or None)
         if cfg.model.vocab_size != self.splits.vocab_size:
             cfg.model.vocab_size = self.splits.vocab_size  # the data decides the vocabulary
         self.cfg = cfg
         # each rank takes its slice of one global draw: the union is what one process of batch*world sees
         self.train = WindowSampler(self.splits.train, d.seq_len, cfg.optim.batch_size, cfg.run.seed, rank, world)
         self.val = WindowSampler(self.splits.val, d.seq_len, cfg.optim.batch_size, cfg.run.seed)
+        self.test = (None if self.splits.test is None else
+                     WindowSampler(self.splits.test, d.seq_len, cfg.optim.batch_size, cfg.run.seed))
 
     def save_artifacts(self, folder) -> None:
         """tokenizer.json (``tokenizers`` format), so the folder decodes and encodes on its own."""
@@ -66,24 +70,39 @@ class LMTask(_TokenTask):
 
     @torch.no_grad()
     def evaluate(self, model, device, autocast) -> dict:
-        total, count = 0.0, 0
-        for x, y in self.val.eval_batches(self.cfg.run.eval_batches):
-            with autocast():
-                loss = self.loss(model, x.to(device), y.to(device))
-            total += loss.item() * y.numel()
-            count += y.numel()
-        val = total / count
-        return {"val_loss": val, "val_ppl": math.exp(val), "val_bits_per_token": val / math.log(2)}
+        """val_loss (nats/token), val_ppl, val_bits_per_token; the same with test_ where there is a test split."""
+        out = {}
+        for name, sampler in (("val", self.val), ("test", self.test)):
+            if sampler is None:
+                continue
+            total, count = 0.0, 0
+            for x, y in sampler.eval_batches(self.cfg.run.eval_batches):
+                with autocast():
+                    loss = self.loss(model, x.to(device), y.to(device))
+                total += loss.item() * y.numel()
+                count += y.numel()
+            mean = total / count
+            out.update({f"{name}_loss": mean, f"{name}_ppl": math.exp(mean), f"{name}_bits_per_token": mean / math.log(2)})
+        return out
 
 
 class ImageTask:
-    """Image classification (Fashion-MNIST); evaluation is loss and accuracy on the whole test set."""
+    """Image classification (Fashion-MNIST). Evaluation: loss and accuracy on the test set and, with
+    ``data.val_size``, on that many training images held out from training (the split that picks models)."""
 
     unit = "img"
 
     def __init__(self, cfg: ImageTrainConfig, rank: int = 0, world: int = 1):
         self.cfg = cfg
         self.train_set, self.test_set = load_fashion_mnist(cfg.data.path or None)
+        self.val_set = None
+        if cfg.data.val_size:
+            n = len(self.train_set) - cfg.data.val_size
+            if n < cfg.optim.batch_size * world:
+                raise ValueError(f"data.val_size={cfg.data.val_size} leaves {n} training images, fewer than a batch")
+            tr = self.train_set
+            self.train_set = ImageSplit(tr.images[:n], tr.labels[:n])
+            self.val_set = ImageSplit(tr.images[n:], tr.labels[n:])
         if cfg.data.test_limit:
             self.test_set = ImageSplit(self.test_set.images[: cfg.data.test_limit], self.test_set.labels[: cfg.data.test_limit])
         c = cfg.model
@@ -114,16 +133,22 @@ class ImageTask:
 
     @torch.no_grad()
     def evaluate(self, model, device, autocast) -> dict:
-        correct, total_loss, n = 0, 0.0, len(self.test_set)
-        bs = 1000
-        for i in range(0, n, bs):
-            x = ((self.test_set.images[i : i + bs] - self.mean) / self.std).to(device)
-            y = self.test_set.labels[i : i + bs].to(device)
-            with autocast():
-                logits = model(x).float()
-            total_loss += F.cross_entropy(logits, y, reduction="sum").item()
-            correct += (logits.argmax(-1) == y).sum().item()
-        return {"test_loss": total_loss / n, "test_acc": correct / n}
+        """test_loss, test_acc and, with a validation split, val_loss, val_acc."""
+        out = {}
+        for name, split in (("val", self.val_set), ("test", self.test_set)):
+            if split is None:
+                continue
+            correct, total_loss, n = 0, 0.0, len(split)
+            bs = 1000
+            for i in range(0, n, bs):
+                x = ((split.images[i : i + bs] - self.mean) / self.std).to(device)
+                y = split.labels[i : i + bs].to(device)
+                with autocast():
+                    logits = model(x).float()
+                total_loss += F.cross_entropy(logits, y, reduction="sum").item()
+                correct += (logits.argmax(-1) == y).sum().item()
+            out.update({f"{name}_loss": total_loss / n, f"{name}_acc": correct / n})
+        return out
 
 
 class SyntheticTask(_TokenTask):
@@ -142,16 +167,20 @@ class SyntheticTask(_TokenTask):
 
     @torch.no_grad()
     def evaluate(self, model, device, autocast) -> dict:
-        total, count, right, exact, seqs = 0.0, 0, 0, 0, 0
-        for x, y in self.train.eval_batches(self.cfg.run.eval_batches):
-            x, y = x.to(device), y.to(device)
-            with autocast():
-                logits = model(x).float()
-            asked = y != -100
-            total += F.cross_entropy(logits[asked], y[asked], reduction="sum").item()
-            hit = (logits.argmax(-1) == y) | ~asked
-            right += int((hit & asked).sum())
-            count += int(asked.sum())
-            exact += int(hit.all(dim=1).sum())
-            seqs += len(y)
-        return {"val_loss": total / count, "val_acc": right / count, "val_exact_match": exact / seqs}
+        """{val,test}_loss, _acc and _exact_match on two fixed held-out sets drawn from separate streams."""
+        out = {}
+        for name in ("val", "test"):
+            total, count, right, exact, seqs = 0.0, 0, 0, 0, 0
+            for x, y in self.train.eval_batches(self.cfg.run.eval_batches, split=name):
+                x, y = x.to(device), y.to(device)
+                with autocast():
+                    logits = model(x).float()
+                asked = y != -100
+                total += F.cross_entropy(logits[asked], y[asked], reduction="sum").item()
+                hit = (logits.argmax(-1) == y) | ~asked
+                right += int((hit & asked).sum())
+                count += int(asked.sum())
+                exact += int(hit.all(dim=1).sum())
+                seqs += len(y)
+            out.update({f"{name}_loss": total / count, f"{name}_acc": right / count, f"{name}_exact_match": exact / seqs})
+        return out
