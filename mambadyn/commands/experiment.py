@@ -20,7 +20,7 @@ def _seeds(text: str) -> list[int]:
 
 @app.command()
 def scenarios(out: str = typer.Option("results/scenarios", "--out", "-o"),
-              preset: str = typer.Option("small", help="smoke | small (CPU, minutes) | gpu"),
+              preset: str = typer.Option("small", help="smoke | small (CPU, minutes) | gpu | paper-smoke | paper-gpu (the paper's recipe, --set data.path=...)"),
               kind: str = typer.Option("lm", help="lm (text) | synthetic (selective copying or MQAR: "
                                        "--set data.task=mqar)"),
               modes: str = typer.Option("free,positive,mixed,negative", help="eigen modes to compare"),
@@ -42,8 +42,8 @@ def scenarios(out: str = typer.Option("results/scenarios", "--out", "-o"),
 
 @app.command()
 def reorder(out: str = typer.Option("results/reorder", "--out", "-o"),
-            preset: str = typer.Option("small", help="smoke | small (CPU, minutes) | gpu"),
-            variants: str = typer.Option("none,soft,hard"),
+            preset: str = typer.Option("small", help="smoke | small (CPU, minutes) | gpu | causal-smoke | causal-gpu"),
+            variants: str = typer.Option("none,soft,hard", help="none, soft, hard, soft-paper, hard-paper"),
             seeds: str = typer.Option("0,1"),
             epochs: Optional[float] = typer.Option(None, help="default: the preset's"),
             evals_per_epoch: int = typer.Option(1),
@@ -60,3 +60,35 @@ def reorder(out: str = typer.Option("results/reorder", "--out", "-o"),
     run_reorder(cfg)
     typer.echo((Path(out) / "report.md").read_text())
     typer.echo(f"outputs in {out}: report.md, results.json, curves.png, runs/")
+
+
+@app.command("token-shares")
+def token_shares(runs: str = typer.Option(..., help="a scenario experiment's runs folder (out/runs)"),
+                 modes: str = typer.Option("free", help="eigen modes whose runs to measure"),
+                 windows: int = typer.Option(32, help="test windows per model"),
+                 out: str = typer.Option("results/token_shares", "--out", "-o")) -> None:
+    """Claim (c): gradient shares of the tokens in trained LMs against their initialisation, and their link
+    to each token's growth through the depth; tests over seeds."""
+    from ..experiments.token_shares import TokenShareConfig, run_token_shares
+
+    try:
+        cfg = TokenShareConfig(runs=runs, modes=modes.split(","), windows=windows, out=out)
+    except (ValueError, FileNotFoundError) as e:
+        raise typer.BadParameter(str(e)) from e
+    run_token_shares(cfg)
+    typer.echo((Path(out) / "report.md").read_text())
+
+
+@app.command()
+def claims(results: str = typer.Option("results/paper_claims", help="folder of the claims' experiment folders"),
+           out: str = typer.Option("results/paper_claims.md", "--out", "-o")) -> None:
+    """Decide the paper's claims (a)-(d) from committed results: paired tests, Holm per claim, verdicts."""
+    from ..experiments.claims import write_claims
+
+    try:
+        decided = write_claims(results, out)
+    except FileNotFoundError as e:
+        raise typer.BadParameter(str(e)) from e
+    for key, d in decided.items():
+        typer.echo(f"({key}) {d['verdict']}")
+    typer.echo(f"written: {out}")

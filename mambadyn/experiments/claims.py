@@ -1,0 +1,194 @@
+"""The paper's claims, each decided from committed experiment results: ``results/paper_claims.md``.
+
+Every claim is a family of paired comparisons (seeds paired across arms), Holm-adjusted within the
+family. The verdict rule, fixed before looking at which way the numbers fall:
+
+- **reproduced**: every comparison of the family goes the claimed way with Holm-adjusted p < 0.05;
+- **not reproduced**: some comparison goes *against* the claim with Holm-adjusted p < 0.05;
+- **inconclusive**: anything else (some or no comparisons significant the claimed way, none against);
+  the table then says which way the estimates lean and how large an effect the intervals still allow.
+
+    mambadyn experiment claims --results results/paper_claims --out results/paper_claims.md
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from scipy import stats
+
+from .stats import holm, paired
+
+ALPHA = 0.05
+
+
+@dataclass
+class Comparison:
+    claim: str
+    experiment: str  # folder under the results directory
+    label: str
+    arm: str
+    reference: str
+    metric: str
+    better: int  # +1: larger is better (accuracy), -1: smaller is better (loss)
+    claimed: int  # +1: the claim says arm beats reference, -1: the claim says arm is worse
+    values: tuple[dict, dict] | None = None  # ({seed: arm value}, {seed: reference value})
+    one_sample: list[float] | None = None  # a one-sample test against 0 instead (claim (c)'s rho)
+
+
+def _load(results: Path, name: str) -> dict | None:
+    f = results / name / "results.json"
+    return json.loads(f.read_text()) if f.is_file() else None
+
+
+def _arms(res: dict) -> dict:
+    return res.get("modes") or res.get("variants")
+
+
+def _first_eval(res: dict, arm: str) -> dict:
+    return {s: c[0][1] for s, c in _arms(res)[arm]["curves"].items()}
+
+
+def comparisons(results: Path) -> list[Comparison]:
+    """The comparisons that decide claims (a)-(d), from whichever experiment folders exist."""
+    out: list[Comparison] = []
+    lm = _load(results, "lm_wikitext")
+    if lm:
+        per = {m: v["test_loss_per_seed"] for m, v in lm["modes"].items()}
+        for other in ("mixed", "negative", "free"):
+            out.append(Comparison("a", "lm_wikitext", f"LM test loss: positive vs {other}", "positive", other,
+                                  "test loss (nats/token)", -1, +1, (per["positive"], per[other])))
+        for other in ("free", "positive"):
+            out.append(Comparison("b", "lm_wikitext", f"LM test loss: negative vs {other}", "negative", other,
+                                  "test loss (nats/token)", -1, -1, (per["negative"], per[other])))
+    for task in ("selective_copy", "mqar"):
+        syn = _load(results, task)
+        if syn:
+            per = {m: v["test_acc_per_seed"] for m, v in syn["modes"].items()}
+            for other in ("free", "positive"):
+                out.append(Comparison("b", task, f"{task} test accuracy: negative vs {other}", "negative", other,
+                                      "test accuracy", +1, -1, (per["negative"], per[other])))
+    shares = _load(results, "token_shares")
+    if shares and "free" in shares["modes"]:
+        r = shares["modes"]["free"]["per_seed"]
+        between = ({s: v["gini_between_tokens"] for s, v in r["trained"].items()},
+                   {s: v["gini_between_tokens"] for s, v in r["init"].items()})
+        out.append(Comparison("c", "token_shares", "Gini of gradient shares between tokens at a position: trained "
+                              "vs initialised", "trained", "init", "Gini", +1, +1, between))
+        out.append(Comparison("c", "token_shares", "Spearman rho of a token's growth through depth with its "
+                              "gradient share (claim: linked; sign not claimed)", "rho", "0", "rho", +1, 0,
+                              one_sample=[v["rho_growth_share"] for v in r["trained"].values()]))
+    for name in ("fmnist_patches196", "fmnist_pixels784"):
+        ro = _load(results, name)
+        if not ro:
+            continue
+        for v, r in ro["variants"].items():
+            if v == "none":
+                continue
+            out.append(Comparison("d", name, f"{ro.get('seq_len')} tokens, test accuracy: {v} vs none", v, "none",
+                                  "test accuracy", +1, +1, (r["per_seed"], ro["variants"]["none"]["per_seed"])))
+            out.append(Comparison("d", name, f"{ro.get('seq_len')} tokens, accuracy at the first evaluation "
+                                  f"(convergence speed): {v} vs none", v, "none", "validation accuracy", +1, +1,
+                                  (_first_eval(ro, v), _first_eval(ro, "none"))))
+    return out
+
+
+def decide(comps: list[Comparison]) -> dict[str, dict]:
+    """Paired tests, Holm within each claim, and the verdict per claim."""
+    rows = []
+    for c in comps:
+        if c.one_sample is not None:
+            v = c.one_sample
+            mean = sum(v) / len(v)
+            ci = stats.t.interval(0.95, len(v) - 1, loc=mean, scale=stats.sem(v)) if len(v) > 1 else (mean, mean)
+            p = float(stats.ttest_1samp(v, 0.0).pvalue) if len(v) > 1 else float("nan")
+            rows.append({"c": c, "n": len(v), "diff": mean, "low": float(ci[0]), "high": float(ci[1]), "p": p})
+        else:
+            pr = paired(*c.values)
+            rows.append({"c": c, "n": pr.n, "diff": pr.mean_diff, "low": pr.ci95_low, "high": pr.ci95_high, "p": pr.p})
+    claims: dict[str, dict] = {}
+    for key in sorted({r["c"].claim for r in rows}):
+        mine = [r for r in rows if r["c"].claim == key]
+        for r, ph in zip(mine, holm([r["p"] for r in mine])):
+            r["p_holm"] = ph
+            # +1: the arm is better than the reference (for the claimed-direction test)
+            r["way"] = 0 if not ph < ALPHA else (1 if r["diff"] * r["c"].better > 0 else -1)
+        directed = [r for r in mine if r["c"].claimed != 0]
+        undirected = [r for r in mine if r["c"].claimed == 0]
+        against = [r for r in directed if r["way"] == -r["c"].claimed]
+        for_ = [r for r in directed if r["way"] == r["c"].claimed]
+        if against:
+            verdict = "not reproduced"
+        elif directed and len(for_) == len(directed) and all(r["p_holm"] < ALPHA for r in undirected):
+            verdict = "reproduced"
+        else:
+            verdict = "inconclusive"
+        claims[key] = {"rows": mine, "verdict": verdict}
+    return claims
+
+
+CLAIMS = {
+    "a": "Excluding the convergent scenario (eigen mode positive) improves language modelling over mixed, "
+         "negative and free.",
+    "b": "The convergent scenario (eigen mode negative: every eigenvalue of S_C^T S_B negative) hurts.",
+    "c": "Tokens contribute unequally to the training updates, because they grow (diverge) at different rates.",
+    "d": "Reordering tokens by importance improves classification accuracy and convergence speed.",
+}
+
+
+def read_notes(path: Path) -> dict[str, str]:
+    """``notes.md`` split at its ``## key`` headings: the prose that goes with each claim (and ``preamble``)."""
+    notes: dict[str, str] = {}
+    if not path.is_file():
+        return notes
+    key = None
+    for line in path.read_text().splitlines():
+        if line.startswith("## "):
+            key = line[3:].strip()
+            notes[key] = ""
+        elif key is not None:
+            notes[key] += line + "\n"
+    return notes
+
+
+def write_claims(results: str | Path, out: str | Path) -> dict:
+    """Decide every claim from ``results`` (a folder of experiment folders, with an optional ``notes.md`` of
+    prose per claim) and write the markdown ``out``."""
+    results = Path(results).resolve()
+    if not results.is_dir():
+        raise FileNotFoundError(f"results folder {results} does not exist")
+    notes = read_notes(results / "notes.md")
+    preamble = notes.pop("preamble", "")
+    comps = comparisons(results)
+    if not comps:
+        raise FileNotFoundError(f"{results} holds none of the experiments the claims need "
+                                "(lm_wikitext, selective_copy, mqar, token_shares, fmnist_patches196, fmnist_pixels784)")
+    decided = decide(comps)
+    lines = ["# The paper's claims, decided", "", preamble.strip(), "",
+             "| claim | verdict | comparisons (Holm within the claim) |", "|---|---|---|"]
+    for key, d in decided.items():
+        lines.append(f"| ({key}) {CLAIMS[key]} | **{d['verdict']}** | {len(d['rows'])} |")
+    for key, d in decided.items():
+        lines += ["", f"## ({key}) {CLAIMS[key]}", "", f"Verdict: **{d['verdict']}**.", "",
+                  "| comparison | experiment | n seeds | arm minus reference [95% CI] | p | p (Holm) | way |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in d["rows"]:
+            c = r["c"]
+            if c.claimed:
+                way = {0: "n.s.", c.claimed: "as claimed", -c.claimed: "against the claim"}[r["way"]]
+            else:
+                way = "significant" if r["p_holm"] < ALPHA else "n.s."
+            link = os.path.relpath(results / c.experiment / "report.md", Path(out).resolve().parent)
+            lines.append(f"| {c.label} | [{c.experiment}]({link}) | {r['n']} "
+                         f"| {r['diff']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}] ({c.metric}) | {r['p']:.3g} "
+                         f"| {r['p_holm']:.3g} | {way} |")
+        if key in notes:
+            lines += ["", notes[key].strip()]
+    lines.append("")
+    Path(out).write_text("\n".join(lines))
+    return {k: {"verdict": d["verdict"], "comparisons": [
+        {"label": r["c"].label, "n": r["n"], "diff": r["diff"], "ci95": [r["low"], r["high"]], "p": r["p"],
+         "p_holm": r["p_holm"]} for r in d["rows"]]} for k, d in decided.items()}

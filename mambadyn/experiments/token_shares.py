@@ -1,0 +1,181 @@
+"""Claim (c): tokens contribute unequally to the training updates, because they grow at different rates.
+
+For each trained LM of a scenario experiment (one per seed) and the same architecture at its
+initialisation (same seed: the control), on ``windows`` fixed test windows:
+
+- the gradient share of each position at the stream entering the stack (layer 0, what each token's
+  embedding receives), ``||dL/dh_0[p]|| / sum_p ||dL/dh_0[p]||``, from ``mambadyn.probe.trace_tokens``;
+- its Gini coefficient per window (0: equal shares), averaged over windows;
+- how much of that inequality is position alone: shares are divided by the mean share of their position
+  over the windows, and the Gini of these relative shares is the inequality *between tokens* at a position;
+- rho: the Spearman correlation, per window, between a token's growth through the depth (slope of
+  log ||h_l[p]|| against l, relative to its position's mean) and its relative share, averaged over windows.
+
+Tests over seeds (the trained models are the units): trained minus initial Gini between tokens (paired),
+and rho > 0 (one-sample), Holm-adjusted as one family. Writes ``results.json``, ``report.md`` and
+``shares.png``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from scipy import stats
+from tqdm.auto import tqdm
+
+from ..jsonio import write_json
+from ..probe.api import gini
+from ..typed import check_fields, positive
+from .stats import holm, paired, summarize
+
+
+@dataclass
+class TokenShareConfig:
+    runs: str = "results/scenarios/runs"  # a scenario experiment's runs folder ({mode}-s{seed}/)
+    modes: list[str] = field(default_factory=lambda: ["free"])
+    windows: int = 32  # test windows (evenly spaced; the experiment's seq_len each)
+    out: str = "results/token_shares"
+    device: str = "auto"
+
+    def __post_init__(self):
+        check_fields(self)
+        positive(self, "windows")
+        if not Path(self.runs).is_dir():
+            raise FileNotFoundError(f"runs folder {self.runs} does not exist (a scenario experiment's out/runs)")
+
+
+def share_statistics(shares: torch.Tensor, growth: torch.Tensor) -> dict:
+    """shares, growth (windows, L) -> Gini of the raw shares, Gini between tokens at a position (shares
+    over their position's mean), and the Spearman rho of relative growth with relative share (means over
+    windows)."""
+    if shares.shape != growth.shape or shares.dim() != 2:
+        raise ValueError(f"shares and growth must both be (windows, L), got {tuple(shares.shape)}, {tuple(growth.shape)}")
+    shares, growth = shares.double(), growth.double()
+    # a position no loss term reaches (the last: its prediction has no target) carries no share at all
+    live = shares.mean(0) > 0
+    rel = shares[:, live] / shares.mean(0, keepdim=True)[:, live]
+    g = (growth - growth.mean(0, keepdim=True))[:, live]
+    # a window whose shares (or growths) are all equal has no rank correlation; it is left out
+    rhos = [stats.spearmanr(g[w].numpy(), rel[w].numpy()).statistic for w in range(len(shares))
+            if rel[w].std() > 0 and g[w].std() > 0]
+    return {"gini": gini(shares).mean().item(), "gini_between_tokens": gini(rel).mean().item(),
+            "rho_growth_share": sum(rhos) / len(rhos) if rhos else float("nan"),
+            "mean_share_by_position": shares.mean(0).tolist()}
+
+
+def _measure(model, windows: torch.Tensor, device) -> dict:
+    from ..probe.measure import trace_tokens
+
+    model = model.to(device).eval()
+    shares, growth = [], []
+    for ids in windows:
+        t = trace_tokens(model, ids.to(device))
+        shares.append(torch.tensor(t.grad_shares[0]))
+        growth.append(torch.tensor(t.growth_per_layer))
+    return share_statistics(torch.stack(shares), torch.stack(growth))
+
+
+def _runs(cfg: TokenShareConfig) -> dict[str, list[Path]]:
+    found = {}
+    for mode in cfg.modes:
+        folders = sorted(Path(cfg.runs).glob(f"{mode}-s*"), key=lambda p: int(p.name.rsplit("-s", 1)[1]))
+        folders = [f for f in folders if (f / "model" / "config.json").is_file()]
+        if not folders:
+            raise FileNotFoundError(f"no finished {mode}-s* run under {cfg.runs}")
+        found[mode] = folders
+    return found
+
+
+def run_token_shares(cfg: TokenShareConfig) -> dict:
+    from ..nn import MambaLM
+    from ..train.config import LMTrainConfig, from_dict
+    from ..train.tasks import LMTask
+
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    results = {"config": asdict(cfg), "modes": {}}
+    task_cache: dict[str, torch.Tensor] = {}
+    for mode, folders in _runs(cfg).items():
+        per = {"trained": {}, "init": {}}
+        for f in tqdm(folders, desc=f"token shares ({mode})"):
+            seed = int(f.name.rsplit("-s", 1)[1])
+            train_cfg = from_dict(LMTrainConfig, json.loads((f / "config.json").read_text()))
+            key = json.dumps(asdict(train_cfg.data), sort_keys=True)
+            if key not in task_cache:  # the same data (and tokenizer) for every run of the experiment
+                task = LMTask(train_cfg)
+                split = task.test or task.val
+                x = torch.cat([xb for xb, _ in split.eval_batches(-(-cfg.windows // train_cfg.optim.batch_size))])
+                task_cache[key] = x[: cfg.windows]
+            windows = task_cache[key]
+            trained = MambaLM.from_pretrained(f / "model")
+            torch.manual_seed(seed)
+            init = MambaLM(trained.config)
+            per["trained"][seed] = _measure(trained, windows, device)
+            per["init"][seed] = _measure(init, windows, device)
+        results["modes"][mode] = _verdict(per)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "results.json", results)
+    _plot(results, out)
+    _report(results, out)
+    return results
+
+
+def _verdict(per: dict) -> dict:
+    """The two tests of claim (c) over seeds, Holm-adjusted together."""
+    seeds = list(per["trained"])
+    between = {s: per["trained"][s]["gini_between_tokens"] for s in seeds}
+    between0 = {s: per["init"][s]["gini_between_tokens"] for s in seeds}
+    rho = [per["trained"][s]["rho_growth_share"] for s in seeds]
+    vs_init = paired(between, between0)
+    rho_p = float(stats.ttest_1samp(rho, 0.0).pvalue) if len(rho) >= 2 else float("nan")
+    vs_init.p_holm, rho_holm = holm([vs_init.p, rho_p])
+    return {"seeds": seeds, "per_seed": per,
+            "gini": asdict(summarize([per["trained"][s]["gini"] for s in seeds])),
+            "gini_init": asdict(summarize([per["init"][s]["gini"] for s in seeds])),
+            "gini_between_tokens": asdict(summarize(list(between.values()))),
+            "gini_between_tokens_init": asdict(summarize(list(between0.values()))),
+            "between_tokens_trained_minus_init": asdict(vs_init),
+            "rho_growth_share": {**asdict(summarize(rho)), "p": rho_p, "p_holm": rho_holm}}
+
+
+def _plot(results: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for mode, r in results["modes"].items():
+        for which, style in (("trained", "-"), ("init", ":")):
+            curves = torch.tensor([v["mean_share_by_position"] for v in r["per_seed"][which].values()])
+            ax.plot(curves.mean(0), style, label=f"{mode}, {which} (n={len(curves)})")
+    ax.set(xlabel="position", ylabel="mean gradient share at layer 0", yscale="log",
+           title="Where the loss gradient enters the stack (equal shares: 1/L)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "shares.png", dpi=130)
+    plt.close(fig)
+
+
+def _report(results: dict, out: Path) -> None:
+    cfg = results["config"]
+    lines = ["# Claim (c): do tokens contribute unequally to the updates?", "",
+             f"Runs under `{cfg['runs']}`, {cfg['windows']} test windows per model; layer 0 gradient shares. "
+             "Controls: the same architecture at initialisation, same seed. Tests over seeds, Holm over the two.", "",
+             "| mode | n | Gini (trained) | Gini (init) | Gini between tokens (trained) | (init) | trained minus init "
+             "[95% CI], p Holm | rho(growth, share) [95% CI], p Holm |", "|---|---|---|---|---|---|---|---|"]
+    for mode, r in results["modes"].items():
+        d, rho = r["between_tokens_trained_minus_init"], r["rho_growth_share"]
+
+        def f(s):
+            return f"{s['mean']:.3f} ± {s['std']:.3f}"
+        lines.append(f"| {mode} | {len(r['seeds'])} | {f(r['gini'])} | {f(r['gini_init'])} | "
+                     f"{f(r['gini_between_tokens'])} | {f(r['gini_between_tokens_init'])} | "
+                     f"{d['mean_diff']:+.3f} [{d['ci95_low']:+.3f}, {d['ci95_high']:+.3f}], {d['p_holm']:.3g} | "
+                     f"{rho['mean']:+.3f} [{rho['ci95_low']:+.3f}, {rho['ci95_high']:+.3f}], {rho['p_holm']:.3g} |")
+    lines += ["", "![shares](shares.png)", ""]
+    (out / "report.md").write_text("\n".join(lines))
