@@ -15,7 +15,9 @@ import sys
 
 import torch
 
-from mambadyn.scan.verify import Case, compare_with_reference, poison_allocator
+from poison import poison_allocator  # benchmarks/poison.py (scripts here run with benchmarks/ on sys.path)
+
+from mambadyn.scan.verify import Case, compare_with_reference
 
 
 def cases():

@@ -14,7 +14,7 @@ import json
 
 import torch
 
-from mambadyn.scan.sass import count
+from sass import count  # benchmarks/sass.py
 
 
 def main():

@@ -3,12 +3,16 @@ empty folder otherwise), and downloads are forbidden. Tests that need the real d
 ``shared_data`` fixture and skip, with the reason, when it is absent."""
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-SHARED_DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = (ROOT / ".." / "shared" / "data").resolve()
+if str(ROOT) not in sys.path:  # developer tools the tests share with the benchmarks live in benchmarks/
+    sys.path.insert(0, str(ROOT))
 
 os.environ["MAMBADYN_OFFLINE"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"

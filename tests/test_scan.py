@@ -79,6 +79,22 @@ def test_initial_state_continues_a_scan():
     torch.testing.assert_close(h2, h_full)
 
 
+@pytest.mark.parametrize("backend", ["reference", "chunked", "numba"])
+def test_the_door_takes_initial_state_by_name(backend):
+    if backend not in available_backends():
+        pytest.skip(f"{backend} is not available here")
+    xs = make(2, 3, 30, 4, dtype=torch.float64, grad=False)
+    y_full, h_full = selective_scan_ref(**xs, delta_softplus=True, return_last_state=True)
+    first = {k: (v[..., :12] if v.dim() == 3 else v) for k, v in xs.items()}
+    second = {k: (v[..., 12:] if v.dim() == 3 else v) for k, v in xs.items()}
+    _, h1 = selective_scan(**first, delta_softplus=True, return_last_state=True, backend=backend)
+    y2, h2 = selective_scan(**second, delta_softplus=True, return_last_state=True, initial_state=h1, backend=backend)
+    torch.testing.assert_close(y2, y_full[..., 12:])
+    torch.testing.assert_close(h2, h_full)
+    with pytest.raises(ValueError, match="initial_state must have shape"):
+        selective_scan(**second, initial_state=h1[:, :2], backend=backend)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_inputs_keep_dtype_with_float32_state(dtype):
     xs = make(2, 4, 33, 8, grad=False)

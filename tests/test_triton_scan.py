@@ -9,13 +9,19 @@ import os
 import subprocess
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 import torch
 
-from mambadyn.scan.verify import Case, compare_with_reference, poison_allocator
+from benchmarks.poison import poison_allocator
+from mambadyn.scan.verify import Case, compare_with_reference
 
 pytest.importorskip("triton")
+
+ROOT = Path(__file__).resolve().parents[1]  # the interpreter patch lives in benchmarks/, outside the package
+INTERPRET_ENV = {**os.environ, "TRITON_INTERPRET": "1",
+                 "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 INTERPRETED = [
     Case(2, 5, 37, 4, initial_state=True, last_state=True),      # L not a multiple of the chunk
@@ -25,7 +31,7 @@ INTERPRETED = [
 ]
 
 SCRIPT = """
-from mambadyn.scan._interpret import enable; enable()
+from benchmarks.triton_interpret import enable; enable()
 import json, sys
 from mambadyn.scan.verify import Case, compare_with_reference
 cases = [Case(**c) for c in json.loads(sys.argv[1])]
@@ -42,9 +48,8 @@ def assert_close(result):
 
 
 def test_kernel_matches_reference_in_the_interpreter():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps([asdict(c) for c in INTERPRETED])],
-                          capture_output=True, text=True, env=env, timeout=600)
+                          capture_output=True, text=True, env=INTERPRET_ENV, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for result in json.loads(proc.stdout.strip().splitlines()[-1]):
         assert_close(result)
@@ -53,7 +58,7 @@ def test_kernel_matches_reference_in_the_interpreter():
 def test_kernels_compile_for_the_h100_without_spilling_in_their_loop():
     # what the interpreter cannot catch: the compiled kernels' lowering, and a register blow-up in the
     # per-state loop (Triton ships ptxas, so this compiles for sm_90 on a CPU machine)
-    from mambadyn.scan.sass import count
+    from benchmarks.sass import count
 
     for kernel in ("fwd", "bwd"):
         for dtype in (torch.bfloat16, torch.float32):
@@ -64,7 +69,7 @@ def test_kernels_compile_for_the_h100_without_spilling_in_their_loop():
 
 
 def test_bad_tuning_is_refused():
-    from mambadyn.scan.triton_scan import _tunings
+    from mambadyn.scan.triton_tuning import _tunings
 
     with pytest.raises(ValueError, match="bwd_chunk"):
         _tunings(2, chunk=128, bwd_chunk=64)
@@ -75,7 +80,7 @@ def test_bad_tuning_is_refused():
 
 
 def test_few_rows_take_their_own_forward():
-    from mambadyn.scan.triton_scan import FWD_TUNING, FWD_TUNING_FEW_ROWS, FWD_TUNING_MID_ROWS, _tunings
+    from mambadyn.scan.triton_tuning import FWD_TUNING, FWD_TUNING_FEW_ROWS, FWD_TUNING_MID_ROWS, _tunings
 
     assert _tunings(2, rows=8 * 1536, sms=132)[0] == FWD_TUNING[2]   # the benchmark shape fills an H100
     assert _tunings(2, rows=2 * 2560, sms=132)[0] == FWD_TUNING_MID_ROWS
@@ -86,7 +91,7 @@ def test_few_rows_take_their_own_forward():
 
 
 UNUSED_OUTPUT_SCRIPT = """
-from mambadyn.scan._interpret import enable; enable()
+from benchmarks.triton_interpret import enable; enable()
 import json
 import torch
 from mambadyn.scan import selective_scan
@@ -114,9 +119,8 @@ print(json.dumps(worst))
 
 
 def test_an_unused_output_needs_no_gradient_in_the_interpreter():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run([sys.executable, "-c", UNUSED_OUTPUT_SCRIPT], capture_output=True, text=True,
-                          env=env, timeout=600)
+                          env=INTERPRET_ENV, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     worst = json.loads(proc.stdout.strip().splitlines()[-1])
     assert worst["out"] < 2e-3 and worst["last"] < 2e-3, worst

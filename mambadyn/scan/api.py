@@ -42,7 +42,8 @@ def validate_scan_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None, ini
     _check("z", z, (batch, d, L), "(batch, d, L)")
     _check("delta_bias", delta_bias, (d,), "(d,)")
     _check("initial_state", initial_state, (batch, d, n), "(batch, d, n)")
-    for name, t in (("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z), ("delta_bias", delta_bias)):
+    for name, t in (("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z), ("delta_bias", delta_bias),
+                    ("initial_state", initial_state)):
         if t is not None and t.device != u.device:
             raise ValueError(f"selective_scan: {name} is on {t.device} but u is on {u.device}")
 
@@ -58,6 +59,7 @@ def selective_scan(
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
     return_last_state: bool = False,
+    initial_state: torch.Tensor | None = None,
     backend: str = "auto",
     **backend_options,
 ):
@@ -68,13 +70,15 @@ def selective_scan(
 
         h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t,   y_t = C_t · h_t + D u_t,   out = y · silu(z)
 
+    ``initial_state`` (batch, d, n) is h_0 (zeros if None): a sequence continued from an earlier call.
     Returns ``out`` (batch, d, L) in u's dtype, and the last state (batch, d, n) if
     ``return_last_state``. The state is kept in float32 (float64 for float64 inputs).
-    ``backend`` is a registered name (see ``available_backends()``) or ``"auto"``.
+    ``backend`` is a registered name (see ``available_backends()``) or ``"auto"``; ``backend_options``
+    go to that backend (its tuning knobs).
     """
-    validate_scan_inputs(u, delta, A, B, C, D, z, delta_bias, backend_options.get("initial_state"))
+    validate_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
     fn = get_backend(backend, u).fn
     return fn(
         u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
-        return_last_state=return_last_state, **backend_options,
+        return_last_state=return_last_state, initial_state=initial_state, **backend_options,
     )

@@ -106,13 +106,3 @@ def compare_with_reference(backend: str, case: Case, device="cpu", seed: int = 0
         errors[name] = ((a.double() - b).abs().max() / b.abs().max().clamp_min(SCALE_FLOOR)).item()
     return {"case": asdict(case), "errors": errors, "tolerance": TOLERANCE[getattr(torch, case.dtype)],
             "nonfinite": nonfinite}
-
-
-def poison_allocator(device, nbytes: int = 1 << 28) -> None:
-    """Fill a large block of the CUDA caching allocator with NaN and free it, so a kernel output that
-    ``torch.empty`` places there and the kernel fails to write shows up as NaN."""
-    if torch.device(device).type != "cuda":
-        return
-    block = torch.empty(nbytes // 4, device=device, dtype=torch.float32)
-    block.fill_(float("nan"))
-    del block

@@ -1,4 +1,5 @@
-"""Run the Triton kernels in Triton's CPU interpreter (TRITON_INTERPRET=1), for tests without a GPU.
+"""Run the Triton kernels in Triton's CPU interpreter (TRITON_INTERPRET=1), for tests without a GPU
+(a developer's tool, not part of the package).
 
 Triton 3.6's interpreter turns scalar tensors into Python ints with ``int(array)``, which NumPy >= 2.4
 refuses for the 1-element arrays it uses; this wraps that one conversion. Import it before the

@@ -23,7 +23,8 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from . import triton_scan as ts
+from mambadyn.scan import triton_kernels as tk
+from mambadyn.scan import triton_tuning as tt
 
 # pointer arguments in the inputs' dtype; the others are float32 (A, D, bias, states, summed grads)
 _INPUT_DTYPE_ARGS = {"u_ptr", "dl_ptr", "B_ptr", "C_ptr", "z_ptr", "out_ptr", "dout_ptr", "du_ptr", "ddl_ptr",
@@ -50,12 +51,12 @@ class SassCount:
         return asdict(self)
 
 
-def _constexprs(kernel: str, element_size: int, fwd: ts.Tuning, bwd: ts.Tuning, n: int) -> dict:
+def _constexprs(kernel: str, element_size: int, fwd: tt.Tuning, bwd: tt.Tuning, n: int) -> dict:
     # the launch's own launch-shape constexprs (and num_warps), with every input option on
     flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True)
     if kernel == "fwd":
-        return dict(flags, HAS_H0=False, **ts._fwd_meta(fwd, bwd, element_size, n, True))
-    return dict(flags, HAS_DLAST=False, **ts._bwd_meta(bwd, element_size, n))
+        return dict(flags, HAS_H0=False, **tt._fwd_meta(fwd, bwd, element_size, n, True))
+    return dict(flags, HAS_DLAST=False, **tt._bwd_meta(bwd, element_size, n))
 
 
 def compile_kernel(kernel: str, dtype: torch.dtype = torch.bfloat16, n: int = 16, arch: int = 90, **opts):
@@ -66,8 +67,8 @@ def compile_kernel(kernel: str, dtype: torch.dtype = torch.bfloat16, n: int = 16
     if dtype not in _TRITON_DTYPE:
         raise ValueError(f"dtype must be one of {list(_TRITON_DTYPE)}, got {dtype}")
     size = torch.tensor([], dtype=dtype).element_size()
-    fwd, bwd = ts._tunings(size, **opts)
-    fn = ts._fwd_kernel if kernel == "fwd" else ts._bwd_kernel
+    fwd, bwd = tt._tunings(size, **opts)
+    fn = tk._fwd_kernel if kernel == "fwd" else tk._bwd_kernel
     consts = _constexprs(kernel, size, fwd, bwd, n)
     num_warps = consts.pop("num_warps")
     signature, attrs = {}, {}

@@ -1,0 +1,277 @@
+"""The Triton kernels of the selective scan, forward and backward (launched by ``triton_scan``).
+
+One program owns one batch row and ``block_d`` channels, and walks the sequence in chunks of
+``chunk`` steps. Inside a chunk it takes the n states one after another: for state i, the recurrence
+h_t = a_t h_{t-1} + b_t over the chunk is a parallel ``tl.associative_scan`` along time on a
+(block_d, chunk) register tile, and C_t h_t adds into y. Time, not states, is the parallel axis,
+because B_i and C_i are then per-element loads rather than values every thread must broadcast, and
+the scan runs mostly inside each thread. The carried state enters as the chunk's first b, so the
+scan's b output is the state itself. Δ's bias and softplus, the D skip and the SiLU gate are fused,
+so u, Δ, z are read once and y is written once.
+
+Backward walks the chunks in reverse, with its own launch shape (narrower programs: it holds more
+per element, and wider ones spill). Forward saves the state at each backward chunk's start, so a
+chunk's states are recomputed from it, and the adjoint g_t = C_t ȳ_t + a_{t+1} g_{t+1} is a reverse
+scan. The decay's gradient uses a_t h_{t-1} = h_t - b_t, so h_{t-1} is never needed. dB and dC sum
+over channels, so programs add their partial sums atomically into float32 buffers, with relaxed
+ordering: Triton's default (acq_rel) fences every atomic, which cost 1 ms of the 3.2 ms fwd+bwd.
+
+Where time goes is read off the SASS, which compiles without a GPU (``benchmarks/sass.py``,
+``benchmarks/kernel_sass.py``): a thread holds runs of 8 (16-bit inputs) or 4 (float32) consecutive
+steps, so per-element selects on the step index are replaced by splitting the run ends out of
+registers (``_chunk_end``), and the reverse scan, which Triton lowers as flip + scan + flip at ~15
+shuffles per element, becomes a gather-flip where that is cheaper (``_flip``).
+
+Inputs may be float32, bfloat16 or float16; the state and all arithmetic are float32. float64
+inputs are left to the PyTorch backends.
+
+
+Variants tried and dropped, with their measurements: ``results/triton_scan_history.md``.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+LOG2E = tl.constexpr(1.4426950408889634)
+
+
+@triton.jit
+def _affine(a1, b1, a2, b2):
+    # composition of h -> a1 h + b1 then h -> a2 h + b2
+    return a1 * a2, b1 * a2 + b2
+
+
+@triton.jit
+def _chunk_end(x, R: tl.constexpr, T: tl.constexpr, V: tl.constexpr, LAST: tl.constexpr):
+    # (R, T) -> (R,): x at the chunk's last step (LAST) or first. A thread holds runs of V consecutive
+    # steps, so the run ends are split out of its registers and only T // V candidates are compared; a
+    # select and an add on every element cost 17% of the forward's inner loop
+    G: tl.constexpr = T // V
+    y = x
+    if V >= 8:
+        y0, y1 = tl.split(tl.reshape(y, (R, G, 4, 2)))
+        y = y1 if LAST else y0
+    if V >= 4:
+        y0, y1 = tl.split(tl.reshape(y, (R, G, 2, 2)))
+        y = y1 if LAST else y0
+    if V >= 2:
+        y0, y1 = tl.split(tl.reshape(y, (R, G, 1, 2)))
+        y = y1 if LAST else y0
+    y = tl.reshape(y, (R, G))
+    return tl.sum(tl.where(tl.arange(0, G)[None, :] == (G - 1 if LAST else 0), y, 0.0), axis=1)
+
+
+@triton.jit
+def _flip(x, R: tl.constexpr, T: tl.constexpr):
+    # (R, T) reversed along T by a gather across lanes. A reverse associative_scan flips its inputs and
+    # output with ~5x the shuffles; this wins where a thread holds 4 steps (float32) and loses where
+    # it holds 8 (16-bit inputs), so the backward picks per dtype (GATHER_FLIP)
+    idx = (T - 1 - tl.arange(0, T))[None, :] + tl.zeros((R, T), dtype=tl.int32)
+    return tl.gather(x, idx, 1)
+
+
+@triton.jit
+def _delta(ptr, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    # Δ at ptr with its bias (and softplus); zero where masked, so a = 1 and b = 0 there
+    x = tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        x = x + bias[:, None]
+    if SOFTPLUS:
+        x = _softplus(x)
+    return tl.where(mask, x, 0.0)
+
+
+@triton.jit
+def _softplus(x):
+    return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))))
+
+
+@triton.jit
+def _fwd_kernel(
+    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
+    out_ptr, states_ptr, last_ptr,
+    d, n, L,
+    s_ub, s_ud, s_bb, s_bn,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
+    SOFTPLUS: tl.constexpr, SAVE_STATES: tl.constexpr, SAVE_T: tl.constexpr,
+    BLOCK_D: tl.constexpr, N: tl.constexpr, T: tl.constexpr, V: tl.constexpr,
+):
+    # time-parallel, state-serial: a (BLOCK_D, T) tile per state index, scanned along T
+    pid_b = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, N)
+    offs_t = tl.arange(0, T)
+    mask_d = offs_d < d
+    mask_dn = mask_d[:, None] & (offs_n < n)[None, :]
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    state_off = (pid_b * d + offs_d[:, None]) * n + offs_n[None, :]
+    if HAS_H0:
+        h = tl.load(h0_ptr + state_off, mask=mask_dn, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros((BLOCK_D, N), dtype=tl.float32)
+
+    n_chunks = (L + T - 1) // T
+    for c in range(0, n_chunks):
+        # the backward's chunks are SAVE_T long (a multiple of T): it restarts from these states
+        if SAVE_STATES and (c * T) % SAVE_T == 0:
+            saved = (c * T // SAVE_T) * (tl.num_programs(0) * d) + pid_b * d + offs_d[:, None]
+            tl.store(states_ptr + saved * n + offs_n[None, :], h, mask=mask_dn)
+        t = c * T + offs_t
+        mask_t = t < L
+        m_dt = mask_d[:, None] & mask_t[None, :]
+        x_off = pid_b * s_ub + offs_d[:, None] * s_ud + t[None, :]
+        u = tl.load(u_ptr + x_off, mask=m_dt, other=0.0).to(tl.float32)
+        dl = _delta(dl_ptr + x_off, m_dt, bias, HAS_BIAS, SOFTPLUS)  # past L the state passes through
+        dlu = dl * u
+        y = tl.zeros((BLOCK_D, T), dtype=tl.float32)
+        bc = pid_b * s_bb + t
+        A_n = tl.load(A_ptr + offs_d * n, mask=mask_d, other=0.0).to(tl.float32)
+        B_n = tl.load(B_ptr + bc, mask=mask_t, other=0.0).to(tl.float32)
+        C_n = tl.load(C_ptr + bc, mask=mask_t, other=0.0).to(tl.float32)
+        for i in range(0, n):
+            A_i, B_i, C_i = A_n, B_n, C_n
+            # the next state's inputs load while this one computes (Triton would wait for each load)
+            more = i + 1 < n
+            A_n = tl.load(A_ptr + offs_d * n + i + 1, mask=mask_d & more, other=0.0).to(tl.float32)
+            B_n = tl.load(B_ptr + bc + (i + 1) * s_bn, mask=mask_t & more, other=0.0).to(tl.float32)
+            C_n = tl.load(C_ptr + bc + (i + 1) * s_bn, mask=mask_t & more, other=0.0).to(tl.float32)
+            h_i = tl.sum(tl.where(offs_n[None, :] == i, h, 0.0), axis=1)
+            a = tl.exp2(dl * (A_i * LOG2E)[:, None])
+            b = dlu * B_i[None, :]
+            # the carried state enters at the first step, so the scan's b is the state itself
+            b = tl.where(offs_t[None, :] == 0, b + a * h_i[:, None], b)
+            _, hs = tl.associative_scan((a, b), 1, _affine)
+            y += hs * C_i[None, :]
+            h_last = _chunk_end(hs, BLOCK_D, T, V, True)
+            h = tl.where(offs_n[None, :] == i, h_last[:, None], h)
+        if HAS_D:
+            y += Dv[:, None] * u
+        if HAS_Z:
+            zz = tl.load(z_ptr + x_off, mask=m_dt, other=0.0).to(tl.float32)
+            y = y * zz * tl.sigmoid(zz)
+        tl.store(out_ptr + x_off, y.to(out_ptr.dtype.element_ty), mask=m_dt)
+    tl.store(last_ptr + state_off, h, mask=mask_dn)
+
+
+@triton.jit
+def _bwd_kernel(
+    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, dout_ptr, dlast_ptr,
+    du_ptr, ddl_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, g0_ptr,
+    d, n, L,
+    s_ub, s_ud, s_bb, s_bn,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DLAST: tl.constexpr,
+    SOFTPLUS: tl.constexpr, GATHER_FLIP: tl.constexpr,
+    BLOCK_D: tl.constexpr, N: tl.constexpr, T: tl.constexpr, V: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, N)
+    offs_t = tl.arange(0, T)
+    mask_d = offs_d < d
+    mask_dn = mask_d[:, None] & (offs_n < n)[None, :]
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    state_off = (pid_b * d + offs_d[:, None]) * n + offs_n[None, :]
+    # g after the last step: the last state's incoming gradient (carried through a = 1 past L - 1)
+    if HAS_DLAST:
+        g = tl.load(dlast_ptr + state_off, mask=mask_dn, other=0.0).to(tl.float32)
+    else:
+        g = tl.zeros((BLOCK_D, N), dtype=tl.float32)
+    dA_acc = tl.zeros((BLOCK_D, N), dtype=tl.float32)
+    dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+
+    n_chunks = (L + T - 1) // T
+    for cc in range(0, n_chunks):
+        c = n_chunks - 1 - cc
+        t = c * T + offs_t
+        mask_t = t < L
+        m_dt = mask_d[:, None] & mask_t[None, :]
+        x_off = pid_b * s_ub + offs_d[:, None] * s_ud + t[None, :]
+        # only what the state loop needs stays live through it; u, z, dout and the raw delta are read
+        # again after it (from cache), because holding them through it spilled registers
+        dl = _delta(dl_ptr + x_off, m_dt, bias, HAS_BIAS, SOFTPLUS)
+        m_next = mask_d[:, None] & (t + 1 < L)[None, :]
+        dl_next = _delta(dl_ptr + x_off + 1, m_next, bias, HAS_BIAS, SOFTPLUS)  # a = 1 from step L - 1 on
+        dlu = dl * tl.load(u_ptr + x_off, mask=m_dt, other=0.0).to(tl.float32)
+        dy = tl.load(dout_ptr + x_off, mask=m_dt, other=0.0).to(tl.float32)
+        if HAS_Z:
+            zz = tl.load(z_ptr + x_off, mask=m_dt, other=0.0).to(tl.float32)
+            dy = dy * zz * tl.sigmoid(zz)
+        y = tl.zeros((BLOCK_D, T), dtype=tl.float32)
+        gB = tl.zeros((BLOCK_D, T), dtype=tl.float32)  # sum over states of g_t B_t
+        gdecay = tl.zeros((BLOCK_D, T), dtype=tl.float32)  # sum over states of g_t a_t h_{t-1} A
+        bc = pid_b * s_bb + t
+        st = states_ptr + (c * (tl.num_programs(0) * d) + pid_b * d + offs_d) * n
+        A_n = tl.load(A_ptr + offs_d * n, mask=mask_d, other=0.0).to(tl.float32)
+        B_n = tl.load(B_ptr + bc, mask=mask_t, other=0.0).to(tl.float32)
+        C_n = tl.load(C_ptr + bc, mask=mask_t, other=0.0).to(tl.float32)
+        h_n = tl.load(st, mask=mask_d, other=0.0)
+        for i in range(0, n):
+            A_i, B_i, C_i, h_i = A_n, B_n, C_n, h_n
+            more = i + 1 < n
+            A_n = tl.load(A_ptr + offs_d * n + i + 1, mask=mask_d & more, other=0.0).to(tl.float32)
+            B_n = tl.load(B_ptr + bc + (i + 1) * s_bn, mask=mask_t & more, other=0.0).to(tl.float32)
+            C_n = tl.load(C_ptr + bc + (i + 1) * s_bn, mask=mask_t & more, other=0.0).to(tl.float32)
+            h_n = tl.load(st + i + 1, mask=mask_d & more, other=0.0)
+            # recompute the chunk's states
+            A2_i = A_i * LOG2E
+            a = tl.exp2(dl * A2_i[:, None])
+            b = dlu * B_i[None, :]
+            _, hs = tl.associative_scan((a, tl.where(offs_t[None, :] == 0, b + a * h_i[:, None], b)), 1, _affine)
+            y += hs * C_i[None, :]
+            tl.atomic_add(dC_ptr + bc + i * s_bn, tl.sum(dy * hs, axis=0), mask=mask_t, sem="relaxed")
+            # adjoint g_t = C_t dy_t + a_{t+1} g_{t+1}; the next chunk's g enters at the last step
+            g_i = tl.sum(tl.where(offs_n[None, :] == i, g, 0.0), axis=1)
+            a_next = tl.exp2(dl_next * A2_i[:, None])
+            r = C_i[None, :] * dy
+            r = tl.where(offs_t[None, :] == T - 1, r + a_next * g_i[:, None], r)
+            if GATHER_FLIP:
+                _, gs = tl.associative_scan((_flip(a_next, BLOCK_D, T), _flip(r, BLOCK_D, T)), 1, _affine)
+                gs = _flip(gs, BLOCK_D, T)
+            else:
+                _, gs = tl.associative_scan((a_next, r), 1, _affine, reverse=True)
+            g_first = _chunk_end(gs, BLOCK_D, T, V, False)
+            g = tl.where(offs_n[None, :] == i, g_first[:, None], g)
+            tl.atomic_add(dB_ptr + bc + i * s_bn, tl.sum(gs * dlu, axis=0), mask=mask_t, sem="relaxed")
+            gB += gs * B_i[None, :]
+            decay = gs * (hs - b)  # g_t a_t h_{t-1}
+            gdecay += decay * A_i[:, None]
+            dA_i = tl.sum(decay * dl, axis=1)
+            dA_acc = tl.where(offs_n[None, :] == i, dA_acc + dA_i[:, None], dA_acc)
+        u = tl.load(u_ptr + x_off, mask=m_dt, other=0.0).to(tl.float32)
+        du = gB * dl
+        ddl = gB * u + gdecay
+        if HAS_D:
+            y += Dv[:, None] * u
+            dD_acc += tl.sum(dy * u, axis=1)
+            du += dy * Dv[:, None]
+        if HAS_Z:
+            dout = tl.load(dout_ptr + x_off, mask=m_dt, other=0.0).to(tl.float32)
+            zz = tl.load(z_ptr + x_off, mask=m_dt, other=0.0).to(tl.float32)
+            sz = tl.sigmoid(zz)
+            tl.store(dz_ptr + x_off, (dout * y * sz * (1.0 + zz * (1.0 - sz))).to(dz_ptr.dtype.element_ty), mask=m_dt)
+        if SOFTPLUS:
+            ddl = ddl * tl.sigmoid(_delta(dl_ptr + x_off, m_dt, bias, HAS_BIAS, False))  # softplus'
+        ddl = tl.where(m_dt, ddl, 0.0)
+        dbias_acc += tl.sum(ddl, axis=1)
+        tl.store(du_ptr + x_off, du.to(du_ptr.dtype.element_ty), mask=m_dt)
+        tl.store(ddl_ptr + x_off, ddl.to(ddl_ptr.dtype.element_ty), mask=m_dt)
+
+    tl.store(g0_ptr + state_off, g, mask=mask_dn)
+    tl.atomic_add(dA_ptr + offs_d[:, None] * n + offs_n[None, :], dA_acc, mask=mask_dn, sem="relaxed")
+    if HAS_D:
+        tl.atomic_add(dD_ptr + offs_d, dD_acc, mask=mask_d, sem="relaxed")
+    if HAS_BIAS:
+        tl.atomic_add(dbias_ptr + offs_d, dbias_acc, mask=mask_d, sem="relaxed")

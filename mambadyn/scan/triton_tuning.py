@@ -1,0 +1,87 @@
+"""Launch shapes of the Triton scan: the tuned tables (from the sweeps in results/scan_gpu_sweeps.json),
+the choice by dtype and by how many rows fill the GPU, and the constexprs each kernel is compiled with."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import triton
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """One kernel's launch shape: ``block_d`` channels per program, ``chunk`` steps per parallel scan
+    (both powers of two), ``num_warps`` warps per program."""
+
+    block_d: int
+    chunk: int
+    num_warps: int
+
+
+# by input element size: the fastest of the sweeps in results/scan_gpu_sweeps.json (H100, batch 8,
+# d 1536, n 16). The backward has its own, because it holds more per element: wider programs spill
+FWD_TUNING = {2: Tuning(block_d=8, chunk=64, num_warps=1), 4: Tuning(block_d=4, chunk=128, num_warps=2)}
+BWD_TUNING = {2: Tuning(block_d=2, chunk=128, num_warps=1), 4: Tuning(block_d=2, chunk=128, num_warps=1)}
+# ... and the forward's where batch * d is too small for FWD_TUNING to fill the GPU, by rows (batch * d)
+# per SM: fewer, wider programs with more warps, and longer chunks when no backward needs the states
+# at 128-step intervals. Fastest in the few-rows sweeps of results/scan_gpu_sweeps.json (batch 1-4,
+# d 768-2560, L 2048, bf16): 1.3-3.8x faster than FWD_TUNING there (results/scan_gpu_small.json)
+FULL_ROWS_PER_SM = 80
+FWD_TUNING_MID_ROWS, MID_ROWS_PER_SM = Tuning(block_d=4, chunk=128, num_warps=1), 32
+FWD_TUNING_FEW_ROWS = {False: Tuning(block_d=2, chunk=512, num_warps=2),   # inference
+                       True: Tuning(block_d=2, chunk=128, num_warps=1)}    # training
+
+
+@functools.cache
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+@functools.lru_cache(maxsize=256)
+def _tunings(element_size: int, block_d=None, chunk=None, num_warps=None, bwd_block_d=None, bwd_chunk=None,
+             bwd_num_warps=None, rows: int | None = None, sms: int | None = None,
+             need_grad: bool = True) -> tuple[Tuning, Tuning]:
+    """The forward and backward launch shapes: the knobs given, the rest from the tables above.
+    ``rows`` (batch * d) and ``sms`` (the GPU's SM count), where known and no forward knob is given,
+    pick the forward for few rows."""
+    size = 2 if element_size <= 2 else 4
+    fwd = FWD_TUNING[size]
+    if (block_d, chunk, num_warps) == (None, None, None) and rows is not None and sms is not None:
+        if rows < MID_ROWS_PER_SM * sms:
+            fwd = FWD_TUNING_FEW_ROWS[need_grad]
+        elif rows < FULL_ROWS_PER_SM * sms:
+            fwd = FWD_TUNING_MID_ROWS
+    fwd = Tuning(int(block_d or fwd.block_d), int(chunk or fwd.chunk), int(num_warps or fwd.num_warps))
+    bwd = BWD_TUNING[size]
+    # the backward restarts from states the forward saves at its chunk starts, so its chunk is a multiple
+    bwd = Tuning(int(bwd_block_d or bwd.block_d), int(bwd_chunk or max(bwd.chunk, fwd.chunk)),
+                 int(bwd_num_warps or bwd.num_warps))
+    for name, v in (("block_d", fwd.block_d), ("chunk", fwd.chunk), ("bwd_block_d", bwd.block_d),
+                    ("bwd_chunk", bwd.chunk)):
+        if v < 1 or v & (v - 1):
+            raise ValueError(f"selective_scan_triton: {name} must be a power of two, got {v}")
+    if bwd.chunk < fwd.chunk:
+        raise ValueError(
+            f"selective_scan_triton: bwd_chunk ({bwd.chunk}) must be at least chunk ({fwd.chunk})")
+    return fwd, bwd
+
+
+def _run_length(element_size: int, chunk: int) -> int:
+    # the steps one thread holds: Triton loads 16 bytes per thread along time (a layout that differs only
+    # costs a layout conversion, never a wrong answer)
+    return min(16 // element_size, chunk)
+
+
+def _fwd_meta(fwd: Tuning, bwd: Tuning, element_size: int, n: int, save_states: bool) -> dict:
+    # the forward's launch-shape constexprs and num_warps (benchmarks/sass.py compiles with these too)
+    return dict(SAVE_STATES=save_states, SAVE_T=bwd.chunk, BLOCK_D=fwd.block_d, N=triton.next_power_of_2(n),
+                T=fwd.chunk, V=_run_length(element_size, fwd.chunk), num_warps=fwd.num_warps)
+
+
+def _bwd_meta(bwd: Tuning, element_size: int, n: int) -> dict:
+    # the backward's, likewise
+    V = _run_length(element_size, bwd.chunk)
+    return dict(GATHER_FLIP=V == 4, BLOCK_D=bwd.block_d, N=triton.next_power_of_2(n), T=bwd.chunk, V=V,
+                num_warps=bwd.num_warps)
