@@ -156,3 +156,52 @@ def test_auto_picks_triton_on_cuda():
 
     assert get_backend("auto", torch.zeros(1, 1, 1, device="cuda")).name == "triton"
     assert get_backend("auto", torch.zeros(1, 1, 1, device="cuda", dtype=torch.float64)).name != "triton"
+
+
+COMPILE_SCRIPT = """
+import os
+if os.environ.get("TRITON_INTERPRET") == "1":
+    from benchmarks.triton_interpret import enable; enable()
+import json
+import torch
+from mambadyn.nn import MambaConfig, MambaLM
+torch.manual_seed(0)
+device = "cuda" if torch.cuda.is_available() else "cpu"
+m = MambaLM(MambaConfig(vocab_size=20, d_model=16, n_layer=2, d_state=4, scan_backend="triton")).to(device)
+x = torch.randint(0, 20, (2, 9), device=device)
+explained = torch._dynamo.explain(m)(x)
+torch._dynamo.reset()
+compiled = torch.compile(m, backend="aot_eager", fullgraph=True)
+y = compiled(x)
+y.sum().backward()
+grads = [p.grad.clone() for p in m.parameters()]
+m.zero_grad()
+ref = m(x)
+ref.sum().backward()
+err = max([(y - ref).abs().max().item()] + [(g - p.grad).abs().max().item() for g, p in zip(grads, m.parameters())])
+g = torch.Generator().manual_seed(1)
+r = lambda *s: torch.randn(*s, generator=g).to(device)
+args = (r(1, 3, 6), r(1, 3, 6), -torch.rand(3, 4, generator=g).to(device), r(1, 4, 6), r(1, 4, 6), r(3), r(1, 3, 6),
+        r(3), r(1, 3, 4), True, [2, 8, 1], [2, 8, 1], True)
+torch.library.opcheck(torch.ops.mambadyn.triton_scan, args)
+print(json.dumps({"breaks": explained.graph_break_count, "graphs": explained.graph_count, "err": err}))
+"""
+
+
+def _compile_check(env):
+    proc = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["breaks"] == 0 and r["graphs"] == 1, r
+    assert r["err"] < 1e-5, r  # the compiled model computes what the eager one does, gradients included
+
+
+def test_torch_compile_runs_the_triton_scan_without_graph_breaks_in_the_interpreter():
+    """The scan is a custom op with a fake implementation under torch.compile: one graph, no break."""
+    _compile_check(INTERPRET_ENV)
+
+
+@cuda
+def test_torch_compile_runs_the_triton_scan_without_graph_breaks_on_cuda():
+    _compile_check({k: v for k, v in INTERPRET_ENV.items() if k != "TRITON_INTERPRET"})

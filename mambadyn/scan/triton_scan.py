@@ -6,6 +6,7 @@ are left to the PyTorch backends."""
 from __future__ import annotations
 
 import os
+from dataclasses import astuple
 
 import torch
 import triton
@@ -45,7 +46,49 @@ def _forward(u, delta, A, B, C, D, z, bias, h0, softplus: bool, fwd: Tuning, bwd
     return out, last, saved
 
 
+def _backward(dout, dlast, u, delta, A, B, C, D, z, bias, states, softplus: bool, bwd: Tuning):
+    """Launch the backward kernel on the forward's contiguous inputs and saved states. Returns du, ddelta,
+    dA, dB, dC, dD, dz, dbias (None where the input was None, in each input's dtype) and g0, the state
+    gradient before the first step (float32)."""
+    batch, d, L = u.shape
+    n = A.shape[1]
+    dout = torch.zeros_like(u) if dout is None else dout.contiguous()
+    du, ddelta = torch.empty_like(u), torch.empty_like(delta)
+    dz = torch.empty_like(z) if z is not None else None
+    f32 = dict(device=u.device, dtype=torch.float32)
+    # the atomically summed gradients start at zero; one buffer, because each allocation and fill
+    # costs CPU time that a short sequence's kernels do not hide
+    sums = torch.zeros(d * n + 2 * batch * n * L + 2 * d, **f32)
+    dA, dB, dC, dD, dbias = sums.split([d * n, batch * n * L, batch * n * L, d, d])
+    dA, dB, dC = dA.view(d, n), dB.view(batch, n, L), dC.view(batch, n, L)
+    dD = dD if D is not None else None
+    dbias = dbias if bias is not None else None
+    g0 = torch.empty(batch, d, n, **f32)
+    dlast = None if dlast is None else dlast.float().contiguous()
+    grid = (batch, triton.cdiv(d, bwd.block_d))
+    _bwd_kernel[grid](
+        u, delta, A, B, C, D, z, bias, states, dout, dlast,
+        du, ddelta, dz, dA, dB, dC, dD, dbias, g0, d, n, L,
+        u.stride(0), u.stride(1), B.stride(0), B.stride(1),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, HAS_DLAST=dlast is not None,
+        SOFTPLUS=softplus, **_bwd_meta(bwd, u.element_size(), n),
+    )
+    if B.dtype == C.dtype != torch.float32:  # one conversion for both: they sit side by side in sums
+        dB, dC = sums[d * n:d * n + 2 * batch * n * L].to(B.dtype).view(2, batch, n, L).unbind(0)
+    return (du, ddelta, _as(dA, A), _as(dB, B), _as(dC, C), None if D is None else _as(dD, D), dz,
+            None if bias is None else _as(dbias, bias), g0)
+
+
+def _initial_state_grad(g0, delta, A, bias, h0, softplus: bool):
+    # the state before step 0 reaches step 0's state through its decay exp(Δ_0 A)
+    dl0 = delta[:, :, 0].float() + (bias.float() if bias is not None else 0.0)
+    dl0 = torch.nn.functional.softplus(dl0) if softplus else dl0
+    return (torch.exp(dl0[..., None] * A.float()) * g0).to(h0.dtype)
+
+
 class _TritonScan(torch.autograd.Function):
+    """The eager path: autograd.Function costs less CPU per call than a custom op's dispatch."""
+
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, bias, h0, softplus, fwd, bwd):
         need_grad = any(ctx.needs_input_grad)
@@ -60,39 +103,77 @@ class _TritonScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, dlast):
         u, delta, A, B, C, D, z, bias, h0, states = ctx.saved_tensors
-        batch, d, L = u.shape
-        n = A.shape[1]
-        dout = torch.zeros_like(u) if dout is None else dout.contiguous()
-        du, ddelta = torch.empty_like(u), torch.empty_like(delta)
-        dz = torch.empty_like(z) if z is not None else None
-        f32 = dict(device=u.device, dtype=torch.float32)
-        # the atomically summed gradients start at zero; one buffer, because each allocation and fill
-        # costs CPU time that a short sequence's kernels do not hide
-        sums = torch.zeros(d * n + 2 * batch * n * L + 2 * d, **f32)
-        dA, dB, dC, dD, dbias = sums.split([d * n, batch * n * L, batch * n * L, d, d])
-        dA, dB, dC = dA.view(d, n), dB.view(batch, n, L), dC.view(batch, n, L)
-        dD = dD if D is not None else None
-        dbias = dbias if bias is not None else None
-        g0 = torch.empty(batch, d, n, **f32)
-        dlast = None if dlast is None else dlast.float().contiguous()
-        bwd = ctx.tuning
-        grid = (batch, triton.cdiv(d, bwd.block_d))
-        _bwd_kernel[grid](
-            u, delta, A, B, C, D, z, bias, states, dout, dlast,
-            du, ddelta, dz, dA, dB, dC, dD, dbias, g0, d, n, L,
-            u.stride(0), u.stride(1), B.stride(0), B.stride(1),
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, HAS_DLAST=dlast is not None,
-            SOFTPLUS=ctx.softplus, **_bwd_meta(bwd, u.element_size(), n),
-        )
-        dh0 = None
-        if h0 is not None and ctx.needs_input_grad[8]:
-            dl0 = delta[:, :, 0].float() + (bias.float() if bias is not None else 0.0)
-            dl0 = torch.nn.functional.softplus(dl0) if ctx.softplus else dl0
-            dh0 = (torch.exp(dl0[..., None] * A.float()) * g0).to(h0.dtype)
-        if B.dtype == C.dtype != torch.float32:  # one conversion for both: they sit side by side in sums
-            dB, dC = sums[d * n:d * n + 2 * batch * n * L].to(B.dtype).view(2, batch, n, L).unbind(0)
-        return (du, ddelta, _as(dA, A), _as(dB, B), _as(dC, C), None if D is None else _as(dD, D), dz,
-                None if bias is None else _as(dbias, bias), dh0, None, None, None)
+        *grads, g0 = _backward(dout, dlast, u, delta, A, B, C, D, z, bias, states, ctx.softplus, ctx.tuning)
+        dh0 = _initial_state_grad(g0, delta, A, bias, h0, ctx.softplus) \
+            if h0 is not None and ctx.needs_input_grad[8] else None
+        return (*grads, dh0, None, None, None)
+
+
+# The same launches as torch.library custom ops with fake implementations, for torch.compile: the compiled
+# graph sees one opaque node with known output shapes instead of a Python autograd.Function it must break at.
+# Optional inputs that are absent arrive as None; absent gradients leave as empty tensors (a custom op's
+# list output holds no None).
+
+@torch.library.custom_op("mambadyn::triton_scan", mutates_args=())
+def _scan_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+             D: torch.Tensor | None, z: torch.Tensor | None, bias: torch.Tensor | None, h0: torch.Tensor | None,
+             softplus: bool, fwd: list[int], bwd: list[int], save_states: bool
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> out (batch, d, L), the last state (batch, d, n) float32, the saved states (n_chunks, batch, d, n)
+    float32 (empty without ``save_states``)."""
+    out, last, saved = _forward(u, delta, A, B, C, D, z, bias, h0, softplus, Tuning(*fwd), Tuning(*bwd), save_states)
+    states = saved[-1] if save_states else u.new_empty(0, dtype=torch.float32)
+    return out, last, states
+
+
+@_scan_op.register_fake
+def _(u, delta, A, B, C, D, z, bias, h0, softplus, fwd, bwd, save_states):
+    batch, d, L = u.shape
+    n = A.shape[1]
+    f32 = dict(device=u.device, dtype=torch.float32)
+    states = u.new_empty(triton.cdiv(L, bwd[1]), batch, d, n, **f32) if save_states else u.new_empty(0, **f32)
+    # contiguous like the real outputs (the inputs are made contiguous before the launch)
+    return u.new_empty(u.shape), u.new_empty(batch, d, n, **f32), states
+
+
+@torch.library.custom_op("mambadyn::triton_scan_backward", mutates_args=())
+def _scan_backward_op(dout: torch.Tensor, dlast: torch.Tensor | None, u: torch.Tensor, delta: torch.Tensor,
+                      A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None,
+                      z: torch.Tensor | None, bias: torch.Tensor | None, states: torch.Tensor, softplus: bool,
+                      bwd: list[int]) -> list[torch.Tensor]:
+    """-> du, ddelta, dA, dB, dC, dD, dz, dbias (empty where the input is None), g0."""
+    u, delta, A, B, C = (t.contiguous() for t in (u, delta, A, B, C))
+    D, z, bias = (None if t is None else t.contiguous() for t in (D, z, bias))
+    grads = _backward(dout, dlast, u, delta, A, B, C, D, z, bias, states, softplus, Tuning(*bwd))
+    # the summed gradients are views of one buffer; a custom op's outputs may not share storage
+    return [u.new_empty(0) if g is None else (g.clone() if g._base is not None else g) for g in grads]
+
+
+@_scan_backward_op.register_fake
+def _(dout, dlast, u, delta, A, B, C, D, z, bias, states, softplus, bwd):
+    like = [u, delta, A, B, C, D, z, bias]
+    return ([u.new_empty(0) if t is None else t.new_empty(t.shape) for t in like]
+            + [u.new_empty(u.shape[0], u.shape[1], A.shape[1], dtype=torch.float32)])
+
+
+def _op_setup(ctx, inputs, output):
+    u, delta, A, B, C, D, z, bias, h0, softplus, fwd, bwd, save_states = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, z, bias, h0, output[2])
+    ctx.softplus, ctx.bwd = softplus, bwd
+
+
+def _op_backward(ctx, dout, dlast, _dstates):
+    u, delta, A, B, C, D, z, bias, h0, states = ctx.saved_tensors
+    if states.numel() == 0:
+        raise RuntimeError("the Triton scan ran without saving states (no grad was needed then)")
+    dout = torch.zeros_like(u) if dout is None else dout
+    *grads, g0 = _scan_backward_op(dout, dlast, u, delta, A, B, C, D, z, bias, states, ctx.softplus, ctx.bwd)
+    grads = [g if t is not None else None for g, t in zip(grads, (u, delta, A, B, C, D, z, bias))]
+    dh0 = _initial_state_grad(g0, delta, A, bias, h0, ctx.softplus) if h0 is not None else None
+    return (*grads, dh0, None, None, None, None)
+
+
+_scan_op.register_autograd(_op_backward, setup_context=_op_setup)
 
 
 def selective_scan_triton(
@@ -117,13 +198,20 @@ def selective_scan_triton(
     """The fused kernel, with ``selective_scan``'s contract (shapes there). The rest are tuning knobs
     (see ``Tuning``) for the forward and, with ``bwd_``, the backward kernel; None takes the tuned
     default for the input dtype (``FWD_TUNING``, ``BWD_TUNING``)."""
-    sms = _sm_count(u.device.index or 0) if u.is_cuda else None
+    compiling = torch.compiler.is_compiling()
+    # under dynamo the caches' wrapped functions (pure) are traced directly, as dynamo would anyway, without
+    # its warning about cache wrappers
+    sm_count, tunings = (_sm_count.__wrapped__, _tunings.__wrapped__) if compiling else (_sm_count, _tunings)
+    sms = sm_count(u.device.index or 0) if u.is_cuda else None
     need_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias, initial_state))
-    fwd, bwd = _tunings(u.element_size(), block_d, chunk, num_warps, bwd_block_d, bwd_chunk, bwd_num_warps,
+    fwd, bwd = tunings(u.element_size(), block_d, chunk, num_warps, bwd_block_d, bwd_chunk, bwd_num_warps,
                         rows=u.shape[0] * u.shape[1], sms=sms, need_grad=need_grad)
     softplus = bool(delta_softplus)
-    if need_grad:
+    if compiling:  # one graph node, no break (the eager paths below cost less per call)
+        out, last, _ = _scan_op(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, list(astuple(fwd)),
+                                list(astuple(bwd)), need_grad)
+    elif need_grad:
         out, last = _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, fwd, bwd)
     else:  # inference skips autograd's bookkeeping (~8 us of a short call's ~70 on the H100 host)
         out, last, _ = _forward(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, fwd, bwd, False)
