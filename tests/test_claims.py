@@ -232,5 +232,10 @@ def test_claim_verdicts_follow_the_rule(tmp_path):
     text = out.read_text()
     assert "How these were run." in text and "A note on (a)." in text
     assert "[mqar](mqar/report.md)" in text and "against the claim" in text
+    (tmp_path / "mqar" / "report.md").write_text("# MQAR\n")
+    write_claims(tmp_path, out)
+    write_claims(tmp_path, out)  # the verdict section is replaced, not appended again
+    report = (tmp_path / "mqar" / "report.md").read_text()
+    assert report.startswith("# MQAR") and report.count("## Verdicts") == 1 and "**not reproduced**" in report
     with pytest.raises(FileNotFoundError, match="none of the experiments"):
         write_claims(tmp_path / "fmnist_patches196", out)

@@ -139,6 +139,33 @@ CLAIMS = {
 }
 
 
+MARK = "<!-- verdicts: written by `mambadyn experiment claims` -->"
+
+
+def _mark_reports(results: Path, decided: dict, out: Path) -> None:
+    """Each experiment's report.md ends with the verdicts its comparisons feed (replaced on every run)."""
+    by_experiment: dict[str, list] = {}
+    for key, d in decided.items():
+        for r in d["rows"]:
+            by_experiment.setdefault(r["c"].experiment, []).append((key, d["verdict"], r))
+    for name, rows in by_experiment.items():
+        report = results / name / "report.md"
+        if not report.is_file():
+            continue
+        text = report.read_text().split(MARK)[0].rstrip()
+        link = os.path.relpath(out.resolve(), report.parent)
+        lines = [text, "", MARK, "## Verdicts", "", f"From [{out.name}]({link}), where each claim's comparisons are "
+                 "Holm-adjusted together:", ""]
+        for key in dict.fromkeys(k for k, _, _ in rows):
+            verdict = next(v for k, v, _ in rows if k == key)
+            lines.append(f"- Claim ({key}): *{CLAIMS[key]}* Verdict: **{verdict}**.")
+            for k, _, r in rows:
+                if k == key:
+                    lines.append(f"  - {r['c'].label}: {r['diff']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}], "
+                                 f"Holm p {r['p_holm']:.3g}")
+        report.write_text("\n".join(lines) + "\n")
+
+
 def read_notes(path: Path) -> dict[str, str]:
     """``notes.md`` split at its ``## key`` headings: the prose that goes with each claim (and ``preamble``)."""
     notes: dict[str, str] = {}
@@ -189,6 +216,7 @@ def write_claims(results: str | Path, out: str | Path) -> dict:
             lines += ["", notes[key].strip()]
     lines.append("")
     Path(out).write_text("\n".join(lines))
+    _mark_reports(results, decided, Path(out))
     return {k: {"verdict": d["verdict"], "comparisons": [
         {"label": r["c"].label, "n": r["n"], "diff": r["diff"], "ci95": [r["low"], r["high"]], "p": r["p"],
          "p_holm": r["p_holm"]} for r in d["rows"]]} for k, d in decided.items()}
