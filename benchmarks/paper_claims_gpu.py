@@ -9,7 +9,13 @@ measures seconds per step and start-up under that load; the experiment then gets
 its budget, the same for every arm and seed so that the comparisons stay paired. Per experiment the
 folder OUT/NAME.tar.gz holds results.json, report.md, the figures, and each run's config and metrics (not
 the weights); OUT/paper_claims_gpu.json records the calibration, the steps chosen, the wall time and the
-GPU-seconds spent. ``--data`` is a folder holding fashion-mnist/ and wikitext-2/{train,val,test}.txt.
+GPU-seconds spent. ``--data`` is a folder holding fashion-mnist/ and wikitext-2/{train,val,test}.txt; make it
+once, on the machine that has the datasets, with
+
+    python benchmarks/paper_claims_gpu.py --prepare ../shared/data --data .devdata
+
+(the WikiText-2 validation file trains, and its test file, cut at the article nearest its middle, gives
+a validation and a test half: the train split is not available offline).
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import argparse
 import json
 import math
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -199,17 +207,40 @@ def pack(exp: Experiment, out: Path) -> None:
             tar.add(log, arcname=f"{exp.name}/driver.log")
 
 
+def prepare(shared: Path, data: Path) -> None:
+    """Copy Fashion-MNIST and split the offline WikiText-2 files into train / val / test texts."""
+    shutil.copytree(shared / "fashion-mnist", data / "fashion-mnist", dirs_exist_ok=True)
+    src = shared / "wikitext-2-tokenized-valid-test"
+    test = (src / "test.txt").read_text(encoding="utf-8")
+    # articles begin with a top-level heading line " = Title = "
+    starts = [m.start() for m in re.finditer(r"^ = [^=].* = $", test, flags=re.M)]
+    if not starts:
+        raise SystemExit(f"{src / 'test.txt'} has no article headings; is it WikiText?")
+    mid = min(starts, key=lambda i: abs(i - len(test) / 2))
+    out = data / "wikitext-2"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train.txt").write_text((src / "valid.txt").read_text(encoding="utf-8"), encoding="utf-8")
+    (out / "val.txt").write_text(test[:mid], encoding="utf-8")
+    (out / "test.txt").write_text(test[mid:], encoding="utf-8")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", required=True)
+    ap.add_argument("--part", default="")
+    ap.add_argument("--prepare", default="", help="a folder of the shared datasets: write --data from it, then stop")
     ap.add_argument("--budget", type=float, default=480, help="seconds for the whole part")
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", default="", help="where the archives and the record go (with --part)")
     ap.add_argument("--data", default=".devdata")
     ap.add_argument("--gpus", type=int, default=None, help="default: every visible GPU")
     ap.add_argument("--only", default="", help="comma-separated experiment names (default: all of the part)")
     ap.add_argument("--set", action="append", default=[], help="an override for every experiment (a CPU dry run)")
     ap.add_argument("--seeds", default="", help="comma-separated seeds instead of 0..4 (a dry run)")
     args = ap.parse_args(argv)
+    if args.prepare:
+        prepare(Path(args.prepare), Path(args.data))
+        return 0
+    if not args.part or not args.out:
+        ap.error("give --part (lm-synthetic | reorder | final | synthetic) and --out, or --prepare")
     import torch
 
     out = Path(args.out)
