@@ -85,3 +85,25 @@ def test_torch_compile_traces_a_model_on_the_numba_scan_without_graph_breaks():
     torch.library.opcheck(torch.ops.mambadyn.numba_scan, (
         torch.randn(1, 2, 5), torch.randn(1, 2, 5), -torch.rand(2, 3), torch.randn(1, 5, 3), torch.randn(1, 5, 3),
         torch.randn(2), torch.randn(1, 2, 5), torch.randn(2), torch.zeros(1, 2, 3), True, True, True))
+
+
+def test_the_vectorizable_exp_matches_libm_and_keeps_nan_and_inf():
+    import numba
+    import numpy as np
+
+    from mambadyn.scan.numba_scan import exp_vec
+
+    @numba.njit
+    def run(x):
+        out = np.empty_like(x)
+        for i in range(x.size):
+            out[i] = exp_vec(x[i])
+        return out
+
+    x = np.concatenate([np.linspace(-87.0, 88.0, 200001), [-1e-30, 0.0, 1e-30]]).astype(np.float32)
+    ref = np.exp(x.astype(np.float64))
+    assert np.max(np.abs(run(x) - ref) / ref) < 2e-7
+    edge = run(np.array([np.nan, -np.inf, -200.0, -87.5, 89.0, np.inf], dtype=np.float32))
+    assert np.isnan(edge[0]) and np.all(edge[1:4] == 0) and np.all(np.isinf(edge[4:]))
+    x64 = np.linspace(-700, 700, 1001)
+    np.testing.assert_allclose(run(x64), np.exp(x64), rtol=1e-15)  # float64 keeps libm's exp
