@@ -210,18 +210,19 @@ def test_claim_verdicts_follow_the_rule(tmp_path):
     seeds = ["0", "1", "2", "3", "4"]
     noise = [0.001, -0.002, 0.0015, -0.0005, 0.0]
 
-    def arm(base, step=0.0):
-        return {s: base + step * i + n for i, (s, n) in enumerate(zip(seeds, noise))}
+    def arm(base, shift=0):  # the seeds' noise, rotated: each arm differs from the others seed by seed
+        return {s: base + noise[(i + shift) % len(noise)] for i, s in enumerate(seeds)}
 
-    modes = {"positive": arm(5.0), "mixed": arm(5.1), "negative": arm(5.3), "free": arm(5.2)}
+    modes = {"positive": arm(5.0), "mixed": arm(5.1, 1), "negative": arm(5.3, 2), "free": arm(5.2, 3)}
     _write(tmp_path, "lm_wikitext", {"modes": {m: {"test_loss_per_seed": v} for m, v in modes.items()}})
     # on a synthetic task the convergent mode wins clearly: against claim (b)
-    accs = {"positive": arm(0.4), "free": arm(0.4), "mixed": arm(0.4), "negative": arm(0.9)}
+    accs = {"positive": arm(0.4), "free": arm(0.4, 1), "mixed": arm(0.4, 2), "negative": arm(0.9, 3)}
     _write(tmp_path, "mqar", {"modes": {m: {"test_acc_per_seed": v} for m, v in accs.items()}})
     curves = {s: [[0.25, 0.5], [1.0, 0.8]] for s in seeds}
     _write(tmp_path, "fmnist_patches196", {"seq_len": 196, "variants": {
         "none": {"per_seed": arm(0.88), "curves": curves},
-        "soft": {"per_seed": {s: v + 0.003 * (-1) ** i for i, (s, v) in enumerate(arm(0.88).items())}, "curves": curves}}})
+        "soft": {"per_seed": {s: v + 0.003 * (-1) ** i for i, (s, v) in enumerate(arm(0.88, 2).items())},
+                 "curves": curves}}})
     (tmp_path / "notes.md").write_text("## preamble\nHow these were run.\n\n## a\nA note on (a).\n")
     out = tmp_path / "claims.md"
     decided = write_claims(tmp_path, out)
