@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..scan import selective_scan
+from ..scan.registry import get_backend
 from .config import MambaConfig
 
 
@@ -72,7 +73,8 @@ class MambaMixer(nn.Module):
         """hidden (batch, L, d_model) -> (batch, L, d_model) [, (conv_state, ssm_state)]."""
         L = hidden.shape[1]
         x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)
-        conv_state = F.pad(x, (self.d_conv - L, 0))[..., -self.d_conv :] if return_state else None
+        # contiguous: the decoding step updates it in place, in kernels that walk its last dimension
+        conv_state = F.pad(x, (self.d_conv - L, 0))[..., -self.d_conv :].contiguous() if return_state else None
         x = self.conv(x)
         perm = None
         if self.reorder is not None:
@@ -98,6 +100,16 @@ class MambaMixer(nn.Module):
         ssm (batch, d_inner, n)) is updated in place. Returns (batch, d_model)."""
         conv_state, ssm_state = state
         x, z = self.in_proj(hidden).chunk(2, dim=-1)
+        # one kernel per elementwise stage; only where the Triton scan is asked for by name, until the kernels
+        # have been measured on a GPU (``auto`` keeps the PyTorch step)
+        if self.scan_backend == "triton" and get_backend("triton", x[:, :, None]).name == "triton":
+            from ..scan.triton_step import conv_step, ssm_step
+
+            x = conv_step(x, conv_state, self.conv1d.weight, self.conv1d.bias)
+            dt, B, C = self.ssm_params(x[:, :, None])
+            y = ssm_step(x, dt[..., 0], self.A, B[..., 0], C[..., 0], self.D.float(), z, self.dt_proj.bias.float(),
+                         ssm_state)
+            return self.out_proj(y.to(hidden.dtype))
         conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
         conv_state[:, :, -1] = x
         x = (conv_state * self.conv1d.weight[:, 0, :]).sum(-1)
