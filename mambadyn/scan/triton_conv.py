@@ -1,0 +1,138 @@
+"""The mixer's causal depthwise convolution with SiLU, fused in Triton, forward and backward.
+
+    y[b, c, t] = silu(bias[c] + sum_j w[c, j] x[b, c, t - (K - 1) + j]),   x before t = 0 is zero
+
+PyTorch runs it as a padded conv1d (cuDNN), a slice that copies, and a SiLU. Here the forward is one kernel
+over (batch, channel block, time block) tiles. The backward is two: the first recomputes the
+pre-activation, writes its gradient g = ȳ silu'(pre) in float32, and adds the tile's partial sums of dw and
+dbias atomically; the second gathers dx[t] = sum_j w[c, j] g[t + K - 1 - j].
+
+``causal_conv1d_silu(x, weight, bias)``: x (batch, d, L) in any float dtype, weight (d, K) or (d, 1, K),
+bias (d,) or None -> (batch, d, L) in x's dtype, differentiable in all three. Not yet wired into the
+mixer: it waits for a GPU measurement against cuDNN (issue 15)."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _pre(x_rows, w_ptr, b_ptr, offs_d, offs_t, mask_d, L, K: tl.constexpr, BLOCK_D: tl.constexpr,
+         BLOCK_T: tl.constexpr, HAS_BIAS: tl.constexpr):
+    # the pre-activation on a (BLOCK_D, BLOCK_T) tile, in float32
+    acc = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
+    for j in tl.static_range(K):
+        src = offs_t - (K - 1) + j
+        xv = tl.load(x_rows + src[None, :], mask=mask_d[:, None] & (src[None, :] >= 0) & (src[None, :] < L),
+                     other=0.0)
+        wj = tl.load(w_ptr + offs_d * K + j, mask=mask_d, other=0.0).to(tl.float32)
+        acc += wj[:, None] * xv.to(tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[:, None]
+    return acc
+
+
+@triton.jit
+def _fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, d, L, stride_b, stride_d,
+                K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, HAS_BIAS: tl.constexpr):
+    pid_b = tl.program_id(0)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_t = tl.program_id(2) * BLOCK_T + tl.arange(0, BLOCK_T)
+    mask_d = offs_d < d
+    base = pid_b * stride_b + offs_d[:, None] * stride_d
+    pre = _pre(x_ptr + base, w_ptr, b_ptr, offs_d, offs_t, mask_d, L, K, BLOCK_D, BLOCK_T, HAS_BIAS)
+    y = pre * tl.sigmoid(pre)
+    tl.store(y_ptr + base + offs_t[None, :], y.to(y_ptr.dtype.element_ty), mask=mask_d[:, None] & (offs_t[None, :] < L))
+
+
+@triton.jit
+def _bwd_grad_kernel(x_ptr, w_ptr, b_ptr, gy_ptr, g_ptr, dw_ptr, db_ptr, d, L, stride_b, stride_d,
+                     K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, HAS_BIAS: tl.constexpr):
+    pid_b = tl.program_id(0)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_t = tl.program_id(2) * BLOCK_T + tl.arange(0, BLOCK_T)
+    mask_d = offs_d < d
+    mask = mask_d[:, None] & (offs_t[None, :] < L)
+    base = pid_b * stride_b + offs_d[:, None] * stride_d
+    pre = _pre(x_ptr + base, w_ptr, b_ptr, offs_d, offs_t, mask_d, L, K, BLOCK_D, BLOCK_T, HAS_BIAS)
+    s = tl.sigmoid(pre)
+    gy = tl.load(gy_ptr + base + offs_t[None, :], mask=mask, other=0.0).to(tl.float32)
+    g = tl.where(mask, gy * s * (1.0 + pre * (1.0 - s)), 0.0)
+    tl.store(g_ptr + base + offs_t[None, :], g, mask=mask)
+    for j in tl.static_range(K):
+        src = offs_t - (K - 1) + j
+        xv = tl.load(x_ptr + base + src[None, :], mask=mask_d[:, None] & (src[None, :] >= 0) & (src[None, :] < L),
+                     other=0.0).to(tl.float32)
+        tl.atomic_add(dw_ptr + offs_d * K + j, tl.sum(g * xv, axis=1), mask=mask_d, sem="relaxed")
+    if HAS_BIAS:
+        tl.atomic_add(db_ptr + offs_d, tl.sum(g, axis=1), mask=mask_d, sem="relaxed")
+
+
+@triton.jit
+def _bwd_dx_kernel(g_ptr, w_ptr, dx_ptr, d, L, stride_b, stride_d,
+                   K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr):
+    pid_b = tl.program_id(0)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_t = tl.program_id(2) * BLOCK_T + tl.arange(0, BLOCK_T)
+    mask_d = offs_d < d
+    base = pid_b * stride_b + offs_d[:, None] * stride_d
+    acc = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
+    for j in tl.static_range(K):
+        dst = offs_t + (K - 1) - j  # x[t] feeds the output at t + K - 1 - j through w[j]
+        gv = tl.load(g_ptr + base + dst[None, :], mask=mask_d[:, None] & (dst[None, :] < L), other=0.0)
+        wj = tl.load(w_ptr + offs_d * K + j, mask=mask_d, other=0.0).to(tl.float32)
+        acc += wj[:, None] * gv
+    tl.store(dx_ptr + base + offs_t[None, :], acc.to(dx_ptr.dtype.element_ty),
+             mask=mask_d[:, None] & (offs_t[None, :] < L))
+
+
+def _grid(batch: int, d: int, L: int, block_d: int, block_t: int) -> tuple[int, int, int]:
+    return batch, triton.cdiv(d, block_d), triton.cdiv(L, block_t)
+
+
+class _ConvSiLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, block_d, block_t):
+        batch, d, L = x.shape
+        y = torch.empty_like(x)
+        _fwd_kernel[_grid(batch, d, L, block_d, block_t)](
+            x, weight, bias, y, d, L, x.stride(0), x.stride(1), K=weight.shape[1], BLOCK_D=block_d,
+            BLOCK_T=block_t, HAS_BIAS=bias is not None)
+        ctx.save_for_backward(x, weight, bias)
+        ctx.blocks = block_d, block_t
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, weight, bias = ctx.saved_tensors
+        block_d, block_t = ctx.blocks
+        batch, d, L = x.shape
+        K = weight.shape[1]
+        gy = gy.contiguous()
+        g = torch.empty(x.shape, device=x.device, dtype=torch.float32)
+        dw = torch.zeros(d, K, device=x.device, dtype=torch.float32)
+        db = torch.zeros(d, device=x.device, dtype=torch.float32) if bias is not None else None
+        grid = _grid(batch, d, L, block_d, block_t)
+        _bwd_grad_kernel[grid](x, weight, bias, gy, g, dw, db, d, L, x.stride(0), x.stride(1), K=K,
+                               BLOCK_D=block_d, BLOCK_T=block_t, HAS_BIAS=bias is not None)
+        dx = torch.empty_like(x)
+        _bwd_dx_kernel[grid](g, weight, dx, d, L, x.stride(0), x.stride(1), K=K, BLOCK_D=block_d, BLOCK_T=block_t)
+        return dx, dw.to(weight.dtype), None if db is None else db.to(bias.dtype), None, None
+
+
+def causal_conv1d_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                       block_d: int = 16, block_t: int = 64) -> torch.Tensor:
+    """x (batch, d, L); weight (d, K) or (d, 1, K); bias (d,) or None -> silu(causal depthwise conv) (batch, d, L)."""
+    if x.dim() != 3:
+        raise ValueError(f"x must have shape (batch, d, L), got {tuple(x.shape)}")
+    d = x.shape[1]
+    shape = tuple(weight.shape)
+    w = weight.reshape(d, shape[-1]) if weight.dim() == 3 and shape[1] == 1 else weight
+    if w.dim() != 2 or w.shape[0] != d:
+        raise ValueError(f"weight must have shape (d, K) or (d, 1, K) with d = {d}, got {shape}")
+    if bias is not None and tuple(bias.shape) != (d,):
+        raise ValueError(f"bias must have shape ({d},), got {tuple(bias.shape)}")
+    y = _ConvSiLU.apply(x.contiguous(), w.contiguous(), None if bias is None else bias.contiguous(), block_d, block_t)
+    return y
