@@ -1,0 +1,105 @@
+"""RMSNorm fused with the residual add that precedes it, in Triton, forward and backward.
+
+A pre-norm stack computes, at each block's entry, r = x + residual (x: the previous mixer's output) and
+y = weight * r / sqrt(mean(r^2) + eps). In PyTorch that is an add, a cast, a square, a mean, an rsqrt and
+two products, each a pass over memory; here it is one kernel that reads x and the residual once and
+writes r (the next residual) and y. The backward is one kernel too:
+
+    r̂ = r * rstd,   dr = rstd * (w ȳ - r̂ mean(w ȳ r̂)) + r̄,   dw = sum over rows of ȳ r̂,
+
+where r̄ is the gradient reaching the residual output; x and the residual input both receive dr.
+
+``rms_norm_add(x, residual, weight, eps, residual_fp32)``: x (rows, D) or (..., D), residual the same shape
+or None, weight (D,) -> (y in x's dtype, r in float32 if ``residual_fp32`` else x's dtype). Not yet wired
+into the blocks: it waits for a GPU measurement (issue 15)."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _fwd_kernel(x_ptr, res_ptr, w_ptr, y_ptr, r_ptr, rstd_ptr, D, eps,
+                BLOCK: tl.constexpr, HAS_RES: tl.constexpr):
+    row = tl.program_id(0)
+    offs = tl.arange(0, BLOCK)
+    mask = offs < D
+    r = tl.load(x_ptr + row * D + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_RES:
+        r += tl.load(res_ptr + row * D + offs, mask=mask, other=0.0).to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.sum(r * r, axis=0) / D + eps)
+    w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(r_ptr + row * D + offs, r.to(r_ptr.dtype.element_ty), mask=mask)
+    tl.store(y_ptr + row * D + offs, (r * rstd * w).to(y_ptr.dtype.element_ty), mask=mask)
+    tl.store(rstd_ptr + row, rstd)
+
+
+@triton.jit
+def _bwd_kernel(r_ptr, w_ptr, rstd_ptr, dy_ptr, dr_out_ptr, dr_ptr, dw_ptr, rows, D,
+                BLOCK: tl.constexpr, ROWS: tl.constexpr, HAS_DR_OUT: tl.constexpr):
+    # ROWS rows per program: dw's partial sum stays in registers and is added once per program
+    offs = tl.arange(0, BLOCK)
+    mask = offs < D
+    w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    dw = tl.zeros((BLOCK,), dtype=tl.float32)
+    for i in range(ROWS):
+        row = tl.program_id(0) * ROWS + i
+        m = mask & (row < rows)
+        r = tl.load(r_ptr + row * D + offs, mask=m, other=0.0).to(tl.float32)
+        rstd = tl.load(rstd_ptr + row, mask=row < rows, other=0.0)
+        dy = tl.load(dy_ptr + row * D + offs, mask=m, other=0.0).to(tl.float32)
+        r_hat = r * rstd
+        wdy = w * dy
+        dr = rstd * (wdy - r_hat * (tl.sum(wdy * r_hat, axis=0) / D))
+        if HAS_DR_OUT:
+            dr += tl.load(dr_out_ptr + row * D + offs, mask=m, other=0.0).to(tl.float32)
+        tl.store(dr_ptr + row * D + offs, dr.to(dr_ptr.dtype.element_ty), mask=m)
+        dw += dy * r_hat
+    tl.atomic_add(dw_ptr + offs, dw, mask=mask, sem="relaxed")
+
+
+class _RMSNormAdd(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, residual, weight, eps, residual_fp32):
+        rows, D = x.shape
+        y = torch.empty_like(x)
+        r = torch.empty(rows, D, device=x.device, dtype=torch.float32 if residual_fp32 else x.dtype)
+        rstd = torch.empty(rows, device=x.device, dtype=torch.float32)
+        _fwd_kernel[(rows,)](x, residual, weight, y, r, rstd, D, eps, BLOCK=triton.next_power_of_2(D),
+                             HAS_RES=residual is not None)
+        ctx.save_for_backward(r, weight, rstd)
+        ctx.dtypes = x.dtype, None if residual is None else residual.dtype
+        ctx.set_materialize_grads(False)
+        return y, r
+
+    @staticmethod
+    def backward(ctx, dy, dr_out):
+        r, weight, rstd = ctx.saved_tensors
+        rows, D = r.shape
+        x_dtype, res_dtype = ctx.dtypes
+        dy = torch.zeros(rows, D, device=r.device, dtype=x_dtype) if dy is None else dy.contiguous()
+        dr = torch.empty(rows, D, device=r.device, dtype=torch.float32)
+        dw = torch.zeros(D, device=r.device, dtype=torch.float32)
+        per = 16
+        _bwd_kernel[(triton.cdiv(rows, per),)](r, weight, rstd, dy, None if dr_out is None else dr_out.contiguous(),
+                                               dr, dw, rows, D, BLOCK=triton.next_power_of_2(D), ROWS=per,
+                                               HAS_DR_OUT=dr_out is not None)
+        return dr.to(x_dtype), None if res_dtype is None else dr.to(res_dtype), dw.to(weight.dtype), None, None
+
+
+def rms_norm_add(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float = 1e-5,
+                 residual_fp32: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (..., D), residual the same shape or None, weight (D,) -> (weight * rmsnorm(x + residual) in x's
+    dtype, x + residual in float32 if ``residual_fp32`` else x's dtype), both (..., D)."""
+    D = x.shape[-1]
+    if tuple(weight.shape) != (D,):
+        raise ValueError(f"weight must have shape ({D},), got {tuple(weight.shape)}")
+    if residual is not None and residual.shape != x.shape:
+        raise ValueError(f"residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}")
+    lead = x.shape[:-1]
+    y, r = _RMSNormAdd.apply(x.reshape(-1, D).contiguous(),
+                             None if residual is None else residual.reshape(-1, D).contiguous(),
+                             weight.contiguous(), float(eps), bool(residual_fp32))
+    return y.reshape(*lead, D), r.reshape(*lead, D)

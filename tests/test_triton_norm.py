@@ -1,0 +1,79 @@
+"""RMSNorm fused with the residual add, in Triton, against float64 PyTorch, forward and every gradient
+(the residual output's gradient included): in the interpreter on CPU (a subprocess), compiled on CUDA."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+ROOT = Path(__file__).resolve().parents[1]
+INTERPRET_ENV = {**os.environ, "TRITON_INTERPRET": "1",
+                 "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+SCRIPT = """
+import os
+if os.environ.get("TRITON_INTERPRET") == "1":
+    from benchmarks.triton_interpret import enable; enable()
+import json
+import torch
+from mambadyn.scan.triton_norm import rms_norm_add
+dev = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
+g = torch.Generator().manual_seed(0)
+worst = {}
+# rows not a multiple of the 16 per program, D not a power of two, with and without a residual input
+for dtype in ("float32", "bfloat16"):
+    for shape, has_res, fp32 in (((3, 11, 24), True, True), ((37, 50), False, True), ((2, 5, 8), True, False)):
+        r64 = lambda: torch.randn(*shape, generator=g, dtype=torch.float64)
+        x64, res64, w64 = r64(), r64(), torch.randn(shape[-1], generator=g, dtype=torch.float64)
+        gy, gr = r64(), r64()
+        ref_in = [t.clone().requires_grad_(True) for t in (x64, res64, w64)]
+        rr = ref_in[0] + (ref_in[1] if has_res else 0)
+        yy = ref_in[2] * rr * torch.rsqrt(rr.pow(2).mean(-1, keepdim=True) + 1e-5)
+        (yy * gy).sum().add_((rr * gr).sum()).backward()
+        dt = getattr(torch, dtype)
+        ours = [x64.to(dev, dt), res64.to(dev, dt), w64.to(dev, torch.float32)]
+        ours = [t.requires_grad_(True) for t in ours]
+        y, r = rms_norm_add(ours[0], ours[1] if has_res else None, ours[2], 1e-5, residual_fp32=fp32)
+        (y.float() * gy.to(dev).float()).sum().add_((r.float() * gr.to(dev).float()).sum()).backward()
+        pairs = {"y": (y, yy), "r": (r, rr), "dx": (ours[0].grad, ref_in[0].grad), "dw": (ours[2].grad, ref_in[2].grad)}
+        if has_res:
+            pairs["dres"] = (ours[1].grad, ref_in[1].grad)
+        for name, (a, b) in pairs.items():
+            b = b.detach()
+            e = ((a.double().cpu() - b).abs().max() / b.abs().max()).item()
+            worst[f"{dtype}-{name}"] = max(worst.get(f"{dtype}-{name}", 0.0), e)
+print(json.dumps(worst))
+"""
+
+
+def _check(env):
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    worst = json.loads(proc.stdout.strip().splitlines()[-1])
+    for k, v in worst.items():
+        assert v < (3e-2 if k.startswith("bfloat16") else 1e-5), (k, v, worst)
+
+
+def test_rms_norm_add_matches_pytorch_in_the_interpreter():
+    _check(INTERPRET_ENV)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled kernels need CUDA")
+def test_rms_norm_add_matches_pytorch_on_cuda():
+    _check({k: v for k, v in INTERPRET_ENV.items() if k != "TRITON_INTERPRET"})
+
+
+def test_bad_shapes_are_named():
+    from mambadyn.scan.triton_norm import rms_norm_add
+
+    with pytest.raises(ValueError, match="weight must have shape"):
+        rms_norm_add(torch.zeros(2, 4), None, torch.zeros(3))
+    with pytest.raises(ValueError, match="residual must have"):
+        rms_norm_add(torch.zeros(2, 4), torch.zeros(2, 3), torch.zeros(4))
