@@ -83,8 +83,8 @@ def test_torch_compile_traces_a_model_on_the_numba_scan_without_graph_breaks():
     for g, p in zip(grads, m.parameters()):
         torch.testing.assert_close(g, p.grad)
     torch.library.opcheck(torch.ops.mambadyn.numba_scan, (
-        torch.randn(1, 2, 5), torch.randn(1, 2, 5), -torch.rand(2, 3), torch.randn(1, 5, 3), torch.randn(1, 5, 3),
-        torch.randn(2), torch.randn(1, 2, 5), torch.randn(2), torch.zeros(1, 2, 3), True, True, True))
+        torch.randn(1, 2, 5), torch.rand(1, 2, 5), -torch.rand(2, 3), torch.randn(1, 5, 3), torch.randn(1, 5, 3),
+        torch.randn(2), torch.zeros(1, 2, 3), True))
 
 
 def test_the_vectorizable_exp_matches_libm_and_keeps_nan_and_inf():

@@ -1,15 +1,19 @@
 """Fused selective scan on CPU, compiled by numba: the CPU default where numba imports.
 
-One pass over memory per (batch, channel) does everything: Δ's bias and softplus, the exp, the
-recurrence with a float32 state (float64 for float64 inputs), the C contraction, the D skip and the
-SiLU gate. The (batch, channel) pairs run in parallel on numba's threads, as many as torch uses.
+One pass over memory per (batch, channel) does the exp, the recurrence with a float32 state (float64 for
+float64 inputs), the C contraction and the D skip; the (batch, channel) pairs run in parallel on numba's
+threads, as many as torch uses. Δ's bias and softplus before it and the SiLU gate after it are torch's
+(vectorized) operations: inside the numba loop they were libm calls, one per (batch, channel, step), and
+took more than half of the forward.
 
 Forward and backward are ``torch.library`` custom ops with fake implementations, so ``torch.compile``
-traces a mixer on this backend without a graph break. Backward: the forward keeps the state every ``SAVE`` steps. The backward walks each channel's chunks in
+traces a mixer on this backend without a graph break.
+
+Backward: the forward keeps the state every ``SAVE`` steps. The backward walks each channel's chunks in
 reverse, recomputes a chunk's states and decays from its saved state into a small local buffer, and
 runs the adjoint recurrence through it. dB and dC sum over channels, so each thread writes a partial
-sum for its group of channels, and torch adds the groups at the end. The same holds for dA, dD and
-Δ's bias over the batch. Without grad, the forward saves nothing.
+sum for its group of channels, and torch adds the groups at the end. The same holds for dA and dD over
+the batch. Without grad, the forward saves nothing.
 
 numba's default threading layer must not be entered from two Python threads at once; mambadyn runs
 parallel work (experiment grids) in processes.
@@ -82,18 +86,8 @@ def _exp_vec(x):
     return impl
 
 
-@njit(inline="always")
-def _softplus(x):
-    return x if x > 20.0 else math.log1p(math.exp(x))
-
-
-@njit(inline="always")
-def _sigmoid(x):
-    return 1.0 / (1.0 + math.exp(-x))
-
-
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _forward(u, delta, bias, A, Bt, Ct, D, z, h0, softplus, has_z, save, out, h_last, saved):  # pragma: no cover
+def _forward(u, dt, A, Bt, Ct, D, h0, save, out, h_last, saved):  # pragma: no cover
     b, d, L = u.shape
     n = A.shape[1]
     for job in prange(b * d):
@@ -102,25 +96,20 @@ def _forward(u, delta, bias, A, Bt, Ct, D, z, h0, softplus, has_z, save, out, h_
         for t in range(L):
             if save > 0 and t % save == 0:
                 saved[i, c, t // save] = h
-            x = delta[i, c, t] + bias[c]
-            dt = _softplus(x) if softplus else x
+            dtt = dt[i, c, t]
             ut = u[i, c, t]
-            du = dt * ut
+            du = dtt * ut
             acc = 0.0
             for k in range(n):
-                h[k] = exp_vec(dt * A[c, k]) * h[k] + du * Bt[i, t, k]
+                h[k] = exp_vec(dtt * A[c, k]) * h[k] + du * Bt[i, t, k]
                 acc += h[k] * Ct[i, t, k]
-            y = acc + D[c] * ut
-            if has_z:
-                zt = z[i, c, t]
-                y = y * zt * _sigmoid(zt)
-            out[i, c, t] = y
+            out[i, c, t] = acc + D[c] * ut
         h_last[i, c] = h
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _backward(u, delta, bias, A, Bt, Ct, D, z, softplus, has_z, save, saved, gout, gh_last, groups,
-              gu, gdelta, gz, gA, gD, gbias, gB, gC, gh0):  # pragma: no cover
+def _backward(u, dt, A, Bt, Ct, D, save, saved, gout, gh_last, groups, gu, gdt_out, gA, gD, gB, gC,
+              gh0):  # pragma: no cover
     b, d, L = u.shape
     n = A.shape[1]
     per = (d + groups - 1) // groups
@@ -129,59 +118,41 @@ def _backward(u, delta, bias, A, Bt, Ct, D, z, softplus, has_z, save, saved, gou
         i, grp = job // groups, job % groups
         hs = np.empty((save + 1, n), dtype=saved.dtype)
         a = np.empty((save, n), dtype=saved.dtype)
-        dts = np.empty(save, dtype=saved.dtype)
         for c in range(grp * per, min(d, (grp + 1) * per)):
             g = gh_last[i, c].copy()
             sD = 0.0
-            sbias = 0.0
             for ch in range(n_chunks - 1, -1, -1):
                 s = ch * save
                 e = min(s + save, L)
                 hs[0] = saved[i, c, ch]
                 for t in range(s, e):  # recompute the chunk's decays and states
-                    x = delta[i, c, t] + bias[c]
-                    dt = _softplus(x) if softplus else x
-                    dts[t - s] = dt
-                    du = dt * u[i, c, t]
+                    dtt = dt[i, c, t]
+                    du = dtt * u[i, c, t]
                     for k in range(n):
-                        a[t - s, k] = exp_vec(dt * A[c, k])
+                        a[t - s, k] = exp_vec(dtt * A[c, k])
                         hs[t - s + 1, k] = a[t - s, k] * hs[t - s, k] + du * Bt[i, t, k]
                 for t in range(e - 1, s - 1, -1):
                     r = t - s
-                    dt = dts[r]
+                    dtt = dt[i, c, t]
                     ut = u[i, c, t]
-                    go = gout[i, c, t]
-                    if has_z:
-                        zt = z[i, c, t]
-                        sg = _sigmoid(zt)
-                        core = D[c] * ut
-                        for k in range(n):
-                            core += hs[r + 1, k] * Ct[i, t, k]
-                        gz[i, c, t] = go * core * sg * (1.0 + zt * (1.0 - sg))
-                        gy = go * zt * sg
-                    else:
-                        gy = go
+                    gy = gout[i, c, t]
                     sD += gy * ut
                     gut = gy * D[c]
-                    du = dt * ut
+                    du = dtt * ut
                     gdt = 0.0
                     for k in range(n):
                         g[k] += gy * Ct[i, t, k]
                         gC[grp, i, t, k] += gy * hs[r + 1, k]
                         gB[grp, i, t, k] += g[k] * du
-                        gut += g[k] * dt * Bt[i, t, k]
+                        gut += g[k] * dtt * Bt[i, t, k]
                         gda = g[k] * a[r, k] * hs[r, k]  # ∂loss/∂(Δ_t A_k)
                         gdt += gda * A[c, k] + g[k] * Bt[i, t, k] * ut
-                        gA[i, c, k] += gda * dt
+                        gA[i, c, k] += gda * dtt
                         g[k] *= a[r, k]
-                    if softplus:
-                        gdt *= _sigmoid(delta[i, c, t] + bias[c])
                     gu[i, c, t] = gut
-                    gdelta[i, c, t] = gdt
-                    sbias += gdt
+                    gdt_out[i, c, t] = gdt
             gh0[i, c] = g
             gD[i, c] = sD
-            gbias[i, c] = sbias
 
 
 def _threads() -> int:
@@ -191,24 +162,23 @@ def _threads() -> int:
 # Two torch.library custom ops, with fake implementations and an autograd formula: eager mode and
 # torch.compile run the same code, and dynamo traces a mixer without a graph break.
 @torch.library.custom_op("mambadyn::numba_scan", mutates_args=())
-def _scan_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bt: torch.Tensor, Ct: torch.Tensor,
-             D: torch.Tensor, z: torch.Tensor, bias: torch.Tensor, h0: torch.Tensor, softplus: bool,
-             has_z: bool, grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Bt, Ct: B and C time-major, (b, L, n) contiguous. -> out (b, d, L), last state (b, d, n), states
-    every SAVE steps for the backward (b, d, k, n)."""
+def _scan_op(u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, Bt: torch.Tensor, Ct: torch.Tensor,
+             D: torch.Tensor, h0: torch.Tensor, grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dt: Δ itself (bias added, softplus applied); Bt, Ct: B and C time-major, (b, L, n) contiguous.
+    -> y = C·h + D u (b, d, L), last state (b, d, n), states every SAVE steps for the backward (b, d, k, n)."""
     numba.set_num_threads(_threads())
     b, d, L = u.shape
     n = A.shape[1]
     out = torch.empty_like(u)
     h_last = torch.empty(b, d, n, dtype=u.dtype)
     saved = torch.empty(b, d, (L + SAVE - 1) // SAVE if grad else 0, n, dtype=u.dtype)
-    _forward(u.numpy(), delta.numpy(), bias.numpy(), A.numpy(), Bt.numpy(), Ct.numpy(), D.numpy(), z.numpy(),
-             h0.numpy(), softplus, has_z, SAVE if grad else 0, out.numpy(), h_last.numpy(), saved.numpy())
+    _forward(u.numpy(), dt.numpy(), A.numpy(), Bt.numpy(), Ct.numpy(), D.numpy(), h0.numpy(), SAVE if grad else 0,
+             out.numpy(), h_last.numpy(), saved.numpy())
     return out, h_last, saved
 
 
 @_scan_op.register_fake
-def _(u, delta, A, Bt, Ct, D, z, bias, h0, softplus, has_z, grad):
+def _(u, dt, A, Bt, Ct, D, h0, grad):
     b, d, L = u.shape
     n = A.shape[1]
     return (torch.empty_like(u), u.new_empty(b, d, n),
@@ -216,48 +186,44 @@ def _(u, delta, A, Bt, Ct, D, z, bias, h0, softplus, has_z, grad):
 
 
 @torch.library.custom_op("mambadyn::numba_scan_backward", mutates_args=())
-def _scan_backward_op(gout: torch.Tensor, gh_last: torch.Tensor, u: torch.Tensor, delta: torch.Tensor,
-                      A: torch.Tensor, Bt: torch.Tensor, Ct: torch.Tensor, D: torch.Tensor, z: torch.Tensor,
-                      bias: torch.Tensor, saved: torch.Tensor, softplus: bool, has_z: bool) -> list[torch.Tensor]:
-    """-> the gradients of u, delta, A, Bt, Ct, D, z, bias, h0."""
+def _scan_backward_op(gout: torch.Tensor, gh_last: torch.Tensor, u: torch.Tensor, dt: torch.Tensor,
+                      A: torch.Tensor, Bt: torch.Tensor, Ct: torch.Tensor, D: torch.Tensor,
+                      saved: torch.Tensor) -> list[torch.Tensor]:
+    """-> the gradients of u, dt, A, Bt, Ct, D, h0."""
     numba.set_num_threads(_threads())
     b, d, L = u.shape
     n = A.shape[1]
     groups = max(1, min(d, -(-_threads() // b)))  # enough jobs for every thread
     gout, gh_last = gout.to(u.dtype).contiguous(), gh_last.to(u.dtype).contiguous()
-    gu, gdelta, gz = torch.empty_like(u), torch.empty_like(u), torch.zeros_like(z)
+    gu, gdt = torch.empty_like(u), torch.empty_like(u)
     gA = torch.zeros(b, d, n, dtype=u.dtype)
-    gD, gbias = torch.empty(b, d, dtype=u.dtype), torch.empty(b, d, dtype=u.dtype)
+    gD = torch.empty(b, d, dtype=u.dtype)
     gB = torch.zeros(groups, b, L, n, dtype=u.dtype)
     gC = torch.zeros(groups, b, L, n, dtype=u.dtype)
     gh0 = torch.empty(b, d, n, dtype=u.dtype)
-    _backward(u.numpy(), delta.numpy(), bias.numpy(), A.numpy(), Bt.numpy(), Ct.numpy(), D.numpy(), z.numpy(),
-              softplus, has_z, SAVE, saved.numpy(), gout.numpy(), gh_last.numpy(), groups,
-              gu.numpy(), gdelta.numpy(), gz.numpy(), gA.numpy(), gD.numpy(), gbias.numpy(), gB.numpy(),
+    _backward(u.numpy(), dt.numpy(), A.numpy(), Bt.numpy(), Ct.numpy(), D.numpy(), SAVE, saved.numpy(),
+              gout.numpy(), gh_last.numpy(), groups, gu.numpy(), gdt.numpy(), gA.numpy(), gD.numpy(), gB.numpy(),
               gC.numpy(), gh0.numpy())
-    return [gu, gdelta, gA.sum(0), gB.sum(0), gC.sum(0), gD.sum(0), gz, gbias.sum(0), gh0]
+    return [gu, gdt, gA.sum(0), gB.sum(0), gC.sum(0), gD.sum(0), gh0]
 
 
 @_scan_backward_op.register_fake
-def _(gout, gh_last, u, delta, A, Bt, Ct, D, z, bias, saved, softplus, has_z):
-    return [torch.empty_like(t) for t in (u, delta, A, Bt, Ct, D, z, bias)] + [u.new_empty(u.shape[0], u.shape[1],
-                                                                                        A.shape[1])]
+def _(gout, gh_last, u, dt, A, Bt, Ct, D, saved):
+    return [torch.empty_like(t) for t in (u, dt, A, Bt, Ct, D)] + [u.new_empty(u.shape[0], u.shape[1], A.shape[1])]
 
 
 def _setup(ctx, inputs, output):
-    u, delta, A, Bt, Ct, D, z, bias, h0, softplus, has_z, grad = inputs
-    ctx.save_for_backward(u, delta, A, Bt, Ct, D, z, bias, output[2])
-    ctx.softplus, ctx.has_z = softplus, has_z
+    u, dt, A, Bt, Ct, D, h0, grad = inputs
+    ctx.save_for_backward(u, dt, A, Bt, Ct, D, output[2])
 
 
 def _scan_backward(ctx, gout, gh_last, _gsaved):
-    u, delta, A, Bt, Ct, D, z, bias, saved = ctx.saved_tensors
+    u, dt, A, Bt, Ct, D, saved = ctx.saved_tensors
     if saved.shape[2] == 0:
         raise RuntimeError("the numba scan ran without saving states (no grad was needed then)")
     gout = torch.zeros_like(u) if gout is None else gout
     gh_last = u.new_zeros(u.shape[0], u.shape[1], A.shape[1]) if gh_last is None else gh_last
-    grads = _scan_backward_op(gout, gh_last, u, delta, A, Bt, Ct, D, z, bias, saved, ctx.softplus, ctx.has_z)
-    return (*grads[:6], grads[6] if ctx.has_z else None, grads[7], grads[8], None, None, None)
+    return (*_scan_backward_op(gout, gh_last, u, dt, A, Bt, Ct, D, saved), None)
 
 
 _scan_op.register_autograd(_scan_backward, setup_context=_setup)
@@ -284,16 +250,20 @@ def selective_scan_numba(
     def prep(t):
         return t.to(dt).contiguous()
 
-    zeros_d = u.new_zeros(d, dtype=dt)
     # inference (no grad) takes the forward-only path: no saved states
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                            for t in (u, delta, A, B, C, D, z, delta_bias, initial_state))
     h0 = u.new_zeros(batch, d, n, dtype=dt) if initial_state is None else prep(initial_state)
-    zz = prep(z) if z is not None else u.new_empty(batch, d, 0, dtype=dt)  # contiguous: one compiled layout
+    # Δ's bias and softplus and the SiLU gate run in torch around the kernel (see the module docstring);
+    # autograd chains them
+    delta = prep(delta) if delta_bias is None else prep(delta) + prep(delta_bias)[:, None]
+    if delta_softplus:
+        delta = torch.nn.functional.softplus(delta)
     out, h_last, _ = _scan_op(
-        prep(u), prep(delta), prep(A), prep(B.transpose(1, 2)), prep(C.transpose(1, 2)),  # time-major, once
-        zeros_d if D is None else prep(D), zz,
-        zeros_d if delta_bias is None else prep(delta_bias), h0, bool(delta_softplus), z is not None, grad)
+        prep(u), delta.contiguous(), prep(A), prep(B.transpose(1, 2)), prep(C.transpose(1, 2)),  # time-major, once
+        u.new_zeros(d, dtype=dt) if D is None else prep(D), h0, grad)
+    if z is not None:
+        out = out * torch.nn.functional.silu(prep(z))
     out = out.to(u.dtype)
     return (out, h_last) if return_last_state else out
 
