@@ -3,11 +3,16 @@
 
 Triton 3.6's interpreter turns scalar tensors into Python ints with ``int(array)``, which NumPy >= 2.4
 refuses for the 1-element arrays it uses; this wraps that one conversion. Import it before the
-kernels, with TRITON_INTERPRET=1 already set."""
+kernels, with TRITON_INTERPRET=1 already set. ``run_script`` runs a test's script in a fresh process,
+interpreted or compiled."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 
 def enable() -> None:
@@ -24,3 +29,25 @@ def enable() -> None:
 
     interpreter._patch_lang_tensor = patched
     interpreter._mambadyn_patched = True
+
+
+ROOT = Path(__file__).resolve().parents[1]
+_PRELUDE = ("import os\n"
+            "if os.environ.get('TRITON_INTERPRET') == '1':\n"
+            "    from benchmarks.triton_interpret import enable; enable()\n")
+
+
+def run_script(script: str, interpret: bool, args: tuple[str, ...] = (), timeout: float = 900):
+    """Run ``script`` in a fresh Python with the repository on its path, in Triton's interpreter if
+    ``interpret`` (it must be on before triton compiles anything, hence the fresh process), and return the
+    JSON its last printed line holds. A failure raises with the end of its stderr."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    if interpret:
+        env["TRITON_INTERPRET"] = "1"
+    else:
+        env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.run([sys.executable, "-c", _PRELUDE + script, *args], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"the script failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -1,25 +1,14 @@
 """The fused causal conv + SiLU in Triton against PyTorch's conv1d in float64, forward and every gradient:
 in Triton's interpreter on CPU (a subprocess), compiled on CUDA."""
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 pytest.importorskip("triton")
 
-ROOT = Path(__file__).resolve().parents[1]
-INTERPRET_ENV = {**os.environ, "TRITON_INTERPRET": "1",
-                 "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+from benchmarks.triton_interpret import run_script  # noqa: E402
 
 SCRIPT = """
-import os
-if os.environ.get("TRITON_INTERPRET") == "1":
-    from benchmarks.triton_interpret import enable; enable()
 import json
 import torch
 import torch.nn.functional as F
@@ -51,22 +40,19 @@ print(json.dumps(worst))
 """
 
 
-def _check(env):
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, cwd=ROOT,
-                          timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    worst = json.loads(proc.stdout.strip().splitlines()[-1])
+def _check(interpret: bool):
+    worst = run_script(SCRIPT, interpret)
     for k, v in worst.items():
         assert v < (3e-2 if k.startswith("bfloat16") else 1e-5), (k, v, worst)
 
 
 def test_fused_conv_silu_matches_conv1d_in_the_interpreter():
-    _check(INTERPRET_ENV)
+    _check(interpret=True)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled kernels need CUDA")
 def test_fused_conv_silu_matches_conv1d_on_cuda():
-    _check({k: v for k, v in INTERPRET_ENV.items() if k != "TRITON_INTERPRET"})
+    _check(interpret=False)
 
 
 def test_bad_shapes_are_named():

@@ -5,11 +5,7 @@ switched on before triton compiles anything); with CUDA they run compiled, on ma
 the allocator poisoned so unwritten output elements show up as NaN."""
 
 import json
-import os
-import subprocess
-import sys
 from dataclasses import asdict
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,9 +15,7 @@ from mambadyn.scan.verify import Case, compare_with_reference
 
 pytest.importorskip("triton")
 
-ROOT = Path(__file__).resolve().parents[1]  # the interpreter patch lives in benchmarks/, outside the package
-INTERPRET_ENV = {**os.environ, "TRITON_INTERPRET": "1",
-                 "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+from benchmarks.triton_interpret import run_script  # noqa: E402  (developer tools live outside the package)
 
 INTERPRETED = [
     Case(2, 5, 37, 4, initial_state=True, last_state=True),      # L not a multiple of the chunk
@@ -31,7 +25,6 @@ INTERPRETED = [
 ]
 
 SCRIPT = """
-from benchmarks.triton_interpret import enable; enable()
 import json, sys
 from mambadyn.scan.verify import Case, compare_with_reference
 cases = [Case(**c) for c in json.loads(sys.argv[1])]
@@ -48,10 +41,7 @@ def assert_close(result):
 
 
 def test_kernel_matches_reference_in_the_interpreter():
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps([asdict(c) for c in INTERPRETED])],
-                          capture_output=True, text=True, env=INTERPRET_ENV, cwd=ROOT, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    for result in json.loads(proc.stdout.strip().splitlines()[-1]):
+    for result in run_script(SCRIPT, interpret=True, args=(json.dumps([asdict(c) for c in INTERPRETED]),)):
         assert_close(result)
 
 
@@ -91,7 +81,6 @@ def test_few_rows_take_their_own_forward():
 
 
 UNUSED_OUTPUT_SCRIPT = """
-from benchmarks.triton_interpret import enable; enable()
 import json
 import torch
 from mambadyn.scan import selective_scan
@@ -119,10 +108,7 @@ print(json.dumps(worst))
 
 
 def test_an_unused_output_needs_no_gradient_in_the_interpreter():
-    proc = subprocess.run([sys.executable, "-c", UNUSED_OUTPUT_SCRIPT], capture_output=True, text=True,
-                          env=INTERPRET_ENV, cwd=ROOT, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    worst = json.loads(proc.stdout.strip().splitlines()[-1])
+    worst = run_script(UNUSED_OUTPUT_SCRIPT, interpret=True)
     assert worst["out"] < 2e-3 and worst["last"] < 2e-3, worst
 
 
@@ -159,9 +145,6 @@ def test_auto_picks_triton_on_cuda():
 
 
 COMPILE_SCRIPT = """
-import os
-if os.environ.get("TRITON_INTERPRET") == "1":
-    from benchmarks.triton_interpret import enable; enable()
 import json
 import torch
 from mambadyn.nn import MambaConfig, MambaLM
@@ -188,20 +171,17 @@ print(json.dumps({"breaks": explained.graph_break_count, "graphs": explained.gra
 """
 
 
-def _compile_check(env):
-    proc = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT], capture_output=True, text=True, env=env, cwd=ROOT,
-                          timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
+def _compile_check(interpret: bool):
+    r = run_script(COMPILE_SCRIPT, interpret)
     assert r["breaks"] == 0 and r["graphs"] == 1, r
     assert r["err"] < 1e-5, r  # the compiled model computes what the eager one does, gradients included
 
 
 def test_torch_compile_runs_the_triton_scan_without_graph_breaks_in_the_interpreter():
     """The scan is a custom op with a fake implementation under torch.compile: one graph, no break."""
-    _compile_check(INTERPRET_ENV)
+    _compile_check(interpret=True)
 
 
 @cuda
 def test_torch_compile_runs_the_triton_scan_without_graph_breaks_on_cuda():
-    _compile_check({k: v for k, v in INTERPRET_ENV.items() if k != "TRITON_INTERPRET"})
+    _compile_check(interpret=False)
