@@ -147,27 +147,19 @@ def test_auto_picks_triton_on_cuda():
 COMPILE_SCRIPT = """
 import json
 import torch
+from benchmarks.compile_check import compile_and_compare
 from mambadyn.nn import MambaConfig, MambaLM
 torch.manual_seed(0)
 device = "cuda" if torch.cuda.is_available() else "cpu"
 m = MambaLM(MambaConfig(vocab_size=20, d_model=16, n_layer=2, d_state=4, scan_backend="triton")).to(device)
 x = torch.randint(0, 20, (2, 9), device=device)
-explained = torch._dynamo.explain(m)(x)
-torch._dynamo.reset()
-compiled = torch.compile(m, backend="aot_eager", fullgraph=True)
-y = compiled(x)
-y.sum().backward()
-grads = [p.grad.clone() for p in m.parameters()]
-m.zero_grad()
-ref = m(x)
-ref.sum().backward()
-err = max([(y - ref).abs().max().item()] + [(g - p.grad).abs().max().item() for g, p in zip(grads, m.parameters())])
+result = compile_and_compare(m, x)
 g = torch.Generator().manual_seed(1)
 r = lambda *s: torch.randn(*s, generator=g).to(device)
 args = (r(1, 3, 6), r(1, 3, 6), -torch.rand(3, 4, generator=g).to(device), r(1, 4, 6), r(1, 4, 6), r(3), r(1, 3, 6),
         r(3), r(1, 3, 4), True, [2, 8, 1], [2, 8, 1], True)
 torch.library.opcheck(torch.ops.mambadyn.triton_scan, args)
-print(json.dumps({"breaks": explained.graph_break_count, "graphs": explained.graph_count, "err": err}))
+print(json.dumps(result))
 """
 
 
