@@ -18,9 +18,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from scipy import stats
 
-from .stats import holm, paired
+from .stats import holm, one_sample, paired
 
 ALPHA = 0.05
 
@@ -100,15 +99,8 @@ def decide(comps: list[Comparison]) -> dict[str, dict]:
     """Paired tests, Holm within each claim, and the verdict per claim."""
     rows = []
     for c in comps:
-        if c.one_sample is not None:
-            v = c.one_sample
-            mean = sum(v) / len(v)
-            ci = stats.t.interval(0.95, len(v) - 1, loc=mean, scale=stats.sem(v)) if len(v) > 1 else (mean, mean)
-            p = float(stats.ttest_1samp(v, 0.0).pvalue) if len(v) > 1 else float("nan")
-            rows.append({"c": c, "n": len(v), "diff": mean, "low": float(ci[0]), "high": float(ci[1]), "p": p})
-        else:
-            pr = paired(*c.values)
-            rows.append({"c": c, "n": pr.n, "diff": pr.mean_diff, "low": pr.ci95_low, "high": pr.ci95_high, "p": pr.p})
+        pr = one_sample(c.one_sample) if c.one_sample is not None else paired(*c.values)
+        rows.append({"c": c, "n": pr.n, "diff": pr.mean_diff, "low": pr.ci95_low, "high": pr.ci95_high, "p": pr.p})
     claims: dict[str, dict] = {}
     for key in sorted({r["c"].claim for r in rows}):
         mine = [r for r in rows if r["c"].claim == key]

@@ -49,14 +49,19 @@ class Paired:
     p_holm: float = float("nan")
 
 
+def one_sample(values) -> Paired:
+    """The mean of ``values`` against 0: Student-t 95% interval and two-sided one-sample t-test. Fewer than
+    two values give NaN intervals and p."""
+    v = [float(x) for x in values]
+    s = summarize(v) if v else Summary(0, float("nan"), float("nan"), float("nan"), float("nan"))
+    p = float(stats.ttest_1samp(v, 0.0).pvalue) if len(v) >= 2 else float("nan")
+    return Paired(len(v), s.mean, s.ci95_low, s.ci95_high, p)
+
+
 def paired(a: dict, b: dict) -> Paired:
-    """Compare arm a with arm b seed by seed: ``a``, ``b`` map seed -> value. Seeds missing from either
-    arm are left out. Fewer than two shared seeds give NaN intervals and p."""
-    seeds = [k for k in a if k in b]
-    d = [float(a[k]) - float(b[k]) for k in seeds]
-    s = summarize(d) if d else Summary(0, float("nan"), float("nan"), float("nan"), float("nan"))
-    p = float(stats.ttest_rel([a[k] for k in seeds], [b[k] for k in seeds]).pvalue) if len(d) >= 2 else float("nan")
-    return Paired(len(d), s.mean, s.ci95_low, s.ci95_high, p)
+    """Compare arm a with arm b seed by seed: ``a``, ``b`` map seed -> value; the paired t-test is the
+    one-sample test of the differences. Seeds missing from either arm are left out."""
+    return one_sample(float(a[k]) - float(b[k]) for k in a if k in b)
 
 
 def holm(pvalues: list[float]) -> list[float]:

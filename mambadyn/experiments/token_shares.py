@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from ..jsonio import write_json
 from ..probe.api import gini
 from ..typed import check_fields, positive
-from .stats import holm, paired, summarize
+from .stats import holm, one_sample, paired, summarize
 
 
 @dataclass
@@ -129,16 +129,15 @@ def _verdict(per: dict) -> dict:
     between = {s: per["trained"][s]["gini_between_tokens"] for s in seeds}
     between0 = {s: per["init"][s]["gini_between_tokens"] for s in seeds}
     rho = [per["trained"][s]["rho_growth_share"] for s in seeds]
-    vs_init = paired(between, between0)
-    rho_p = float(stats.ttest_1samp(rho, 0.0).pvalue) if len(rho) >= 2 else float("nan")
-    vs_init.p_holm, rho_holm = holm([vs_init.p, rho_p])
+    vs_init, rho_test = paired(between, between0), one_sample(rho)
+    vs_init.p_holm, rho_holm = holm([vs_init.p, rho_test.p])
     return {"seeds": seeds, "per_seed": per,
             "gini": asdict(summarize([per["trained"][s]["gini"] for s in seeds])),
             "gini_init": asdict(summarize([per["init"][s]["gini"] for s in seeds])),
             "gini_between_tokens": asdict(summarize(list(between.values()))),
             "gini_between_tokens_init": asdict(summarize(list(between0.values()))),
             "between_tokens_trained_minus_init": asdict(vs_init),
-            "rho_growth_share": {**asdict(summarize(rho)), "p": rho_p, "p_holm": rho_holm}}
+            "rho_growth_share": {**asdict(summarize(rho)), "p": rho_test.p, "p_holm": rho_holm}}
 
 
 def _plot(results: dict, out: Path) -> None:
