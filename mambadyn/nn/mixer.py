@@ -102,9 +102,10 @@ class MambaMixer(nn.Module):
         x, z = self.in_proj(hidden).chunk(2, dim=-1)
         # one kernel per elementwise stage; only where the Triton scan is asked for by name, until the kernels
         # have been measured on a GPU (``auto`` keeps the PyTorch step)
-        if self.scan_backend == "triton" and get_backend("triton", x[:, :, None]).name == "triton":
+        if self.scan_backend == "triton":
             from ..scan.triton_step import conv_step, ssm_step
 
+            get_backend("triton", x[:, :, None])  # raises, with the reason, where Triton cannot run
             x = conv_step(x, conv_state, self.conv1d.weight, self.conv1d.bias)
             dt, B, C = self.ssm_params(x[:, :, None])
             y = ssm_step(x, dt[..., 0], self.A, B[..., 0], C[..., 0], self.D.float(), z, self.dt_proj.bias.float(),
