@@ -53,16 +53,36 @@ class Run:
         f = self.folder / "metrics.jsonl"
         return [json.loads(x) for x in f.read_text().splitlines() if x] if f.exists() else []
 
+    def log(self) -> "RunLog":
+        """metrics.jsonl read once: what a report takes many numbers from."""
+        m = self.metrics()
+        return RunLog(self.folder, [x for x in m if x.get("event") == "eval"], [x for x in m if "loss" in x])
+
     def evals(self) -> list[dict]:
-        return [m for m in self.metrics() if m.get("event") == "eval"]
+        return self.log().evals
 
     def train_log(self) -> list[dict]:
-        return [m for m in self.metrics() if "loss" in m]
+        return self.log().train
+
+    def selected(self, metric: str, larger_is_better: bool = False) -> dict:
+        return self.log().selected(metric, larger_is_better)
+
+    def final_train_loss(self, last: int = 5) -> float:
+        return self.log().final_train_loss(last)
+
+
+@dataclass
+class RunLog:
+    """One run's evaluations and logged training steps."""
+
+    folder: Path
+    evals: list[dict]
+    train: list[dict]
 
     def selected(self, metric: str, larger_is_better: bool = False) -> dict:
         """The evaluation that ``metric`` (a validation metric) picks: model selection on validation, so its
         test_* entries are the numbers to report. The earliest wins a tie."""
-        evals = [e for e in self.evals() if metric in e]
+        evals = [e for e in self.evals if metric in e]
         if not evals:
             raise ValueError(f"{self.folder}: no evaluation recorded {metric!r}")
         sign = -1 if larger_is_better else 1
@@ -70,10 +90,9 @@ class Run:
 
     def final_train_loss(self, last: int = 5) -> float:
         """Mean of the last ``last`` logged training losses (each one step's batch, dropout on)."""
-        log = self.train_log()
-        if not log:
+        if not self.train:
             raise ValueError(f"{self.folder}: no training loss logged")
-        tail = log[-last:]
+        tail = self.train[-last:]
         return sum(m["loss"] for m in tail) / len(tail)
 
 

@@ -84,17 +84,20 @@ def run_reorder(cfg: ReorderExperimentConfig) -> dict:
                "variants": {}}
     for v in cfg.variants:
         mine = [r for r in runs if r.variant == v]
-        chosen = [r.selected("val_acc", larger_is_better=True) if has_val else r.evals()[-1] for r in mine]
+        logs = [r.log() for r in mine]
+        chosen = [lg.selected("val_acc", larger_is_better=True) if has_val else lg.evals[-1] for lg in logs]
         accs = [e["test_acc"] for e in chosen]
-        step_s = [statistics.median(batch / m["img_per_s"] for m in r.train_log()[1:] or r.train_log()) for r in mine]
+        step_s = [statistics.median(batch / m["img_per_s"] for m in lg.train[1:] or lg.train) for lg in logs]
         watch = "val_acc" if has_val else "test_acc"
         results["variants"][v] = {
             "test_acc": asdict(summarize(accs)), "per_seed": dict(zip(cfg.seeds, accs)),
             "selected_epoch": [e["step"] / steps_per_epoch for e in chosen],
-            "final_test_acc": asdict(summarize([r.evals()[-1]["test_acc"] for r in mine])),
-            "train_loss": asdict(summarize([r.final_train_loss() for r in mine])),
-            "curves": {r.seed: [(e["step"] / steps_per_epoch, e[watch]) for e in r.evals()] for r in mine},
-            "train_curves": {r.seed: [(m["step"] / steps_per_epoch, m["loss"]) for m in r.train_log()] for r in mine},
+            "final_test_acc": asdict(summarize([lg.evals[-1]["test_acc"] for lg in logs])),
+            "train_loss": asdict(summarize([lg.final_train_loss() for lg in logs])),
+            "curves": {r.seed: [(e["step"] / steps_per_epoch, e[watch]) for e in lg.evals]
+                       for r, lg in zip(mine, logs)},
+            "train_curves": {r.seed: [(m["step"] / steps_per_epoch, m["loss"]) for m in lg.train]
+                             for r, lg in zip(mine, logs)},
             "seconds_per_step": asdict(summarize(step_s)),
         }
         if has_val:

@@ -104,29 +104,30 @@ def run_scenarios(cfg: ScenarioExperimentConfig) -> dict:
 def _mode_results(mine: list[Run], seeds: list[int]) -> dict:
     """One mode's numbers: final and best validation loss, the training loss, and for tasks with accuracy
     or a test split the selected evaluation's (best validation accuracy, else loss) test numbers."""
-    finals = [r.evals()[-1]["val_loss"] for r in mine]
-    bests = [min(e["val_loss"] for e in r.evals()) for r in mine]
+    logs = [r.log() for r in mine]
+    finals = [lg.evals[-1]["val_loss"] for lg in logs]
+    bests = [min(e["val_loss"] for e in lg.evals) for lg in logs]
+    train = [lg.final_train_loss() for lg in logs]
     res = {
         "val_loss": asdict(summarize(finals)), "val_ppl": asdict(summarize([math.exp(v) for v in finals])),
         "per_seed": dict(zip(seeds, finals)),
         "best_val_loss": asdict(summarize(bests)), "best_per_seed": dict(zip(seeds, bests)),
-        "train_loss": asdict(summarize([r.final_train_loss() for r in mine])),
-        "train_loss_per_seed": dict(zip(seeds, [r.final_train_loss() for r in mine])),
-        "curves": {r.seed: [(e["step"], e["val_loss"]) for e in r.evals()] for r in mine},
-        "train_curves": {r.seed: [(m["step"], m["loss"]) for m in r.train_log()] for r in mine},
-        "tokens_per_s": [sum(m["tok_per_s"] for m in r.train_log()) / max(1, len(r.train_log())) for r in mine],
+        "train_loss": asdict(summarize(train)), "train_loss_per_seed": dict(zip(seeds, train)),
+        "curves": {r.seed: [(e["step"], e["val_loss"]) for e in lg.evals] for r, lg in zip(mine, logs)},
+        "train_curves": {r.seed: [(m["step"], m["loss"]) for m in lg.train] for r, lg in zip(mine, logs)},
+        "tokens_per_s": [sum(m["tok_per_s"] for m in lg.train) / max(1, len(lg.train)) for lg in logs],
         "spectrum_seed0": _spectra(mine[0]),
     }
-    last = mine[0].evals()[-1]
+    last = logs[0].evals[-1]
     accuracy = "val_acc" in last
     if accuracy:  # synthetic tasks: accuracy on the asked positions
-        accs = [r.evals()[-1]["val_acc"] for r in mine]
-        best_accs = [max(e["val_acc"] for e in r.evals()) for r in mine]
+        accs = [lg.evals[-1]["val_acc"] for lg in logs]
+        best_accs = [max(e["val_acc"] for e in lg.evals) for lg in logs]
         res.update({"val_acc": asdict(summarize(accs)), "acc_per_seed": dict(zip(seeds, accs)),
                     "best_val_acc": asdict(summarize(best_accs)), "best_acc_per_seed": dict(zip(seeds, best_accs)),
-                    "acc_curves": {r.seed: [(e["step"], e["val_acc"]) for e in r.evals()] for r in mine}})
+                    "acc_curves": {r.seed: [(e["step"], e["val_acc"]) for e in lg.evals] for r, lg in zip(mine, logs)}})
     if "test_loss" in last:
-        chosen = [r.selected("val_acc", True) if accuracy else r.selected("val_loss") for r in mine]
+        chosen = [lg.selected("val_acc", True) if accuracy else lg.selected("val_loss") for lg in logs]
         res["selected_step"] = [e["step"] for e in chosen]
         res["test_loss"] = asdict(summarize([e["test_loss"] for e in chosen]))
         res["test_loss_per_seed"] = dict(zip(seeds, [e["test_loss"] for e in chosen]))
