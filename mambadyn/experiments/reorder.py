@@ -120,35 +120,19 @@ def write_outputs(results: dict, out: Path) -> None:
     _report(results, ReorderExperimentConfig(**results["config"]), out)
 
 
-def _band(ax, curves, label, smooth=False):
-    """Mean over seeds with a min..max band; ``smooth``: a running mean over about 1/30 of the points."""
-    import numpy as np
-
-    curves = [np.array(c) for c in curves if len(c)]
-    if not curves:
-        return
-    n = min(len(c) for c in curves)
-    x, vals = curves[0][:n, 0], np.stack([c[:n, 1] for c in curves])
-    k = max(1, n // 30) if smooth else 1
-    if k > 1:
-        vals = np.stack([np.convolve(v, np.ones(k) / k, mode="valid") for v in vals])
-        x = x[k - 1 :]
-    line, = ax.plot(x, vals.mean(0), marker="o" if n < 12 else None, label=f"{label} (n={len(curves)})")
-    if len(curves) > 1:
-        ax.fill_between(x, vals.min(0), vals.max(0), alpha=0.15, color=line.get_color())
-
-
 def _plot(results: dict, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ..plots.curves import mean_band
+
     watch = "validation" if "val_acc" in next(iter(results["variants"].values())) else "test"
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for v, r in results["variants"].items():
-        _band(axes[0], r["curves"].values(), v)
-        _band(axes[1], r.get("train_curves", {}).values(), v, smooth=True)
+        mean_band(axes[0], r["curves"].values(), v, markers=True)
+        mean_band(axes[1], r.get("train_curves", {}).values(), v, smooth=True)
     order = "causal" if results.get("causal") else "bidirectional"
     axes[0].set(xlabel="epoch", ylabel=f"{watch} accuracy",
                 title=f"Fashion-MNIST, {results.get('seq_len', '?')} tokens, {order} (band = min..max)")

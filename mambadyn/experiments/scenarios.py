@@ -150,21 +150,14 @@ def _plot(results: dict, out: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
+    from ..plots.curves import mean_band
+
     colors = {"free": "0.4", "positive": "tab:blue", "mixed": "tab:green", "negative": "tab:red"}
     panels = ["train_curves", "curves"] + (["acc_curves"] if "acc_curves" in next(iter(results["modes"].values())) else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4))
     for mode, r in results["modes"].items():
-        for ax, key in zip(axes, panels):
-            curves = [np.array(c) for c in r[key].values() if len(c)]
-            n = min(len(c) for c in curves)
-            steps = curves[0][:n, 0]
-            vals = np.stack([c[:n, 1] for c in curves])
-            if key == "train_curves" and n > 10:  # smooth the noisy training loss
-                k = max(1, n // 30)
-                vals = np.stack([np.convolve(v, np.ones(k) / k, mode="same") for v in vals])
-            ax.plot(steps, vals.mean(0), color=colors.get(mode), label=f"{mode} (n={len(curves)})")
-            if len(curves) > 1:
-                ax.fill_between(steps, vals.min(0), vals.max(0), color=colors.get(mode), alpha=0.15)
+        for ax, key in zip(axes, panels):  # the noisy training loss is smoothed
+            mean_band(ax, r[key].values(), mode, color=colors.get(mode), smooth=key == "train_curves")
     axes[0].set(title="training loss (smoothed; band = min..max over seeds)", xlabel="step", ylabel="nats/token")
     axes[1].set(title="validation loss", xlabel="step", ylabel="nats/token")
     if len(panels) > 2:
