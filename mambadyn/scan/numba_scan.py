@@ -34,7 +34,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
-from .epilogue import compute_dtype
+from .epilogue import compute_dtype, finish, prepare_delta
 
 SAVE = 64  # steps between saved states: the backward's chunk
 # reordered sums and fused multiply-adds let LLVM vectorize the loops over the n states; no assumption
@@ -254,17 +254,15 @@ def selective_scan_numba(
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                            for t in (u, delta, A, B, C, D, z, delta_bias, initial_state))
     h0 = u.new_zeros(batch, d, n, dtype=dt) if initial_state is None else prep(initial_state)
-    # Δ's bias and softplus and the SiLU gate run in torch around the kernel (see the module docstring);
-    # autograd chains them
-    delta = prep(delta) if delta_bias is None else prep(delta) + prep(delta_bias)[:, None]
-    if delta_softplus:
-        delta = torch.nn.functional.softplus(delta)
-    out, h_last, _ = _scan_op(
+    # Δ's bias and softplus and the SiLU gate are the PyTorch backends' own steps around the kernel (see the
+    # module docstring); autograd chains them. D stays in the kernel.
+    # Δ is made contiguous first: a strided Δ through the bias add broke the compiled backward (a view error
+    # under torch.compile, tests/test_numba_scan.py)
+    delta = prepare_delta(prep(delta), delta_bias, delta_softplus)
+    y, h_last, _ = _scan_op(
         prep(u), delta.contiguous(), prep(A), prep(B.transpose(1, 2)), prep(C.transpose(1, 2)),  # time-major, once
         u.new_zeros(d, dtype=dt) if D is None else prep(D), h0, grad)
-    if z is not None:
-        out = out * torch.nn.functional.silu(prep(z))
-    out = out.to(u.dtype)
+    out = finish(y, u, None, z, u.dtype)
     return (out, h_last) if return_last_state else out
 
 
