@@ -23,7 +23,6 @@ import itertools
 import json
 import sys
 import time
-import types
 from pathlib import Path
 
 import torch
@@ -76,14 +75,11 @@ def mambapy_scan():
 
 
 def mamba_ssm_scan(build_dir):
-    build = Path(build_dir)
-    if not list(build.glob("selective_scan_cuda*.so")) or not (build / "SOURCE").exists():
-        return None, f"not built (no selective_scan_cuda*.so in {build})"
-    sys.path.insert(0, str(build))
-    src = Path((build / "SOURCE").read_text())
-    pkg = types.ModuleType("mamba_ssm")  # skip the package __init__, which imports every model
-    pkg.__path__ = [str(src / "mamba_ssm")]
-    sys.modules["mamba_ssm"] = pkg
+    from benchmarks.build_mamba_ssm import built, use_build
+
+    if not built(build_dir, "selective_scan_cuda"):
+        return None, f"not built (no selective_scan_cuda*.so under {build_dir}: run build_mamba_ssm.py)"
+    use_build(build_dir)
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
     except Exception as e:  # noqa: BLE001 - report whatever stopped it

@@ -107,6 +107,45 @@ def test_generate_greedy_is_consistent_with_forward():
             assert out[0, t] == m(out[:, :t])[0, -1].argmax()
 
 
+def _hf_greedy(hf, ids, new):
+    hf.generation_config.eos_token_id = None  # a random model may emit token 0, the default eos
+    hf.generation_config.pad_token_id = 0
+    return hf.generate(ids, max_new_tokens=new, do_sample=False)
+
+
+def _greedy_against_transformers(tmp_path, device: str):
+    shape = SHAPES[0]
+    hf = hf_model(shape).to(device)
+    hf.save_pretrained(tmp_path)
+    ours = MambaLM.from_pretrained(tmp_path).to(device).eval()
+    ids = torch.randint(0, 97, (3, 16), device=device)
+    with torch.no_grad():
+        assert rel_err(ours(ids), hf(ids).logits) <= 1e-4
+    want = _hf_greedy(hf, ids, 20)
+    assert torch.equal(ours.generate(ids, max_new_tokens=20, temperature=0), want)
+    return ours, ids, want
+
+
+def test_greedy_tokens_equal_transformers_generate(tmp_path):
+    _greedy_against_transformers(tmp_path, "cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_logits_and_greedy_tokens_equal_transformers_on_cuda(tmp_path):
+    """On the GPU: the fused kernels' logits, and greedy decoding through the CUDA graph, with and without it,
+    and again from the kept graph."""
+    ours, ids, want = _greedy_against_transformers(tmp_path, "cuda")
+    assert ours.backbone.layers[0].mixer.uses_fused_kernels(ids.float())
+    assert torch.equal(ours.generate(ids, max_new_tokens=20, temperature=0, cuda_graph=False), want)
+    assert torch.equal(ours.generate(ids, max_new_tokens=20, temperature=0), want)
+
+
+def test_cuda_graph_needs_cuda():
+    m = MambaLM(MambaConfig(vocab_size=30, d_model=16, n_layer=1, d_state=4))
+    with pytest.raises(ValueError, match="cuda_graph=True needs"):
+        m.generate(torch.zeros(1, 3, dtype=torch.long), max_new_tokens=2, cuda_graph=True)
+
+
 def _saved(tmp_path):
     torch.manual_seed(0)
     m = MambaLM(MambaConfig(vocab_size=30, d_model=16, n_layer=2, d_state=4))

@@ -63,6 +63,9 @@ class MambaConfig:
     eigen_threshold: float = 0.7
     scan_backend: str = "auto"
     dropout: float = 0.0
+    # on CUDA with the Triton scan: the mixer after in_proj and each add + RMSNorm as fused Triton kernels
+    # (same arithmetic; False keeps the per-op PyTorch path, for comparison)
+    fused: bool = True
 
     def __post_init__(self) -> None:
         _check_eigen(self)

@@ -27,6 +27,8 @@ class MambaBackbone(nn.Module):
     def forward(self, input_ids: torch.Tensor, output_hidden_states: bool = False, return_state: bool = False):
         """input_ids (batch, L) -> hidden (batch, L, d_model) [, per-layer residual streams] [, states]."""
         h = self.embeddings(input_ids)
+        if not (output_hidden_states or return_state) and self.layers[0].mixer.uses_fused_kernels(h):
+            return self._fused_forward(h)
         streams, states = [h], []
         for layer in self.layers:
             if return_state:
@@ -39,6 +41,35 @@ class MambaBackbone(nn.Module):
         out = self.norm_f(h.to(self.norm_f.weight.dtype))
         extras = ([streams] if output_hidden_states else []) + ([states] if return_state else [])
         return (out, *extras) if extras else out
+
+
+    def _fused_forward(self, h: torch.Tensor) -> torch.Tensor:
+        # the same stack, with each block's residual add fused into the next block's RMSNorm (one Triton
+        # kernel reads the mixer's output and the residual once, and writes the sum and its norm)
+        from ..scan.triton_norm import rms_norm_add
+
+        x, residual = h, None
+        for layer in self.layers:
+            y, residual = rms_norm_add(x, residual, layer.norm.weight, layer.norm.eps, layer.residual_in_fp32)
+            x = layer.drop(layer.mixer(y))
+        return rms_norm_add(x, residual, self.norm_f.weight, self.norm_f.eps, self.layers[-1].residual_in_fp32)[0]
+
+
+    def step(self, h: torch.Tensor, states) -> torch.Tensor:
+        """One token's embedding h (batch, d_model) -> the final norm's output (batch, d_model); ``states``
+        is updated in place."""
+        if self.layers[0].mixer.uses_fused_kernels(h):
+            from ..scan.triton_norm import rms_norm_add
+
+            x, residual = h, None
+            for layer, s in zip(self.layers, states):
+                y, residual = rms_norm_add(x, residual, layer.norm.weight, layer.norm.eps, layer.residual_in_fp32)
+                x = layer.mixer.step(y, s)
+            return rms_norm_add(x, residual, self.norm_f.weight, self.norm_f.eps,
+                                self.layers[-1].residual_in_fp32)[0]
+        for layer, s in zip(self.layers, states):
+            h = layer.step(h, s)
+        return self.norm_f(h.to(self.norm_f.weight.dtype))
 
 
 class MambaLM(nn.Module):
@@ -88,10 +119,7 @@ class MambaLM(nn.Module):
     @torch.no_grad()
     def step(self, token: torch.Tensor, states) -> torch.Tensor:
         """One token (batch,) -> logits (batch, vocab); ``states`` (from ``prefill`` or ``empty_states``) is updated."""
-        h = self.backbone.embeddings(token)
-        for layer, s in zip(self.backbone.layers, states):
-            h = layer.step(h, s)
-        h = self.backbone.norm_f(h.to(self.backbone.norm_f.weight.dtype))
+        h = self.backbone.step(self.backbone.embeddings(token), states)
         return self.lm_head(h.to(self.lm_head.weight.dtype))
 
     def empty_states(self, batch: int, device=None, dtype=torch.float32):
@@ -105,11 +133,24 @@ class MambaLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Sample ``max_new_tokens`` after the prompt (batch, L); temperature 0 is greedy. Returns (batch, L + new)."""
+                 top_k: int | None = None, generator: torch.Generator | None = None,
+                 cuda_graph: bool | None = None) -> torch.Tensor:
+        """Sample ``max_new_tokens`` after the prompt (batch, L); temperature 0 is greedy. Returns (batch, L + new).
+
+        On CUDA the decoding step runs as a captured CUDA graph (``cuda_graph``: None = wherever CUDA is;
+        False = launch its kernels one by one). The graph is captured once per batch size and kept."""
         logits, states = self.prefill(input_ids)
+        step = self.step
+        if cuda_graph is None:
+            cuda_graph = input_ids.is_cuda
+        if cuda_graph and not input_ids.is_cuda:
+            raise ValueError(f"cuda_graph=True needs the model and input_ids on CUDA, not {input_ids.device}")
+        if cuda_graph and max_new_tokens > 1:
+            from .decode import graphed_step
+
+            step = graphed_step(self, states)
         out = [input_ids]
-        for _ in range(max_new_tokens):
+        for i in range(max_new_tokens):
             if temperature == 0:
                 tok = logits.argmax(-1)
             else:
@@ -119,7 +160,8 @@ class MambaLM(nn.Module):
                     logits = logits.masked_fill(logits < kth, float("-inf"))
                 tok = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0]
             out.append(tok[:, None])
-            logits = self.step(tok, states)
+            if i + 1 < max_new_tokens:  # the last token needs no logits after it
+                logits = step(tok, states)
         return torch.cat(out, dim=1)
 
     # --- checkpoints ---------------------------------------------------------------------------

@@ -8,6 +8,11 @@
 
 A token-reordering module (``mambadyn.refine.TokenReorder``) can be attached as ``self.reorder``:
 tokens are then permuted by importance before Δ, B, C are computed and the scan runs.
+
+Where the Triton scan runs (CUDA) and ``config.fused`` is on, a plain forward takes the fused path of
+``mambadyn.scan.triton_mixer``: in_proj writes (2 d_inner, batch L) and everything after it is one autograd
+function over Triton kernels, with no layout copies. The arithmetic is the same; the per-op path below
+stays for the reference backends, CPU, reordering, recurrent state and torch.compile.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ class MambaMixer(nn.Module):
         self.d_inner, self.d_state, self.dt_rank = config.d_inner, config.d_state, config.time_step_rank
         self.d_conv = config.d_conv
         self.scan_backend = config.scan_backend
+        self.fused = config.fused
         di = self.d_inner
         self.in_proj = nn.Linear(config.d_model, 2 * di, bias=config.bias)
         self.conv1d = nn.Conv1d(di, di, config.d_conv, groups=di, padding=config.d_conv - 1, bias=config.conv_bias)
@@ -69,8 +75,36 @@ class MambaMixer(nn.Module):
         """Causal depthwise convolution + SiLU: (batch, d_inner, L) -> (batch, d_inner, L)."""
         return F.silu(self.conv1d(x)[..., : x.shape[-1]])
 
+    def uses_fused_kernels(self, t: torch.Tensor) -> bool:
+        """Whether the fused Triton kernels serve activations like ``t`` (see the module's docstring)."""
+        if not self.fused or torch.compiler.is_compiling() or t.dtype == torch.float64:
+            return False
+        if self.scan_backend not in ("auto", "triton"):
+            return False
+        try:
+            return get_backend(self.scan_backend, t).name == "triton"
+        except RuntimeError:  # named "triton" where it cannot run: the per-op path raises with the reason
+            return False
+
+    def _takes_fused_path(self, hidden: torch.Tensor, return_state: bool) -> bool:
+        return not return_state and self.reorder is None and self.uses_fused_kernels(hidden)
+
+    def _fused_forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        from ..scan.triton_mixer import mixer_inner
+
+        batch, L, d_model = hidden.shape
+        # (2 d_inner, batch L): the layout every later product and kernel reads without a copy
+        xz = self.in_proj.weight @ hidden.reshape(batch * L, d_model).t()
+        if self.in_proj.bias is not None:
+            xz = xz + self.in_proj.bias[:, None]
+        xz = xz.view(xz.shape[0], batch, L).transpose(0, 1)
+        return mixer_inner(xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
+                           self.out_proj.weight, self.out_proj.bias, self.A, self.D.float(), self.dt_proj.bias.float())
+
     def forward(self, hidden: torch.Tensor, return_state: bool = False):
         """hidden (batch, L, d_model) -> (batch, L, d_model) [, (conv_state, ssm_state)]."""
+        if self._takes_fused_path(hidden, return_state):
+            return self._fused_forward(hidden)
         L = hidden.shape[1]
         x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)
         # contiguous: the decoding step updates it in place, in kernels that walk its last dimension
@@ -100,12 +134,10 @@ class MambaMixer(nn.Module):
         ssm (batch, d_inner, n)) is updated in place. Returns (batch, d_model)."""
         conv_state, ssm_state = state
         x, z = self.in_proj(hidden).chunk(2, dim=-1)
-        # one kernel per elementwise stage; only where the Triton scan is asked for by name, until the kernels
-        # have been measured on a GPU (``auto`` keeps the PyTorch step)
-        if self.scan_backend == "triton":
+        # one Triton kernel per elementwise stage, where the fused kernels run (a dozen PyTorch ops each)
+        if self.uses_fused_kernels(x):
             from ..scan.triton_step import conv_step, ssm_step
 
-            get_backend("triton", x[:, :, None])  # raises, with the reason, where Triton cannot run
             x = conv_step(x, conv_state, self.conv1d.weight, self.conv1d.bias)
             dt, B, C = self.ssm_params(x[:, :, None])
             y = ssm_step(x, dt[..., 0], self.A, B[..., 0], C[..., 0], self.D.float(), z, self.dt_proj.bias.float(),

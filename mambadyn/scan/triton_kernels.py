@@ -9,6 +9,9 @@ the scan runs mostly inside each thread. The carried state enters as the chunk's
 scan's b output is the state itself. Δ's bias and softplus, the D skip and the SiLU gate are fused,
 so u, Δ, z are read once and y is written once.
 
+All of u, Δ, z, the output and their gradients share one set of strides (time contiguous), and B, C, dB,
+dC another, so the mixer can hand in views of its projections' outputs without copies.
+
 Backward walks the chunks in reverse, with its own launch shape (narrower programs: it holds more
 per element, and wider ones spill). Forward saves the state at each backward chunk's start, so a
 chunk's states are recomputed from it, and the adjoint g_t = C_t ȳ_t + a_{t+1} g_{t+1} is a reverse
@@ -163,11 +166,11 @@ def _fwd_kernel(
 @triton.jit
 def _bwd_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, dout_ptr, dlast_ptr,
-    du_ptr, ddl_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, g0_ptr,
+    du_ptr, ddl_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, g0_ptr, outz_ptr,
     d, n, L,
     s_ub, s_ud, s_bb, s_bn,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DLAST: tl.constexpr,
-    SOFTPLUS: tl.constexpr, GATHER_FLIP: tl.constexpr,
+    SOFTPLUS: tl.constexpr, GATHER_FLIP: tl.constexpr, STORE_OUTZ: tl.constexpr,
     BLOCK_D: tl.constexpr, N: tl.constexpr, T: tl.constexpr, V: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
@@ -262,6 +265,8 @@ def _bwd_kernel(
             zz = tl.load(z_ptr + x_off, mask=m_dt, other=0.0).to(tl.float32)
             sz = tl.sigmoid(zz)
             tl.store(dz_ptr + x_off, (dout * y * sz * (1.0 + zz * (1.0 - sz))).to(dz_ptr.dtype.element_ty), mask=m_dt)
+            if STORE_OUTZ:  # the gated output again, for out_proj's weight gradient, instead of keeping it
+                tl.store(outz_ptr + x_off, (y * zz * sz).to(outz_ptr.dtype.element_ty), mask=m_dt)
         if SOFTPLUS:
             ddl = ddl * tl.sigmoid(_delta(dl_ptr + x_off, m_dt, bias, HAS_BIAS, False))  # softplus'
         ddl = tl.where(m_dt, ddl, 0.0)

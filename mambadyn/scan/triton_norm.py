@@ -10,8 +10,9 @@ writes r (the next residual) and y. The backward is one kernel too:
 where r̄ is the gradient reaching the residual output; x and the residual input both receive dr.
 
 ``rms_norm_add(x, residual, weight, eps, residual_fp32)``: x (rows, D) or (..., D), residual the same shape
-or None, weight (D,) -> (y in x's dtype, r in float32 if ``residual_fp32`` else x's dtype). Not yet wired
-into the blocks: it waits for a GPU measurement (issue 15)."""
+or None, weight (D,) -> (y in x's dtype, r in float32 if ``residual_fp32`` else in x's and the residual's
+promoted dtype). The LM's backbone runs it between blocks on its fused path (``MambaBackbone._fused_forward``).
+"""
 
 from __future__ import annotations
 
@@ -65,7 +66,10 @@ class _RMSNormAdd(torch.autograd.Function):
     def forward(ctx, x, residual, weight, eps, residual_fp32):
         rows, D = x.shape
         y = torch.empty_like(x)
-        r = torch.empty(rows, D, device=x.device, dtype=torch.float32 if residual_fp32 else x.dtype)
+        # the sum's dtype is what x + residual would give in PyTorch, unless the residual is kept in float32
+        r_dtype = torch.float32 if residual_fp32 else (
+            x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype))
+        r = torch.empty(rows, D, device=x.device, dtype=r_dtype)
         rstd = torch.empty(rows, device=x.device, dtype=torch.float32)
         _fwd_kernel[(rows,)](x, residual, weight, y, r, rstd, D, eps, BLOCK=triton.next_power_of_2(D),
                              HAS_RES=residual is not None)
@@ -92,7 +96,7 @@ class _RMSNormAdd(torch.autograd.Function):
 def rms_norm_add(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float = 1e-5,
                  residual_fp32: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """x (..., D), residual the same shape or None, weight (D,) -> (weight * rmsnorm(x + residual) in x's
-    dtype, x + residual in float32 if ``residual_fp32`` else x's dtype), both (..., D)."""
+    dtype, x + residual in float32 if ``residual_fp32`` else in their promoted dtype), both (..., D)."""
     D = x.shape[-1]
     if tuple(weight.shape) != (D,):
         raise ValueError(f"weight must have shape ({D},), got {tuple(weight.shape)}")

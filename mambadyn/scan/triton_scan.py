@@ -11,6 +11,7 @@ from dataclasses import astuple
 import torch
 import triton
 
+from .layout import is_dense
 from .registry import register_backend
 from .triton_kernels import _bwd_kernel, _fwd_kernel
 from .triton_tuning import Tuning, _bwd_meta, _fwd_meta, _sm_count, _tunings
@@ -21,16 +22,29 @@ def _as(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return grad if grad.dtype == like.dtype else grad.to(like.dtype)
 
 
+def _layouts(u, delta, z, B, C):
+    """The kernels take one set of strides for u, Δ, z (and write out, du, dΔ, dz with it) and one for B and
+    C, each with time contiguous. Views that already share them pass through (the fused mixer hands in
+    (batch, d, L) views of (d, batch * L) matrices); anything else is made contiguous."""
+    same = all(t is None or (t.stride() == u.stride() and t.shape == u.shape) for t in (delta, z))
+    if not (same and u.stride(-1) == 1 and is_dense(u)):
+        u, delta = u.contiguous(), delta.contiguous()
+        z = None if z is None else z.contiguous()
+    if not (B.stride() == C.stride() and B.stride(-1) == 1 and is_dense(B)):
+        B, C = B.contiguous(), C.contiguous()
+    return u, delta, z, B, C
+
+
 def _forward(u, delta, A, B, C, D, z, bias, h0, softplus: bool, fwd: Tuning, bwd: Tuning, save_states: bool):
-    """Launch the forward kernel. Returns out (batch, d, L), the last state (batch, d, n), and what
-    the backward reads if ``save_states`` (else None): the contiguous inputs, then the states at the
-    backward's chunk starts (n_chunks, batch, d, n)."""
-    # one set of strides serves u, delta, z, out (and B, C): everything goes in contiguous
-    u, delta, A, B, C = (t.contiguous() for t in (u, delta, A, B, C))
-    D, z, bias = (None if t is None else t.contiguous() for t in (D, z, bias))
+    """Launch the forward kernel. Returns out (batch, d, L) with u's layout, the last state (batch, d, n),
+    and what the backward reads if ``save_states`` (else None): the inputs as launched, then the states at
+    the backward's chunk starts (n_chunks, batch, d, n)."""
+    u, delta, z, B, C = _layouts(u, delta, z, B, C)
+    A = A.contiguous()
+    D, bias = (None if t is None else t.contiguous() for t in (D, bias))
     batch, d, L = u.shape
     n = A.shape[1]
-    out = torch.empty_like(u)
+    out = torch.empty_like(u)  # empty_like keeps a dense tensor's strides
     states = torch.empty(triton.cdiv(L, bwd.chunk), batch, d, n, device=u.device, dtype=torch.float32) \
         if save_states else out
     last = torch.empty(batch, d, n, device=u.device, dtype=torch.float32)
@@ -46,21 +60,31 @@ def _forward(u, delta, A, B, C, D, z, bias, h0, softplus: bool, fwd: Tuning, bwd
     return out, last, saved
 
 
-def _backward(dout, dlast, u, delta, A, B, C, D, z, bias, states, softplus: bool, bwd: Tuning):
-    """Launch the backward kernel on the forward's contiguous inputs and saved states. Returns du, ddelta,
-    dA, dB, dC, dD, dz, dbias (None where the input was None, in each input's dtype) and g0, the state
-    gradient before the first step (float32)."""
+def _backward(dout, dlast, u, delta, A, B, C, D, z, bias, states, softplus: bool, bwd: Tuning,
+              du=None, dz=None, out_z=None):
+    """Launch the backward kernel on the inputs as the forward launched them, and its saved states.
+    Returns du, ddelta, dA, dB, dC, dD, dz, dbias (None where the input was None, in each input's dtype,
+    du, ddelta, dz with u's strides, dB, dC with B's) and g0, the state gradient before the first step
+    (float32). ``du`` and ``dz``, if given, are written into (a fused caller's slices of one buffer); with
+    ``out_z`` given, the gated output out · silu(z) is recomputed into it."""
     batch, d, L = u.shape
     n = A.shape[1]
-    dout = torch.zeros_like(u) if dout is None else dout.contiguous()
-    du, ddelta = torch.empty_like(u), torch.empty_like(delta)
-    dz = torch.empty_like(z) if z is not None else None
+    dout = torch.zeros_like(u) if dout is None else dout
+    if dout.stride() != u.stride():
+        dout = dout.contiguous() if u.is_contiguous() else torch.empty_like(u).copy_(dout)
+    du = torch.empty_like(u) if du is None else du
+    ddelta = torch.empty_like(delta)
+    dz = (torch.empty_like(z) if dz is None else dz) if z is not None else None
+    for name, t in (("du", du), ("dz", dz), ("out_z", out_z)):
+        if t is not None and t.stride() != u.stride():
+            raise ValueError(f"{name} must have u's strides {u.stride()}, got {t.stride()}")
     f32 = dict(device=u.device, dtype=torch.float32)
     # the atomically summed gradients start at zero; one buffer, because each allocation and fill
     # costs CPU time that a short sequence's kernels do not hide
     sums = torch.zeros(d * n + 2 * batch * n * L + 2 * d, **f32)
     dA, dB, dC, dD, dbias = sums.split([d * n, batch * n * L, batch * n * L, d, d])
-    dA, dB, dC = dA.view(d, n), dB.view(batch, n, L), dC.view(batch, n, L)
+    dA = dA.view(d, n)
+    dB, dC = (t.as_strided(B.shape, B.stride()) for t in (dB, dC))  # the kernel writes with B's strides
     dD = dD if D is not None else None
     dbias = dbias if bias is not None else None
     g0 = torch.empty(batch, d, n, **f32)
@@ -68,13 +92,14 @@ def _backward(dout, dlast, u, delta, A, B, C, D, z, bias, states, softplus: bool
     grid = (batch, triton.cdiv(d, bwd.block_d))
     _bwd_kernel[grid](
         u, delta, A, B, C, D, z, bias, states, dout, dlast,
-        du, ddelta, dz, dA, dB, dC, dD, dbias, g0, d, n, L,
+        du, ddelta, dz, dA, dB, dC, dD, dbias, g0, out_z, d, n, L,
         u.stride(0), u.stride(1), B.stride(0), B.stride(1),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, HAS_DLAST=dlast is not None,
-        SOFTPLUS=softplus, **_bwd_meta(bwd, u.element_size(), n),
+        SOFTPLUS=softplus, **_bwd_meta(bwd, u.element_size(), n, store_outz=out_z is not None and z is not None),
     )
     if B.dtype == C.dtype != torch.float32:  # one conversion for both: they sit side by side in sums
-        dB, dC = sums[d * n:d * n + 2 * batch * n * L].to(B.dtype).view(2, batch, n, L).unbind(0)
+        both = sums[d * n:d * n + 2 * batch * n * L].to(B.dtype)
+        dB, dC = (t.as_strided(B.shape, B.stride()) for t in both.split(batch * n * L))
     return (du, ddelta, _as(dA, A), _as(dB, B), _as(dC, C), None if D is None else _as(dD, D), dz,
             None if bias is None else _as(dbias, bias), g0)
 
@@ -121,6 +146,9 @@ def _scan_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Ten
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> out (batch, d, L), the last state (batch, d, n) float32, the saved states (n_chunks, batch, d, n)
     float32 (empty without ``save_states``)."""
+    # contiguous, as the fake implementation promises
+    u, delta, B, C = (t.contiguous() for t in (u, delta, B, C))
+    z = None if z is None else z.contiguous()
     out, last, saved = _forward(u, delta, A, B, C, D, z, bias, h0, softplus, Tuning(*fwd), Tuning(*bwd), save_states)
     states = saved[-1] if save_states else u.new_empty(0, dtype=torch.float32)
     return out, last, states

@@ -80,8 +80,8 @@ def _fwd_meta(fwd: Tuning, bwd: Tuning, element_size: int, n: int, save_states: 
                 T=fwd.chunk, V=_run_length(element_size, fwd.chunk), num_warps=fwd.num_warps)
 
 
-def _bwd_meta(bwd: Tuning, element_size: int, n: int) -> dict:
+def _bwd_meta(bwd: Tuning, element_size: int, n: int, store_outz: bool = False) -> dict:
     # the backward's, likewise
     V = _run_length(element_size, bwd.chunk)
-    return dict(GATHER_FLIP=V == 4, BLOCK_D=bwd.block_d, N=triton.next_power_of_2(n), T=bwd.chunk, V=V,
-                num_warps=bwd.num_warps)
+    return dict(GATHER_FLIP=V == 4, STORE_OUTZ=store_outz, BLOCK_D=bwd.block_d, N=triton.next_power_of_2(n),
+                T=bwd.chunk, V=V, num_warps=bwd.num_warps)

@@ -1,0 +1,16 @@
+"""Memory layouts the Triton kernels accept without a copy."""
+
+from __future__ import annotations
+
+import torch
+
+
+def is_dense(t: torch.Tensor) -> bool:
+    """True where t's elements fill their storage span exactly, in some order of the dimensions (a
+    permuted contiguous tensor): ``torch.empty_like`` then gives a buffer with t's strides."""
+    expected = 1
+    for i in sorted(range(t.dim()), key=lambda i: t.stride(i)):
+        if t.shape[i] > 1 and t.stride(i) != expected:
+            return False
+        expected *= t.shape[i]
+    return True

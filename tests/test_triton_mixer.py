@@ -1,0 +1,82 @@
+"""The fused training path (``scan.triton_mixer`` for the mixer, ``triton_norm`` between blocks) against the
+per-op model with the float64 reference scan: logits and every parameter's gradient, in Triton's
+interpreter on CPU (a subprocess) and compiled on CUDA. Odd sizes: d_inner not a multiple of any block,
+n not a power of two, L not a multiple of a chunk; with and without biases; float32 and bfloat16."""
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from benchmarks.triton_interpret import run_script  # noqa: E402
+
+SCRIPT = """
+import copy, json
+import torch
+from mambadyn.nn import MambaConfig, MambaLM
+interpret = os.environ.get("TRITON_INTERPRET") == "1"
+dev = "cuda" if torch.cuda.is_available() and not interpret else "cpu"
+worst, paths = {}, {}
+cases = [dict(d_model=18, n_layer=2, d_state=5, bias=False, conv_bias=True, residual_in_fp32=True, L=37, b=2),
+         dict(d_model=12, n_layer=1, d_state=4, bias=True, conv_bias=False, residual_in_fp32=False, L=9, b=1)]
+for dtype in (torch.float32, torch.bfloat16):
+    for i, c in enumerate(cases):
+        c = dict(c)
+        L, b = c.pop("L"), c.pop("b")
+        torch.manual_seed(i)
+        fused = MambaLM(MambaConfig(vocab_size=23, scan_backend="triton", **c)).to(dev)
+        ref = copy.deepcopy(fused).double()
+        for layer in ref.backbone.layers:
+            layer.mixer.scan_backend = "reference"
+        fused = fused.to(dtype)
+        # in bfloat16 the per-op path's own error is the yardstick: the fused one must not be much worse
+        plain = copy.deepcopy(fused)
+        for layer in plain.backbone.layers:
+            layer.mixer.fused = False
+        paths[str(i)] = fused.backbone.layers[0].mixer.uses_fused_kernels(torch.zeros(1, device=dev))
+        ids = torch.randint(0, 23, (b, L), device=dev)
+        w = torch.randn(b, L, 23, device=dev, dtype=torch.float64)
+        out_ref = ref(ids)
+        (out_ref * w).sum().backward()
+        for tag, model in (("fused", fused), ("plain", plain)) if dtype != torch.float32 else (("fused", fused),):
+            out = model(ids)
+            (out.double() * w).sum().backward()
+            errs = {"logits": (out.double(), out_ref)}
+            for (name, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
+                errs["d:" + ".".join(name.split(".")[-2:])] = (p.grad.double(), q.grad)
+            for name, (a, r) in errs.items():  # relative in norm: a max over a few dozen bf16 roundings is noise
+                e = ((a - r).norm() / r.norm().clamp_min(1e-12)).item()
+                key = f"{tag}-{str(dtype)[6:]}-{name}"
+                worst[key] = max(worst.get(key, 0.0), e)
+print(json.dumps({"worst": worst, "fused": paths}))
+"""
+
+
+def _check(interpret: bool):
+    got = run_script(SCRIPT, interpret)
+    assert all(got["fused"].values()), got["fused"]  # the fused path ran, not the per-op one
+    worst = got["worst"]
+    for k, v in worst.items():
+        if k.startswith("fused-float32"):
+            assert v < 2e-4, (k, v, worst)
+        elif k.startswith("fused-"):  # bfloat16: within twice the per-op path's error (or 1%)
+            assert v < max(2 * worst[k.replace("fused-", "plain-")], 1e-2), (k, v, worst)
+
+
+def test_fused_model_matches_the_reference_in_the_interpreter():
+    _check(interpret=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled kernels need CUDA")
+def test_fused_model_matches_the_reference_on_cuda():
+    _check(interpret=False)
+
+
+def test_fused_path_is_off_where_it_cannot_run():
+    from mambadyn.nn import MambaConfig, MambaLM
+
+    m = MambaLM(MambaConfig(vocab_size=11, d_model=8, n_layer=1, d_state=2))
+    mixer = m.backbone.layers[0].mixer
+    assert not mixer.uses_fused_kernels(torch.zeros(1, dtype=torch.float64))
+    mixer.fused = False
+    assert not mixer.uses_fused_kernels(torch.zeros(1))
