@@ -29,8 +29,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.build_mamba_ssm import build, built, use_build  # noqa: E402
-from mambadyn import MambaConfig, MambaLM  # noqa: E402
+from benchmarks.build_mamba_ssm import build, built, use_build
+from mambadyn import MambaConfig, MambaLM
+from mambadyn.train import GraphedTrainStep
 
 D_MODEL, N_LAYER, VOCAB = 768, 24, 50280
 
@@ -60,25 +61,33 @@ def _logits(out):
     return out if isinstance(out, torch.Tensor) else out.logits
 
 
-class Trainer:
-    """One model, its optimizer and a fixed batch; ``step()`` runs one timed training step."""
+def _loss(model, x, y):
+    return F.cross_entropy(_logits(model(x)).float().flatten(0, 1), y.flatten())
 
-    def __init__(self, make, batch: int, seq: int):
+
+class Trainer:
+    """One model, its optimizer and a fixed batch; ``step()`` runs one timed training step, eager or (with
+    ``graphed``) replayed from a CUDA graph of the whole step (mambadyn.train.GraphedTrainStep)."""
+
+    def __init__(self, make, batch: int, seq: int, graphed: bool = False):
         torch.manual_seed(0)
         self.model = make().cuda().train()
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=True)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=True, capturable=graphed)
         ids = torch.randint(0, VOCAB, (batch, seq + 1), device="cuda")
-        self.x, self.y = ids[:, :-1], ids[:, 1:]
+        self.x, self.y = ids[:, :-1].contiguous(), ids[:, 1:].contiguous()
+        self.graphed = GraphedTrainStep(self.model, self.opt, _loss, self.x, self.y) if graphed else None
 
     def step(self) -> float:
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits = _logits(self.model(self.x))
-        loss = F.cross_entropy(logits.float().flatten(0, 1), self.y.flatten())
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
+        if self.graphed is not None:
+            self.graphed(self.x, self.y)
+        else:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = _loss(self.model, self.x, self.y)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
         torch.cuda.synchronize()
         return time.perf_counter() - t0
 
@@ -95,7 +104,8 @@ def train_rows(makers: dict, batch: int, seq: int, steps: int, rounds: int, warm
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
             try:
-                tr = Trainer(make, batch, seq)
+                make, graphed = make if isinstance(make, tuple) else (make, False)
+                tr = Trainer(make, batch, seq, graphed)
                 for _ in range(warmup if r == 0 else 1):
                     tr.step()
                 torch.cuda.reset_peak_memory_stats()
@@ -176,12 +186,16 @@ def markdown(result: dict) -> str:
     lines = [f"# The whole model on {result['device']}", "",
              f"Command: `{result['command']}`. {result['shape']}", ""]
     train = result["train"]
-    ref = next((r for r in train if r["impl"] == "mamba_ssm" and "error" not in r), None)
-    lines += ["## Training", "", "| impl | step (ms) | tokens/s | vs mamba-ssm | peak memory (GB) |", "|---|---|---|---|---|"]
+    refs = {name: next((r for r in train if r["impl"] == name and "error" not in r), None)
+            for name in ("mamba_ssm", "mamba_ssm graphed")}
+    lines += ["## Training", "", ("Eager steps, then whole steps replayed from a CUDA graph (`GraphedTrainStep`); "
+                                  "each is compared with mamba-ssm run the same way."), "",
+              "| impl | step (ms) | tokens/s | vs mamba-ssm | peak memory (GB) |", "|---|---|---|---|---|"]
     for r in train:
         if "error" in r:
             lines.append(f"| {r['impl']} | — | — | — | {r['error'][:80]} |")
             continue
+        ref = refs["mamba_ssm graphed" if r["impl"].endswith("graphed") else "mamba_ssm"]
         vs = f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if ref else "—"
         lines.append(f"| {r['impl']} | {r['step_s'] * 1e3:.1f} | {r['tokens_per_s']:,.0f} | {vs} | "
                      f"{r['peak_memory_gb']:.2f} |")
@@ -233,27 +247,37 @@ def main():
         use_build(args.build_dir)
     only = set(filter(None, args.only.split(",")))
     pick = (lambda d: {k: v for k, v in d.items() if not only or k.split(" ")[0] in only})
+
+    def save():  # after each phase, so a run cut short keeps what it measured
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
+        Path(args.md).write_text(markdown(result))
+
+    # eager steps (the issue's comparison), then whole steps replayed from a CUDA graph. Last, on their own:
+    # capturing mamba-ssm's step (a failed capture can leave the CUDA context unusable) and transformers'
+    # step, the slowest
     train = {"mambadyn": mambadyn_model, "mambadyn per-op": lambda: mambadyn_model(fused=False)}
     if have_ms:
         train["mamba_ssm"] = mamba_ssm_model
-    train["transformers"] = transformers_model
+    train["mambadyn graphed"] = (mambadyn_model, True)
     result["train"] = train_rows(pick(train), args.batch, args.seq, args.steps, args.rounds)
-    for r in result["train"]:
-        print("train", r, flush=True)
+    result["decode"] = []
+    save()
     decode = {"mambadyn": (mambadyn_model, _mambadyn_decode, True)}
     if have_ms:
         decode["mamba_ssm cg"] = (mamba_ssm_model, _mamba_ssm_decode, True)
     result["decode"] = decode_rows(pick(decode), [int(b) for b in args.decode_batches.split(",")], 16,
                                    args.new_tokens, args.reps)
-    for r in result["decode"]:
-        print("decode", r, flush=True)
+    save()
     if args.profile:
         result["profile"] = profile_step(mambadyn_model, args.batch, args.seq)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2))
-    Path(args.md).write_text(markdown(result))
+        save()
+    last = {"mamba_ssm graphed": (mamba_ssm_model, True)} if have_ms else {}
+    last["transformers"] = transformers_model
+    for name, make in pick(last).items():
+        result["train"] += train_rows({name: make}, args.batch, args.seq, args.steps, 1)
+        save()
     print(markdown(result))
-
 
 if __name__ == "__main__":
     main()

@@ -8,7 +8,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from benchmarks.triton_interpret import run_script  # noqa: E402
+from benchmarks.triton_interpret import run_script
 
 SCRIPT = """
 import copy, json

@@ -187,8 +187,11 @@ def _check_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
         raise ValueError(f"input_ids must be a (batch, L) tensor, got {getattr(input_ids, 'shape', input_ids)}")
     if input_ids.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"input_ids must be int64 or int32, got {input_ids.dtype}")
-    # the range check reads values: a compiled graph would break on it (the embedding still fails loudly)
-    if not torch.compiler.is_compiling() and input_ids.numel() and (
+    # the range check reads values: a compiled graph would break on it, and a CUDA graph cannot capture it
+    # (the embedding still fails loudly)
+    if torch.compiler.is_compiling() or (input_ids.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return
+    if input_ids.numel() and (
             input_ids.min() < 0 or input_ids.max() >= vocab_size):
         raise ValueError(
             f"input_ids out of range [0, {vocab_size}): min {int(input_ids.min())}, max {int(input_ids.max())}"

@@ -140,8 +140,9 @@ class MambaMixer(nn.Module):
 
             x = conv_step(x, conv_state, self.conv1d.weight, self.conv1d.bias)
             dt, B, C = self.ssm_params(x[:, :, None])
-            y = ssm_step(x, dt[..., 0], self.A, B[..., 0], C[..., 0], self.D.float(), z, self.dt_proj.bias.float(),
-                         ssm_state)
+            # the parameters as they are: the kernel reads them as float32 and takes -exp(A_log) itself
+            y = ssm_step(x, dt[..., 0], self.A_log, B[..., 0], C[..., 0], self.D, z, self.dt_proj.bias, ssm_state,
+                         A_is_log=True)
             return self.out_proj(y.to(hidden.dtype))
         conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
         conv_state[:, :, -1] = x

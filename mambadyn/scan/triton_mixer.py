@@ -118,7 +118,6 @@ def mixer_inner(xz: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Te
     -> (batch, L, d_model). Differentiable in every tensor argument."""
     if xz.dim() != 3 or xz.shape[1] % 2:
         raise ValueError(f"xz must have shape (batch, 2 d_inner, L), got {tuple(xz.shape)}")
-    batch, L = xz.shape[0], xz.shape[2]
-    xz = _as_sequences(_as_matrix(xz), batch)  # a view where xz already has that layout, else one copy
+    xz = _as_sequences(_as_matrix(xz), xz.shape[0])  # a view where xz already has that layout, else one copy
     return _MixerInner.apply(xz, conv_weight.reshape(conv_weight.shape[0], -1).contiguous(), conv_bias,
                              x_proj_weight, dt_proj_weight, out_proj_weight, out_proj_bias, A, D, dt_bias)

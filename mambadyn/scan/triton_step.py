@@ -48,7 +48,7 @@ def _conv_step_kernel(x_ptr, state_ptr, w_ptr, b_ptr, out_ptr, d,
 def _ssm_step_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, state_ptr, out_ptr, d, n,
                      stride_xb, stride_dtb, stride_Bb, stride_Cb, stride_zb, stride_sb, stride_sd, stride_ob,
                      NP: tl.constexpr, BLOCK_D: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-                     HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+                     HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, A_IS_LOG: tl.constexpr):
     pid_b = tl.program_id(0)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, NP)
@@ -62,6 +62,8 @@ def _ssm_step_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, 
     if SOFTPLUS:
         dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))
     A = tl.load(A_ptr + offs_d[:, None] * n + offs_n[None, :], mask=mask, other=0.0).to(tl.float32)
+    if A_IS_LOG:  # the parameter itself: A = -exp(A_log), here rather than in three kernels before the step
+        A = -tl.exp(A)
     B = tl.load(B_ptr + pid_b * stride_Bb + offs_n, mask=mask_n, other=0.0).to(tl.float32)
     C = tl.load(C_ptr + pid_b * stride_Cb + offs_n, mask=mask_n, other=0.0).to(tl.float32)
     srows = state_ptr + pid_b * stride_sb + offs_d[:, None] * stride_sd + offs_n[None, :]
@@ -103,9 +105,10 @@ def conv_step(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor, b
 
 def ssm_step(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
              D: torch.Tensor | None, z: torch.Tensor | None, dt_bias: torch.Tensor | None, state: torch.Tensor,
-             softplus: bool = True, block_d: int = 32) -> torch.Tensor:
-    """x, dt, z (batch, d); A (d, n); B, C (batch, n); D, dt_bias (d,); state (batch, d, n) float32, updated
-    in place -> y (batch, d) in x's dtype."""
+             softplus: bool = True, block_d: int = 32, A_is_log: bool = False) -> torch.Tensor:
+    """x, dt, z (batch, d); A (d, n), or A_log with A = -exp(A_log) where ``A_is_log``; B, C (batch, n);
+    D, dt_bias (d,); state (batch, d, n) float32, updated in place -> y (batch, d) in x's dtype. A, D and
+    dt_bias may be in any float dtype: they are read as float32."""
     batch, d = x.shape
     n = A.shape[1]
     for name, t, shape in (("dt", dt, (batch, d)), ("B", B, (batch, n)), ("C", C, (batch, n)),
@@ -113,12 +116,12 @@ def ssm_step(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor
         _check(name, t, shape)
     if state.dtype != torch.float32:
         raise TypeError(f"state must be float32, got {state.dtype}")
-    A = A.float().contiguous()
+    A = A.contiguous()
     out = torch.empty_like(x)
     grid = (batch, triton.cdiv(d, block_d))
     _ssm_step_kernel[grid](x, dt, A, B, C, D, z, dt_bias, state, out, d, n,
                            x.stride(0), dt.stride(0), B.stride(0), C.stride(0), 0 if z is None else z.stride(0),
                            state.stride(0), state.stride(1), out.stride(0),
                            NP=triton.next_power_of_2(n), BLOCK_D=block_d, HAS_D=D is not None, HAS_Z=z is not None,
-                           HAS_DT_BIAS=dt_bias is not None, SOFTPLUS=softplus)
+                           HAS_DT_BIAS=dt_bias is not None, SOFTPLUS=softplus, A_IS_LOG=A_is_log)
     return out

@@ -1,4 +1,5 @@
-"""Training: typed configs, tasks (LM, image, synthetic), the loop with exact resume, checkpoints."""
+"""Training: typed configs, tasks (LM, image, synthetic), the loop with exact resume, checkpoints, and a
+whole step captured in a CUDA graph."""
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import (
@@ -11,10 +12,12 @@ from .config import (
                      apply_overrides,
                      load_config,
 )
+from .graphed import GraphedTrainStep
 from .loop import train
 from .tasks import ImageTask, LMTask, SyntheticTask
 
 __all__ = [
+    "GraphedTrainStep",
     "ImageTask",
     "ImageTrainConfig",
     "LMTask",
