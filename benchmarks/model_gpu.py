@@ -11,7 +11,7 @@ the build folder are reused). Shape: the 130M model (d_model 768, 24 layers, voc
 8 x 1024 tokens, bf16 autocast over float32 weights, fused AdamW, the same float32 cross-entropy for all;
 decoding in bf16 weights, a 16-token prompt and 256 new tokens. Each training measurement is the median of
 timed steps after warm-up, taken in rounds that alternate the implementations; memory is the peak
-allocated over a step, from a fresh allocator state.
+allocated over a step, from a fresh allocator state (for a graphed step, over its capture and its steps).
 """
 
 from __future__ import annotations
@@ -108,7 +108,8 @@ def train_rows(makers: dict, batch: int, seq: int, steps: int, rounds: int, warm
                 tr = Trainer(make, batch, seq, graphed)
                 for _ in range(warmup if r == 0 else 1):
                     tr.step()
-                torch.cuda.reset_peak_memory_stats()
+                if not graphed:  # a graph's memory is taken at capture: its peak counts from before it
+                    torch.cuda.reset_peak_memory_stats()
                 times[name] += [tr.step() for _ in range(steps)]
                 memory[name] = max(memory.get(name, 0), torch.cuda.max_memory_allocated() - base)
             except torch.OutOfMemoryError as e:
