@@ -232,6 +232,8 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--only", default="", help="comma-separated implementations to run (default: all)")
     ap.add_argument("--profile", action="store_true", help="also profile one mambadyn training step")
+    ap.add_argument("--compiled", action="store_true",
+                    help="also time mambadyn under torch.compile (its fused kernels as custom ops)")
     ap.add_argument("--json", default="results/model_gpu.json")
     ap.add_argument("--md", default="results/model_gpu.md")
     args = ap.parse_args()
@@ -261,6 +263,8 @@ def main():
     if have_ms:
         train["mamba_ssm"] = mamba_ssm_model
     train["mambadyn graphed"] = (mambadyn_model, True)
+    if args.compiled:
+        train["mambadyn compiled"] = lambda: torch.compile(mambadyn_model())
     result["train"] = train_rows(pick(train), args.batch, args.seq, args.steps, args.rounds)
     result["decode"] = []
     save()

@@ -80,3 +80,42 @@ def test_fused_path_is_off_where_it_cannot_run():
     assert not mixer.uses_fused_kernels(torch.zeros(1, dtype=torch.float64))
     mixer.fused = False
     assert not mixer.uses_fused_kernels(torch.zeros(1))
+
+
+COMPILE_SCRIPT = """
+import json
+import torch
+from benchmarks.compile_check import compile_and_compare
+from mambadyn.nn import MambaConfig, MambaLM
+torch.manual_seed(0)
+device = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
+m = MambaLM(MambaConfig(vocab_size=20, d_model=16, n_layer=2, d_state=4, scan_backend="triton", bias=True)).to(device)
+x = torch.randint(0, 20, (2, 9), device=device)
+result = compile_and_compare(m, x)
+g = torch.Generator().manual_seed(1)
+r = lambda *s: torch.randn(*s, generator=g).to(device)
+b, d, L, n, R, Dm = 2, 6, 5, 3, 2, 4
+xz = r(2 * d, b * L).view(2 * d, b, L).transpose(0, 1)
+mixer = (xz, r(d, 4), r(d), r(R + 2 * n, d), r(d, R), r(Dm, d), None, -torch.rand(d, n, generator=g).to(device), r(d),
+         r(d), [2, 8, 1], [2, 8, 1], True)
+torch.library.opcheck(torch.ops.mambadyn.mixer_inner, mixer)
+torch.library.opcheck(torch.ops.mambadyn.rms_norm_add, (r(7, Dm), r(7, Dm), r(Dm), 1e-5, True))
+print(json.dumps(result))
+"""
+
+
+def _compile_check(interpret: bool):
+    r = run_script(COMPILE_SCRIPT, interpret)
+    assert r["breaks"] == 0 and r["graphs"] == 1, r
+    assert r["err"] < 1e-5, r  # compiled (custom ops) and eager (autograd functions) launch the same kernels
+
+
+def test_torch_compile_takes_the_fused_path_without_graph_breaks_in_the_interpreter():
+    """Under torch.compile the fused mixer and add+norm are custom ops with fake implementations: one graph,
+    no break, the eager model's outputs and gradients; opcheck checks the ops' fakes and autograd."""
+    _compile_check(interpret=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled kernels need CUDA")
+def test_torch_compile_takes_the_fused_path_without_graph_breaks_on_cuda():
+    _compile_check(interpret=False)

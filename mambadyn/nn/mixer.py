@@ -11,8 +11,8 @@ tokens are then permuted by importance before Δ, B, C are computed and the scan
 
 Where the Triton scan runs (CUDA) and ``config.fused`` is on, a plain forward takes the fused path of
 ``mambadyn.scan.triton_mixer``: in_proj writes (2 d_inner, batch L) and everything after it is one autograd
-function over Triton kernels, with no layout copies. The arithmetic is the same; the per-op path below
-stays for the reference backends, CPU, reordering, recurrent state and torch.compile.
+function over Triton kernels, with no layout copies (custom ops under torch.compile). The arithmetic is
+the same; the per-op path below stays for the reference backends, CPU, reordering and recurrent state.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ class MambaMixer(nn.Module):
 
     def uses_fused_kernels(self, t: torch.Tensor) -> bool:
         """Whether the fused Triton kernels serve activations like ``t`` (see the module's docstring)."""
-        if not self.fused or torch.compiler.is_compiling() or t.dtype == torch.float64:
+        if not self.fused or t.dtype == torch.float64:
             return False
         if self.scan_backend not in ("auto", "triton"):
             return False

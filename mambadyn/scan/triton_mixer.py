@@ -1,4 +1,4 @@
-"""The S6 mixer after in_proj as one autograd function over the Triton kernels, for training on CUDA.
+"""The S6 mixer after in_proj as one differentiable call over the Triton kernels, for training on CUDA.
 
     x, z = xz                                  xz: (batch, 2 d_inner, L), a view of in_proj's (2 d_inner, batch L)
     u = silu(conv(x))                          triton_conv
@@ -14,6 +14,10 @@ dx and dz into the two halves of one dxz buffer that in_proj's backward reads as
 Memory: the forward keeps xz, x_proj's output and the scan's chunk states. The conv output and Δ are
 recomputed in the backward (one conv and one small product), and the gated output that out_proj's weight
 gradient needs is written again by the scan's backward kernel, which computes it anyway.
+
+Eager calls go through an autograd.Function (less CPU per call); under torch.compile the same launches
+are ``torch.library`` custom ops with fake implementations, so the compiled graph holds one opaque node per
+mixer and does not break.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import torch.nn.functional as F
 
 from .triton_conv import conv_backward, conv_forward
 from .triton_scan import _backward, _forward
-from .triton_tuning import _sm_count, _tunings
+from .triton_tuning import Tuning, _sm_count, _tunings
 
 
 def _as_matrix(t: torch.Tensor) -> torch.Tensor:
@@ -36,76 +40,151 @@ def _as_sequences(m: torch.Tensor, batch: int) -> torch.Tensor:
     return m.view(m.shape[0], batch, -1).transpose(0, 1)
 
 
+def _split(x_dbl, dt_proj_w, n: int, batch: int):
+    # Δ before its bias, B and C from x_proj's output: (batch, ., L) views of (., batch L) matrices
+    rank = dt_proj_w.shape[1]
+    delta = _as_sequences(dt_proj_w @ x_dbl[:rank], batch)
+    return delta, _as_sequences(x_dbl[rank:rank + n], batch), _as_sequences(x_dbl[rank + n:], batch)
+
+
+def _conv(xz, conv_w, conv_b):
+    batch, two_d, L = xz.shape
+    u = _as_sequences(torch.empty(two_d // 2, batch * L, device=xz.device, dtype=xz.dtype), batch)
+    return conv_forward(xz[:, :two_d // 2], conv_w, conv_b, out=u)
+
+
+def _mixer_forward(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, D, dt_bias,
+                   fwd: Tuning, bwd: Tuning, save: bool):
+    """-> out (batch, L, d_model), x_proj's output (dt_rank + 2n, batch L), and the scan's chunk states if
+    ``save`` (else None)."""
+    batch, two_d, L = xz.shape
+    u = _conv(xz, conv_w, conv_b)
+    x_dbl = x_proj_w @ _as_matrix(u)
+    delta, B, C = _split(x_dbl, dt_proj_w, A.shape[1], batch)
+    y, _, saved = _forward(u, delta, A, B, C, D, xz[:, two_d // 2:], dt_bias, None, True, fwd, bwd, save)
+    out = F.linear(_as_matrix(y).t(), out_proj_w, out_proj_b)  # (batch L, d_model)
+    return out.view(batch, L, -1), x_dbl, saved[-1] if save else None
+
+
+def _mixer_backward(dout, xz, conv_w, conv_b, x_dbl, x_proj_w, dt_proj_w, out_proj_w, has_out_b: bool, A, D,
+                    dt_bias, states, bwd: Tuning):
+    """-> the gradients of xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, D, dt_bias
+    (None for an absent bias)."""
+    batch, two_d, L = xz.shape
+    d, n, rank = two_d // 2, A.shape[1], dt_proj_w.shape[1]
+    dout = dout.reshape(batch * L, -1)
+    u = _conv(xz, conv_w, conv_b)  # recomputed rather than kept (see the module's docstring)
+    delta, B, C = _split(x_dbl, dt_proj_w, n, batch)
+    dy = _as_sequences(out_proj_w.t() @ dout.t(), batch)  # (batch, d, L)
+    dxz = torch.empty_like(xz)
+    y_gated = torch.empty_like(u)
+    du, ddelta, dA, dB, dC, dD, _, dbias, _ = _backward(
+        dy, None, u, delta, A, B, C, D, xz[:, d:], dt_bias, states, True, bwd, dz=dxz[:, d:], out_z=y_gated)
+    d_out_w = dout.t() @ _as_matrix(y_gated).t()
+    d_out_b = dout.sum(0) if has_out_b else None
+    dd = _as_matrix(ddelta)  # (d, batch L)
+    d_dt_w = dd @ x_dbl[:rank].t()
+    dx_dbl = torch.empty_like(x_dbl)
+    torch.mm(dt_proj_w.t(), dd, out=dx_dbl[:rank])
+    dx_dbl[rank:rank + n].copy_(_as_matrix(dB))
+    dx_dbl[rank + n:].copy_(_as_matrix(dC))
+    d_x_proj_w = dx_dbl @ _as_matrix(u).t()
+    _as_matrix(du).addmm_(x_proj_w.t(), dx_dbl)  # u feeds x_proj as well as the scan
+    _, dw, db = conv_backward(xz[:, :d], conv_w, conv_b, du, dx=dxz[:, :d])
+    return (dxz, dw.to(conv_w.dtype), None if db is None else db.to(conv_b.dtype), d_x_proj_w, d_dt_w, d_out_w,
+            d_out_b, dA, dD, dbias)
+
+
 class _MixerInner(torch.autograd.Function):
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda")
-    def forward(ctx, xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, D, dt_bias):
-        batch, two_d, L = xz.shape
-        d = two_d // 2
-        n = A.shape[1]
-        rank = dt_proj_w.shape[1]
-        if torch.is_autocast_enabled("cuda"):  # custom_fwd leaves the products to us
-            dt = torch.get_autocast_dtype("cuda")
-            x_proj_w, dt_proj_w, out_proj_w = (w.to(dt) for w in (x_proj_w, dt_proj_w, out_proj_w))
-            out_proj_b = None if out_proj_b is None else out_proj_b.to(dt)
-        x, z = xz[:, :d], xz[:, d:]
-        u = _as_sequences(torch.empty(d, batch * L, device=xz.device, dtype=xz.dtype), batch)
-        conv_forward(x, conv_w, conv_b, out=u)
-        x_dbl = x_proj_w @ _as_matrix(u)                       # (rank + 2n, batch L)
-        delta = _as_sequences(dt_proj_w @ x_dbl[:rank], batch)  # (batch, d, L)
-        B = _as_sequences(x_dbl[rank:rank + n], batch)
-        C = _as_sequences(x_dbl[rank + n:], batch)
-        need_grad = any(ctx.needs_input_grad)
-        fwd, bwd = _tuning(xz, need_grad)
-        y, _, saved = _forward(u, delta, A, B, C, D, z, dt_bias, None, True, fwd, bwd, need_grad)
-        out = F.linear(_as_matrix(y).t(), out_proj_w, out_proj_b)  # (batch L, d_model)
-        if need_grad:
-            ctx.save_for_backward(xz, conv_w, conv_b, x_dbl, x_proj_w, dt_proj_w, out_proj_w, A, D, dt_bias,
-                                  saved[-1])
+    def forward(ctx, xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, D, dt_bias, fwd, bwd):
+        save = any(ctx.needs_input_grad)
+        out, x_dbl, states = _mixer_forward(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, D,
+                                            dt_bias, fwd, bwd, save)
+        if save:
+            ctx.save_for_backward(xz, conv_w, conv_b, x_dbl, x_proj_w, dt_proj_w, out_proj_w, A, D, dt_bias, states)
             ctx.tuning, ctx.has_out_b = bwd, out_proj_b is not None
-        return out.view(batch, L, -1)
+        return out
 
     @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, dout):
         xz, conv_w, conv_b, x_dbl, x_proj_w, dt_proj_w, out_proj_w, A, D, dt_bias, states = ctx.saved_tensors
-        batch, two_d, L = xz.shape
-        d = two_d // 2
-        n = A.shape[1]
-        rank = dt_proj_w.shape[1]
-        x, z = xz[:, :d], xz[:, d:]
-        dout = dout.reshape(batch * L, -1)
-        # recomputed rather than kept (see the module's docstring)
-        u = _as_sequences(torch.empty(d, batch * L, device=xz.device, dtype=xz.dtype), batch)
-        conv_forward(x, conv_w, conv_b, out=u)
-        delta = _as_sequences(dt_proj_w @ x_dbl[:rank], batch)
-        B = _as_sequences(x_dbl[rank:rank + n], batch)
-        C = _as_sequences(x_dbl[rank + n:], batch)
-        dy = _as_sequences(out_proj_w.t() @ dout.t(), batch)  # (batch, d, L)
-        dxz = torch.empty_like(xz)
-        dx, dz = dxz[:, :d], dxz[:, d:]
-        y_gated = torch.empty_like(u)
-        du, ddelta, dA, dB, dC, dD, _, dbias, _ = _backward(
-            dy, None, u, delta, A, B, C, D, z, dt_bias, states, True, ctx.tuning, dz=dz, out_z=y_gated)
-        d_out_w = dout.t() @ _as_matrix(y_gated).t()
-        d_out_b = dout.sum(0) if ctx.has_out_b else None
-        dd = _as_matrix(ddelta)                                     # (d, batch L)
-        d_dt_w = dd @ x_dbl[:rank].t()
-        dx_dbl = torch.empty_like(x_dbl)
-        torch.mm(dt_proj_w.t(), dd, out=dx_dbl[:rank])
-        dx_dbl[rank:rank + n].copy_(_as_matrix(dB))
-        dx_dbl[rank + n:].copy_(_as_matrix(dC))
-        d_x_proj_w = dx_dbl @ _as_matrix(u).t()
-        du_m = _as_matrix(du)
-        du_m.addmm_(x_proj_w.t(), dx_dbl)                          # u feeds x_proj as well as the scan
-        _, dw, db = conv_backward(x, conv_w, conv_b, du, dx=dx)
-        return (dxz, dw.to(conv_w.dtype), None if db is None else db.to(conv_b.dtype), d_x_proj_w, d_dt_w,
-                d_out_w, d_out_b, dA, dD, dbias)
+        grads = _mixer_backward(dout, xz, conv_w, conv_b, x_dbl, x_proj_w, dt_proj_w, out_proj_w, ctx.has_out_b,
+                                A, D, dt_bias, states, ctx.tuning)
+        return (*grads, None, None)
 
 
-def _tuning(xz: torch.Tensor, need_grad: bool):
-    sms = _sm_count(xz.device.index or 0) if xz.is_cuda else None
-    return _tunings(xz.element_size(), rows=xz.shape[0] * xz.shape[1] // 2, sms=sms, need_grad=need_grad)
+@torch.library.custom_op("mambadyn::mixer_inner", mutates_args=())
+def _mixer_op(xz: torch.Tensor, conv_w: torch.Tensor, conv_b: torch.Tensor | None, x_proj_w: torch.Tensor,
+              dt_proj_w: torch.Tensor, out_proj_w: torch.Tensor, out_proj_b: torch.Tensor | None, A: torch.Tensor,
+              D: torch.Tensor, dt_bias: torch.Tensor, fwd: list[int], bwd: list[int], save: bool
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> out (batch, L, d_model), x_proj's output (dt_rank + 2n, batch L), the chunk states (empty unless
+    ``save``)."""
+    xz = _as_sequences(_as_matrix(xz), xz.shape[0])  # the layout the launches take (the fake cannot promise it)
+    out, x_dbl, states = _mixer_forward(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, D,
+                                        dt_bias, Tuning(*fwd), Tuning(*bwd), save)
+    return out, x_dbl, states if save else xz.new_empty(0, dtype=torch.float32)
+
+
+@_mixer_op.register_fake
+def _(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, D, dt_bias, fwd, bwd, save):
+    batch, two_d, L = xz.shape
+    n = A.shape[1]
+    f32 = {"dtype": torch.float32}
+    states = xz.new_empty(-(-L // bwd[1]), batch, two_d // 2, n, **f32) if save else xz.new_empty(0, **f32)
+    return (xz.new_empty(batch, L, out_proj_w.shape[0]), xz.new_empty(x_proj_w.shape[0], batch * L), states)
+
+
+@torch.library.custom_op("mambadyn::mixer_inner_backward", mutates_args=())
+def _mixer_backward_op(dout: torch.Tensor, xz: torch.Tensor, conv_w: torch.Tensor, conv_b: torch.Tensor | None,
+                       x_dbl: torch.Tensor, x_proj_w: torch.Tensor, dt_proj_w: torch.Tensor, out_proj_w: torch.Tensor,
+                       has_out_b: bool, A: torch.Tensor, D: torch.Tensor, dt_bias: torch.Tensor,
+                       states: torch.Tensor, bwd: list[int]) -> list[torch.Tensor]:
+    """-> the gradients of ``_mixer_backward`` (empty where a bias is absent)."""
+    xz = _as_sequences(_as_matrix(xz), xz.shape[0])
+    grads = _mixer_backward(dout, xz, conv_w, conv_b, x_dbl, x_proj_w, dt_proj_w, out_proj_w, has_out_b, A, D,
+                            dt_bias, states, Tuning(*bwd))
+    # dA, dD and Δ's bias gradient are views of one buffer; a custom op's outputs may not share storage
+    return [xz.new_empty(0) if g is None else (g.clone() if g._base is not None else g) for g in grads]
+
+
+@_mixer_backward_op.register_fake
+def _(dout, xz, conv_w, conv_b, x_dbl, x_proj_w, dt_proj_w, out_proj_w, has_out_b, A, D, dt_bias, states, bwd):
+    out_b = xz.new_empty(out_proj_w.shape[0]) if has_out_b else xz.new_empty(0)
+    batch, _, L = xz.shape
+    # dxz has the launches' layout: (batch, 2 d_inner, L) viewing a (2 d_inner, batch L) matrix
+    return [xz.new_empty_strided(xz.shape, (L, batch * L, 1)), conv_w.new_empty(conv_w.shape),
+            xz.new_empty(0) if conv_b is None else conv_b.new_empty(conv_b.shape), x_proj_w.new_empty(x_proj_w.shape),
+            dt_proj_w.new_empty(dt_proj_w.shape), out_proj_w.new_empty(out_proj_w.shape), out_b,
+            A.new_empty(A.shape), D.new_empty(D.shape), dt_bias.new_empty(dt_bias.shape)]
+
+
+def _op_setup(ctx, inputs, output):
+    xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, D, dt_bias, _fwd, bwd, _save = inputs
+    ctx.save_for_backward(xz, conv_w, conv_b, output[1], x_proj_w, dt_proj_w, out_proj_w, A, D, dt_bias, output[2])
+    ctx.bwd, ctx.has_out_b, ctx.has_conv_b = bwd, out_proj_b is not None, conv_b is not None
+
+
+def _op_backward(ctx, dout, _dx_dbl, _dstates):
+    xz, conv_w, conv_b, x_dbl, x_proj_w, dt_proj_w, out_proj_w, A, D, dt_bias, states = ctx.saved_tensors
+    if states.numel() == 0:
+        raise RuntimeError("the fused mixer ran without saving its states (no grad was needed then)")
+    grads = _mixer_backward_op(dout, xz, conv_w, conv_b, x_dbl, x_proj_w, dt_proj_w, out_proj_w, ctx.has_out_b,
+                               A, D, dt_bias, states, ctx.bwd)
+    grads[2] = grads[2] if ctx.has_conv_b else None
+    grads[6] = grads[6] if ctx.has_out_b else None
+    return (*grads, None, None, None)
+
+
+_mixer_op.register_autograd(_op_backward, setup_context=_op_setup)
+
+
+def _tuning(xz: torch.Tensor, need_grad: bool, compiling: bool):
+    # under dynamo the cache's wrapped functions (pure) are traced directly
+    sm_count, tunings = (_sm_count.__wrapped__, _tunings.__wrapped__) if compiling else (_sm_count, _tunings)
+    sms = sm_count(xz.device.index or 0) if xz.is_cuda else None
+    return tunings(xz.element_size(), rows=xz.shape[0] * xz.shape[1] // 2, sms=sms, need_grad=need_grad)
 
 
 def mixer_inner(xz: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor | None,
@@ -118,6 +197,21 @@ def mixer_inner(xz: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Te
     -> (batch, L, d_model). Differentiable in every tensor argument."""
     if xz.dim() != 3 or xz.shape[1] % 2:
         raise ValueError(f"xz must have shape (batch, 2 d_inner, L), got {tuple(xz.shape)}")
+    if torch.is_autocast_enabled(xz.device.type):  # the products run in autocast's dtype, as F.linear's would
+        dt = torch.get_autocast_dtype(xz.device.type)
+        x_proj_weight, dt_proj_weight, out_proj_weight = (w.to(dt) for w in (x_proj_weight, dt_proj_weight,
+                                                                             out_proj_weight))
+        out_proj_bias = None if out_proj_bias is None else out_proj_bias.to(dt)
+    conv_weight = conv_weight.reshape(conv_weight.shape[0], -1).contiguous()
+    compiling = torch.compiler.is_compiling()
+    need_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
+                                                    out_proj_weight, out_proj_bias, A, D, dt_bias))
+    fwd, bwd = _tuning(xz, need_grad, compiling)
+    if compiling:
+        return _mixer_op(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, out_proj_weight, out_proj_bias,
+                         A, D, dt_bias, [fwd.block_d, fwd.chunk, fwd.num_warps],
+                         [bwd.block_d, bwd.chunk, bwd.num_warps], need_grad)[0]
     xz = _as_sequences(_as_matrix(xz), xz.shape[0])  # a view where xz already has that layout, else one copy
-    return _MixerInner.apply(xz, conv_weight.reshape(conv_weight.shape[0], -1).contiguous(), conv_bias,
-                             x_proj_weight, dt_proj_weight, out_proj_weight, out_proj_bias, A, D, dt_bias)
+    return _MixerInner.apply(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, out_proj_weight,
+                             out_proj_bias, A, D, dt_bias, fwd, bwd)

@@ -61,18 +61,37 @@ def _bwd_kernel(r_ptr, w_ptr, rstd_ptr, dy_ptr, dr_out_ptr, dr_ptr, dw_ptr, rows
     tl.atomic_add(dw_ptr + offs, dw, mask=mask, sem="relaxed")
 
 
+def _norm_forward(x, residual, weight, eps: float, residual_fp32: bool):
+    """x, residual (rows, D) -> y (rows, D) in x's dtype, r = x + residual, rstd (rows,) float32."""
+    rows, D = x.shape
+    y = torch.empty_like(x)
+    # the sum's dtype is what x + residual would give in PyTorch, unless the residual is kept in float32
+    r_dtype = torch.float32 if residual_fp32 else (
+        x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype))
+    r = torch.empty(rows, D, device=x.device, dtype=r_dtype)
+    rstd = torch.empty(rows, device=x.device, dtype=torch.float32)
+    _fwd_kernel[(rows,)](x, residual, weight, y, r, rstd, D, eps, BLOCK=triton.next_power_of_2(D),
+                         HAS_RES=residual is not None)
+    return y, r, rstd
+
+
+def _norm_backward(dy, dr_out, r, weight, rstd, x_dtype):
+    """-> dr (rows, D) float32 (the gradient of x and of the residual input) and dw (D,) float32."""
+    rows, D = r.shape
+    dy = torch.zeros(rows, D, device=r.device, dtype=x_dtype) if dy is None else dy.contiguous()
+    dr = torch.empty(rows, D, device=r.device, dtype=torch.float32)
+    dw = torch.zeros(D, device=r.device, dtype=torch.float32)
+    per = 16
+    _bwd_kernel[(triton.cdiv(rows, per),)](r, weight, rstd, dy, None if dr_out is None else dr_out.contiguous(),
+                                           dr, dw, rows, D, BLOCK=triton.next_power_of_2(D), ROWS=per,
+                                           HAS_DR_OUT=dr_out is not None)
+    return dr, dw
+
+
 class _RMSNormAdd(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, residual, weight, eps, residual_fp32):
-        rows, D = x.shape
-        y = torch.empty_like(x)
-        # the sum's dtype is what x + residual would give in PyTorch, unless the residual is kept in float32
-        r_dtype = torch.float32 if residual_fp32 else (
-            x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype))
-        r = torch.empty(rows, D, device=x.device, dtype=r_dtype)
-        rstd = torch.empty(rows, device=x.device, dtype=torch.float32)
-        _fwd_kernel[(rows,)](x, residual, weight, y, r, rstd, D, eps, BLOCK=triton.next_power_of_2(D),
-                             HAS_RES=residual is not None)
+        y, r, rstd = _norm_forward(x, residual, weight, eps, residual_fp32)
         ctx.save_for_backward(r, weight, rstd)
         ctx.dtypes = x.dtype, None if residual is None else residual.dtype
         ctx.set_materialize_grads(False)
@@ -81,16 +100,52 @@ class _RMSNormAdd(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy, dr_out):
         r, weight, rstd = ctx.saved_tensors
-        rows, D = r.shape
         x_dtype, res_dtype = ctx.dtypes
-        dy = torch.zeros(rows, D, device=r.device, dtype=x_dtype) if dy is None else dy.contiguous()
-        dr = torch.empty(rows, D, device=r.device, dtype=torch.float32)
-        dw = torch.zeros(D, device=r.device, dtype=torch.float32)
-        per = 16
-        _bwd_kernel[(triton.cdiv(rows, per),)](r, weight, rstd, dy, None if dr_out is None else dr_out.contiguous(),
-                                               dr, dw, rows, D, BLOCK=triton.next_power_of_2(D), ROWS=per,
-                                               HAS_DR_OUT=dr_out is not None)
+        dr, dw = _norm_backward(dy, dr_out, r, weight, rstd, x_dtype)
         return dr.to(x_dtype), None if res_dtype is None else dr.to(res_dtype), dw.to(weight.dtype), None, None
+
+
+# the same launches as custom ops for torch.compile (see triton_scan for why)
+@torch.library.custom_op("mambadyn::rms_norm_add", mutates_args=())
+def _norm_op(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float,
+             residual_fp32: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _norm_forward(x, residual, weight, eps, residual_fp32)
+
+
+@_norm_op.register_fake
+def _(x, residual, weight, eps, residual_fp32):
+    r_dtype = torch.float32 if residual_fp32 else (
+        x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype))
+    return x.new_empty(x.shape), x.new_empty(x.shape, dtype=r_dtype), x.new_empty(x.shape[0], dtype=torch.float32)
+
+
+@torch.library.custom_op("mambadyn::rms_norm_add_backward", mutates_args=())
+def _norm_backward_op(dy: torch.Tensor, dr_out: torch.Tensor | None, r: torch.Tensor, weight: torch.Tensor,
+                      rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return _norm_backward(dy, dr_out, r, weight, rstd, dy.dtype)
+
+
+@_norm_backward_op.register_fake
+def _(dy, dr_out, r, weight, rstd):
+    return r.new_empty(r.shape, dtype=torch.float32), weight.new_empty(weight.shape, dtype=torch.float32)
+
+
+def _norm_setup(ctx, inputs, output):
+    x, residual, weight, _eps, _fp32 = inputs
+    ctx.save_for_backward(output[1], weight, output[2])
+    ctx.dtypes = x.dtype, None if residual is None else residual.dtype
+
+
+def _norm_op_backward(ctx, dy, dr_out, _drstd):
+    r, weight, rstd = ctx.saved_tensors
+    x_dtype, res_dtype = ctx.dtypes
+    if dy is None:
+        dy = r.new_zeros(r.shape, dtype=x_dtype)
+    dr, dw = _norm_backward_op(dy.to(x_dtype), dr_out, r, weight, rstd)
+    return dr.to(x_dtype), None if res_dtype is None else dr.to(res_dtype), dw.to(weight.dtype), None, None
+
+
+_norm_op.register_autograd(_norm_op_backward, setup_context=_norm_setup)
 
 
 def rms_norm_add(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float = 1e-5,
@@ -103,7 +158,7 @@ def rms_norm_add(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.T
     if residual is not None and residual.shape != x.shape:
         raise ValueError(f"residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}")
     lead = x.shape[:-1]
-    y, r = _RMSNormAdd.apply(x.reshape(-1, D).contiguous(),
-                             None if residual is None else residual.reshape(-1, D).contiguous(),
-                             weight.contiguous(), float(eps), bool(residual_fp32))
+    args = (x.reshape(-1, D).contiguous(), None if residual is None else residual.reshape(-1, D).contiguous(),
+            weight.contiguous(), float(eps), bool(residual_fp32))
+    y, r = _norm_op(*args)[:2] if torch.compiler.is_compiling() else _RMSNormAdd.apply(*args)
     return y.reshape(*lead, D), r.reshape(*lead, D)
