@@ -17,6 +17,17 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 
+def _plain(obj):
+    # one-element tensors (a learning rate kept as a tensor for a CUDA graph) as numbers, for JSON
+    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    return obj
+
+
 def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     sd = opt.state_dict()
     tensors, scalars = {}, {}
@@ -26,7 +37,7 @@ def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tens
                 tensors[f"{idx}.{k}"] = v.detach().contiguous()
             else:
                 scalars[f"{idx}.{k}"] = v
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+    return tensors, {"param_groups": _plain(sd["param_groups"]), "scalars": scalars}
 
 
 def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
@@ -53,7 +64,7 @@ def save_checkpoint(out_dir: str | Path, step: int, model, optimizer, scheduler,
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             rng[f"cuda{i}"] = s
     save_file(rng, str(tmp / "rng.safetensors"))
-    meta = {"step": step, "optimizer": opt_meta, "scheduler": scheduler.state_dict(),
+    meta = {"step": step, "optimizer": opt_meta, "scheduler": _plain(scheduler.state_dict()),
             "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None, **extra}
     (tmp / "trainer.json").write_text(json.dumps(meta, indent=1, default=str))
     for f in tmp.iterdir():  # make the bytes durable before the rename publishes them

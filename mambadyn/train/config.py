@@ -45,6 +45,8 @@ class RunConfig:
     ckpt_every: int = 200
     log_every: int = 10
     progress: bool = True
+    # replay each training step from a CUDA graph (one GPU, bf16 or no autocast; see train.graphed)
+    cuda_graph: bool = False
 
     def __post_init__(self):
         check_fields(self)
@@ -56,6 +58,9 @@ class RunConfig:
             raise ValueError(f"run.amp must be auto, bf16, fp16 or none, got {self.amp!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"run.device must be auto, cpu or cuda[:i], got {self.device!r}")
+        if self.cuda_graph and (self.device == "cpu" or self.amp == "fp16"):
+            raise ValueError("run.cuda_graph needs a CUDA device and amp bf16, none or auto (fp16's loss scaling "
+                             "reads values on the CPU)")
 
 
 LM_DATASETS = ("tiny-shakespeare", *WIKITEXT)

@@ -6,8 +6,9 @@ GPU time; results/model_gpu.md). Captured once, the step replays with one launch
 
 The step must then be the same each time: a fixed batch shape, an optimizer made with ``capturable=True``,
 and nothing in the step that reads a GPU value on the CPU (mambadyn's models skip their input checks
-while a graph is captured). The learning rate is read at capture: give the optimizer a tensor ``lr`` and
-change it in place (``group["lr"].fill_(v)``) to schedule it.
+while a graph is captured). Each group's learning rate becomes a tensor the graph reads, so a scheduler
+can change it (call ``keep_lr_tensors()`` after its step). ``mambadyn train ... --set run.cuda_graph=true``
+trains this way.
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ class GraphedTrainStep:
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.amp_dtype, self.grad_clip = amp_dtype, grad_clip
         self.x, self.y = x.clone(), y.clone()
+        self.grad_norm = None  # the clipped gradients' norm before clipping, where grad_clip is given
+        # the graph reads each group's lr from a tensor, which a scheduler can then change (keep_lr_tensors)
+        for g in optimizer.param_groups:
+            if not torch.is_tensor(g["lr"]):
+                g["lr"] = torch.tensor(float(g["lr"]), device=x.device)
+        self.lr = [g["lr"] for g in optimizer.param_groups]
         params = [p for p in model.parameters() if p.requires_grad]
         saved_params = [p.detach().clone() for p in params]
         had_state = {id(p) for p in params if optimizer.state.get(p)}
@@ -67,9 +74,17 @@ class GraphedTrainStep:
             loss = self.loss_fn(self.model, self.x, self.y)
         loss.backward()
         if self.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optimizer.step()
         return loss.detach()
+
+    def keep_lr_tensors(self) -> None:
+        """After a scheduler step: put each group's new lr into the tensor the graph reads (a scheduler that
+        assigns a number instead of filling the tensor would otherwise go unseen)."""
+        for g, t in zip(self.optimizer.param_groups, self.lr):
+            if g["lr"] is not t:
+                t.fill_(float(g["lr"]))
+                g["lr"] = t
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if x.shape != self.x.shape or y.shape != self.y.shape:

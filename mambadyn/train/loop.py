@@ -108,7 +108,7 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 # settings that may change between a run and its resumption: they do not change what is computed
 RESUMABLE_CHANGES = ("run.progress", "run.device", "run.out_dir", "run.eval_every", "run.eval_batches", "run.log_every",
-                     "run.ckpt_every")
+                     "run.ckpt_every", "run.cuda_graph", "model.fused")
 
 
 def config_differences(stored: dict, requested: dict) -> list[str]:
@@ -189,6 +189,16 @@ def train(make_task: Callable, cfg, resume: bool = False, on_eval=None) -> dict:
         return _train(make_task, cfg, out, resume, on_eval)
 
 
+def _capture(model, optimizer, task, x, y, amp_dtype, grad_clip: float):
+    from .graphed import GraphedTrainStep
+
+    try:
+        return GraphedTrainStep(model, optimizer, task.loss, x, y, amp_dtype=amp_dtype, grad_clip=grad_clip)
+    except RuntimeError as e:
+        raise RuntimeError(f"this task's training step cannot be captured in a CUDA graph ({e}); "
+                           "train without run.cuda_graph") from e
+
+
 def _train(make_task, cfg, out: Path, resume: bool, on_eval) -> dict:
     run, opt_cfg = cfg.run, cfg.optim
     rank, world, device = _dist_setup(run.device)
@@ -204,10 +214,12 @@ def _train(make_task, cfg, out: Path, resume: bool, on_eval) -> dict:
             return contextlib.nullcontext()
         return torch.autocast(device.type, dtype=amp_dtype)
 
+    if run.cuda_graph and (device.type != "cuda" or world > 1):
+        raise ValueError(f"run.cuda_graph runs on one CUDA device, not {device} with {world} process(es)")
     torch.manual_seed(run.seed)
     model = task.build_model().to(device)
     optimizer = torch.optim.AdamW(param_groups(model, opt_cfg.weight_decay), lr=opt_cfg.lr, betas=opt_cfg.betas,
-                                  foreach=True)
+                                  foreach=True, capturable=run.cuda_graph)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(opt_cfg.warmup_steps, opt_cfg.steps, opt_cfg.min_lr_ratio))
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
@@ -251,20 +263,32 @@ def _train(make_task, cfg, out: Path, resume: bool, on_eval) -> dict:
                desc=out.name)
     model.train()
     t_last, items = time.perf_counter(), 0
+    graphed = None
     for step in range(start, opt_cfg.steps):
         x, y = task.batch(step)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast():
-            loss = task.loss(net, x, y)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower optim.lr or check the data")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), opt_cfg.grad_clip or math.inf)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+        if run.cuda_graph:
+            if graphed is None:  # captured at the first step, after any resume has loaded the state
+                graphed = _capture(model, optimizer, task, x, y, amp_dtype, opt_cfg.grad_clip or math.inf)
+            loss = graphed(x, y)
+            grad_norm = graphed.grad_norm
+            # the graph has already stepped: a non-finite loss stops the run before its weights are saved
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower optim.lr or check the data")
+            scheduler.step()
+            graphed.keep_lr_tensors()
+        else:
+            with autocast():
+                loss = task.loss(net, x, y)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower optim.lr or check the data")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), opt_cfg.grad_clip or math.inf)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
         items += task.items(x) * world
         done = step + 1
         if done % run.log_every == 0 or done == opt_cfg.steps:
