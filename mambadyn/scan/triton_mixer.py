@@ -99,6 +99,9 @@ class _MixerInner(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, D, dt_bias, fwd, bwd):
         save = any(ctx.needs_input_grad)
+        # cast here, unseen by autograd: a recorded cast per weight costs the CPU-bound eager step 4 nodes a
+        # layer each way (the returned gradients are cast back by autograd)
+        x_proj_w, dt_proj_w, out_proj_w, out_proj_b = _autocast(x_proj_w, dt_proj_w, out_proj_w, out_proj_b)
         out, x_dbl, states = _mixer_forward(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, D,
                                             dt_bias, fwd, bwd, save)
         if save:
@@ -180,6 +183,14 @@ def _op_backward(ctx, dout, _dx_dbl, _dstates):
 _mixer_op.register_autograd(_op_backward, setup_context=_op_setup)
 
 
+def _autocast(x_proj_w, dt_proj_w, out_proj_w, out_proj_b):
+    # the products run in autocast's dtype, as F.linear's would
+    if not torch.is_autocast_enabled(x_proj_w.device.type):
+        return x_proj_w, dt_proj_w, out_proj_w, out_proj_b
+    dt = torch.get_autocast_dtype(x_proj_w.device.type)
+    return (x_proj_w.to(dt), dt_proj_w.to(dt), out_proj_w.to(dt), None if out_proj_b is None else out_proj_b.to(dt))
+
+
 def _tuning(xz: torch.Tensor, need_grad: bool, compiling: bool):
     # under dynamo the cache's wrapped functions (pure) are traced directly
     sm_count, tunings = (_sm_count.__wrapped__, _tunings.__wrapped__) if compiling else (_sm_count, _tunings)
@@ -197,18 +208,15 @@ def mixer_inner(xz: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Te
     -> (batch, L, d_model). Differentiable in every tensor argument."""
     if xz.dim() != 3 or xz.shape[1] % 2:
         raise ValueError(f"xz must have shape (batch, 2 d_inner, L), got {tuple(xz.shape)}")
-    if torch.is_autocast_enabled(xz.device.type):  # the products run in autocast's dtype, as F.linear's would
-        dt = torch.get_autocast_dtype(xz.device.type)
-        x_proj_weight, dt_proj_weight, out_proj_weight = (w.to(dt) for w in (x_proj_weight, dt_proj_weight,
-                                                                             out_proj_weight))
-        out_proj_bias = None if out_proj_bias is None else out_proj_bias.to(dt)
     conv_weight = conv_weight.reshape(conv_weight.shape[0], -1).contiguous()
     compiling = torch.compiler.is_compiling()
     need_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
                                                     out_proj_weight, out_proj_bias, A, D, dt_bias))
     fwd, bwd = _tuning(xz, need_grad, compiling)
-    if compiling:
+    if compiling:  # the op sees the cast weights; compiled, the casts cost no dispatch
+        x_proj_weight, dt_proj_weight, out_proj_weight, out_proj_bias = _autocast(
+            x_proj_weight, dt_proj_weight, out_proj_weight, out_proj_bias)
         return _mixer_op(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, out_proj_weight, out_proj_bias,
                          A, D, dt_bias, [fwd.block_d, fwd.chunk, fwd.num_warps],
                          [bwd.block_d, bwd.chunk, bwd.num_warps], need_grad)[0]
