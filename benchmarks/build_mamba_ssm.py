@@ -4,7 +4,15 @@ path) from their PyPI sdists, only for this GPU's architecture, for the side-by-
 
     python benchmarks/build_mamba_ssm.py .whl [--build-dir /tmp/mamba_ssm_build]
 
-``.whl`` holds mamba_ssm-*.tar.gz and causal_conv1d-*.tar.gz. The two extensions build in parallel, each
+``.whl`` (git-ignored) holds mamba_ssm-*.tar.gz and causal_conv1d-*.tar.gz, fetched where there is a network:
+
+    MAMBA_SKIP_CUDA_BUILD=TRUE pip download --no-deps --no-binary :all: --no-build-isolation -d .whl \
+        mamba-ssm==2.3.2.post1
+    CAUSAL_CONV1D_SKIP_CUDA_BUILD=TRUE pip download --no-deps --no-binary :all: --no-build-isolation -d .whl \
+        causal-conv1d==1.7.0
+
+On an H200 the builds took 150-165 s (selective scan) and 385-395 s (causal conv), side by side.
+The two extensions build in parallel, each
 with ninja; the Python packages are installed without their CUDA builds (pip, no network, no deps) into
 ``<build-dir>/site``. ``use_build(build_dir)`` puts all of it on sys.path. An extension already built there
 (``*.so``, also one carried in from an earlier machine of the same image) is not built again.
