@@ -38,7 +38,7 @@ def _pre(x_rows, w_ptr, b_ptr, offs_d, offs_t, mask_d, L, K: tl.constexpr, BLOCK
 
 
 @triton.jit
-def _fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, d, L, sx_b, sx_d, sy_b, sy_d,
+def _conv_silu_fwd(x_ptr, w_ptr, b_ptr, y_ptr, d, L, sx_b, sx_d, sy_b, sy_d,
                 K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, HAS_BIAS: tl.constexpr):
     pid_b = tl.program_id(0)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -52,7 +52,7 @@ def _fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, d, L, sx_b, sx_d, sy_b, sy_d,
 
 
 @triton.jit
-def _bwd_grad_kernel(x_ptr, w_ptr, b_ptr, gy_ptr, g_ptr, dw_ptr, db_ptr, d, L, sx_b, sx_d, sg_b, sg_d,
+def _conv_silu_bwd_grad(x_ptr, w_ptr, b_ptr, gy_ptr, g_ptr, dw_ptr, db_ptr, d, L, sx_b, sx_d, sg_b, sg_d,
                      K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, HAS_BIAS: tl.constexpr):
     # gy and g share strides (sg_*): g is made with gy's layout
     pid_b = tl.program_id(0)
@@ -77,7 +77,7 @@ def _bwd_grad_kernel(x_ptr, w_ptr, b_ptr, gy_ptr, g_ptr, dw_ptr, db_ptr, d, L, s
 
 
 @triton.jit
-def _bwd_dx_kernel(g_ptr, w_ptr, dx_ptr, d, L, sg_b, sg_d, sdx_b, sdx_d,
+def _conv_silu_bwd_dx(g_ptr, w_ptr, dx_ptr, d, L, sg_b, sg_d, sdx_b, sdx_d,
                    K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr):
     pid_b = tl.program_id(0)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -112,7 +112,7 @@ def conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     _time_contiguous("x", x)
     out = torch.empty_like(x) if out is None else out
     _time_contiguous("out", out)
-    _fwd_kernel[_grid(batch, d, L, block_d, block_t)](
+    _conv_silu_fwd[_grid(batch, d, L, block_d, block_t)](
         x, weight, bias, out, d, L, x.stride(0), x.stride(1), out.stride(0), out.stride(1), K=weight.shape[1],
         BLOCK_D=block_d, BLOCK_T=block_t, HAS_BIAS=bias is not None)
     return out
@@ -130,11 +130,11 @@ def conv_backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     dw = torch.zeros(d, K, device=x.device, dtype=torch.float32)
     db = torch.zeros(d, device=x.device, dtype=torch.float32) if bias is not None else None
     grid = _grid(batch, d, L, block_d, block_t)
-    _bwd_grad_kernel[grid](x, weight, bias, gy, g, dw, db, d, L, x.stride(0), x.stride(1), gy.stride(0),
+    _conv_silu_bwd_grad[grid](x, weight, bias, gy, g, dw, db, d, L, x.stride(0), x.stride(1), gy.stride(0),
                            gy.stride(1), K=K, BLOCK_D=block_d, BLOCK_T=block_t, HAS_BIAS=bias is not None)
     dx = torch.empty_like(x) if dx is None else dx
     _time_contiguous("dx", dx)
-    _bwd_dx_kernel[grid](g, weight, dx, d, L, g.stride(0), g.stride(1), dx.stride(0), dx.stride(1), K=K,
+    _conv_silu_bwd_dx[grid](g, weight, dx, d, L, g.stride(0), g.stride(1), dx.stride(0), dx.stride(1), K=K,
                          BLOCK_D=block_d, BLOCK_T=block_t)
     return dx, dw, db
 

@@ -22,7 +22,7 @@ import triton.language as tl
 
 
 @triton.jit
-def _fwd_kernel(x_ptr, res_ptr, w_ptr, y_ptr, r_ptr, rstd_ptr, D, eps,
+def _rms_norm_add_fwd(x_ptr, res_ptr, w_ptr, y_ptr, r_ptr, rstd_ptr, D, eps,
                 BLOCK: tl.constexpr, HAS_RES: tl.constexpr):
     row = tl.program_id(0)
     offs = tl.arange(0, BLOCK)
@@ -38,7 +38,7 @@ def _fwd_kernel(x_ptr, res_ptr, w_ptr, y_ptr, r_ptr, rstd_ptr, D, eps,
 
 
 @triton.jit
-def _bwd_kernel(r_ptr, w_ptr, rstd_ptr, dy_ptr, dr_out_ptr, dr_ptr, dw_ptr, rows, D,
+def _rms_norm_add_bwd(r_ptr, w_ptr, rstd_ptr, dy_ptr, dr_out_ptr, dr_ptr, dw_ptr, rows, D,
                 BLOCK: tl.constexpr, ROWS: tl.constexpr, HAS_DR_OUT: tl.constexpr):
     # ROWS rows per program: dw's partial sum stays in registers and is added once per program
     offs = tl.arange(0, BLOCK)
@@ -70,7 +70,7 @@ def _norm_forward(x, residual, weight, eps: float, residual_fp32: bool):
         x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype))
     r = torch.empty(rows, D, device=x.device, dtype=r_dtype)
     rstd = torch.empty(rows, device=x.device, dtype=torch.float32)
-    _fwd_kernel[(rows,)](x, residual, weight, y, r, rstd, D, eps, BLOCK=triton.next_power_of_2(D),
+    _rms_norm_add_fwd[(rows,)](x, residual, weight, y, r, rstd, D, eps, BLOCK=triton.next_power_of_2(D),
                          HAS_RES=residual is not None)
     return y, r, rstd
 
@@ -82,7 +82,7 @@ def _norm_backward(dy, dr_out, r, weight, rstd, x_dtype):
     dr = torch.empty(rows, D, device=r.device, dtype=torch.float32)
     dw = torch.zeros(D, device=r.device, dtype=torch.float32)
     per = 16
-    _bwd_kernel[(triton.cdiv(rows, per),)](r, weight, rstd, dy, None if dr_out is None else dr_out.contiguous(),
+    _rms_norm_add_bwd[(triton.cdiv(rows, per),)](r, weight, rstd, dy, None if dr_out is None else dr_out.contiguous(),
                                            dr, dw, rows, D, BLOCK=triton.next_power_of_2(D), ROWS=per,
                                            HAS_DR_OUT=dr_out is not None)
     return dr, dw
