@@ -42,7 +42,6 @@ class MambaBackbone(nn.Module):
         extras = ([streams] if output_hidden_states else []) + ([states] if return_state else [])
         return (out, *extras) if extras else out
 
-
     def _fused_forward(self, h: torch.Tensor) -> torch.Tensor:
         # the same stack, with each block's residual add fused into the next block's RMSNorm (one Triton
         # kernel reads the mixer's output and the residual once, and writes the sum and its norm)
@@ -53,7 +52,6 @@ class MambaBackbone(nn.Module):
             y, residual = rms_norm_add(x, residual, layer.norm.weight, layer.norm.eps, layer.residual_in_fp32)
             x = layer.drop(layer.mixer(y))
         return rms_norm_add(x, residual, self.norm_f.weight, self.norm_f.eps, self.layers[-1].residual_in_fp32)[0]
-
 
     def step(self, h: torch.Tensor, states) -> torch.Tensor:
         """One token's embedding h (batch, d_model) -> the final norm's output (batch, d_model); ``states``
@@ -191,8 +189,7 @@ def _check_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
     # (the embedding still fails loudly)
     if torch.compiler.is_compiling() or (input_ids.is_cuda and torch.cuda.is_current_stream_capturing()):
         return
-    if input_ids.numel() and (
-            input_ids.min() < 0 or input_ids.max() >= vocab_size):
+    if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab_size):
         raise ValueError(
             f"input_ids out of range [0, {vocab_size}): min {int(input_ids.min())}, max {int(input_ids.max())}"
         )
