@@ -78,16 +78,15 @@ def _mixer_backward(dout, xz, conv_w, conv_b, x_dbl, x_proj_w, dt_proj_w, out_pr
     dy = _as_sequences(out_proj_w.t() @ dout.t(), batch)  # (batch, d, L)
     dxz = torch.empty_like(xz)
     y_gated = torch.empty_like(u)
-    du, ddelta, dA, dB, dC, dD, _, dbias, _ = _backward(
-        dy, None, u, delta, A, B, C, D, xz[:, d:], dt_bias, states, True, bwd, dz=dxz[:, d:], out_z=y_gated)
+    dx_dbl = torch.empty_like(x_dbl)  # (rank + 2n, batch L): dΔ's product, then dB and dC from the scan
+    du, ddelta, dA, _, _, dD, _, dbias, _ = _backward(
+        dy, None, u, delta, A, B, C, D, xz[:, d:], dt_bias, states, True, bwd, dz=dxz[:, d:], out_z=y_gated,
+        dBC=dx_dbl[rank:])
     d_out_w = dout.t() @ _as_matrix(y_gated).t()
     d_out_b = dout.sum(0) if has_out_b else None
     dd = _as_matrix(ddelta)  # (d, batch L)
     d_dt_w = dd @ x_dbl[:rank].t()
-    dx_dbl = torch.empty_like(x_dbl)
     torch.mm(dt_proj_w.t(), dd, out=dx_dbl[:rank])
-    dx_dbl[rank:rank + n].copy_(_as_matrix(dB))
-    dx_dbl[rank + n:].copy_(_as_matrix(dC))
     d_x_proj_w = dx_dbl @ _as_matrix(u).t()
     _as_matrix(du).addmm_(x_proj_w.t(), dx_dbl)  # u feeds x_proj as well as the scan
     _, dw, db = conv_backward(xz[:, :d], conv_w, conv_b, du, dx=dxz[:, :d])

@@ -61,12 +61,14 @@ def _forward(u, delta, A, B, C, D, z, bias, h0, softplus: bool, fwd: Tuning, bwd
 
 
 def _backward(dout, dlast, u, delta, A, B, C, D, z, bias, states, softplus: bool, bwd: Tuning,
-              du=None, dz=None, out_z=None):
+              du=None, dz=None, out_z=None, dBC=None):
     """Launch the backward kernel on the inputs as the forward launched them, and its saved states.
     Returns du, ddelta, dA, dB, dC, dD, dz, dbias (None where the input was None, in each input's dtype,
     du, ddelta, dz with u's strides, dB, dC with B's) and g0, the state gradient before the first step
     (float32). ``du`` and ``dz``, if given, are written into (a fused caller's slices of one buffer); with
-    ``out_z`` given, the gated output out · silu(z) is recomputed into it."""
+    ``out_z`` given, the gated output out · silu(z) is recomputed into it. ``dBC``, a (2n, batch L) matrix
+    where B and C view (n, batch L) matrices, receives dB over dC in its dtype (one conversion, no copy
+    after); dB and dC are then views of it."""
     batch, d, L = u.shape
     n = A.shape[1]
     dout = torch.zeros_like(u) if dout is None else dout
@@ -97,8 +99,15 @@ def _backward(dout, dlast, u, delta, A, B, C, D, z, bias, states, softplus: bool
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, HAS_DLAST=dlast is not None,
         SOFTPLUS=softplus, **_bwd_meta(bwd, u.element_size(), n, store_outz=out_z is not None and z is not None),
     )
-    if B.dtype == C.dtype != torch.float32:  # one conversion for both: they sit side by side in sums
+    # dB over dC, side by side in sums: converted once, into the caller's buffer where one is given
+    both = None
+    if dBC is not None:
+        if B.stride() != (L, batch * L, 1) or tuple(dBC.shape) != (2 * n, batch * L):
+            raise ValueError(f"dBC needs B as a view of an (n, batch L) matrix and shape {(2 * n, batch * L)}")
+        both = dBC.view(-1).copy_(sums[d * n:d * n + 2 * batch * n * L])
+    elif B.dtype == C.dtype != torch.float32:
         both = sums[d * n:d * n + 2 * batch * n * L].to(B.dtype)
+    if both is not None:
         dB, dC = (t.as_strided(B.shape, B.stride()) for t in both.split(batch * n * L))
     return (du, ddelta, _as(dA, A), _as(dB, B), _as(dC, C), None if D is None else _as(dD, D), dz,
             None if bias is None else _as(dbias, bias), g0)
