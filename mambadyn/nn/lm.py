@@ -28,7 +28,7 @@ class MambaBackbone(nn.Module):
         """input_ids (batch, L) -> hidden (batch, L, d_model) [, per-layer residual streams] [, states]."""
         h = self.embeddings(input_ids)
         if not (output_hidden_states or return_state) and self.layers[0].mixer.uses_fused_kernels(h):
-            return self._fused_forward(h)
+            return self._fused_stack(h, lambda i, layer, y: layer.drop(layer.mixer(y)))
         streams, states = [h], []
         for layer in self.layers:
             if return_state:
@@ -42,29 +42,23 @@ class MambaBackbone(nn.Module):
         extras = ([streams] if output_hidden_states else []) + ([states] if return_state else [])
         return (out, *extras) if extras else out
 
-    def _fused_forward(self, h: torch.Tensor) -> torch.Tensor:
-        # the same stack, with each block's residual add fused into the next block's RMSNorm (one Triton
-        # kernel reads the mixer's output and the residual once, and writes the sum and its norm)
+    def _fused_stack(self, h: torch.Tensor, mix) -> torch.Tensor:
+        # the stack with each block's residual add fused into the next block's RMSNorm (one Triton kernel
+        # reads the mixer's output and the residual once, and writes the sum and its norm); mix(i, layer, y)
+        # is layer i's mixer on its normed input
         from ..scan.triton_norm import rms_norm_add
 
         x, residual = h, None
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             y, residual = rms_norm_add(x, residual, layer.norm.weight, layer.norm.eps, layer.residual_in_fp32)
-            x = layer.drop(layer.mixer(y))
+            x = mix(i, layer, y)
         return rms_norm_add(x, residual, self.norm_f.weight, self.norm_f.eps, self.layers[-1].residual_in_fp32)[0]
 
     def step(self, h: torch.Tensor, states) -> torch.Tensor:
         """One token's embedding h (batch, d_model) -> the final norm's output (batch, d_model); ``states``
         is updated in place."""
         if self.layers[0].mixer.uses_fused_kernels(h):
-            from ..scan.triton_norm import rms_norm_add
-
-            x, residual = h, None
-            for layer, s in zip(self.layers, states):
-                y, residual = rms_norm_add(x, residual, layer.norm.weight, layer.norm.eps, layer.residual_in_fp32)
-                x = layer.mixer.step(y, s)
-            return rms_norm_add(x, residual, self.norm_f.weight, self.norm_f.eps,
-                                self.layers[-1].residual_in_fp32)[0]
+            return self._fused_stack(h, lambda i, layer, y: layer.mixer.step(y, states[i]))
         for layer, s in zip(self.layers, states):
             h = layer.step(h, s)
         return self.norm_f(h.to(self.norm_f.weight.dtype))

@@ -11,7 +11,7 @@ where r̄ is the gradient reaching the residual output; x and the residual input
 
 ``rms_norm_add(x, residual, weight, eps, residual_fp32)``: x (rows, D) or (..., D), residual the same shape
 or None, weight (D,) -> (y in x's dtype, r in float32 if ``residual_fp32`` else in x's and the residual's
-promoted dtype). The LM's backbone runs it between blocks on its fused path (``MambaBackbone._fused_forward``).
+promoted dtype). The LM's backbone runs it between blocks on its fused path (``MambaBackbone._fused_stack``).
 """
 
 from __future__ import annotations
