@@ -13,6 +13,8 @@ import weakref
 
 import torch
 
+from ..cuda_graph import capture
+
 # model -> {(batch, conv dtype, device): (the parameters' addresses at capture, GraphedStep)}
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -25,16 +27,7 @@ class GraphedStep:
         self.states = model.empty_states(batch, device=device, dtype=conv_dtype)
         self.token = torch.zeros(batch, dtype=torch.long, device=device)
         self.bound = None
-        # warm up off the capturing stream first: Triton compiles and cuBLAS picks its kernels there
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                model.step(self.token, self.states)
-        torch.cuda.current_stream(device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.logits = model.step(self.token, self.states)
+        self.graph, self.logits = capture(lambda: model.step(self.token, self.states), device, warmup=2)
 
     def load(self, states) -> None:
         for (conv, ssm), (conv_src, ssm_src) in zip(self.states, states):

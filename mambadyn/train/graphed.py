@@ -17,6 +17,8 @@ from collections.abc import Callable
 
 import torch
 
+from ..cuda_graph import capture
+
 
 class GraphedTrainStep:
     """``step(x, y) -> loss``: one training step of ``model`` on the batch (x, y), replayed from a CUDA graph.
@@ -49,17 +51,13 @@ class GraphedTrainStep:
         had_state = {id(p) for p in params if optimizer.state.get(p)}
         saved_state = {id(p): {k: v.clone() if torch.is_tensor(v) else v for k, v in optimizer.state[p].items()}
                        for p in params if id(p) in had_state}
-        side = torch.cuda.Stream(x.device)
-        side.wait_stream(torch.cuda.current_stream(x.device))
-        with torch.cuda.stream(side):
-            for _ in range(warmup):
-                optimizer.zero_grad(set_to_none=True)
-                self._step()
-        torch.cuda.current_stream(x.device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        optimizer.zero_grad(set_to_none=True)  # the gradients are then allocated, and rewritten, in the graph
-        with torch.cuda.graph(self.graph):
-            self.loss = self._step()
+
+        def fresh_step():
+            # gradients set to None: captured, they are allocated in the graph and rewritten by each replay
+            optimizer.zero_grad(set_to_none=True)
+            return self._step()
+
+        self.graph, self.loss = capture(fresh_step, x.device, warmup)
         # put back what the warm-up changed, in place: the graph holds these tensors' addresses
         with torch.no_grad():
             for p, s in zip(params, saved_params):
