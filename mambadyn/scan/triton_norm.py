@@ -61,17 +61,21 @@ def _rms_norm_add_bwd(r_ptr, w_ptr, rstd_ptr, dy_ptr, dr_out_ptr, dr_ptr, dw_ptr
     tl.atomic_add(dw_ptr + offs, dw, mask=mask, sem="relaxed")
 
 
+def _sum_dtype(x, residual, residual_fp32: bool) -> torch.dtype:
+    # what x + residual would give in PyTorch, unless the residual is kept in float32
+    if residual_fp32:
+        return torch.float32
+    return x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
+
+
 def _norm_forward(x, residual, weight, eps: float, residual_fp32: bool):
     """x, residual (rows, D) -> y (rows, D) in x's dtype, r = x + residual, rstd (rows,) float32."""
     rows, D = x.shape
     y = torch.empty_like(x)
-    # the sum's dtype is what x + residual would give in PyTorch, unless the residual is kept in float32
-    r_dtype = torch.float32 if residual_fp32 else (
-        x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype))
-    r = torch.empty(rows, D, device=x.device, dtype=r_dtype)
+    r = torch.empty(rows, D, device=x.device, dtype=_sum_dtype(x, residual, residual_fp32))
     rstd = torch.empty(rows, device=x.device, dtype=torch.float32)
     _rms_norm_add_fwd[(rows,)](x, residual, weight, y, r, rstd, D, eps, BLOCK=triton.next_power_of_2(D),
-                         HAS_RES=residual is not None)
+                               HAS_RES=residual is not None)
     return y, r, rstd
 
 
@@ -83,9 +87,15 @@ def _norm_backward(dy, dr_out, r, weight, rstd, x_dtype):
     dw = torch.zeros(D, device=r.device, dtype=torch.float32)
     per = 16
     _rms_norm_add_bwd[(triton.cdiv(rows, per),)](r, weight, rstd, dy, None if dr_out is None else dr_out.contiguous(),
-                                           dr, dw, rows, D, BLOCK=triton.next_power_of_2(D), ROWS=per,
-                                           HAS_DR_OUT=dr_out is not None)
+                                                 dr, dw, rows, D, BLOCK=triton.next_power_of_2(D), ROWS=per,
+                                                 HAS_DR_OUT=dr_out is not None)
     return dr, dw
+
+
+def _input_grads(dr, dw, dtypes, weight):
+    # the gradients of x, the residual (None where there was none) and the weight, in their dtypes
+    x_dtype, res_dtype = dtypes
+    return dr.to(x_dtype), None if res_dtype is None else dr.to(res_dtype), dw.to(weight.dtype)
 
 
 class _RMSNormAdd(torch.autograd.Function):
@@ -100,9 +110,8 @@ class _RMSNormAdd(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy, dr_out):
         r, weight, rstd = ctx.saved_tensors
-        x_dtype, res_dtype = ctx.dtypes
-        dr, dw = _norm_backward(dy, dr_out, r, weight, rstd, x_dtype)
-        return dr.to(x_dtype), None if res_dtype is None else dr.to(res_dtype), dw.to(weight.dtype), None, None
+        dr, dw = _norm_backward(dy, dr_out, r, weight, rstd, ctx.dtypes[0])
+        return (*_input_grads(dr, dw, ctx.dtypes, weight), None, None)
 
 
 # the same launches as custom ops for torch.compile (see triton_scan for why)
@@ -114,9 +123,8 @@ def _norm_op(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tenso
 
 @_norm_op.register_fake
 def _(x, residual, weight, eps, residual_fp32):
-    r_dtype = torch.float32 if residual_fp32 else (
-        x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype))
-    return x.new_empty(x.shape), x.new_empty(x.shape, dtype=r_dtype), x.new_empty(x.shape[0], dtype=torch.float32)
+    return (x.new_empty(x.shape), x.new_empty(x.shape, dtype=_sum_dtype(x, residual, residual_fp32)),
+            x.new_empty(x.shape[0], dtype=torch.float32))
 
 
 @torch.library.custom_op("mambadyn::rms_norm_add_backward", mutates_args=())
@@ -138,11 +146,10 @@ def _norm_setup(ctx, inputs, output):
 
 def _norm_op_backward(ctx, dy, dr_out, _drstd):
     r, weight, rstd = ctx.saved_tensors
-    x_dtype, res_dtype = ctx.dtypes
-    if dy is None:
-        dy = r.new_zeros(r.shape, dtype=x_dtype)
-    dr, dw = _norm_backward_op(dy.to(x_dtype), dr_out, r, weight, rstd)
-    return dr.to(x_dtype), None if res_dtype is None else dr.to(res_dtype), dw.to(weight.dtype), None, None
+    x_dtype = ctx.dtypes[0]
+    dy = r.new_zeros(r.shape, dtype=x_dtype) if dy is None else dy.to(x_dtype)  # the op takes no None for it
+    dr, dw = _norm_backward_op(dy, dr_out, r, weight, rstd)
+    return (*_input_grads(dr, dw, ctx.dtypes, weight), None, None)
 
 
 _norm_op.register_autograd(_norm_op_backward, setup_context=_norm_setup)
