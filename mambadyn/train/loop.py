@@ -189,6 +189,11 @@ def train(make_task: Callable, cfg, resume: bool = False, on_eval=None) -> dict:
         return _train(make_task, cfg, out, resume, on_eval)
 
 
+def _check_finite(loss: torch.Tensor, step: int) -> None:
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower optim.lr or check the data")
+
+
 def _capture(model, optimizer, task, x, y, amp_dtype, grad_clip: float):
     from .graphed import GraphedTrainStep
 
@@ -273,15 +278,13 @@ def _train(make_task, cfg, out: Path, resume: bool, on_eval) -> dict:
             loss = graphed(x, y)
             grad_norm = graphed.grad_norm
             # the graph has already stepped: a non-finite loss stops the run before its weights are saved
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower optim.lr or check the data")
+            _check_finite(loss, step)
             scheduler.step()
             graphed.keep_lr_tensors()
         else:
             with autocast():
                 loss = task.loss(net, x, y)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower optim.lr or check the data")
+            _check_finite(loss, step)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
