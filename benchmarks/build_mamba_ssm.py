@@ -2,7 +2,7 @@
 path) from their PyPI sdists, only for this GPU's architecture, for the side-by-side benchmarks
 (scan_gpu.py, model_gpu.py). The device has no network, so the sdists are carried:
 
-    python benchmarks/build_mamba_ssm.py .whl [--build-dir /tmp/mamba_ssm_build]
+    python benchmarks/build_mamba_ssm.py .whl [--build-dir /tmp/mamba_ssm_build] [--only selective_scan_cuda]
 
 ``.whl`` (git-ignored) holds mamba_ssm-*.tar.gz and causal_conv1d-*.tar.gz, fetched where there is a network:
 
@@ -85,9 +85,9 @@ def use_build(build_dir: str | Path) -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(paths + [os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
 
 
-def build(sdists: str | Path, build_dir: str | Path) -> dict:
-    """Install both packages (Python only) and build the missing extensions in parallel. Returns seconds
-    taken per step."""
+def build(sdists: str | Path, build_dir: str | Path, only: list[str] | None = None) -> dict:
+    """Install both packages (Python only) and build the missing extensions (those in ``only``, if given) in
+    parallel. Returns seconds taken per step."""
     sdists, build_dir = Path(sdists), Path(build_dir)
     build_dir.mkdir(parents=True, exist_ok=True)
     times = {}
@@ -99,7 +99,7 @@ def build(sdists: str | Path, build_dir: str | Path) -> dict:
     times["pip install (Python only)"] = time.time() - t0
     procs = {}
     for name, (prefix, _, _) in EXTENSIONS.items():
-        if built(build_dir, name):
+        if built(build_dir, name) or (only and name not in only):
             continue
         src = _unpack(_sdist(sdists, prefix), build_dir / "src")
         procs[name] = (time.time(), subprocess.Popen(
@@ -115,13 +115,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sdists", nargs="?", default=".whl")
     ap.add_argument("--build-dir", default="/tmp/mamba_ssm_build")
+    ap.add_argument("--only", action="append", choices=list(EXTENSIONS),
+                    help="build just this extension (scan_gpu.py needs only selective_scan_cuda); repeatable")
     ap.add_argument("--one", nargs=3, metavar=("NAME", "SRC", "BUILD_DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         name, src, build_dir = args.one
         _build_one(name, Path(src), Path(build_dir))
         return
-    for step, seconds in build(args.sdists, args.build_dir).items():
+    for step, seconds in build(args.sdists, args.build_dir, args.only).items():
         print(f"{step}: {seconds:.0f} s")
 
 

@@ -1,13 +1,14 @@
 """GPU selective-scan timings, side by side in one run, against the memory/exp floor.
 
-    python benchmarks/scan_gpu.py [--L 512,2048,8192] [--dtypes bfloat16,float32] [--overhead]
+    python benchmarks/scan_gpu.py [--batch 8,1] [--L 512,2048,8192] [--dtypes bfloat16,float32] [--overhead]
                                   [--mamba-ssm-build /tmp/mamba_ssm_build] [--json ...] [--md ...]
     python benchmarks/scan_gpu.py --sweep --grid '{"bwd_block_d": [2, 4], "bwd_chunk": [64, 128]}'
                                   --sweep-L 512,2048 --sweep-dtypes bfloat16,float32 --impls triton
 
 Implementations: mambadyn's Triton kernel, mambadyn's chunked PyTorch scan, mambapy's pscan
 (if importable: carry its wheel) and mamba-ssm's CUDA kernel (if built by build_mamba_ssm.py).
-Shapes: batch 8, d 1536, n 16, z gate, D, delta_bias and softplus on, as in a Mamba-130m layer.
+Shapes: batch 8 and 1, d 1536, n 16, z gate, D, delta_bias and softplus on, as in a Mamba-130m layer.
+Batch 1 is where a per-channel kernel has the least parallelism to spread over the GPU.
 
 The floor: the forward must read u, Δ, z (b·d·L each), B and C (b·n·L each) and write y (b·d·L),
 and must evaluate b·d·L·n exponentials for exp(ΔA) plus four special functions per (b, d, t)
@@ -166,7 +167,7 @@ def floor_ms(b, d, L, n, es, bandwidth, ex2_rate, backward):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batch", default="8,1", help="batch sizes of the table (the sweep takes the first)")
     ap.add_argument("--d", type=int, default=1536)
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--L", default="512,2048,8192")
@@ -187,7 +188,8 @@ def main():
         sys.exit("scan_gpu.py needs a CUDA device")
     bandwidth, ex2_rate = machine_limits()
     print(f"{torch.cuda.get_device_name()}: copy {bandwidth / 1e12:.2f} TB/s, ex2 {ex2_rate / 1e12:.2f} T/s")
-    b, d, n = args.batch, args.d, args.n
+    batches = [int(x) for x in args.batch.split(",")]
+    b, d, n = batches[0], args.d, args.n
     out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
            "command": "python " + " ".join(sys.argv), "copy_bandwidth_Bps": bandwidth, "ex2_per_s": ex2_rate,
            "rows": [], "sweep": [], "notes": {}}
@@ -230,7 +232,7 @@ def main():
             print(f"{name:<10} one call on tiny inputs: fwd {us['fwd']:7.1f} us, "
                   f"fwd+bwd {us['fwd_bwd']:7.1f} us")
 
-    for dtype_name in args.dtypes.split(","):
+    for b, dtype_name in itertools.product(batches, args.dtypes.split(",")):
         dtype = getattr(torch, dtype_name)
         for L in map(int, args.L.split(",")):
             xs = inputs(b, d, L, n, dtype, True)
@@ -246,29 +248,29 @@ def main():
                     row["error"] = "out of memory"
                 torch.cuda.empty_cache()
                 out["rows"].append(row)
-                print(f"{name:<10} {dtype_name:<9} L={L:<5} " + (
+                print(f"{name:<10} b={b:<2} {dtype_name:<9} L={L:<5} " + (
                     f"fwd {row['fwd_ms']:9.3f} ms ({row['fwd_ms'] / fl_f:5.2f}x floor)  "
                     f"fwd+bwd {row['fwd_bwd_ms']:9.3f} ms ({row['fwd_bwd_ms'] / fl_b:5.2f}x floor)"
                     if "error" not in row else row["error"]))
             for key in ("fwd_ms", "fwd_bwd_ms"):  # ratios to the kernel, side by side
-                tri = next((r for r in out["rows"] if r["impl"] == "triton" and r["dtype"] == dtype_name
-                            and r["L"] == L and key in r), None)
-                for r in out["rows"]:
-                    if tri and r["dtype"] == dtype_name and r["L"] == L and key in r:
+                same = [r for r in out["rows"] if (r["batch"], r["dtype"], r["L"]) == (b, dtype_name, L) and key in r]
+                tri = next((r for r in same if r["impl"] == "triton"), None)
+                for r in same:
+                    if tri:
                         r[key.replace("_ms", "_vs_triton")] = r[key] / tri[key]
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
-    lines = [f"# Selective scan on {out['device']} (batch {b}, d {d}, n {n}; z, D, bias, softplus on)", "",
+    lines = [f"# Selective scan on {out['device']} (d {d}, n {n}; z, D, bias, softplus on)", "",
              f"Command: `{out['command']}`. Copy bandwidth {bandwidth / 1e12:.2f} TB/s, ex2 "
              f"{ex2_rate / 1e12:.2f} T/s (both measured in the same run). Times are medians (ms).", "",
-             "| impl | dtype | L | fwd | fwd / floor | fwd+bwd | fwd+bwd / floor | fwd+bwd vs Triton |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| impl | batch | dtype | L | fwd | fwd / floor | fwd+bwd | fwd+bwd / floor | fwd+bwd vs Triton |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in out["rows"]:
         if "error" in r:
-            lines.append(f"| {r['impl']} | {r['dtype']} | {r['L']} | {r['error']} | | | | |")
+            lines.append(f"| {r['impl']} | {r['batch']} | {r['dtype']} | {r['L']} | {r['error']} | | | | |")
             continue
-        lines.append(f"| {r['impl']} | {r['dtype']} | {r['L']} | {r['fwd_ms']:.3f} | {r['fwd_ms'] / r['floor_fwd_ms']:.2f} "
-                     f"| {r['fwd_bwd_ms']:.3f} | {r['fwd_bwd_ms'] / r['floor_fwd_bwd_ms']:.2f} "
+        lines.append(f"| {r['impl']} | {r['batch']} | {r['dtype']} | {r['L']} | {r['fwd_ms']:.3f} "
+                     f"| {r['fwd_ms'] / r['floor_fwd_ms']:.2f} | {r['fwd_bwd_ms']:.3f} | {r['fwd_bwd_ms'] / r['floor_fwd_bwd_ms']:.2f} "
                      f"| {r.get('fwd_bwd_vs_triton', float('nan')):.2f}x |")
     for name, us in out.get("call_overhead_us", {}).items():
         lines.append(f"\n{name}: one call on tiny inputs (batch 1, d 64, L 64, bf16) takes {us['fwd']:.1f} "

@@ -28,9 +28,11 @@ SCRIPT = """
 import json, sys
 from mambadyn.scan.verify import Case, compare_with_reference
 cases = [Case(**c) for c in json.loads(sys.argv[1])]
-# several forward chunks per backward chunk, several of those per sequence
+# several forward chunks per backward chunk, several of those per sequence; the backward's adjoint
+# carried between chunks in registers and in memory
 opts = dict(block_d=4, chunk=8, bwd_block_d=2, bwd_chunk=16)
-print(json.dumps([compare_with_reference("triton", c, **opts) for c in cases]))
+print(json.dumps([compare_with_reference("triton", c, bwd_g_in_memory=g, **opts)
+                  for c in cases for g in (False, True)]))
 """
 
 
@@ -80,6 +82,15 @@ def test_few_rows_take_their_own_forward():
     assert _tunings(2, block_d=8, rows=768, sms=132)[0].block_d == 8  # a knob given wins
 
 
+def test_the_backward_carries_its_adjoint_where_it_measured_faster():
+    from mambadyn.scan.triton_tuning import _tunings
+
+    assert not _tunings(2, rows=8 * 1536, sms=132)[1].g_in_memory   # 16-bit, GPU full: registers
+    assert _tunings(2, rows=1536, sms=132)[1].g_in_memory           # batch 1: memory
+    assert _tunings(4, rows=8 * 1536, sms=132)[1].g_in_memory       # float32: memory
+    assert _tunings(2, rows=8 * 1536, sms=132, bwd_g_in_memory=True)[1].g_in_memory  # a knob given wins
+
+
 UNUSED_OUTPUT_SCRIPT = """
 import json
 import torch
@@ -126,6 +137,7 @@ GPU_CASES = [
     # inference, whose launch shapes differ for few rows (batch * d) and for many
     Case(1, 37, 1000, 16, dtype="bfloat16", initial_state=True, last_state=True, forward_only=True),
     Case(8, 1536, 300, 16, dtype="bfloat16", forward_only=True),
+    Case(8, 1536, 300, 16, dtype="bfloat16"),  # enough rows that the backward keeps its adjoint in registers
 ]
 
 
@@ -134,6 +146,14 @@ GPU_CASES = [
 def test_kernel_matches_reference_on_cuda(case):
     poison_allocator("cuda")
     assert_close(compare_with_reference("triton", case, device="cuda"))
+
+
+@cuda
+@pytest.mark.parametrize("g_in_memory", [False, True])
+def test_both_adjoint_carries_match_reference_on_cuda(g_in_memory):
+    poison_allocator("cuda")
+    for case in (Case(2, 64, 300, 16, dtype="bfloat16", last_state=True), Case(1, 37, 129, 16)):
+        assert_close(compare_with_reference("triton", case, device="cuda", bwd_g_in_memory=g_in_memory))
 
 
 @cuda

@@ -6,8 +6,11 @@ h_t = a_t h_{t-1} + b_t over the chunk is a parallel ``tl.associative_scan`` alo
 (block_d, chunk) register tile, and C_t h_t adds into y. Time, not states, is the parallel axis,
 because B_i and C_i are then per-element loads rather than values every thread must broadcast, and
 the scan runs mostly inside each thread. The carried state enters as the chunk's first b, so the
-scan's b output is the state itself. Δ's bias and softplus, the D skip and the SiLU gate are fused,
-so u, Δ, z are read once and y is written once.
+scan's b output is the state itself. Between chunks the n carried states live in memory (the last
+state's output buffer, which stays in L1), stored by the lanes holding the chunk's last step and
+loaded a state ahead by those holding the next chunk's first: no cross-lane sum sits on the loop's
+critical path. Δ's bias and softplus, the D skip and the SiLU gate are fused, so u, Δ, z are read
+once and y is written once; each chunk prefetches the next chunk's inputs into L2.
 
 All of u, Δ, z, the output and their gradients share one set of strides (time contiguous), and B, C, dB,
 dC another, so the mixer can hand in views of its projections' outputs without copies.
@@ -15,7 +18,8 @@ dC another, so the mixer can hand in views of its projections' outputs without c
 Backward walks the chunks in reverse, with its own launch shape (narrower programs: it holds more
 per element, and wider ones spill). Forward saves the state at each backward chunk's start, so a
 chunk's states are recomputed from it, and the adjoint g_t = C_t ȳ_t + a_{t+1} g_{t+1} is a reverse
-scan. The decay's gradient uses a_t h_{t-1} = h_t - b_t, so h_{t-1} is never needed. dB and dC sum
+scan, whose carry between chunks lives in registers or in memory (``G_IN_MEMORY``, chosen per dtype and
+GPU fill by the tuning). The decay's gradient uses a_t h_{t-1} = h_t - b_t, so h_{t-1} is never needed. dB and dC sum
 over channels, so programs add their partial sums atomically into float32 buffers, with relaxed
 ordering: Triton's default (acq_rel) fences every atomic, which cost 1 ms of the 3.2 ms fwd+bwd.
 
@@ -47,10 +51,9 @@ def _affine(a1, b1, a2, b2):
 
 
 @triton.jit
-def _chunk_end(x, R: tl.constexpr, T: tl.constexpr, V: tl.constexpr, LAST: tl.constexpr):
-    # (R, T) -> (R,): x at the chunk's last step (LAST) or first. A thread holds runs of V consecutive
-    # steps, so the run ends are split out of its registers and only T // V candidates are compared; a
-    # select and an add on every element cost 17% of the forward's inner loop
+def _run_ends(x, R: tl.constexpr, T: tl.constexpr, V: tl.constexpr, LAST: tl.constexpr = True):
+    # (R, T) -> (R, T // V): x at the last (LAST) or first step of each thread's run of V consecutive
+    # steps, split out of its registers: a select on the step index would cost one per element
     G: tl.constexpr = T // V
     y = x
     if V >= 8:
@@ -62,7 +65,15 @@ def _chunk_end(x, R: tl.constexpr, T: tl.constexpr, V: tl.constexpr, LAST: tl.co
     if V >= 2:
         y0, y1 = tl.split(tl.reshape(y, (R, G, 1, 2)))
         y = y1 if LAST else y0
-    y = tl.reshape(y, (R, G))
+    return tl.reshape(y, (R, G))
+
+
+@triton.jit
+def _chunk_end(x, R: tl.constexpr, T: tl.constexpr, V: tl.constexpr, LAST: tl.constexpr):
+    # (R, T) -> (R,): x at the chunk's last step (LAST) or first, from the run ends: only T // V
+    # candidates are compared; a select and an add on every element cost 17% of the forward's inner loop
+    G: tl.constexpr = T // V
+    y = _run_ends(x, R, T, V, LAST)
     return tl.sum(tl.where(tl.arange(0, G)[None, :] == (G - 1 if LAST else 0), y, 0.0), axis=1)
 
 
@@ -73,6 +84,15 @@ def _flip(x, R: tl.constexpr, T: tl.constexpr):
     # it holds 8 (16-bit inputs), so the backward picks per dtype (GATHER_FLIP)
     idx = (T - 1 - tl.arange(0, T))[None, :] + tl.zeros((R, T), dtype=tl.int32)
     return tl.gather(x, idx, 1)
+
+
+@triton.jit
+def _prefetch(ptr):
+    # an L2 prefetch of each address (no register is written): the next chunk's inputs arrive while this
+    # chunk computes. Loading them into registers instead took the forward from 168 to 232 registers and
+    # made it 1.7x slower (fewer warps per SM); this cut its memory-wait stalls by 30% (ncu)
+    return tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [ptr], dtype=tl.int32,
+                                     is_pure=False, pack=1)
 
 
 @triton.jit
@@ -99,7 +119,7 @@ def _fwd_kernel(
     s_ub, s_ud, s_bb, s_bn,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
     SOFTPLUS: tl.constexpr, SAVE_STATES: tl.constexpr, SAVE_T: tl.constexpr,
-    BLOCK_D: tl.constexpr, N: tl.constexpr, T: tl.constexpr, V: tl.constexpr,
+    BLOCK_D: tl.constexpr, N: tl.constexpr, T: tl.constexpr, V: tl.constexpr, PREFETCH: tl.constexpr = False,
 ):
     # time-parallel, state-serial: a (BLOCK_D, T) tile per state index, scanned along T
     pid_b = tl.program_id(0)
@@ -114,18 +134,32 @@ def _fwd_kernel(
     bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    # the carried states live in last_ptr (L1-resident), not in registers: a (block_d, n) register tile
+    # took a select and a cross-lane sum to read one state and another sum to write it back, each a chain
+    # of shuffles in the loop (242 instructions then, 220 now; the forward ran 1.10x faster for it)
     state_off = (pid_b * d + offs_d[:, None]) * n + offs_n[None, :]
     if HAS_H0:
         h = tl.load(h0_ptr + state_off, mask=mask_dn, other=0.0).to(tl.float32)
     else:
         h = tl.zeros((BLOCK_D, N), dtype=tl.float32)
+    tl.store(last_ptr + state_off, h, mask=mask_dn)
+    if SAVE_STATES:
+        tl.store(states_ptr + state_off, h, mask=mask_dn)
+    row = last_ptr + (pid_b * d + offs_d) * n
+    # the run ends of the (block_d, T) tile, one per lane group: the state at the chunk's last step is the
+    # last group's, stored with no cross-lane sum
+    G: tl.constexpr = T // V
+    last_group = (tl.arange(0, G) == G - 1)[None, :]
+    row_g = row[:, None] + tl.zeros((BLOCK_D, G), dtype=tl.int32)
 
     n_chunks = (L + T - 1) // T
     for c in range(0, n_chunks):
+        # the previous chunk's stores (by the lanes at its last step) are read by the lanes at this
+        # chunk's first step
+        tl.debug_barrier()
         # the backward's chunks are SAVE_T long (a multiple of T): it restarts from these states
-        if SAVE_STATES and (c * T) % SAVE_T == 0:
-            saved = (c * T // SAVE_T) * (tl.num_programs(0) * d) + pid_b * d + offs_d[:, None]
-            tl.store(states_ptr + saved * n + offs_n[None, :], h, mask=mask_dn)
+        save = (c > 0) & ((c * T) % SAVE_T == 0)
+        saved = states_ptr + ((c * T // SAVE_T) * (tl.num_programs(0) * d) + pid_b * d + offs_d) * n
         t = c * T + offs_t
         mask_t = t < L
         m_dt = mask_d[:, None] & mask_t[None, :]
@@ -133,34 +167,42 @@ def _fwd_kernel(
         u = tl.load(u_ptr + x_off, mask=m_dt, other=0.0).to(tl.float32)
         dl = _delta(dl_ptr + x_off, m_dt, bias, HAS_BIAS, SOFTPLUS)  # past L the state passes through
         dlu = dl * u
+        if PREFETCH:  # one address per 16-byte run of each row of the next chunk
+            pf = tl.minimum(c * T + T + tl.arange(0, T // V)[None, :] * V, L - 1)
+            pf = pid_b * s_ub + offs_d[:, None] * s_ud + pf
+            _prefetch(u_ptr + pf)
+            _prefetch(dl_ptr + pf)
+            if HAS_Z:
+                _prefetch(z_ptr + pf)
         y = tl.zeros((BLOCK_D, T), dtype=tl.float32)
         bc = pid_b * s_bb + t
         A_n = tl.load(A_ptr + offs_d * n, mask=mask_d, other=0.0).to(tl.float32)
         B_n = tl.load(B_ptr + bc, mask=mask_t, other=0.0).to(tl.float32)
         C_n = tl.load(C_ptr + bc, mask=mask_t, other=0.0).to(tl.float32)
+        h_n = tl.load(row, mask=mask_d, other=0.0)
         for i in range(0, n):
-            A_i, B_i, C_i = A_n, B_n, C_n
+            A_i, B_i, C_i, h_i = A_n, B_n, C_n, h_n
             # the next state's inputs load while this one computes (Triton would wait for each load)
             more = i + 1 < n
             A_n = tl.load(A_ptr + offs_d * n + i + 1, mask=mask_d & more, other=0.0).to(tl.float32)
             B_n = tl.load(B_ptr + bc + (i + 1) * s_bn, mask=mask_t & more, other=0.0).to(tl.float32)
             C_n = tl.load(C_ptr + bc + (i + 1) * s_bn, mask=mask_t & more, other=0.0).to(tl.float32)
-            h_i = tl.sum(tl.where(offs_n[None, :] == i, h, 0.0), axis=1)
+            h_n = tl.load(row + i + 1, mask=mask_d & more, other=0.0)
+            if SAVE_STATES:
+                tl.store(saved + i, h_i, mask=mask_d & save)
             a = tl.exp2(dl * (A_i * LOG2E)[:, None])
             b = dlu * B_i[None, :]
             # the carried state enters at the first step, so the scan's b is the state itself
             b = tl.where(offs_t[None, :] == 0, b + a * h_i[:, None], b)
             _, hs = tl.associative_scan((a, b), 1, _affine)
             y += hs * C_i[None, :]
-            h_last = _chunk_end(hs, BLOCK_D, T, V, True)
-            h = tl.where(offs_n[None, :] == i, h_last[:, None], h)
+            tl.store(row_g + i, _run_ends(hs, BLOCK_D, T, V), mask=mask_d[:, None] & last_group)
         if HAS_D:
             y += Dv[:, None] * u
         if HAS_Z:
             zz = tl.load(z_ptr + x_off, mask=m_dt, other=0.0).to(tl.float32)
             y = y * zz * tl.sigmoid(zz)
         tl.store(out_ptr + x_off, y.to(out_ptr.dtype.element_ty), mask=m_dt)
-    tl.store(last_ptr + state_off, h, mask=mask_dn)
 
 
 @triton.jit
@@ -170,8 +212,8 @@ def _bwd_kernel(
     d, n, L,
     s_ub, s_ud, s_bb, s_bn,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DLAST: tl.constexpr,
-    SOFTPLUS: tl.constexpr, GATHER_FLIP: tl.constexpr, STORE_OUTZ: tl.constexpr,
-    BLOCK_D: tl.constexpr, N: tl.constexpr, T: tl.constexpr, V: tl.constexpr,
+    SOFTPLUS: tl.constexpr, GATHER_FLIP: tl.constexpr, STORE_OUTZ: tl.constexpr, G_IN_MEMORY: tl.constexpr,
+    BLOCK_D: tl.constexpr, N: tl.constexpr, T: tl.constexpr, V: tl.constexpr, PREFETCH: tl.constexpr = False,
 ):
     pid_b = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -186,17 +228,29 @@ def _bwd_kernel(
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     state_off = (pid_b * d + offs_d[:, None]) * n + offs_n[None, :]
-    # g after the last step: the last state's incoming gradient (carried through a = 1 past L - 1)
+    # g after the last step: the last state's incoming gradient (carried through a = 1 past L - 1). With
+    # G_IN_MEMORY the carried g lives in g0_ptr (which ends up holding g before the first step), as the
+    # forward's state does; else in a (block_d, n) register tile, which costs a cross-lane sum to read a
+    # state and another to write it, but fewer registers than the loads and stores (G_IN_MEMORY is slower
+    # where 16-bit inputs fill the GPU, faster elsewhere: results/triton_scan_history.md)
     if HAS_DLAST:
         g = tl.load(dlast_ptr + state_off, mask=mask_dn, other=0.0).to(tl.float32)
     else:
         g = tl.zeros((BLOCK_D, N), dtype=tl.float32)
+    if G_IN_MEMORY:
+        tl.store(g0_ptr + state_off, g, mask=mask_dn)
+    grow = g0_ptr + (pid_b * d + offs_d) * n
+    G: tl.constexpr = T // V
+    first_group = (tl.arange(0, G) == 0)[None, :]
+    grow_g = grow[:, None] + tl.zeros((BLOCK_D, G), dtype=tl.int32)
     dA_acc = tl.zeros((BLOCK_D, N), dtype=tl.float32)
     dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
 
     n_chunks = (L + T - 1) // T
     for cc in range(0, n_chunks):
+        if G_IN_MEMORY:
+            tl.debug_barrier()  # the previous chunk's stores of g are read by other lanes
         c = n_chunks - 1 - cc
         t = c * T + offs_t
         mask_t = t < L
@@ -205,6 +259,14 @@ def _bwd_kernel(
         # only what the state loop needs stays live through it; u, z, dout and the raw delta are read
         # again after it (from cache), because holding them through it spilled registers
         dl = _delta(dl_ptr + x_off, m_dt, bias, HAS_BIAS, SOFTPLUS)
+        if PREFETCH:  # the chunk before this one, which comes next
+            pf = tl.maximum(c * T - T + tl.arange(0, T // V)[None, :] * V, 0)
+            pf = pid_b * s_ub + offs_d[:, None] * s_ud + pf
+            _prefetch(u_ptr + pf)
+            _prefetch(dl_ptr + pf)
+            _prefetch(dout_ptr + pf)
+            if HAS_Z:
+                _prefetch(z_ptr + pf)
         m_next = mask_d[:, None] & (t + 1 < L)[None, :]
         dl_next = _delta(dl_ptr + x_off + 1, m_next, bias, HAS_BIAS, SOFTPLUS)  # a = 1 from step L - 1 on
         dlu = dl * tl.load(u_ptr + x_off, mask=m_dt, other=0.0).to(tl.float32)
@@ -221,8 +283,15 @@ def _bwd_kernel(
         B_n = tl.load(B_ptr + bc, mask=mask_t, other=0.0).to(tl.float32)
         C_n = tl.load(C_ptr + bc, mask=mask_t, other=0.0).to(tl.float32)
         h_n = tl.load(st, mask=mask_d, other=0.0)
+        if G_IN_MEMORY:
+            g_n = tl.load(grow, mask=mask_d, other=0.0)
         for i in range(0, n):
             A_i, B_i, C_i, h_i = A_n, B_n, C_n, h_n
+            if G_IN_MEMORY:
+                g_i = g_n
+                g_n = tl.load(grow + i + 1, mask=mask_d & (i + 1 < n), other=0.0)
+            else:
+                g_i = tl.sum(tl.where(offs_n[None, :] == i, g, 0.0), axis=1)
             more = i + 1 < n
             A_n = tl.load(A_ptr + offs_d * n + i + 1, mask=mask_d & more, other=0.0).to(tl.float32)
             B_n = tl.load(B_ptr + bc + (i + 1) * s_bn, mask=mask_t & more, other=0.0).to(tl.float32)
@@ -236,7 +305,6 @@ def _bwd_kernel(
             y += hs * C_i[None, :]
             tl.atomic_add(dC_ptr + bc + i * s_bn, tl.sum(dy * hs, axis=0), mask=mask_t, sem="relaxed")
             # adjoint g_t = C_t dy_t + a_{t+1} g_{t+1}; the next chunk's g enters at the last step
-            g_i = tl.sum(tl.where(offs_n[None, :] == i, g, 0.0), axis=1)
             a_next = tl.exp2(dl_next * A2_i[:, None])
             r = C_i[None, :] * dy
             r = tl.where(offs_t[None, :] == T - 1, r + a_next * g_i[:, None], r)
@@ -245,8 +313,10 @@ def _bwd_kernel(
                 gs = _flip(gs, BLOCK_D, T)
             else:
                 _, gs = tl.associative_scan((a_next, r), 1, _affine, reverse=True)
-            g_first = _chunk_end(gs, BLOCK_D, T, V, False)
-            g = tl.where(offs_n[None, :] == i, g_first[:, None], g)
+            if G_IN_MEMORY:
+                tl.store(grow_g + i, _run_ends(gs, BLOCK_D, T, V, False), mask=mask_d[:, None] & first_group)
+            else:
+                g = tl.where(offs_n[None, :] == i, _chunk_end(gs, BLOCK_D, T, V, False)[:, None], g)
             tl.atomic_add(dB_ptr + bc + i * s_bn, tl.sum(gs * dlu, axis=0), mask=mask_t, sem="relaxed")
             gB += gs * B_i[None, :]
             decay = gs * (hs - b)  # g_t a_t h_{t-1}
@@ -274,7 +344,8 @@ def _bwd_kernel(
         tl.store(du_ptr + x_off, du.to(du_ptr.dtype.element_ty), mask=m_dt)
         tl.store(ddl_ptr + x_off, ddl.to(ddl_ptr.dtype.element_ty), mask=m_dt)
 
-    tl.store(g0_ptr + state_off, g, mask=mask_dn)
+    if not G_IN_MEMORY:
+        tl.store(g0_ptr + state_off, g, mask=mask_dn)
     tl.atomic_add(dA_ptr + offs_d[:, None] * n + offs_n[None, :], dA_acc, mask=mask_dn, sem="relaxed")
     if HAS_D:
         tl.atomic_add(dD_ptr + offs_d, dD_acc, mask=mask_d, sem="relaxed")

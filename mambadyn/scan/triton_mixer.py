@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from .triton_conv import conv_backward, conv_forward
 from .triton_scan import _backward, _forward
-from .triton_tuning import Tuning, _sm_count, _tunings
+from .triton_tuning import Tuning, _as_ints, _sm_count, _tunings
 
 
 def _as_matrix(t: torch.Tensor) -> torch.Tensor:
@@ -217,8 +217,7 @@ def mixer_inner(xz: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Te
         x_proj_weight, dt_proj_weight, out_proj_weight, out_proj_bias = _autocast(
             x_proj_weight, dt_proj_weight, out_proj_weight, out_proj_bias)
         return _mixer_op(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, out_proj_weight, out_proj_bias,
-                         A, D, dt_bias, [fwd.block_d, fwd.chunk, fwd.num_warps],
-                         [bwd.block_d, bwd.chunk, bwd.num_warps], need_grad)[0]
+                         A, D, dt_bias, _as_ints(fwd), _as_ints(bwd), need_grad)[0]
     xz = _as_sequences(_as_matrix(xz), xz.shape[0])  # a view where xz already has that layout, else one copy
     return _MixerInner.apply(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, out_proj_weight,
                              out_proj_bias, A, D, dt_bias, fwd, bwd)

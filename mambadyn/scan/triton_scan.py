@@ -6,7 +6,6 @@ are left to the PyTorch backends."""
 from __future__ import annotations
 
 import os
-from dataclasses import astuple
 
 import torch
 import triton
@@ -14,7 +13,7 @@ import triton
 from .layout import is_dense
 from .registry import register_backend
 from .triton_kernels import _bwd_kernel, _fwd_kernel
-from .triton_tuning import Tuning, _bwd_meta, _fwd_meta, _sm_count, _tunings
+from .triton_tuning import Tuning, _as_ints, _bwd_meta, _fwd_meta, _sm_count, _tunings
 
 
 def _as(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -54,7 +53,7 @@ def _forward(u, delta, A, B, C, D, z, bias, h0, softplus: bool, fwd: Tuning, bwd
         u, delta, A, B, C, D, z, bias, h0c, out, states, last, d, n, L,
         u.stride(0), u.stride(1), B.stride(0), B.stride(1),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, HAS_H0=h0 is not None,
-        SOFTPLUS=softplus, **_fwd_meta(fwd, bwd, u.element_size(), n, save_states),
+        SOFTPLUS=softplus, **_fwd_meta(fwd, bwd, u.element_size(), n, save_states, u.is_cuda),
     )
     saved = (u, delta, A, B, C, D, z, bias, h0, states) if save_states else None
     return out, last, saved
@@ -97,7 +96,8 @@ def _backward(dout, dlast, u, delta, A, B, C, D, z, bias, states, softplus: bool
         du, ddelta, dz, dA, dB, dC, dD, dbias, g0, out_z, d, n, L,
         u.stride(0), u.stride(1), B.stride(0), B.stride(1),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, HAS_DLAST=dlast is not None,
-        SOFTPLUS=softplus, **_bwd_meta(bwd, u.element_size(), n, store_outz=out_z is not None and z is not None),
+        SOFTPLUS=softplus, **_bwd_meta(bwd, u.element_size(), n, u.is_cuda,
+                                       store_outz=out_z is not None and z is not None),
     )
     # dB over dC, side by side in sums: converted once, into the caller's buffer where one is given
     both = None
@@ -231,6 +231,7 @@ def selective_scan_triton(
     bwd_block_d: int | None = None,
     bwd_chunk: int | None = None,
     bwd_num_warps: int | None = None,
+    bwd_g_in_memory: bool | None = None,
 ):
     """The fused kernel, with ``selective_scan``'s contract (shapes there). The rest are tuning knobs
     (see ``Tuning``) for the forward and, with ``bwd_``, the backward kernel; None takes the tuned
@@ -243,11 +244,11 @@ def selective_scan_triton(
     need_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias, initial_state))
     fwd, bwd = tunings(u.element_size(), block_d, chunk, num_warps, bwd_block_d, bwd_chunk, bwd_num_warps,
-                        rows=u.shape[0] * u.shape[1], sms=sms, need_grad=need_grad)
+                        rows=u.shape[0] * u.shape[1], sms=sms, need_grad=need_grad, bwd_g_in_memory=bwd_g_in_memory)
     softplus = bool(delta_softplus)
     if compiling:  # one graph node, no break (the eager paths below cost less per call)
-        out, last, _ = _scan_op(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, list(astuple(fwd)),
-                                list(astuple(bwd)), need_grad)
+        out, last, _ = _scan_op(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, _as_ints(fwd),
+                                _as_ints(bwd), need_grad)
     elif need_grad:
         out, last = _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, fwd, bwd)
     else:  # inference skips autograd's bookkeeping (~8 us of a short call's ~70 on the H100 host)

@@ -4,7 +4,7 @@ the choice by dtype and by how many rows fill the GPU, and the constexprs each k
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import torch
 import triton
@@ -13,17 +13,22 @@ import triton
 @dataclass(frozen=True)
 class Tuning:
     """One kernel's launch shape: ``block_d`` channels per program, ``chunk`` steps per parallel scan
-    (both powers of two), ``num_warps`` warps per program."""
+    (both powers of two), ``num_warps`` warps per program; for the backward, ``g_in_memory``: where the
+    adjoint carried between chunks lives (see ``_bwd_kernel``)."""
 
     block_d: int
     chunk: int
     num_warps: int
+    g_in_memory: bool = True
 
 
 # by input element size: the fastest of the sweeps in results/scan_gpu_sweeps.json (H100, batch 8,
-# d 1536, n 16). The backward has its own, because it holds more per element: wider programs spill
+# d 1536, n 16). The backward has its own, because it holds more per element: wider programs spill.
+# Its adjoint is carried in registers for 16-bit inputs that fill the GPU, in memory elsewhere (see
+# G_IN_MEMORY_ROWS_PER_SM): side by side on an H200, results/triton_scan_history.md
 FWD_TUNING = {2: Tuning(block_d=8, chunk=64, num_warps=1), 4: Tuning(block_d=4, chunk=128, num_warps=2)}
-BWD_TUNING = {2: Tuning(block_d=2, chunk=128, num_warps=1), 4: Tuning(block_d=2, chunk=128, num_warps=1)}
+BWD_TUNING = {2: Tuning(block_d=2, chunk=128, num_warps=1, g_in_memory=False),
+              4: Tuning(block_d=2, chunk=128, num_warps=1, g_in_memory=True)}
 # ... and the forward's where batch * d is too small for FWD_TUNING to fill the GPU, by rows (batch * d)
 # per SM: fewer, wider programs with more warps, and longer chunks when no backward needs the states
 # at 128-step intervals. Fastest in the few-rows sweeps of results/scan_gpu_sweeps.json (batch 1-4,
@@ -32,6 +37,13 @@ FULL_ROWS_PER_SM = 80
 FWD_TUNING_MID_ROWS, MID_ROWS_PER_SM = Tuning(block_d=4, chunk=128, num_warps=1), 32
 FWD_TUNING_FEW_ROWS = {False: Tuning(block_d=2, chunk=512, num_warps=2),   # inference
                        True: Tuning(block_d=2, chunk=128, num_warps=1)}    # training
+# below this many rows per SM the backward carries its adjoint in memory whatever the dtype
+G_IN_MEMORY_ROWS_PER_SM = FULL_ROWS_PER_SM
+
+
+def _as_ints(t: Tuning) -> list[int]:
+    # a custom op's schema takes a list of ints; Tuning(*that) is the tuning again
+    return [int(v) for v in astuple(t)]
 
 
 @functools.cache
@@ -42,10 +54,10 @@ def _sm_count(device_index: int) -> int:
 @functools.lru_cache(maxsize=256)
 def _tunings(element_size: int, block_d=None, chunk=None, num_warps=None, bwd_block_d=None, bwd_chunk=None,
              bwd_num_warps=None, rows: int | None = None, sms: int | None = None,
-             need_grad: bool = True) -> tuple[Tuning, Tuning]:
+             need_grad: bool = True, bwd_g_in_memory: bool | None = None) -> tuple[Tuning, Tuning]:
     """The forward and backward launch shapes: the knobs given, the rest from the tables above.
     ``rows`` (batch * d) and ``sms`` (the GPU's SM count), where known and no forward knob is given,
-    pick the forward for few rows."""
+    pick the forward for few rows (and where the backward carries its adjoint)."""
     size = 2 if element_size <= 2 else 4
     fwd = FWD_TUNING[size]
     if (block_d, chunk, num_warps) == (None, None, None) and rows is not None and sms is not None:
@@ -55,14 +67,17 @@ def _tunings(element_size: int, block_d=None, chunk=None, num_warps=None, bwd_bl
             fwd = FWD_TUNING_MID_ROWS
     fwd = Tuning(int(block_d or fwd.block_d), int(chunk or fwd.chunk), int(num_warps or fwd.num_warps))
     bwd = BWD_TUNING[size]
+    if bwd_g_in_memory is None:
+        few = rows is not None and sms is not None and rows < G_IN_MEMORY_ROWS_PER_SM * sms
+        bwd_g_in_memory = bwd.g_in_memory or few
     # the backward restarts from states the forward saves at its chunk starts, so its chunk is a multiple
     bwd = Tuning(int(bwd_block_d or bwd.block_d), int(bwd_chunk or max(bwd.chunk, fwd.chunk)),
-                 int(bwd_num_warps or bwd.num_warps))
+                 int(bwd_num_warps or bwd.num_warps), bool(bwd_g_in_memory))
     for name, v in (("block_d", fwd.block_d), ("chunk", fwd.chunk), ("bwd_block_d", bwd.block_d),
                     ("bwd_chunk", bwd.chunk)):
         if v < 1 or v & (v - 1):
             raise ValueError(f"selective_scan_triton: {name} must be a power of two, got {v}")
-    if bwd.chunk < fwd.chunk:
+    if need_grad and bwd.chunk < fwd.chunk:
         raise ValueError(
             f"selective_scan_triton: bwd_chunk ({bwd.chunk}) must be at least chunk ({fwd.chunk})")
     return fwd, bwd
@@ -74,14 +89,15 @@ def _run_length(element_size: int, chunk: int) -> int:
     return min(16 // element_size, chunk)
 
 
-def _fwd_meta(fwd: Tuning, bwd: Tuning, element_size: int, n: int, save_states: bool) -> dict:
-    # the forward's launch-shape constexprs and num_warps (benchmarks/sass.py compiles with these too)
+def _fwd_meta(fwd: Tuning, bwd: Tuning, element_size: int, n: int, save_states: bool, prefetch: bool) -> dict:
+    # the forward's launch-shape constexprs and num_warps (benchmarks/sass.py compiles with these too).
+    # ``prefetch``: compiled for a GPU (Triton's interpreter runs no inline PTX)
     return dict(SAVE_STATES=save_states, SAVE_T=bwd.chunk, BLOCK_D=fwd.block_d, N=triton.next_power_of_2(n),
-                T=fwd.chunk, V=_run_length(element_size, fwd.chunk), num_warps=fwd.num_warps)
+                T=fwd.chunk, V=_run_length(element_size, fwd.chunk), PREFETCH=prefetch, num_warps=fwd.num_warps)
 
 
-def _bwd_meta(bwd: Tuning, element_size: int, n: int, store_outz: bool = False) -> dict:
+def _bwd_meta(bwd: Tuning, element_size: int, n: int, prefetch: bool, store_outz: bool = False) -> dict:
     # the backward's, likewise
     V = _run_length(element_size, bwd.chunk)
-    return dict(GATHER_FLIP=V == 4, STORE_OUTZ=store_outz, BLOCK_D=bwd.block_d, N=triton.next_power_of_2(n),
-                T=bwd.chunk, V=V, num_warps=bwd.num_warps)
+    return dict(GATHER_FLIP=V == 4, STORE_OUTZ=store_outz, G_IN_MEMORY=bool(bwd.g_in_memory), BLOCK_D=bwd.block_d,
+                N=triton.next_power_of_2(n), T=bwd.chunk, V=V, PREFETCH=prefetch, num_warps=bwd.num_warps)
