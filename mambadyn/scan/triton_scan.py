@@ -13,7 +13,7 @@ import triton
 from .layout import is_dense
 from .registry import register_backend
 from .triton_kernels import _bwd_kernel, _fwd_kernel
-from .triton_tuning import Tuning, _as_ints, _bwd_meta, _fwd_meta, _sm_count, _tunings
+from .triton_tuning import Tuning, _as_ints, _bwd_meta, _compiled, _fwd_meta, _sm_count, _tunings
 
 
 def _as(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -53,7 +53,7 @@ def _forward(u, delta, A, B, C, D, z, bias, h0, softplus: bool, fwd: Tuning, bwd
         u, delta, A, B, C, D, z, bias, h0c, out, states, last, d, n, L,
         u.stride(0), u.stride(1), B.stride(0), B.stride(1),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, HAS_H0=h0 is not None,
-        SOFTPLUS=softplus, **_fwd_meta(fwd, bwd, u.element_size(), n, save_states, u.is_cuda),
+        SOFTPLUS=softplus, **_fwd_meta(fwd, bwd, u.element_size(), n, save_states, _compiled(u)),
     )
     saved = (u, delta, A, B, C, D, z, bias, h0, states) if save_states else None
     return out, last, saved
@@ -96,7 +96,7 @@ def _backward(dout, dlast, u, delta, A, B, C, D, z, bias, states, softplus: bool
         du, ddelta, dz, dA, dB, dC, dD, dbias, g0, out_z, d, n, L,
         u.stride(0), u.stride(1), B.stride(0), B.stride(1),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, HAS_DLAST=dlast is not None,
-        SOFTPLUS=softplus, **_bwd_meta(bwd, u.element_size(), n, u.is_cuda,
+        SOFTPLUS=softplus, **_bwd_meta(bwd, u.element_size(), n, _compiled(u),
                                        store_outz=out_z is not None and z is not None),
     )
     # dB over dC, side by side in sums: converted once, into the caller's buffer where one is given

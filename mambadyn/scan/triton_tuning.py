@@ -4,6 +4,7 @@ the choice by dtype and by how many rows fill the GPU, and the constexprs each k
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import astuple, dataclass
 
 import torch
@@ -89,9 +90,15 @@ def _run_length(element_size: int, chunk: int) -> int:
     return min(16 // element_size, chunk)
 
 
+def _compiled(t: torch.Tensor) -> bool:
+    # whether the kernels run compiled for t's GPU: the prefetches are inline PTX, which Triton's
+    # interpreter (also given CUDA tensors) cannot run
+    return t.is_cuda and os.environ.get("TRITON_INTERPRET") != "1"
+
+
 def _fwd_meta(fwd: Tuning, bwd: Tuning, element_size: int, n: int, save_states: bool, prefetch: bool) -> dict:
     # the forward's launch-shape constexprs and num_warps (benchmarks/sass.py compiles with these too).
-    # ``prefetch``: compiled for a GPU (Triton's interpreter runs no inline PTX)
+    # ``prefetch``: only where ``_compiled``
     return dict(SAVE_STATES=save_states, SAVE_T=bwd.chunk, BLOCK_D=fwd.block_d, N=triton.next_power_of_2(n),
                 T=fwd.chunk, V=_run_length(element_size, fwd.chunk), PREFETCH=prefetch, num_warps=fwd.num_warps)
 
