@@ -165,6 +165,31 @@ def floor_ms(b, d, L, n, es, bandwidth, ex2_rate, backward):
     return 1e3 * max(bytes_ / bandwidth, special / ex2_rate), bytes_, special
 
 
+def markdown(out: dict) -> str:
+    """The table of a run's JSON (``out``) as Markdown."""
+    rows = out["rows"]
+    shape = f"d {rows[0]['d']}, n {rows[0]['n']}; z, D, bias, softplus on"
+    lines = [f"# Selective scan on {out['device']} ({shape})", "",
+             f"Command: `{out['command']}`. Copy bandwidth {out['copy_bandwidth_Bps'] / 1e12:.2f} TB/s, ex2 "
+             f"{out['ex2_per_s'] / 1e12:.2f} T/s (both measured in the same run). Times are medians (ms).", "",
+             "| impl | batch | dtype | L | fwd | fwd / floor | fwd+bwd | fwd+bwd / floor | fwd+bwd vs Triton |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['impl']} | {r['batch']} | {r['dtype']} | {r['L']} | {r['error']} | | | | |")
+            continue
+        lines.append(f"| {r['impl']} | {r['batch']} | {r['dtype']} | {r['L']} | {r['fwd_ms']:.3f} "
+                     f"| {r['fwd_ms'] / r['floor_fwd_ms']:.2f} | {r['fwd_bwd_ms']:.3f} "
+                     f"| {r['fwd_bwd_ms'] / r['floor_fwd_bwd_ms']:.2f} "
+                     f"| {r.get('fwd_bwd_vs_triton', float('nan')):.2f}x |")
+    for name, us in out.get("call_overhead_us", {}).items():
+        lines.append(f"\n{name}: one call on tiny inputs (batch 1, d 64, L 64, bf16) takes {us['fwd']:.1f} "
+                     f"us (forward) and {us['fwd_bwd']:.1f} us (forward and backward) of wall time")
+    for k, v in out["notes"].items():
+        lines.append(f"\n{k}: {v}")
+    return "\n".join(lines) + "\n"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", default="8,1", help="batch sizes of the table (the sweep takes the first)")
@@ -183,7 +208,11 @@ def main():
     ap.add_argument("--overhead", action="store_true", help="also time one call's CPU cost on tiny inputs")
     ap.add_argument("--json", default="results/scan_gpu.json")
     ap.add_argument("--md", default="results/scan_gpu.md")
+    ap.add_argument("--render", metavar="JSON", help="only write --md from a run's JSON (no GPU needed)")
     args = ap.parse_args()
+    if args.render:
+        Path(args.md).write_text(markdown(json.loads(Path(args.render).read_text())))
+        return
     if not torch.cuda.is_available():
         sys.exit("scan_gpu.py needs a CUDA device")
     bandwidth, ex2_rate = machine_limits()
@@ -260,24 +289,7 @@ def main():
                         r[key.replace("_ms", "_vs_triton")] = r[key] / tri[key]
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
-    lines = [f"# Selective scan on {out['device']} (d {d}, n {n}; z, D, bias, softplus on)", "",
-             f"Command: `{out['command']}`. Copy bandwidth {bandwidth / 1e12:.2f} TB/s, ex2 "
-             f"{ex2_rate / 1e12:.2f} T/s (both measured in the same run). Times are medians (ms).", "",
-             "| impl | batch | dtype | L | fwd | fwd / floor | fwd+bwd | fwd+bwd / floor | fwd+bwd vs Triton |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in out["rows"]:
-        if "error" in r:
-            lines.append(f"| {r['impl']} | {r['batch']} | {r['dtype']} | {r['L']} | {r['error']} | | | | |")
-            continue
-        lines.append(f"| {r['impl']} | {r['batch']} | {r['dtype']} | {r['L']} | {r['fwd_ms']:.3f} "
-                     f"| {r['fwd_ms'] / r['floor_fwd_ms']:.2f} | {r['fwd_bwd_ms']:.3f} | {r['fwd_bwd_ms'] / r['floor_fwd_bwd_ms']:.2f} "
-                     f"| {r.get('fwd_bwd_vs_triton', float('nan')):.2f}x |")
-    for name, us in out.get("call_overhead_us", {}).items():
-        lines.append(f"\n{name}: one call on tiny inputs (batch 1, d 64, L 64, bf16) takes {us['fwd']:.1f} "
-                     f"us (forward) and {us['fwd_bwd']:.1f} us (forward and backward) of wall time")
-    for k, v in out["notes"].items():
-        lines.append(f"\n{k}: {v}")
-    Path(args.md).write_text("\n".join(lines) + "\n")
+    Path(args.md).write_text(markdown(out))
     print(f"wrote {args.json} and {args.md}")
 
 
