@@ -8,6 +8,8 @@ import torch
 def is_dense(t: torch.Tensor) -> bool:
     """True where t's elements fill their storage span exactly, in some order of the dimensions (a
     permuted contiguous tensor): ``torch.empty_like`` then gives a buffer with t's strides."""
+    if t.is_contiguous():  # the common case, without the Python walk over the dimensions
+        return True
     expected = 1
     for i in sorted(range(t.dim()), key=lambda i: t.stride(i)):
         if t.shape[i] > 1 and t.stride(i) != expected:

@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import cdiv
 from .layout import is_dense
 
 
@@ -95,7 +96,7 @@ def _conv_silu_bwd_dx(g_ptr, w_ptr, dx_ptr, d, L, sg_b, sg_d, sdx_b, sdx_d,
 
 
 def _grid(batch: int, d: int, L: int, block_d: int, block_t: int) -> tuple[int, int, int]:
-    return batch, triton.cdiv(d, block_d), triton.cdiv(L, block_t)
+    return batch, cdiv(d, block_d), cdiv(L, block_t)
 
 
 def _time_contiguous(name: str, t: torch.Tensor) -> None:

@@ -20,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import cdiv, next_power_of_2
+
 
 @triton.jit
 def _rms_norm_add_fwd(x_ptr, res_ptr, w_ptr, y_ptr, r_ptr, rstd_ptr, D, eps,
@@ -74,7 +76,7 @@ def _norm_forward(x, residual, weight, eps: float, residual_fp32: bool):
     y = torch.empty_like(x)
     r = torch.empty(rows, D, device=x.device, dtype=_sum_dtype(x, residual, residual_fp32))
     rstd = torch.empty(rows, device=x.device, dtype=torch.float32)
-    _rms_norm_add_fwd[(rows,)](x, residual, weight, y, r, rstd, D, eps, BLOCK=triton.next_power_of_2(D),
+    _rms_norm_add_fwd[(rows,)](x, residual, weight, y, r, rstd, D, eps, BLOCK=next_power_of_2(D),
                                HAS_RES=residual is not None)
     return y, r, rstd
 
@@ -86,8 +88,8 @@ def _norm_backward(dy, dr_out, r, weight, rstd, x_dtype):
     dr = torch.empty(rows, D, device=r.device, dtype=torch.float32)
     dw = torch.zeros(D, device=r.device, dtype=torch.float32)
     per = 16
-    _rms_norm_add_bwd[(triton.cdiv(rows, per),)](r, weight, rstd, dy, None if dr_out is None else dr_out.contiguous(),
-                                                 dr, dw, rows, D, BLOCK=triton.next_power_of_2(D), ROWS=per,
+    _rms_norm_add_bwd[(cdiv(rows, per),)](r, weight, rstd, dy, None if dr_out is None else dr_out.contiguous(),
+                                                 dr, dw, rows, D, BLOCK=next_power_of_2(D), ROWS=per,
                                                  HAS_DR_OUT=dr_out is not None)
     return dr, dw
 

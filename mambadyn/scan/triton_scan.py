@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 
 import torch
-import triton
 
+from .launch import cdiv
 from .layout import is_dense
 from .registry import register_backend
 from .triton_kernels import _bwd_kernel, _fwd_kernel
@@ -44,11 +44,11 @@ def _forward(u, delta, A, B, C, D, z, bias, h0, softplus: bool, fwd: Tuning, bwd
     batch, d, L = u.shape
     n = A.shape[1]
     out = torch.empty_like(u)  # empty_like keeps a dense tensor's strides
-    states = torch.empty(triton.cdiv(L, bwd.chunk), batch, d, n, device=u.device, dtype=torch.float32) \
+    states = torch.empty(cdiv(L, bwd.chunk), batch, d, n, device=u.device, dtype=torch.float32) \
         if save_states else out
     last = torch.empty(batch, d, n, device=u.device, dtype=torch.float32)
     h0c = None if h0 is None else h0.float().contiguous()
-    grid = (batch, triton.cdiv(d, fwd.block_d))
+    grid = (batch, cdiv(d, fwd.block_d))
     _fwd_kernel[grid](
         u, delta, A, B, C, D, z, bias, h0c, out, states, last, d, n, L,
         u.stride(0), u.stride(1), B.stride(0), B.stride(1),
@@ -83,14 +83,14 @@ def _backward(dout, dlast, u, delta, A, B, C, D, z, bias, states, softplus: bool
     # the atomically summed gradients start at zero; one buffer, because each allocation and fill
     # costs CPU time that a short sequence's kernels do not hide
     sums = torch.zeros(d * n + 2 * batch * n * L + 2 * d, **f32)
-    dA, dB, dC, dD, dbias = sums.split([d * n, batch * n * L, batch * n * L, d, d])
+    dA, dB, dC, dD, dbias = sums.split_with_sizes([d * n, batch * n * L, batch * n * L, d, d])
     dA = dA.view(d, n)
     dB, dC = (t.as_strided(B.shape, B.stride()) for t in (dB, dC))  # the kernel writes with B's strides
     dD = dD if D is not None else None
     dbias = dbias if bias is not None else None
     g0 = torch.empty(batch, d, n, **f32)
     dlast = None if dlast is None else dlast.float().contiguous()
-    grid = (batch, triton.cdiv(d, bwd.block_d))
+    grid = (batch, cdiv(d, bwd.block_d))
     _bwd_kernel[grid](
         u, delta, A, B, C, D, z, bias, states, dout, dlast,
         du, ddelta, dz, dA, dB, dC, dD, dbias, g0, out_z, d, n, L,
@@ -108,7 +108,7 @@ def _backward(dout, dlast, u, delta, A, B, C, D, z, bias, states, softplus: bool
     elif B.dtype == C.dtype != torch.float32:
         both = sums[d * n:d * n + 2 * batch * n * L].to(B.dtype)
     if both is not None:
-        dB, dC = (t.as_strided(B.shape, B.stride()) for t in both.split(batch * n * L))
+        dB, dC = (t.as_strided(B.shape, B.stride()) for t in both.split_with_sizes([batch * n * L] * 2))
     return (du, ddelta, _as(dA, A), _as(dB, B), _as(dC, C), None if D is None else _as(dD, D), dz,
             None if bias is None else _as(dbias, bias), g0)
 
@@ -168,7 +168,7 @@ def _(u, delta, A, B, C, D, z, bias, h0, softplus, fwd, bwd, save_states):
     batch, d, L = u.shape
     n = A.shape[1]
     f32 = dict(device=u.device, dtype=torch.float32)
-    states = u.new_empty(triton.cdiv(L, bwd[1]), batch, d, n, **f32) if save_states else u.new_empty(0, **f32)
+    states = u.new_empty(cdiv(L, bwd[1]), batch, d, n, **f32) if save_states else u.new_empty(0, **f32)
     # contiguous like the real outputs (the inputs are made contiguous before the launch)
     return u.new_empty(u.shape), u.new_empty(batch, d, n, **f32), states
 

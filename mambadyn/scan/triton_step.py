@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import cdiv, next_power_of_2
+
 LOG2E = tl.constexpr(1.4426950408889634)
 
 
@@ -96,9 +98,9 @@ def conv_step(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor, b
     _check("conv_state", conv_state, (batch, d, K))
     _check("x", x, (batch, d))
     out = torch.empty_like(x)
-    grid = (batch, triton.cdiv(d, block_d))
+    grid = (batch, cdiv(d, block_d))
     _conv_step_kernel[grid](x, conv_state, weight, bias, out, d, x.stride(0), conv_state.stride(0),
-                            conv_state.stride(1), out.stride(0), K=K, KP=triton.next_power_of_2(K),
+                            conv_state.stride(1), out.stride(0), K=K, KP=next_power_of_2(K),
                             BLOCK_D=block_d, HAS_BIAS=bias is not None)
     return out
 
@@ -118,10 +120,10 @@ def ssm_step(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor
         raise TypeError(f"state must be float32, got {state.dtype}")
     A = A.contiguous()
     out = torch.empty_like(x)
-    grid = (batch, triton.cdiv(d, block_d))
+    grid = (batch, cdiv(d, block_d))
     _ssm_step_kernel[grid](x, dt, A, B, C, D, z, dt_bias, state, out, d, n,
                            x.stride(0), dt.stride(0), B.stride(0), C.stride(0), 0 if z is None else z.stride(0),
                            state.stride(0), state.stride(1), out.stride(0),
-                           NP=triton.next_power_of_2(n), BLOCK_D=block_d, HAS_D=D is not None, HAS_Z=z is not None,
+                           NP=next_power_of_2(n), BLOCK_D=block_d, HAS_D=D is not None, HAS_Z=z is not None,
                            HAS_DT_BIAS=dt_bias is not None, SOFTPLUS=softplus, A_IS_LOG=A_is_log)
     return out

@@ -8,7 +8,8 @@ import os
 from dataclasses import astuple, dataclass
 
 import torch
-import triton
+
+from .launch import next_power_of_2
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def _compiled(t: torch.Tensor) -> bool:
 def _fwd_meta(fwd: Tuning, bwd: Tuning, element_size: int, n: int, save_states: bool, prefetch: bool) -> dict:
     # the forward's launch-shape constexprs and num_warps (benchmarks/sass.py compiles with these too).
     # ``prefetch``: only where ``_compiled``
-    return dict(SAVE_STATES=save_states, SAVE_T=bwd.chunk, BLOCK_D=fwd.block_d, N=triton.next_power_of_2(n),
+    return dict(SAVE_STATES=save_states, SAVE_T=bwd.chunk, BLOCK_D=fwd.block_d, N=next_power_of_2(n),
                 T=fwd.chunk, V=_run_length(element_size, fwd.chunk), PREFETCH=prefetch, num_warps=fwd.num_warps)
 
 
@@ -107,4 +108,4 @@ def _bwd_meta(bwd: Tuning, element_size: int, n: int, prefetch: bool, store_outz
     # the backward's, likewise
     V = _run_length(element_size, bwd.chunk)
     return dict(GATHER_FLIP=V == 4, STORE_OUTZ=store_outz, G_IN_MEMORY=bool(bwd.g_in_memory), BLOCK_D=bwd.block_d,
-                N=triton.next_power_of_2(n), T=bwd.chunk, V=V, PREFETCH=prefetch, num_warps=bwd.num_warps)
+                N=next_power_of_2(n), T=bwd.chunk, V=V, PREFETCH=prefetch, num_warps=bwd.num_warps)
