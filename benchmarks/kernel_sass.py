@@ -23,6 +23,7 @@ def main():
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--arch", type=int, default=90, help="SM version to compile for")
     ap.add_argument("--opts", default="{}", help="tuning knobs of selective_scan_triton, as JSON")
+    ap.add_argument("--maxnreg", type=int, help="cap on registers per thread (what a fuller SM would need)")
     ap.add_argument("--json", default="results/kernel_sass.json")
     args = ap.parse_args()
     opts = json.loads(args.opts)
@@ -31,7 +32,7 @@ def main():
           f"{'loop':>5} {'/elem':>6}  top opcodes in the loop")
     for dtype in args.dtypes.split(","):
         for kernel in ("fwd", "bwd"):
-            c = count(kernel, getattr(torch, dtype), n=args.n, arch=args.arch, **opts)
+            c = count(kernel, getattr(torch, dtype), n=args.n, arch=args.arch, maxnreg=args.maxnreg, **opts)
             t = c.tuning
             top = " ".join(f"{op}:{k}" for op, k in list(c.loop_mix.items())[:6])
             print(f"{kernel:<6} {c.dtype:<9} {t['block_d']:>7} {t['chunk']:>5} {t['num_warps']:>5} "
@@ -39,7 +40,8 @@ def main():
                   f"{c.loop_per_element:>6.1f}  {top}")
             rows.append(c.as_dict())
     with open(args.json, "w") as f:
-        json.dump({"arch": f"sm_{args.arch}", "n": args.n, "opts": opts, "rows": rows}, f, indent=1)
+        json.dump({"arch": f"sm_{args.arch}", "n": args.n, "opts": opts, "maxnreg": args.maxnreg, "rows": rows}, f,
+                  indent=1)
     print(f"wrote {args.json}")
 
 

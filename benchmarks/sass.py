@@ -59,9 +59,11 @@ def _constexprs(kernel: str, element_size: int, fwd: tt.Tuning, bwd: tt.Tuning, 
     return dict(flags, HAS_DLAST=False, **tt._bwd_meta(bwd, element_size, n, True))
 
 
-def compile_kernel(kernel: str, dtype: torch.dtype = torch.bfloat16, n: int = 16, arch: int = 90, **opts):
+def compile_kernel(kernel: str, dtype: torch.dtype = torch.bfloat16, n: int = 16, arch: int = 90,
+                   maxnreg: int | None = None, **opts):
     """Compile ``kernel`` ("fwd" or "bwd") for sm_``arch``. ``opts`` are ``selective_scan_triton``'s
-    tuning knobs. Returns (the SASS text, registers per thread, the kernel's Tuning)."""
+    tuning knobs; ``maxnreg`` caps the registers per thread (ptxas spills beyond it). Returns (the SASS text,
+    registers per thread, the kernel's Tuning)."""
     if kernel not in ("fwd", "bwd"):
         raise ValueError(f"kernel must be 'fwd' or 'bwd', got {kernel!r}")
     if dtype not in _TRITON_DTYPE:
@@ -82,8 +84,9 @@ def compile_kernel(kernel: str, dtype: torch.dtype = torch.bfloat16, n: int = 16
             signature[name] = "i32"
             attrs[(i,)] = [["tt.divisibility", 16]]
     own = fwd if kernel == "fwd" else bwd
+    options = {"num_warps": num_warps, **({"maxnreg": maxnreg} if maxnreg else {})}
     compiled = triton.compile(ASTSource(fn, signature, constexprs=consts, attrs=attrs),
-                              target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
+                              target=GPUTarget("cuda", arch, 32), options=options)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "kernel.cubin")
         with open(path, "wb") as f:
@@ -122,9 +125,10 @@ def innermost_loop(sass: str) -> list[tuple[int, str, str]]:
     return [x for x in ins if start <= x[0] <= end]
 
 
-def count(kernel: str, dtype: torch.dtype = torch.bfloat16, n: int = 16, arch: int = 90, **opts) -> SassCount:
+def count(kernel: str, dtype: torch.dtype = torch.bfloat16, n: int = 16, arch: int = 90,
+          maxnreg: int | None = None, **opts) -> SassCount:
     """Registers, spills and the innermost loop's instruction count of ``kernel`` for ``dtype``."""
-    sass, registers, own = compile_kernel(kernel, dtype, n, arch, **opts)
+    sass, registers, own = compile_kernel(kernel, dtype, n, arch, maxnreg, **opts)
     loop = innermost_loop(sass)
     spills = sum(op in ("LDL", "STL") for _, op, _ in _instructions(sass))
     per_thread = own.block_d * own.chunk // (32 * own.num_warps)
