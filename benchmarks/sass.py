@@ -73,6 +73,7 @@ def compile_kernel(kernel: str, dtype: torch.dtype = torch.bfloat16, n: int = 16
     fn = tk._fwd_kernel if kernel == "fwd" else tk._bwd_kernel
     consts = _constexprs(kernel, size, fwd, bwd, n)
     num_warps = consts.pop("num_warps")
+    maxnreg = consts.pop("maxnreg", maxnreg)
     signature, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in consts:

@@ -42,6 +42,21 @@ def assert_close(result):
     assert not bad, f"{result['case']}: errors above {result['tolerance']}: {bad}"
 
 
+WIDE_SCRIPT = """
+import json, sys
+from mambadyn.scan.verify import Case, compare_with_reference
+cases = [Case(2, 5, 37, 4, initial_state=True, last_state=True), Case(1, 3, 21, 4, forward_only=True)]
+opts = dict(block_d=4, chunk=8, bwd_block_d=2, bwd_chunk=16, wide=True, maxnreg=168)
+print(json.dumps([compare_with_reference("triton", c, **opts) for c in cases]))
+"""
+
+
+def test_wide_float32_forward_matches_reference_in_the_interpreter():
+    # the knob that gives float32 tiles 8 steps per thread (off in the tables until timed on a GPU)
+    for result in run_script(WIDE_SCRIPT, interpret=True):
+        assert_close(result)
+
+
 def test_kernel_matches_reference_in_the_interpreter():
     for result in run_script(SCRIPT, interpret=True, args=(json.dumps([asdict(c) for c in INTERPRETED]),)):
         assert_close(result)
@@ -154,6 +169,14 @@ def test_both_adjoint_carries_match_reference_on_cuda(g_in_memory):
     poison_allocator("cuda")
     for case in (Case(2, 64, 300, 16, dtype="bfloat16", last_state=True), Case(1, 37, 129, 16)):
         assert_close(compare_with_reference("triton", case, device="cuda", bwd_g_in_memory=g_in_memory))
+
+
+@cuda
+def test_wide_float32_forward_matches_reference_on_cuda():
+    poison_allocator("cuda")
+    for case in (Case(2, 1536, 257, 16), Case(1, 37, 1000, 16, initial_state=True, last_state=True)):
+        assert_close(compare_with_reference("triton", case, device="cuda", block_d=16, chunk=64, num_warps=2,
+                                            wide=True, maxnreg=168))
 
 
 @cuda

@@ -120,6 +120,7 @@ def _fwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
     SOFTPLUS: tl.constexpr, SAVE_STATES: tl.constexpr, SAVE_T: tl.constexpr,
     BLOCK_D: tl.constexpr, N: tl.constexpr, T: tl.constexpr, V: tl.constexpr, PREFETCH: tl.constexpr = False,
+    WIDE: tl.constexpr = False,
 ):
     # time-parallel, state-serial: a (BLOCK_D, T) tile per state index, scanned along T
     pid_b = tl.program_id(0)
@@ -165,6 +166,11 @@ def _fwd_kernel(
         m_dt = mask_d[:, None] & mask_t[None, :]
         x_off = pid_b * s_ub + offs_d[:, None] * s_ud + t[None, :]
         u = tl.load(u_ptr + x_off, mask=m_dt, other=0.0).to(tl.float32)
+        if WIDE:
+            # never performed (L < 0 is false): a 16-bit load of this shape among the chunk's loads makes
+            # Triton give them all 8 steps per thread, as for 16-bit inputs, where float32 gets 4
+            never = m_dt & (L < 0)
+            u += tl.load(u_ptr.to(tl.pointer_type(tl.bfloat16)) + x_off, mask=never, other=0.0).to(tl.float32)
         dl = _delta(dl_ptr + x_off, m_dt, bias, HAS_BIAS, SOFTPLUS)  # past L the state passes through
         dlu = dl * u
         if PREFETCH:  # one address per 16-byte run of each row of the next chunk

@@ -16,12 +16,17 @@ from .launch import next_power_of_2
 class Tuning:
     """One kernel's launch shape: ``block_d`` channels per program, ``chunk`` steps per parallel scan
     (both powers of two), ``num_warps`` warps per program; for the backward, ``g_in_memory``: where the
-    adjoint carried between chunks lives (see ``_bwd_kernel``)."""
+    adjoint carried between chunks lives (see ``_bwd_kernel``); for the forward, ``wide``: float32 tiles
+    hold 8 steps per thread instead of 4 (see ``_fwd_kernel``'s WIDE), and ``maxnreg``: a cap on the
+    registers per thread (0: none). ``wide`` and ``maxnreg`` are off in the tables until timed
+    (results/triton_scan_history.md)."""
 
     block_d: int
     chunk: int
     num_warps: int
     g_in_memory: bool = True
+    wide: bool = False
+    maxnreg: int = 0
 
 
 # by input element size: the fastest of the sweeps in results/scan_gpu_sweeps.json (H100, batch 8,
@@ -56,7 +61,8 @@ def _sm_count(device_index: int) -> int:
 @functools.lru_cache(maxsize=256)
 def _tunings(element_size: int, block_d=None, chunk=None, num_warps=None, bwd_block_d=None, bwd_chunk=None,
              bwd_num_warps=None, rows: int | None = None, sms: int | None = None,
-             need_grad: bool = True, bwd_g_in_memory: bool | None = None) -> tuple[Tuning, Tuning]:
+             need_grad: bool = True, bwd_g_in_memory: bool | None = None, wide: bool | None = None,
+             maxnreg: int | None = None) -> tuple[Tuning, Tuning]:
     """The forward and backward launch shapes: the knobs given, the rest from the tables above.
     ``rows`` (batch * d) and ``sms`` (the GPU's SM count), where known and no forward knob is given,
     pick the forward for few rows (and where the backward carries its adjoint)."""
@@ -67,7 +73,9 @@ def _tunings(element_size: int, block_d=None, chunk=None, num_warps=None, bwd_bl
             fwd = FWD_TUNING_FEW_ROWS[need_grad]
         elif rows < FULL_ROWS_PER_SM * sms:
             fwd = FWD_TUNING_MID_ROWS
-    fwd = Tuning(int(block_d or fwd.block_d), int(chunk or fwd.chunk), int(num_warps or fwd.num_warps))
+    fwd = Tuning(int(block_d or fwd.block_d), int(chunk or fwd.chunk), int(num_warps or fwd.num_warps),
+                 wide=bool(fwd.wide if wide is None else wide),
+                 maxnreg=int(fwd.maxnreg if maxnreg is None else maxnreg))
     bwd = BWD_TUNING[size]
     if bwd_g_in_memory is None:
         few = rows is not None and sms is not None and rows < G_IN_MEMORY_ROWS_PER_SM * sms
@@ -100,8 +108,11 @@ def _compiled(t: torch.Tensor) -> bool:
 def _fwd_meta(fwd: Tuning, bwd: Tuning, element_size: int, n: int, save_states: bool, prefetch: bool) -> dict:
     # the forward's launch-shape constexprs and num_warps (benchmarks/sass.py compiles with these too).
     # ``prefetch``: only where ``_compiled``
+    wide = bool(fwd.wide) and element_size == 4
     return dict(SAVE_STATES=save_states, SAVE_T=bwd.chunk, BLOCK_D=fwd.block_d, N=next_power_of_2(n),
-                T=fwd.chunk, V=_run_length(element_size, fwd.chunk), PREFETCH=prefetch, num_warps=fwd.num_warps)
+                T=fwd.chunk, V=min(8, fwd.chunk) if wide else _run_length(element_size, fwd.chunk),
+                PREFETCH=prefetch, WIDE=wide, num_warps=fwd.num_warps,
+                **({"maxnreg": int(fwd.maxnreg)} if fwd.maxnreg else {}))
 
 
 def _bwd_meta(bwd: Tuning, element_size: int, n: int, prefetch: bool, store_outz: bool = False) -> dict:
