@@ -46,7 +46,7 @@ WIDE_SCRIPT = """
 import json, sys
 from mambadyn.scan.verify import Case, compare_with_reference
 cases = [Case(2, 5, 37, 4, initial_state=True, last_state=True), Case(1, 3, 21, 4, forward_only=True)]
-opts = dict(block_d=4, chunk=8, bwd_block_d=2, bwd_chunk=16, wide=True, maxnreg=168)
+opts = dict(block_d=4, chunk=8, bwd_block_d=2, bwd_chunk=16, wide=True, maxnreg=168, bwd_maxnreg=168)
 print(json.dumps([compare_with_reference("triton", c, **opts) for c in cases]))
 """
 

@@ -234,6 +234,7 @@ def selective_scan_triton(
     bwd_g_in_memory: bool | None = None,
     wide: bool | None = None,
     maxnreg: int | None = None,
+    bwd_maxnreg: int | None = None,
 ):
     """The fused kernel, with ``selective_scan``'s contract (shapes there). The rest are tuning knobs
     (see ``Tuning``) for the forward and, with ``bwd_``, the backward kernel; None takes the tuned
@@ -247,7 +248,7 @@ def selective_scan_triton(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias, initial_state))
     fwd, bwd = tunings(u.element_size(), block_d, chunk, num_warps, bwd_block_d, bwd_chunk, bwd_num_warps,
                         rows=u.shape[0] * u.shape[1], sms=sms, need_grad=need_grad, bwd_g_in_memory=bwd_g_in_memory,
-                        wide=wide, maxnreg=maxnreg)
+                        wide=wide, maxnreg=maxnreg, bwd_maxnreg=bwd_maxnreg)
     softplus = bool(delta_softplus)
     if compiling:  # one graph node, no break (the eager paths below cost less per call)
         out, last, _ = _scan_op(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, _as_ints(fwd),

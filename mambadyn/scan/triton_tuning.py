@@ -18,7 +18,7 @@ class Tuning:
     (both powers of two), ``num_warps`` warps per program; for the backward, ``g_in_memory``: where the
     adjoint carried between chunks lives (see ``_bwd_kernel``); for the forward, ``wide``: float32 tiles
     hold 8 steps per thread instead of 4 (see ``_fwd_kernel``'s WIDE), and ``maxnreg``: a cap on the
-    registers per thread (0: none). ``wide`` and ``maxnreg`` are off in the tables until timed
+    registers per thread (0: none; either kernel). ``wide`` and ``maxnreg`` are off in the tables until timed
     (results/triton_scan_history.md)."""
 
     block_d: int
@@ -62,7 +62,7 @@ def _sm_count(device_index: int) -> int:
 def _tunings(element_size: int, block_d=None, chunk=None, num_warps=None, bwd_block_d=None, bwd_chunk=None,
              bwd_num_warps=None, rows: int | None = None, sms: int | None = None,
              need_grad: bool = True, bwd_g_in_memory: bool | None = None, wide: bool | None = None,
-             maxnreg: int | None = None) -> tuple[Tuning, Tuning]:
+             maxnreg: int | None = None, bwd_maxnreg: int | None = None) -> tuple[Tuning, Tuning]:
     """The forward and backward launch shapes: the knobs given, the rest from the tables above.
     ``rows`` (batch * d) and ``sms`` (the GPU's SM count), where known and no forward knob is given,
     pick the forward for few rows (and where the backward carries its adjoint)."""
@@ -82,7 +82,8 @@ def _tunings(element_size: int, block_d=None, chunk=None, num_warps=None, bwd_bl
         bwd_g_in_memory = bwd.g_in_memory or few
     # the backward restarts from states the forward saves at its chunk starts, so its chunk is a multiple
     bwd = Tuning(int(bwd_block_d or bwd.block_d), int(bwd_chunk or max(bwd.chunk, fwd.chunk)),
-                 int(bwd_num_warps or bwd.num_warps), bool(bwd_g_in_memory))
+                 int(bwd_num_warps or bwd.num_warps), bool(bwd_g_in_memory),
+                 maxnreg=int(bwd.maxnreg if bwd_maxnreg is None else bwd_maxnreg))
     for name, v in (("block_d", fwd.block_d), ("chunk", fwd.chunk), ("bwd_block_d", bwd.block_d),
                     ("bwd_chunk", bwd.chunk)):
         if v < 1 or v & (v - 1):
@@ -119,4 +120,5 @@ def _bwd_meta(bwd: Tuning, element_size: int, n: int, prefetch: bool, store_outz
     # the backward's, likewise
     V = _run_length(element_size, bwd.chunk)
     return dict(GATHER_FLIP=V == 4, STORE_OUTZ=store_outz, G_IN_MEMORY=bool(bwd.g_in_memory), BLOCK_D=bwd.block_d,
-                N=next_power_of_2(n), T=bwd.chunk, V=V, PREFETCH=prefetch, num_warps=bwd.num_warps)
+                N=next_power_of_2(n), T=bwd.chunk, V=V, PREFETCH=prefetch, num_warps=bwd.num_warps,
+                **({"maxnreg": int(bwd.maxnreg)} if bwd.maxnreg else {}))
