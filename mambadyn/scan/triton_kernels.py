@@ -78,6 +78,22 @@ def _chunk_end(x, R: tl.constexpr, T: tl.constexpr, V: tl.constexpr, LAST: tl.co
 
 
 @triton.jit
+def _store_chunk_end(ptr, x, mask, R: tl.constexpr, T: tl.constexpr, V: tl.constexpr, LAST: tl.constexpr):
+    # x (R, T) at the chunk's last step (LAST) or first, stored at ptr (R,) by the lanes that hold it:
+    # the carry between chunks without _chunk_end's cross-lane sum (the next chunk reads it back)
+    G: tl.constexpr = T // V
+    at = (tl.arange(0, G) == (G - 1 if LAST else 0))[None, :]
+    tl.store(ptr[:, None] + tl.zeros((R, G), dtype=tl.int32), _run_ends(x, R, T, V, LAST), mask=mask[:, None] & at)
+
+
+@triton.jit
+def _run_starts(row_off, start, L, T: tl.constexpr, V: tl.constexpr):
+    # (R, T // V) offsets of the first step of each thread's run in the chunk that starts at ``start``,
+    # clamped into the sequence: one address per 16-byte run, for _prefetch
+    return row_off[:, None] + tl.minimum(tl.maximum(start + tl.arange(0, T // V)[None, :] * V, 0), L - 1)
+
+
+@triton.jit
 def _flip(x, R: tl.constexpr, T: tl.constexpr):
     # (R, T) reversed along T by a gather across lanes. A reverse associative_scan flips its inputs and
     # output with ~5x the shuffles; this wins where a thread holds 4 steps (float32) and loses where
@@ -147,11 +163,6 @@ def _fwd_kernel(
     if SAVE_STATES:
         tl.store(states_ptr + state_off, h, mask=mask_dn)
     row = last_ptr + (pid_b * d + offs_d) * n
-    # the run ends of the (block_d, T) tile, one per lane group: the state at the chunk's last step is the
-    # last group's, stored with no cross-lane sum
-    G: tl.constexpr = T // V
-    last_group = (tl.arange(0, G) == G - 1)[None, :]
-    row_g = row[:, None] + tl.zeros((BLOCK_D, G), dtype=tl.int32)
 
     n_chunks = (L + T - 1) // T
     for c in range(0, n_chunks):
@@ -173,9 +184,8 @@ def _fwd_kernel(
             u += tl.load(u_ptr.to(tl.pointer_type(tl.bfloat16)) + x_off, mask=never, other=0.0).to(tl.float32)
         dl = _delta(dl_ptr + x_off, m_dt, bias, HAS_BIAS, SOFTPLUS)  # past L the state passes through
         dlu = dl * u
-        if PREFETCH:  # one address per 16-byte run of each row of the next chunk
-            pf = tl.minimum(c * T + T + tl.arange(0, T // V)[None, :] * V, L - 1)
-            pf = pid_b * s_ub + offs_d[:, None] * s_ud + pf
+        if PREFETCH:  # the next chunk
+            pf = _run_starts(pid_b * s_ub + offs_d * s_ud, c * T + T, L, T, V)
             _prefetch(u_ptr + pf)
             _prefetch(dl_ptr + pf)
             if HAS_Z:
@@ -202,7 +212,7 @@ def _fwd_kernel(
             b = tl.where(offs_t[None, :] == 0, b + a * h_i[:, None], b)
             _, hs = tl.associative_scan((a, b), 1, _affine)
             y += hs * C_i[None, :]
-            tl.store(row_g + i, _run_ends(hs, BLOCK_D, T, V), mask=mask_d[:, None] & last_group)
+            _store_chunk_end(row + i, hs, mask_d, BLOCK_D, T, V, True)
         if HAS_D:
             y += Dv[:, None] * u
         if HAS_Z:
@@ -246,9 +256,6 @@ def _bwd_kernel(
     if G_IN_MEMORY:
         tl.store(g0_ptr + state_off, g, mask=mask_dn)
     grow = g0_ptr + (pid_b * d + offs_d) * n
-    G: tl.constexpr = T // V
-    first_group = (tl.arange(0, G) == 0)[None, :]
-    grow_g = grow[:, None] + tl.zeros((BLOCK_D, G), dtype=tl.int32)
     dA_acc = tl.zeros((BLOCK_D, N), dtype=tl.float32)
     dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
@@ -266,8 +273,7 @@ def _bwd_kernel(
         # again after it (from cache), because holding them through it spilled registers
         dl = _delta(dl_ptr + x_off, m_dt, bias, HAS_BIAS, SOFTPLUS)
         if PREFETCH:  # the chunk before this one, which comes next
-            pf = tl.maximum(c * T - T + tl.arange(0, T // V)[None, :] * V, 0)
-            pf = pid_b * s_ub + offs_d[:, None] * s_ud + pf
+            pf = _run_starts(pid_b * s_ub + offs_d * s_ud, c * T - T, L, T, V)
             _prefetch(u_ptr + pf)
             _prefetch(dl_ptr + pf)
             _prefetch(dout_ptr + pf)
@@ -293,12 +299,12 @@ def _bwd_kernel(
             g_n = tl.load(grow, mask=mask_d, other=0.0)
         for i in range(0, n):
             A_i, B_i, C_i, h_i = A_n, B_n, C_n, h_n
+            more = i + 1 < n
             if G_IN_MEMORY:
                 g_i = g_n
-                g_n = tl.load(grow + i + 1, mask=mask_d & (i + 1 < n), other=0.0)
+                g_n = tl.load(grow + i + 1, mask=mask_d & more, other=0.0)
             else:
                 g_i = tl.sum(tl.where(offs_n[None, :] == i, g, 0.0), axis=1)
-            more = i + 1 < n
             A_n = tl.load(A_ptr + offs_d * n + i + 1, mask=mask_d & more, other=0.0).to(tl.float32)
             B_n = tl.load(B_ptr + bc + (i + 1) * s_bn, mask=mask_t & more, other=0.0).to(tl.float32)
             C_n = tl.load(C_ptr + bc + (i + 1) * s_bn, mask=mask_t & more, other=0.0).to(tl.float32)
@@ -320,7 +326,7 @@ def _bwd_kernel(
             else:
                 _, gs = tl.associative_scan((a_next, r), 1, _affine, reverse=True)
             if G_IN_MEMORY:
-                tl.store(grow_g + i, _run_ends(gs, BLOCK_D, T, V, False), mask=mask_d[:, None] & first_group)
+                _store_chunk_end(grow + i, gs, mask_d, BLOCK_D, T, V, False)
             else:
                 g = tl.where(offs_n[None, :] == i, _chunk_end(gs, BLOCK_D, T, V, False)[:, None], g)
             tl.atomic_add(dB_ptr + bc + i * s_bn, tl.sum(gs * dlu, axis=0), mask=mask_t, sem="relaxed")
