@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from .triton_conv import conv_backward, conv_forward
 from .triton_scan import _backward, _forward
-from .triton_tuning import Tuning, _as_ints, _sm_count, _tunings
+from .triton_tuning import Tuning, _as_ints, _tunings_for
 
 
 def _as_matrix(t: torch.Tensor) -> torch.Tensor:
@@ -190,13 +190,6 @@ def _autocast(x_proj_w, dt_proj_w, out_proj_w, out_proj_b):
     return (x_proj_w.to(dt), dt_proj_w.to(dt), out_proj_w.to(dt), None if out_proj_b is None else out_proj_b.to(dt))
 
 
-def _tuning(xz: torch.Tensor, need_grad: bool, compiling: bool):
-    # under dynamo the cache's wrapped functions (pure) are traced directly
-    sm_count, tunings = (_sm_count.__wrapped__, _tunings.__wrapped__) if compiling else (_sm_count, _tunings)
-    sms = sm_count(xz.device.index or 0) if xz.is_cuda else None
-    return tunings(xz.element_size(), rows=xz.shape[0] * xz.shape[1] // 2, sms=sms, need_grad=need_grad)
-
-
 def mixer_inner(xz: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor | None,
                 x_proj_weight: torch.Tensor, dt_proj_weight: torch.Tensor, out_proj_weight: torch.Tensor,
                 out_proj_bias: torch.Tensor | None, A: torch.Tensor, D: torch.Tensor, dt_bias: torch.Tensor
@@ -212,7 +205,7 @@ def mixer_inner(xz: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Te
     need_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
                                                     out_proj_weight, out_proj_bias, A, D, dt_bias))
-    fwd, bwd = _tuning(xz, need_grad, compiling)
+    fwd, bwd = _tunings_for(xz, xz.shape[0] * xz.shape[1] // 2, need_grad)
     if compiling:  # the op sees the cast weights; compiled, the casts cost no dispatch
         x_proj_weight, dt_proj_weight, out_proj_weight, out_proj_bias = _autocast(
             x_proj_weight, dt_proj_weight, out_proj_weight, out_proj_bias)

@@ -5,15 +5,13 @@ are left to the PyTorch backends."""
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from .launch import cdiv
 from .layout import is_dense
 from .registry import register_backend
 from .triton_kernels import _bwd_kernel, _fwd_kernel
-from .triton_tuning import Tuning, _as_ints, _bwd_meta, _compiled, _fwd_meta, _sm_count, _tunings
+from .triton_tuning import Tuning, _as_ints, _bwd_meta, _compiled, _fwd_meta, _interpreting, _tunings_for
 
 
 def _as(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -100,13 +98,13 @@ def _backward(dout, dlast, u, delta, A, B, C, D, z, bias, states, softplus: bool
                                        store_outz=out_z is not None and z is not None),
     )
     # dB over dC, side by side in sums: converted once, into the caller's buffer where one is given
-    both = None
+    both, dB_over_dC = None, sums.narrow(0, d * n, 2 * batch * n * L)
     if dBC is not None:
         if B.stride() != (L, batch * L, 1) or tuple(dBC.shape) != (2 * n, batch * L):
             raise ValueError(f"dBC needs B as a view of an (n, batch L) matrix and shape {(2 * n, batch * L)}")
-        both = dBC.view(-1).copy_(sums[d * n:d * n + 2 * batch * n * L])
+        both = dBC.view(-1).copy_(dB_over_dC)
     elif B.dtype == C.dtype != torch.float32:
-        both = sums[d * n:d * n + 2 * batch * n * L].to(B.dtype)
+        both = dB_over_dC.to(B.dtype)
     if both is not None:
         dB, dC = (t.as_strided(B.shape, B.stride()) for t in both.split_with_sizes([batch * n * L] * 2))
     return (du, ddelta, _as(dA, A), _as(dB, B), _as(dC, C), None if D is None else _as(dD, D), dz,
@@ -239,18 +237,14 @@ def selective_scan_triton(
     """The fused kernel, with ``selective_scan``'s contract (shapes there). The rest are tuning knobs
     (see ``Tuning``) for the forward and, with ``bwd_``, the backward kernel; None takes the tuned
     default for the input dtype (``FWD_TUNING``, ``BWD_TUNING``)."""
-    compiling = torch.compiler.is_compiling()
-    # under dynamo the caches' wrapped functions (pure) are traced directly, as dynamo would anyway, without
-    # its warning about cache wrappers
-    sm_count, tunings = (_sm_count.__wrapped__, _tunings.__wrapped__) if compiling else (_sm_count, _tunings)
-    sms = sm_count(u.device.index or 0) if u.is_cuda else None
     need_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias, initial_state))
-    fwd, bwd = tunings(u.element_size(), block_d, chunk, num_warps, bwd_block_d, bwd_chunk, bwd_num_warps,
-                        rows=u.shape[0] * u.shape[1], sms=sms, need_grad=need_grad, bwd_g_in_memory=bwd_g_in_memory,
-                        wide=wide, maxnreg=maxnreg, bwd_maxnreg=bwd_maxnreg)
+    fwd, bwd = _tunings_for(u, u.shape[0] * u.shape[1], need_grad, block_d=block_d, chunk=chunk,
+                            num_warps=num_warps, bwd_block_d=bwd_block_d, bwd_chunk=bwd_chunk,
+                            bwd_num_warps=bwd_num_warps, bwd_g_in_memory=bwd_g_in_memory, wide=wide, maxnreg=maxnreg,
+                            bwd_maxnreg=bwd_maxnreg)
     softplus = bool(delta_softplus)
-    if compiling:  # one graph node, no break (the eager paths below cost less per call)
+    if torch.compiler.is_compiling():  # one graph node, no break (the eager paths below cost less per call)
         out, last, _ = _scan_op(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, _as_ints(fwd),
                                 _as_ints(bwd), need_grad)
     elif need_grad:
@@ -261,7 +255,7 @@ def selective_scan_triton(
 
 
 def _unusable(u: torch.Tensor) -> str | None:
-    if u.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+    if u.device.type != "cuda" and not _interpreting():
         return f"the Triton kernel runs on CUDA tensors, these are on {u.device}"
     if u.dtype == torch.float64:
         return "float64 inputs are left to the PyTorch backends (the kernel computes in float32)"

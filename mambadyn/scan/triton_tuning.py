@@ -94,16 +94,36 @@ def _tunings(element_size: int, block_d=None, chunk=None, num_warps=None, bwd_bl
     return fwd, bwd
 
 
+def _tunings_for(t: torch.Tensor, rows: int, need_grad: bool, **knobs) -> tuple[Tuning, Tuning]:
+    """``_tunings`` for the input t (its element size, and its GPU's SM count), ``rows`` = batch * d."""
+    # under dynamo the caches' wrapped functions (pure) are traced directly, as dynamo would anyway, without
+    # its warning about cache wrappers
+    compiling = torch.compiler.is_compiling()
+    sm_count, tunings = (_sm_count.__wrapped__, _tunings.__wrapped__) if compiling else (_sm_count, _tunings)
+    sms = sm_count(t.device.index or 0) if t.is_cuda else None
+    return tunings(t.element_size(), rows=rows, sms=sms, need_grad=need_grad, **knobs)
+
+
 def _run_length(element_size: int, chunk: int) -> int:
     # the steps one thread holds: Triton loads 16 bytes per thread along time (a layout that differs only
     # costs a layout conversion, never a wrong answer)
     return min(16 // element_size, chunk)
 
 
+def _interpreting() -> bool:
+    # Triton's interpreter runs the kernels (on CPU tensors too)
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def _compiled(t: torch.Tensor) -> bool:
     # whether the kernels run compiled for t's GPU: the prefetches are inline PTX, which Triton's
     # interpreter (also given CUDA tensors) cannot run
-    return t.is_cuda and os.environ.get("TRITON_INTERPRET") != "1"
+    return t.is_cuda and not _interpreting()
+
+
+def _launch(t: Tuning) -> dict:
+    # the launch options of a kernel's tuning: num_warps, and the register cap where one is set
+    return {"num_warps": t.num_warps, **({"maxnreg": int(t.maxnreg)} if t.maxnreg else {})}
 
 
 def _fwd_meta(fwd: Tuning, bwd: Tuning, element_size: int, n: int, save_states: bool, prefetch: bool) -> dict:
@@ -112,13 +132,11 @@ def _fwd_meta(fwd: Tuning, bwd: Tuning, element_size: int, n: int, save_states: 
     wide = bool(fwd.wide) and element_size == 4
     return dict(SAVE_STATES=save_states, SAVE_T=bwd.chunk, BLOCK_D=fwd.block_d, N=next_power_of_2(n),
                 T=fwd.chunk, V=min(8, fwd.chunk) if wide else _run_length(element_size, fwd.chunk),
-                PREFETCH=prefetch, WIDE=wide, num_warps=fwd.num_warps,
-                **({"maxnreg": int(fwd.maxnreg)} if fwd.maxnreg else {}))
+                PREFETCH=prefetch, WIDE=wide, **_launch(fwd))
 
 
 def _bwd_meta(bwd: Tuning, element_size: int, n: int, prefetch: bool, store_outz: bool = False) -> dict:
     # the backward's, likewise
     V = _run_length(element_size, bwd.chunk)
     return dict(GATHER_FLIP=V == 4, STORE_OUTZ=store_outz, G_IN_MEMORY=bool(bwd.g_in_memory), BLOCK_D=bwd.block_d,
-                N=next_power_of_2(n), T=bwd.chunk, V=V, PREFETCH=prefetch, num_warps=bwd.num_warps,
-                **({"maxnreg": int(bwd.maxnreg)} if bwd.maxnreg else {}))
+                N=next_power_of_2(n), T=bwd.chunk, V=V, PREFETCH=prefetch, **_launch(bwd))
