@@ -48,9 +48,8 @@ class GraphedTrainStep:
         self.lr = [g["lr"] for g in optimizer.param_groups]
         params = [p for p in model.parameters() if p.requires_grad]
         saved_params = [p.detach().clone() for p in params]
-        had_state = {id(p) for p in params if optimizer.state.get(p)}
         saved_state = {id(p): {k: v.clone() if torch.is_tensor(v) else v for k, v in optimizer.state[p].items()}
-                       for p in params if id(p) in had_state}
+                       for p in params if optimizer.state.get(p)}
 
         def fresh_step():
             # gradients set to None: captured, they are allocated in the graph and rewritten by each replay
@@ -63,9 +62,13 @@ class GraphedTrainStep:
             for p, s in zip(params, saved_params):
                 p.copy_(s)
             for p in params:
+                before = saved_state.get(id(p))  # None: the warm-up made this state, which starts at zero
                 for k, v in optimizer.state.get(p, {}).items():
                     if torch.is_tensor(v):
-                        v.copy_(saved_state[id(p)][k]) if id(p) in had_state else v.zero_()
+                        if before is None:
+                            v.zero_()
+                        else:
+                            v.copy_(before[k])
 
     def _step(self) -> torch.Tensor:
         with torch.autocast("cuda", dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
