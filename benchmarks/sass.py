@@ -70,7 +70,7 @@ def compile_kernel(kernel: str, dtype: torch.dtype = torch.bfloat16, n: int = 16
         raise ValueError(f"dtype must be one of {list(_TRITON_DTYPE)}, got {dtype}")
     size = torch.tensor([], dtype=dtype).element_size()
     fwd, bwd = tt._tunings(size, **opts)
-    fn = tk._fwd_kernel if kernel == "fwd" else tk._bwd_kernel
+    fn = (tk._fwd_kernel if kernel == "fwd" else tk._bwd_kernel).kernel  # the JITFunction under the Launcher
     consts = _constexprs(kernel, size, fwd, bwd, n)
     num_warps = consts.pop("num_warps")
     maxnreg = consts.pop("maxnreg", maxnreg)

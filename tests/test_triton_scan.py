@@ -97,13 +97,19 @@ def test_few_rows_take_their_own_forward():
     assert _tunings(2, block_d=8, rows=768, sms=132)[0].block_d == 8  # a knob given wins
 
 
-def test_the_backward_carries_its_adjoint_where_it_measured_faster():
-    from mambadyn.scan.triton_tuning import _tunings
+def test_knobs_override_the_tables_and_reach_the_launch():
+    from mambadyn.scan.triton_tuning import BWD_TUNING, FWD_TUNING, _fwd_meta, _bwd_meta, _tunings
 
-    assert not _tunings(2, rows=8 * 1536, sms=132)[1].g_in_memory   # 16-bit, GPU full: registers
-    assert _tunings(2, rows=1536, sms=132)[1].g_in_memory           # batch 1: memory
-    assert _tunings(4, rows=8 * 1536, sms=132)[1].g_in_memory       # float32: memory
-    assert _tunings(2, rows=8 * 1536, sms=132, bwd_g_in_memory=True)[1].g_in_memory  # a knob given wins
+    fwd, bwd = _tunings(4, rows=8 * 1536, sms=132)
+    assert (fwd, bwd) == (FWD_TUNING[4], BWD_TUNING[4])
+    fwd, bwd = _tunings(4, rows=8 * 1536, sms=132, wide=False, maxnreg=0, bwd_g_in_memory=False, bwd_maxnreg=0)
+    assert not fwd.wide and not fwd.maxnreg and not bwd.g_in_memory and not bwd.maxnreg
+    assert "maxnreg" not in _fwd_meta(fwd, bwd, 4, 16, True, False)
+    fwd, bwd = _tunings(4, wide=True, maxnreg=160, bwd_maxnreg=200)
+    meta = _fwd_meta(fwd, bwd, 4, 16, True, False)
+    assert meta["WIDE"] and meta["V"] == 8 and meta["maxnreg"] == 160
+    assert _bwd_meta(bwd, 4, 16, False)["maxnreg"] == 200
+    assert not _fwd_meta(*_tunings(2, wide=True), 2, 16, True, False)["WIDE"]  # 16-bit tiles are wide already
 
 
 UNUSED_OUTPUT_SCRIPT = """
@@ -152,7 +158,7 @@ GPU_CASES = [
     # inference, whose launch shapes differ for few rows (batch * d) and for many
     Case(1, 37, 1000, 16, dtype="bfloat16", initial_state=True, last_state=True, forward_only=True),
     Case(8, 1536, 300, 16, dtype="bfloat16", forward_only=True),
-    Case(8, 1536, 300, 16, dtype="bfloat16"),  # enough rows that the backward keeps its adjoint in registers
+    Case(8, 1536, 300, 16, dtype="bfloat16"),  # the launch shapes of a full GPU
 ]
 
 
@@ -177,6 +183,21 @@ def test_wide_float32_forward_matches_reference_on_cuda():
     for case in (Case(2, 1536, 257, 16), Case(1, 37, 1000, 16, initial_state=True, last_state=True)):
         assert_close(compare_with_reference("triton", case, device="cuda", block_d=16, chunk=64, num_warps=2,
                                             wide=True, maxnreg=168))
+
+
+@cuda
+def test_direct_launches_give_the_same_results_on_cuda():
+    from mambadyn.scan import triton_kernels
+    from mambadyn.scan.launch import Launcher
+
+    # the first call of a shape compiles through Triton, the repeat launches the compiled kernel directly
+    # (mambadyn.scan.launch.Launcher); tests/test_launch.py checks which launches go which way
+    poison_allocator("cuda")
+    assert isinstance(triton_kernels._fwd_kernel, Launcher)
+    for case in (Case(2, 64, 300, 16, dtype="bfloat16"), Case(1, 37, 129, 16)):
+        for _ in range(2):
+            assert_close(compare_with_reference("triton", case, device="cuda"))
+    assert triton_kernels._fwd_kernel._compiled and triton_kernels._bwd_kernel._compiled
 
 
 @cuda

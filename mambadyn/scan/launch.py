@@ -1,8 +1,10 @@
-"""Integer arithmetic for the host side of kernel launches (grid sizes, power-of-two block sizes).
+"""The host side of kernel launches, where a short call's time goes.
 
-``triton.cdiv`` and ``triton.next_power_of_2`` are constexpr functions in recent Triton (3.8 measured): called
-from Python they cost about 1.9 us each, 21x these (``benchmarks/scan_cpu_overhead.py``), and the fused model
-calls them about 15 times per layer in a forward and backward."""
+``cdiv`` and ``next_power_of_2``: ``triton.cdiv`` and ``triton.next_power_of_2`` are constexpr functions in
+recent Triton (3.8 measured): called from Python they cost about 1.9 us each, 21x these
+(``benchmarks/scan_cpu_overhead.py``), and the fused model calls them about 15 times per layer in a forward
+and backward. ``Launcher`` (``@launcher``): a compiled Triton kernel launched without Triton's per-call
+argument binding."""
 
 from __future__ import annotations
 
@@ -15,3 +17,91 @@ def cdiv(a: int, b: int) -> int:
 def next_power_of_2(n: int) -> int:
     """The smallest power of two >= n, for n >= 1 (0 for 0, as Triton's)."""
     return 1 << (n - 1).bit_length() if n > 0 else 0
+
+
+class Launcher:
+    """``kernel[grid](*args, **kwargs)`` for a ``@triton.jit`` kernel, at a fraction of Triton's host cost.
+
+    Triton's launch binds and specializes every argument and looks the kernel up by a string key on each
+    call: 45-53 us per launch of the scan kernels on the H200 host (``benchmarks/scan_gpu_call.py``), which
+    a short sequence's kernels do not hide. Here the compiled kernel Triton returned is kept under a key
+    that holds everything its specialization reads (each tensor's dtype and 16-byte alignment; each
+    integer's equality to 1, divisibility by 16 and width; the type of anything else; the keyword
+    arguments: constexprs and launch options) and is launched directly the next time that key recurs. A
+    first sight of a key, the interpreter, a launch hook (profilers) or arguments of another kind take
+    Triton's own path, so the result never differs from ``kernel[grid](...)``."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+        self._compiled: dict = {}
+        self._params = None
+
+    def __getattr__(self, name):  # arg_names, fn, ...: the kernel's own
+        return getattr(self.kernel, name)
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self._launch(grid, args, kwargs)
+
+    def _launch(self, grid, args, kwargs):
+        key = self._key(args, kwargs)
+        hit = None if key is None else self._compiled.get(key)
+        if hit is None:
+            compiled = self.kernel[grid](*args, **kwargs)
+            if key is not None and compiled is not None:
+                self._compiled[key] = compiled
+            return compiled
+        device = _driver().get_current_device()
+        grid = tuple(grid) + (1, 1)
+        hit.run(grid[0], grid[1], grid[2], _driver().get_current_stream(device), hit.function,
+                hit.packed_metadata, None, None, None, *args, *self._tail(len(args), kwargs))
+        return hit
+
+    def _key(self, args, kwargs):
+        if not _direct_launch_possible(self.kernel):
+            return None
+        try:
+            return (_driver().get_current_device(), tuple(map(_arg_key, args)), tuple(kwargs.items()))
+        except TypeError:  # an argument of a kind the key does not cover, or an unhashable keyword value
+            return None
+
+    def _tail(self, given: int, kwargs: dict) -> list:
+        # the values of the parameters after the positional ones, in order (the launcher skips constexprs)
+        if self._params is None:
+            self._params = [(p.name, p.default) for p in self.kernel.signature.parameters.values()]
+        return [kwargs.get(name, default) for name, default in self._params[given:]]
+
+
+def launcher(kernel) -> Launcher:
+    """Decorator: ``@launcher`` over ``@triton.jit``."""
+    return Launcher(kernel)
+
+
+def _arg_key(a):
+    # what Triton's specialization reads of one argument (see Launcher)
+    if isinstance(a, int) and not isinstance(a, bool):
+        return (a == 1, a % 16 == 0, -(1 << 31) <= a < (1 << 31), a < (1 << 63))
+    if hasattr(a, "data_ptr"):
+        return (a.dtype, a.data_ptr() % 16 == 0)
+    if a is None or isinstance(a, (bool, float)):
+        return type(a)
+    raise TypeError(f"no launch key for {type(a).__name__}")
+
+
+def _driver():
+    from triton.runtime.driver import driver
+
+    return driver.active
+
+
+def _direct_launch_possible(kernel) -> bool:
+    import os
+
+    if os.environ.get("TRITON_INTERPRET") == "1" or not hasattr(kernel, "device_caches"):
+        return False
+    try:
+        from triton import knobs
+    except ImportError:  # Triton before 3.4 keeps its hooks elsewhere: its own path
+        return False
+    # a hook is None, or (Triton 3.5+) a chain that may be empty
+    return all(h is None or getattr(h, "calls", None) == []
+               for h in (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook))

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import cdiv
+from .launch import cdiv, launcher
 from .layout import is_dense
 
 
@@ -38,6 +38,7 @@ def _pre(x_rows, w_ptr, b_ptr, offs_d, offs_t, mask_d, L, K: tl.constexpr, BLOCK
     return acc
 
 
+@launcher
 @triton.jit
 def _conv_silu_fwd(x_ptr, w_ptr, b_ptr, y_ptr, d, L, sx_b, sx_d, sy_b, sy_d,
                 K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, HAS_BIAS: tl.constexpr):
@@ -52,6 +53,7 @@ def _conv_silu_fwd(x_ptr, w_ptr, b_ptr, y_ptr, d, L, sx_b, sx_d, sy_b, sy_d,
              mask=mask_d[:, None] & (offs_t[None, :] < L))
 
 
+@launcher
 @triton.jit
 def _conv_silu_bwd_grad(x_ptr, w_ptr, b_ptr, gy_ptr, g_ptr, dw_ptr, db_ptr, d, L, sx_b, sx_d, sg_b, sg_d,
                      K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, HAS_BIAS: tl.constexpr):
@@ -77,6 +79,7 @@ def _conv_silu_bwd_grad(x_ptr, w_ptr, b_ptr, gy_ptr, g_ptr, dw_ptr, db_ptr, d, L
         tl.atomic_add(db_ptr + offs_d, tl.sum(g, axis=1), mask=mask_d, sem="relaxed")
 
 
+@launcher
 @triton.jit
 def _conv_silu_bwd_dx(g_ptr, w_ptr, dx_ptr, d, L, sg_b, sg_d, sdx_b, sdx_d,
                    K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr):

@@ -18,8 +18,8 @@ dC another, so the mixer can hand in views of its projections' outputs without c
 Backward walks the chunks in reverse, with its own launch shape (narrower programs: it holds more
 per element, and wider ones spill). Forward saves the state at each backward chunk's start, so a
 chunk's states are recomputed from it, and the adjoint g_t = C_t ȳ_t + a_{t+1} g_{t+1} is a reverse
-scan, whose carry between chunks lives in registers or in memory (``G_IN_MEMORY``, chosen per dtype and
-GPU fill by the tuning). The decay's gradient uses a_t h_{t-1} = h_t - b_t, so h_{t-1} is never needed. dB and dC sum
+scan, whose carry between chunks lives in memory or in registers (``G_IN_MEMORY``, a tuning knob;
+memory under a 168-register cap measured fastest). The decay's gradient uses a_t h_{t-1} = h_t - b_t, so h_{t-1} is never needed. dB and dC sum
 over channels, so programs add their partial sums atomically into float32 buffers, with relaxed
 ordering: Triton's default (acq_rel) fences every atomic, which cost 1 ms of the 3.2 ms fwd+bwd.
 
@@ -40,6 +40,8 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+from .launch import launcher
 
 LOG2E = tl.constexpr(1.4426950408889634)
 
@@ -127,6 +129,7 @@ def _softplus(x):
     return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))))
 
 
+@launcher
 @triton.jit
 def _fwd_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
@@ -221,6 +224,7 @@ def _fwd_kernel(
         tl.store(out_ptr + x_off, y.to(out_ptr.dtype.element_ty), mask=m_dt)
 
 
+@launcher
 @triton.jit
 def _bwd_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, dout_ptr, dlast_ptr,
@@ -247,8 +251,9 @@ def _bwd_kernel(
     # g after the last step: the last state's incoming gradient (carried through a = 1 past L - 1). With
     # G_IN_MEMORY the carried g lives in g0_ptr (which ends up holding g before the first step), as the
     # forward's state does; else in a (block_d, n) register tile, which costs a cross-lane sum to read a
-    # state and another to write it, but fewer registers than the loads and stores (G_IN_MEMORY is slower
-    # where 16-bit inputs fill the GPU, faster elsewhere: results/triton_scan_history.md)
+    # state and another to write it, but fewer registers than the loads and stores (uncapped, G_IN_MEMORY
+    # is slower where 16-bit inputs fill the GPU; capped at 168 registers it is as fast or faster
+    # everywhere measured: results/triton_scan_history.md)
     if HAS_DLAST:
         g = tl.load(dlast_ptr + state_off, mask=mask_dn, other=0.0).to(tl.float32)
     else:

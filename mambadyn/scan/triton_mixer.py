@@ -147,8 +147,11 @@ def _mixer_backward_op(dout: torch.Tensor, xz: torch.Tensor, conv_w: torch.Tenso
     xz = _as_sequences(_as_matrix(xz), xz.shape[0])
     grads = _mixer_backward(dout, xz, conv_w, conv_b, x_dbl, x_proj_w, dt_proj_w, out_proj_w, has_out_b, A, D,
                             dt_bias, states, Tuning(*bwd))
-    # dA, dD and Δ's bias gradient are views of one buffer; a custom op's outputs may not share storage
-    return [xz.new_empty(0) if g is None else (g.clone() if g._base is not None else g) for g in grads]
+    # in the dtypes the fake promises (the eager path leaves the casts to autograd); dA, dD and Δ's bias
+    # gradient are views of one buffer, and a custom op's outputs may not share storage
+    like = (xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, xz, A, D, dt_bias)
+    return [xz.new_empty(0) if g is None else g.to(t.dtype) if g.dtype != t.dtype else
+            g.clone() if g._base is not None else g for g, t in zip(grads, like)]
 
 
 @_mixer_backward_op.register_fake

@@ -20,9 +20,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import cdiv, next_power_of_2
+from .launch import cdiv, launcher, next_power_of_2
 
 
+@launcher
 @triton.jit
 def _rms_norm_add_fwd(x_ptr, res_ptr, w_ptr, y_ptr, r_ptr, rstd_ptr, D, eps,
                 BLOCK: tl.constexpr, HAS_RES: tl.constexpr):
@@ -39,6 +40,7 @@ def _rms_norm_add_fwd(x_ptr, res_ptr, w_ptr, y_ptr, r_ptr, rstd_ptr, D, eps,
     tl.store(rstd_ptr + row, rstd)
 
 
+@launcher
 @triton.jit
 def _rms_norm_add_bwd(r_ptr, w_ptr, rstd_ptr, dy_ptr, dr_out_ptr, dr_ptr, dw_ptr, rows, D,
                 BLOCK: tl.constexpr, ROWS: tl.constexpr, HAS_DR_OUT: tl.constexpr):

@@ -14,20 +14,16 @@ from .triton_kernels import _bwd_kernel, _fwd_kernel
 from .triton_tuning import Tuning, _as_ints, _bwd_meta, _compiled, _fwd_meta, _interpreting, _tunings_for
 
 
-def _as(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    # a same-dtype .to() still costs a dispatch, several per backward call
-    return grad if grad.dtype == like.dtype else grad.to(like.dtype)
-
-
 def _layouts(u, delta, z, B, C):
     """The kernels take one set of strides for u, Δ, z (and write out, du, dΔ, dz with it) and one for B and
     C, each with time contiguous. Views that already share them pass through (the fused mixer hands in
     (batch, d, L) views of (d, batch * L) matrices); anything else is made contiguous."""
-    same = all(t is None or (t.stride() == u.stride() and t.shape == u.shape) for t in (delta, z))
-    if not (same and u.stride(-1) == 1 and is_dense(u)):
+    su, sB = u.stride(), B.stride()
+    same = all(t is None or (t.stride() == su and t.shape == u.shape) for t in (delta, z))
+    if not (same and su[-1] == 1 and is_dense(u)):
         u, delta = u.contiguous(), delta.contiguous()
         z = None if z is None else z.contiguous()
-    if not (B.stride() == C.stride() and B.stride(-1) == 1 and is_dense(B)):
+    if not (C.stride() == sB and sB[-1] == 1 and is_dense(B)):
         B, C = B.contiguous(), C.contiguous()
     return u, delta, z, B, C
 
@@ -47,9 +43,9 @@ def _forward(u, delta, A, B, C, D, z, bias, h0, softplus: bool, fwd: Tuning, bwd
     last = torch.empty(batch, d, n, device=u.device, dtype=torch.float32)
     h0c = None if h0 is None else h0.float().contiguous()
     grid = (batch, cdiv(d, fwd.block_d))
+    su, sB = u.stride(), B.stride()
     _fwd_kernel[grid](
-        u, delta, A, B, C, D, z, bias, h0c, out, states, last, d, n, L,
-        u.stride(0), u.stride(1), B.stride(0), B.stride(1),
+        u, delta, A, B, C, D, z, bias, h0c, out, states, last, d, n, L, su[0], su[1], sB[0], sB[1],
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, HAS_H0=h0 is not None,
         SOFTPLUS=softplus, **_fwd_meta(fwd, bwd, u.element_size(), n, save_states, _compiled(u)),
     )
@@ -60,55 +56,53 @@ def _forward(u, delta, A, B, C, D, z, bias, h0, softplus: bool, fwd: Tuning, bwd
 def _backward(dout, dlast, u, delta, A, B, C, D, z, bias, states, softplus: bool, bwd: Tuning,
               du=None, dz=None, out_z=None, dBC=None):
     """Launch the backward kernel on the inputs as the forward launched them, and its saved states.
-    Returns du, ddelta, dA, dB, dC, dD, dz, dbias (None where the input was None, in each input's dtype,
-    du, ddelta, dz with u's strides, dB, dC with B's) and g0, the state gradient before the first step
-    (float32). ``du`` and ``dz``, if given, are written into (a fused caller's slices of one buffer); with
+    Returns du, ddelta, dA, dB, dC, dD, dz, dbias (None where the input was None; du, ddelta, dz in u's
+    dtype and strides, the rest float32, dB and dC with B's strides, or in dBC's dtype where given) and g0,
+    the state gradient before the first step (float32). ``du`` and ``dz``, if given, are written into (a fused caller's slices of one buffer); with
     ``out_z`` given, the gated output out · silu(z) is recomputed into it. ``dBC``, a (2n, batch L) matrix
     where B and C view (n, batch L) matrices, receives dB over dC in its dtype (one conversion, no copy
     after); dB and dC are then views of it."""
     batch, d, L = u.shape
     n = A.shape[1]
+    su = u.stride()
     dout = torch.zeros_like(u) if dout is None else dout
-    if dout.stride() != u.stride():
+    if dout.stride() != su:
         dout = dout.contiguous() if u.is_contiguous() else torch.empty_like(u).copy_(dout)
     du = torch.empty_like(u) if du is None else du
     ddelta = torch.empty_like(delta)
     dz = (torch.empty_like(z) if dz is None else dz) if z is not None else None
     for name, t in (("du", du), ("dz", dz), ("out_z", out_z)):
-        if t is not None and t.stride() != u.stride():
-            raise ValueError(f"{name} must have u's strides {u.stride()}, got {t.stride()}")
+        if t is not None and t.stride() != su:
+            raise ValueError(f"{name} must have u's strides {su}, got {t.stride()}")
     f32 = dict(device=u.device, dtype=torch.float32)
-    # the atomically summed gradients start at zero; one buffer, because each allocation and fill
-    # costs CPU time that a short sequence's kernels do not hide
-    sums = torch.zeros(d * n + 2 * batch * n * L + 2 * d, **f32)
-    dA, dB, dC, dD, dbias = sums.split_with_sizes([d * n, batch * n * L, batch * n * L, d, d])
-    dA = dA.view(d, n)
-    dB, dC = (t.as_strided(B.shape, B.stride()) for t in (dB, dC))  # the kernel writes with B's strides
-    dD = dD if D is not None else None
-    dbias = dbias if bias is not None else None
+    # the atomically summed gradients start at zero; one buffer (dB, dC, dA, dD, dbias) and views of it by
+    # as_strided alone, because each allocation, fill and view op costs CPU time that a short sequence's
+    # kernels do not hide (benchmarks/scan_gpu_call.py)
+    bnL = batch * n * L
+    sums = torch.zeros(2 * bnL + d * n + 2 * d, **f32)
+    sB = B.stride()
+    dB, dC = sums.as_strided(B.shape, sB, 0), sums.as_strided(B.shape, sB, bnL)  # with B's strides
+    dA = sums.as_strided((d, n), (n, 1), 2 * bnL)
+    dD = sums.as_strided((d,), (1,), 2 * bnL + d * n) if D is not None else None
+    dbias = sums.as_strided((d,), (1,), 2 * bnL + d * n + d) if bias is not None else None
     g0 = torch.empty(batch, d, n, **f32)
     dlast = None if dlast is None else dlast.float().contiguous()
     grid = (batch, cdiv(d, bwd.block_d))
     _bwd_kernel[grid](
         u, delta, A, B, C, D, z, bias, states, dout, dlast,
         du, ddelta, dz, dA, dB, dC, dD, dbias, g0, out_z, d, n, L,
-        u.stride(0), u.stride(1), B.stride(0), B.stride(1),
+        su[0], su[1], sB[0], sB[1],
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, HAS_DLAST=dlast is not None,
         SOFTPLUS=softplus, **_bwd_meta(bwd, u.element_size(), n, _compiled(u),
                                        store_outz=out_z is not None and z is not None),
     )
-    # dB over dC, side by side in sums: converted once, into the caller's buffer where one is given
-    both, dB_over_dC = None, sums.narrow(0, d * n, 2 * batch * n * L)
-    if dBC is not None:
-        if B.stride() != (L, batch * L, 1) or tuple(dBC.shape) != (2 * n, batch * L):
+    if dBC is not None:  # dB over dC, side by side in sums: converted once, into the caller's buffer
+        if sB != (L, batch * L, 1) or tuple(dBC.shape) != (2 * n, batch * L):
             raise ValueError(f"dBC needs B as a view of an (n, batch L) matrix and shape {(2 * n, batch * L)}")
-        both = dBC.view(-1).copy_(dB_over_dC)
-    elif B.dtype == C.dtype != torch.float32:
-        both = dB_over_dC.to(B.dtype)
-    if both is not None:
-        dB, dC = (t.as_strided(B.shape, B.stride()) for t in both.split_with_sizes([batch * n * L] * 2))
-    return (du, ddelta, _as(dA, A), _as(dB, B), _as(dC, C), None if D is None else _as(dD, D), dz,
-            None if bias is None else _as(dbias, bias), g0)
+        both = dBC.view(-1).copy_(sums.narrow(0, 0, 2 * bnL))
+        dB, dC = both.as_strided(B.shape, sB, 0), both.as_strided(B.shape, sB, bnL)
+    # float32 gradients of 16-bit inputs are cast by autograd as they leave (in C++, cheaper than here)
+    return du, ddelta, dA, dB, dC, dD, dz, dbias, g0
 
 
 def _initial_state_grad(g0, delta, A, bias, h0, softplus: bool):
@@ -180,8 +174,11 @@ def _scan_backward_op(dout: torch.Tensor, dlast: torch.Tensor | None, u: torch.T
     u, delta, A, B, C = (t.contiguous() for t in (u, delta, A, B, C))
     D, z, bias = (None if t is None else t.contiguous() for t in (D, z, bias))
     grads = _backward(dout, dlast, u, delta, A, B, C, D, z, bias, states, softplus, Tuning(*bwd))
-    # the summed gradients are views of one buffer; a custom op's outputs may not share storage
-    return [u.new_empty(0) if g is None else (g.clone() if g._base is not None else g) for g in grads]
+    # in each input's dtype, as the fake promises; the summed gradients are views of one buffer, and a
+    # custom op's outputs may not share storage
+    like = (u, delta, A, B, C, D, z, bias)
+    return [u.new_empty(0) if g is None else g.to(t.dtype) if g.dtype != t.dtype else
+            g.clone() if g._base is not None else g for g, t in zip(grads, like)] + [grads[-1]]
 
 
 @_scan_backward_op.register_fake

@@ -17,11 +17,12 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import cdiv, next_power_of_2
+from .launch import cdiv, launcher, next_power_of_2
 
 LOG2E = tl.constexpr(1.4426950408889634)
 
 
+@launcher
 @triton.jit
 def _conv_step_kernel(x_ptr, state_ptr, w_ptr, b_ptr, out_ptr, d,
                       stride_xb, stride_sb, stride_sd, stride_ob,
@@ -46,6 +47,7 @@ def _conv_step_kernel(x_ptr, state_ptr, w_ptr, b_ptr, out_ptr, d,
     tl.store(out_ptr + pid_b * stride_ob + offs_d, out.to(out_ptr.dtype.element_ty), mask=mask_d)
 
 
+@launcher
 @triton.jit
 def _ssm_step_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, state_ptr, out_ptr, d, n,
                      stride_xb, stride_dtb, stride_Bb, stride_Cb, stride_zb, stride_sb, stride_sd, stride_ob,

@@ -18,8 +18,7 @@ class Tuning:
     (both powers of two), ``num_warps`` warps per program; for the backward, ``g_in_memory``: where the
     adjoint carried between chunks lives (see ``_bwd_kernel``); for the forward, ``wide``: float32 tiles
     hold 8 steps per thread instead of 4 (see ``_fwd_kernel``'s WIDE), and ``maxnreg``: a cap on the
-    registers per thread (0: none; either kernel). ``wide`` and ``maxnreg`` are off in the tables until timed
-    (results/triton_scan_history.md)."""
+    registers per thread (0: none; either kernel)."""
 
     block_d: int
     chunk: int
@@ -30,12 +29,15 @@ class Tuning:
 
 
 # by input element size: the fastest of the sweeps in results/scan_gpu_sweeps.json (H100, batch 8,
-# d 1536, n 16). The backward has its own, because it holds more per element: wider programs spill.
-# Its adjoint is carried in registers for 16-bit inputs that fill the GPU, in memory elsewhere (see
-# G_IN_MEMORY_ROWS_PER_SM): side by side on an H200, results/triton_scan_history.md
-FWD_TUNING = {2: Tuning(block_d=8, chunk=64, num_warps=1), 4: Tuning(block_d=4, chunk=128, num_warps=2)}
-BWD_TUNING = {2: Tuning(block_d=2, chunk=128, num_warps=1, g_in_memory=False),
-              4: Tuning(block_d=2, chunk=128, num_warps=1, g_in_memory=True)}
+# d 1536, n 16), then on an H200 the float32 forward's wide tiles under a register cap
+# (results/scan_gpu_sweep_wide.json: 1.57x faster than (4, 128, 2) at L 8192) and the backward's cap
+# (results/scan_gpu_sweep_bwd_maxnreg.json: with the adjoint in memory and 168 registers, 12 warps per SM
+# instead of 8; 1.14x faster in float32, 1.01x in bf16, than the best uncapped). The backward has its own
+# shape, because it holds more per element: wider programs spill.
+FWD_TUNING = {2: Tuning(block_d=8, chunk=64, num_warps=1),
+              4: Tuning(block_d=8, chunk=64, num_warps=1, wide=True, maxnreg=168)}
+BWD_TUNING = {2: Tuning(block_d=2, chunk=128, num_warps=1, g_in_memory=True, maxnreg=168),
+              4: Tuning(block_d=2, chunk=128, num_warps=1, g_in_memory=True, maxnreg=168)}
 # ... and the forward's where batch * d is too small for FWD_TUNING to fill the GPU, by rows (batch * d)
 # per SM: fewer, wider programs with more warps, and longer chunks when no backward needs the states
 # at 128-step intervals. Fastest in the few-rows sweeps of results/scan_gpu_sweeps.json (batch 1-4,
@@ -44,8 +46,6 @@ FULL_ROWS_PER_SM = 80
 FWD_TUNING_MID_ROWS, MID_ROWS_PER_SM = Tuning(block_d=4, chunk=128, num_warps=1), 32
 FWD_TUNING_FEW_ROWS = {False: Tuning(block_d=2, chunk=512, num_warps=2),   # inference
                        True: Tuning(block_d=2, chunk=128, num_warps=1)}    # training
-# below this many rows per SM the backward carries its adjoint in memory whatever the dtype
-G_IN_MEMORY_ROWS_PER_SM = FULL_ROWS_PER_SM
 
 
 def _as_ints(t: Tuning) -> list[int]:
@@ -65,7 +65,7 @@ def _tunings(element_size: int, block_d=None, chunk=None, num_warps=None, bwd_bl
              maxnreg: int | None = None, bwd_maxnreg: int | None = None) -> tuple[Tuning, Tuning]:
     """The forward and backward launch shapes: the knobs given, the rest from the tables above.
     ``rows`` (batch * d) and ``sms`` (the GPU's SM count), where known and no forward knob is given,
-    pick the forward for few rows (and where the backward carries its adjoint)."""
+    pick the forward for few rows."""
     size = 2 if element_size <= 2 else 4
     fwd = FWD_TUNING[size]
     if (block_d, chunk, num_warps) == (None, None, None) and rows is not None and sms is not None:
@@ -77,12 +77,9 @@ def _tunings(element_size: int, block_d=None, chunk=None, num_warps=None, bwd_bl
                  wide=bool(fwd.wide if wide is None else wide),
                  maxnreg=int(fwd.maxnreg if maxnreg is None else maxnreg))
     bwd = BWD_TUNING[size]
-    if bwd_g_in_memory is None:
-        few = rows is not None and sms is not None and rows < G_IN_MEMORY_ROWS_PER_SM * sms
-        bwd_g_in_memory = bwd.g_in_memory or few
     # the backward restarts from states the forward saves at its chunk starts, so its chunk is a multiple
     bwd = Tuning(int(bwd_block_d or bwd.block_d), int(bwd_chunk or max(bwd.chunk, fwd.chunk)),
-                 int(bwd_num_warps or bwd.num_warps), bool(bwd_g_in_memory),
+                 int(bwd_num_warps or bwd.num_warps), bool(bwd.g_in_memory if bwd_g_in_memory is None else bwd_g_in_memory),
                  maxnreg=int(bwd.maxnreg if bwd_maxnreg is None else bwd_maxnreg))
     for name, v in (("block_d", fwd.block_d), ("chunk", fwd.chunk), ("bwd_block_d", bwd.block_d),
                     ("bwd_chunk", bwd.chunk)):
@@ -126,15 +123,17 @@ def _launch(t: Tuning) -> dict:
     return {"num_warps": t.num_warps, **({"maxnreg": int(t.maxnreg)} if t.maxnreg else {})}
 
 
+@functools.lru_cache(maxsize=256)
 def _fwd_meta(fwd: Tuning, bwd: Tuning, element_size: int, n: int, save_states: bool, prefetch: bool) -> dict:
     # the forward's launch-shape constexprs and num_warps (benchmarks/sass.py compiles with these too).
-    # ``prefetch``: only where ``_compiled``
+    # ``prefetch``: only where ``_compiled``. Cached, and so shared: callers unpack it, never change it
     wide = bool(fwd.wide) and element_size == 4
     return dict(SAVE_STATES=save_states, SAVE_T=bwd.chunk, BLOCK_D=fwd.block_d, N=next_power_of_2(n),
                 T=fwd.chunk, V=min(8, fwd.chunk) if wide else _run_length(element_size, fwd.chunk),
                 PREFETCH=prefetch, WIDE=wide, **_launch(fwd))
 
 
+@functools.lru_cache(maxsize=256)
 def _bwd_meta(bwd: Tuning, element_size: int, n: int, prefetch: bool, store_outz: bool = False) -> dict:
     # the backward's, likewise
     V = _run_length(element_size, bwd.chunk)
