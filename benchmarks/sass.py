@@ -56,7 +56,7 @@ def _constexprs(kernel: str, element_size: int, fwd: tt.Tuning, bwd: tt.Tuning, 
     flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True)
     if kernel == "fwd":
         return dict(flags, HAS_H0=False, **tt._fwd_meta(fwd, bwd, element_size, n, True, True))
-    return dict(flags, HAS_DLAST=False, **tt._bwd_meta(bwd, element_size, n, True))
+    return dict(flags, HAS_DLAST=False, **tt._bwd_meta(bwd, element_size, n, True, aligned=True))  # as compiled here
 
 
 def compile_kernel(kernel: str, dtype: torch.dtype = torch.bfloat16, n: int = 16, arch: int = 90,

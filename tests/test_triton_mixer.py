@@ -1,7 +1,8 @@
 """The fused training path (``scan.triton_mixer`` for the mixer, ``triton_norm`` between blocks) against the
 per-op model with the float64 reference scan: logits and every parameter's gradient, in Triton's
 interpreter on CPU (a subprocess) and compiled on CUDA. Odd sizes: d_inner not a multiple of any block,
-n not a power of two, L not a multiple of a chunk; with and without biases; float32 and bfloat16."""
+n not a power of two, L not a multiple of a chunk (and one case where everything is aligned); with and
+without biases; float32 and bfloat16."""
 
 import pytest
 import torch
@@ -18,7 +19,9 @@ interpret = os.environ.get("TRITON_INTERPRET") == "1"
 dev = "cuda" if torch.cuda.is_available() and not interpret else "cpu"
 worst, paths = {}, {}
 cases = [dict(d_model=18, n_layer=2, d_state=5, bias=False, conv_bias=True, residual_in_fp32=True, L=37, b=2),
-         dict(d_model=12, n_layer=1, d_state=4, bias=True, conv_bias=False, residual_in_fp32=False, L=9, b=1)]
+         dict(d_model=12, n_layer=1, d_state=4, bias=True, conv_bias=False, residual_in_fp32=False, L=9, b=1),
+         # L and the strides multiples of 16: the compiled 16-bit backward flips by lane shuffles
+         dict(d_model=16, n_layer=1, d_state=16, bias=False, conv_bias=True, residual_in_fp32=True, L=64, b=2)]
 for dtype in (torch.float32, torch.bfloat16):
     for i, c in enumerate(cases):
         c = dict(c)
@@ -61,6 +64,8 @@ def _check(interpret: bool):
             assert v < 2e-4, (k, v, worst)
         elif k.startswith("fused-"):  # bfloat16: within twice the per-op path's error (or 1%)
             assert v < max(2 * worst[k.replace("fused-", "plain-")], 1e-2), (k, v, worst)
+        if "bfloat16" in k:  # and both near the float64 reference (0.01-0.03 measured; both share the scan)
+            assert v < 0.08, (k, v, worst)
 
 
 def test_fused_model_matches_the_reference_in_the_interpreter():

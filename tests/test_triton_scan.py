@@ -97,6 +97,18 @@ def test_few_rows_take_their_own_forward():
     assert _tunings(2, block_d=8, rows=768, sms=132)[0].block_d == 8  # a knob given wins
 
 
+def test_the_shuffle_flip_is_compiled_only_where_its_layout_holds():
+    from mambadyn.scan.triton_tuning import _bwd_meta, _tunings
+
+    bf16 = _tunings(2)[1]
+    assert _bwd_meta(bf16, 2, 16, True, aligned=True)["FLIP_RUNS"]
+    assert not _bwd_meta(bf16, 2, 16, True, aligned=False)["FLIP_RUNS"]  # L or a stride not a multiple of 16
+    assert not _bwd_meta(bf16, 2, 16, False, aligned=True)["FLIP_RUNS"]  # the interpreter: no inline PTX
+    assert not _bwd_meta(_tunings(4)[1], 4, 16, True, aligned=True)["FLIP_RUNS"]  # float32: 4 steps a thread
+    for knobs in (dict(bwd_num_warps=2), dict(bwd_chunk=256), dict(bwd_flip_runs=False)):
+        assert not _bwd_meta(_tunings(2, **knobs)[1], 2, 16, True, aligned=True)["FLIP_RUNS"], knobs
+
+
 def test_knobs_override_the_tables_and_reach_the_launch():
     from mambadyn.scan.triton_tuning import BWD_TUNING, FWD_TUNING, _fwd_meta, _bwd_meta, _tunings
 
@@ -159,6 +171,8 @@ GPU_CASES = [
     Case(1, 37, 1000, 16, dtype="bfloat16", initial_state=True, last_state=True, forward_only=True),
     Case(8, 1536, 300, 16, dtype="bfloat16", forward_only=True),
     Case(8, 1536, 300, 16, dtype="bfloat16"),  # the launch shapes of a full GPU
+    Case(8, 1536, 512, 16, dtype="bfloat16"),  # ... with L and the strides aligned (the backward's shuffle flip)
+    Case(3, 48, 1024, 32, dtype="bfloat16", initial_state=True, last_state=True),
 ]
 
 
@@ -175,6 +189,22 @@ def test_both_adjoint_carries_match_reference_on_cuda(g_in_memory):
     poison_allocator("cuda")
     for case in (Case(2, 64, 300, 16, dtype="bfloat16", last_state=True), Case(1, 37, 129, 16)):
         assert_close(compare_with_reference("triton", case, device="cuda", bwd_g_in_memory=g_in_memory))
+
+
+@cuda
+@pytest.mark.parametrize("flip_runs", [True, False])
+def test_both_reverse_scans_match_reference_on_cuda(flip_runs):
+    # 16-bit backward: mirror-lane shuffles (_flip_runs) where L, the strides and the pointers are aligned to
+    # 16 (L 256, 1024 here), Triton's reverse scan elsewhere (L 300, 1000) and where switched off
+    from mambadyn.scan import triton_kernels
+
+    poison_allocator("cuda")
+    triton_kernels._bwd_kernel._compiled.clear()
+    for case in (Case(2, 64, 256, 16, dtype="bfloat16", last_state=True), Case(1, 37, 1024, 16, dtype="float16"),
+                 Case(2, 64, 300, 16, dtype="bfloat16"), Case(1, 37, 1000, 16, dtype="float16")):
+        assert_close(compare_with_reference("triton", case, device="cuda", bwd_flip_runs=flip_runs))
+    used = {dict(key[1])["FLIP_RUNS"] for key in triton_kernels._bwd_kernel._compiled}
+    assert used == ({True, False} if flip_runs else {False})
 
 
 @cuda
@@ -256,3 +286,27 @@ def test_launch_arithmetic_equals_tritons():
         assert next_power_of_2(a) == triton.next_power_of_2(a), a
         for b in (1, 2, 3, 8, 64, 128):
             assert cdiv(a, b) == triton.cdiv(a, b), (a, b)
+
+
+@pytest.mark.parametrize("L, aligned", [(64, True), (63, False)])
+def test_the_backward_reports_what_triton_specializes_on(monkeypatch, L, aligned):
+    # the shuffle flip's precondition (_bwd_meta's ``aligned``) as the backward computes it, kernels stubbed
+    import mambadyn.scan.triton_scan as ts
+
+    class NoKernel:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: None
+
+    seen = []
+    meta = ts._bwd_meta
+    monkeypatch.setattr(ts, "_fwd_kernel", NoKernel())
+    monkeypatch.setattr(ts, "_bwd_kernel", NoKernel())
+    monkeypatch.setattr(ts, "_bwd_meta", lambda *a, **k: seen.append(k["aligned"]) or meta(*a, **k))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # only so the backend takes CPU tensors: no kernel runs
+    b, d, n = 2, 32, 16
+    xs = [torch.randn(*s, dtype=torch.bfloat16, requires_grad=True)
+          for s in ((b, d, L), (b, d, L), (b, n, L), (b, n, L), (b, d, L))]
+    A = -torch.rand(d, n, requires_grad=True)
+    out = ts.selective_scan_triton(xs[0], xs[1], A, xs[2], xs[3], z=xs[4], delta_softplus=True)
+    out.backward(torch.ones_like(out))
+    assert seen == [aligned]

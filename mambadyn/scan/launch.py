@@ -8,6 +8,10 @@ argument binding."""
 
 from __future__ import annotations
 
+import os
+
+from torch import Tensor
+
 
 def cdiv(a: int, b: int) -> int:
     """ceil(a / b) for positive b."""
@@ -59,8 +63,11 @@ class Launcher:
     def _key(self, args, kwargs):
         if not _direct_launch_possible(self.kernel):
             return None
-        try:
-            return (_driver().get_current_device(), tuple(map(_arg_key, args)), tuple(kwargs.items()))
+        try:  # inline rather than a call per argument: this runs on every launch
+            return (_driver().get_current_device(), tuple(kwargs.items()),
+                    tuple((a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, Tensor) else
+                          (a == 1, a % 16 == 0, -_I32 <= a < _I32, a < _I64) if type(a) is int else
+                          _arg_key(a) for a in args))
         except TypeError:  # an argument of a kind the key does not cover, or an unhashable keyword value
             return None
 
@@ -76,32 +83,46 @@ def launcher(kernel) -> Launcher:
     return Launcher(kernel)
 
 
+_I32, _I64 = 1 << 31, 1 << 63
+
+
 def _arg_key(a):
-    # what Triton's specialization reads of one argument (see Launcher)
-    if isinstance(a, int) and not isinstance(a, bool):
-        return (a == 1, a % 16 == 0, -(1 << 31) <= a < (1 << 31), a < (1 << 63))
+    # what Triton's specialization reads of an argument that is not a tensor or an int (see Launcher)
     if hasattr(a, "data_ptr"):
         return (a.dtype, a.data_ptr() % 16 == 0)
+    if isinstance(a, int) and not isinstance(a, bool):
+        return (a == 1, a % 16 == 0, -_I32 <= a < _I32, a < _I64)
     if a is None or isinstance(a, (bool, float)):
         return type(a)
     raise TypeError(f"no launch key for {type(a).__name__}")
 
 
-def _driver():
-    from triton.runtime.driver import driver
+_DRIVER = None
+_KNOBS = None
 
-    return driver.active
+
+def _driver():
+    global _DRIVER
+    if _DRIVER is None:
+        from triton.runtime.driver import driver
+
+        _DRIVER = driver
+    return _DRIVER.active
 
 
 def _direct_launch_possible(kernel) -> bool:
-    import os
-
+    global _KNOBS
     if os.environ.get("TRITON_INTERPRET") == "1" or not hasattr(kernel, "device_caches"):
         return False
-    try:
-        from triton import knobs
-    except ImportError:  # Triton before 3.4 keeps its hooks elsewhere: its own path
+    if _KNOBS is None:
+        try:
+            from triton import knobs
+        except ImportError:  # Triton before 3.4 keeps its hooks elsewhere: its own path
+            _KNOBS = False
+        else:
+            _KNOBS = knobs
+    if _KNOBS is False:
         return False
     # a hook is None, or (Triton 3.5+) a chain that may be empty
-    return all(h is None or getattr(h, "calls", None) == []
-               for h in (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook))
+    hooks = _KNOBS.runtime.launch_enter_hook, _KNOBS.runtime.launch_exit_hook
+    return all(h is None or getattr(h, "calls", None) == [] for h in hooks)

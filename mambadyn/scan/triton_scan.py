@@ -94,7 +94,8 @@ def _backward(dout, dlast, u, delta, A, B, C, D, z, bias, states, softplus: bool
         su[0], su[1], sB[0], sB[1],
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, HAS_DLAST=dlast is not None,
         SOFTPLUS=softplus, **_bwd_meta(bwd, u.element_size(), n, _compiled(u),
-                                       store_outz=out_z is not None and z is not None),
+                                       store_outz=out_z is not None and z is not None,
+                                       aligned=_aligned((L, su[0], su[1], sB[0], sB[1]), (u, delta, B, C, z, dout))),
     )
     if dBC is not None:  # dB over dC, side by side in sums: converted once, into the caller's buffer
         if sB != (L, batch * L, 1) or tuple(dBC.shape) != (2 * n, batch * L):
@@ -103,6 +104,11 @@ def _backward(dout, dlast, u, delta, A, B, C, D, z, bias, states, softplus: bool
         dB, dC = both.as_strided(B.shape, sB, 0), both.as_strided(B.shape, sB, bnL)
     # float32 gradients of 16-bit inputs are cast by autograd as they leave (in C++, cheaper than here)
     return du, ddelta, dA, dB, dC, dD, dz, dbias, g0
+
+
+def _aligned(ints, tensors) -> bool:
+    # what Triton specializes a launch on: 16-byte-aligned pointers, integers that are multiples of 16
+    return all(i % 16 == 0 for i in ints) and all(t is None or t.data_ptr() % 16 == 0 for t in tensors)
 
 
 def _initial_state_grad(g0, delta, A, bias, h0, softplus: bool):
@@ -230,6 +236,7 @@ def selective_scan_triton(
     wide: bool | None = None,
     maxnreg: int | None = None,
     bwd_maxnreg: int | None = None,
+    bwd_flip_runs: bool | None = None,
 ):
     """The fused kernel, with ``selective_scan``'s contract (shapes there). The rest are tuning knobs
     (see ``Tuning``) for the forward and, with ``bwd_``, the backward kernel; None takes the tuned
@@ -239,7 +246,7 @@ def selective_scan_triton(
     fwd, bwd = _tunings_for(u, u.shape[0] * u.shape[1], need_grad, block_d=block_d, chunk=chunk,
                             num_warps=num_warps, bwd_block_d=bwd_block_d, bwd_chunk=bwd_chunk,
                             bwd_num_warps=bwd_num_warps, bwd_g_in_memory=bwd_g_in_memory, wide=wide, maxnreg=maxnreg,
-                            bwd_maxnreg=bwd_maxnreg)
+                            bwd_maxnreg=bwd_maxnreg, bwd_flip_runs=bwd_flip_runs)
     softplus = bool(delta_softplus)
     if torch.compiler.is_compiling():  # one graph node, no break (the eager paths below cost less per call)
         out, last, _ = _scan_op(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, _as_ints(fwd),

@@ -18,7 +18,8 @@ class Tuning:
     (both powers of two), ``num_warps`` warps per program; for the backward, ``g_in_memory``: where the
     adjoint carried between chunks lives (see ``_bwd_kernel``); for the forward, ``wide``: float32 tiles
     hold 8 steps per thread instead of 4 (see ``_fwd_kernel``'s WIDE), and ``maxnreg``: a cap on the
-    registers per thread (0: none; either kernel)."""
+    registers per thread (0: none; either kernel); for the backward, ``flip_runs``: reverse its scan by
+    mirror-lane shuffles where the kernel's layout is known to suit them (see ``_bwd_meta``)."""
 
     block_d: int
     chunk: int
@@ -26,6 +27,7 @@ class Tuning:
     g_in_memory: bool = True
     wide: bool = False
     maxnreg: int = 0
+    flip_runs: bool = True
 
 
 # by input element size: the fastest of the sweeps in results/scan_gpu_sweeps.json (H100, batch 8,
@@ -62,7 +64,8 @@ def _sm_count(device_index: int) -> int:
 def _tunings(element_size: int, block_d=None, chunk=None, num_warps=None, bwd_block_d=None, bwd_chunk=None,
              bwd_num_warps=None, rows: int | None = None, sms: int | None = None,
              need_grad: bool = True, bwd_g_in_memory: bool | None = None, wide: bool | None = None,
-             maxnreg: int | None = None, bwd_maxnreg: int | None = None) -> tuple[Tuning, Tuning]:
+             maxnreg: int | None = None, bwd_maxnreg: int | None = None,
+             bwd_flip_runs: bool | None = None) -> tuple[Tuning, Tuning]:
     """The forward and backward launch shapes: the knobs given, the rest from the tables above.
     ``rows`` (batch * d) and ``sms`` (the GPU's SM count), where known and no forward knob is given,
     pick the forward for few rows."""
@@ -79,8 +82,10 @@ def _tunings(element_size: int, block_d=None, chunk=None, num_warps=None, bwd_bl
     bwd = BWD_TUNING[size]
     # the backward restarts from states the forward saves at its chunk starts, so its chunk is a multiple
     bwd = Tuning(int(bwd_block_d or bwd.block_d), int(bwd_chunk or max(bwd.chunk, fwd.chunk)),
-                 int(bwd_num_warps or bwd.num_warps), bool(bwd.g_in_memory if bwd_g_in_memory is None else bwd_g_in_memory),
-                 maxnreg=int(bwd.maxnreg if bwd_maxnreg is None else bwd_maxnreg))
+                 int(bwd_num_warps or bwd.num_warps),
+                 bool(bwd.g_in_memory if bwd_g_in_memory is None else bwd_g_in_memory),
+                 maxnreg=int(bwd.maxnreg if bwd_maxnreg is None else bwd_maxnreg),
+                 flip_runs=bool(bwd.flip_runs if bwd_flip_runs is None else bwd_flip_runs))
     for name, v in (("block_d", fwd.block_d), ("chunk", fwd.chunk), ("bwd_block_d", bwd.block_d),
                     ("bwd_chunk", bwd.chunk)):
         if v < 1 or v & (v - 1):
@@ -134,8 +139,15 @@ def _fwd_meta(fwd: Tuning, bwd: Tuning, element_size: int, n: int, save_states: 
 
 
 @functools.lru_cache(maxsize=256)
-def _bwd_meta(bwd: Tuning, element_size: int, n: int, prefetch: bool, store_outz: bool = False) -> dict:
-    # the backward's, likewise
+def _bwd_meta(bwd: Tuning, element_size: int, n: int, prefetch: bool, store_outz: bool = False,
+              aligned: bool = False) -> dict:
+    # the backward's, likewise. The mirror-lane flip (_flip_runs) is inline PTX written for one layout: a
+    # thread holding 8 consecutive steps of one row, a row's 128 steps on 16 lanes of a one-warp program.
+    # Triton gives the tiles that layout where it can load 8 16-bit steps at once, that is where every
+    # pointer is 16-byte aligned and L and every stride are multiples of 16 (``aligned``: what Triton
+    # specializes on; checked in the compiled IR, and on CUDA by tests of both alignments); elsewhere it
+    # picks others, in which the shuffles would pair the wrong elements
     V = _run_length(element_size, bwd.chunk)
-    return dict(GATHER_FLIP=V == 4, STORE_OUTZ=store_outz, G_IN_MEMORY=bool(bwd.g_in_memory), BLOCK_D=bwd.block_d,
-                N=next_power_of_2(n), T=bwd.chunk, V=V, PREFETCH=prefetch, **_launch(bwd))
+    flip_runs = bwd.flip_runs and prefetch and aligned and V == 8 and bwd.num_warps == 1 and bwd.chunk // V == 16
+    return dict(GATHER_FLIP=V == 4, FLIP_RUNS=flip_runs, STORE_OUTZ=store_outz, G_IN_MEMORY=bool(bwd.g_in_memory),
+                BLOCK_D=bwd.block_d, N=next_power_of_2(n), T=bwd.chunk, V=V, PREFETCH=prefetch, **_launch(bwd))
