@@ -50,8 +50,28 @@ def paired(a, b, rounds: int, calls: int) -> dict:
 
 
 class _NoKernel:
+    """Stands in for a kernel: launches nothing."""
+
     def __getitem__(self, grid):
         return lambda *args, **kwargs: None
+
+
+def scan_calls(xs, dy):
+    """One forward (no grad) and one forward+backward of ``selective_scan(backend="triton")`` on
+    xs = (u, delta, A, B, C, D, z, delta_bias), with dy the output's gradient."""
+    def call():
+        return selective_scan(*xs[:5], D=xs[5], z=xs[6], delta_bias=xs[7], delta_softplus=True, backend="triton")
+
+    def fwd():
+        with torch.no_grad():
+            call()
+
+    def fwd_bwd():
+        for x in xs:
+            x.grad = None
+        call().backward(dy)
+
+    return fwd, fwd_bwd
 
 
 def scan_wrapper_us(rounds: int, calls: int) -> dict:
@@ -70,19 +90,7 @@ def scan_wrapper_us(rounds: int, calls: int) -> dict:
               mk(b, n, L), mk(d, dt=torch.float32), mk(b, d, L), mk(d, dt=torch.float32)]
         dy = torch.randn(b, d, L, generator=g).to(torch.bfloat16)
 
-        def call():
-            return selective_scan(*xs[:5], D=xs[5], z=xs[6], delta_bias=xs[7], delta_softplus=True,
-                                  backend="triton")
-
-        def fwd():
-            with torch.no_grad():
-                call()
-
-        def fwd_bwd():
-            for x in xs:
-                x.grad = None
-            call().backward(dy)
-
+        fwd, fwd_bwd = scan_calls(xs, dy)
         out = {}
         for name, fn in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
             for _ in range(50):

@@ -33,7 +33,7 @@ import triton
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mambadyn.scan.triton_scan as ts  # noqa: E402
-from mambadyn.scan import selective_scan  # noqa: E402
+from benchmarks.scan_cpu_overhead import _NoKernel, scan_calls  # noqa: E402
 
 
 def per_call_us(fn, calls: int) -> float:
@@ -71,14 +71,6 @@ class _Recorder:
         return getattr(self.kernel, name)
 
 
-class _NoKernel:
-    def __getitem__(self, grid):
-        return lambda *args, **kwargs: None
-
-    def __getattr__(self, name):
-        raise AttributeError(name)
-
-
 class _Noop(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, *rest):
@@ -97,21 +89,14 @@ def main():
     ap.add_argument("--profile", type=int, default=25, help="functions of the cProfile listing")
     ap.add_argument("--json", default="results/scan_gpu_call.json")
     args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("scan_gpu_call.py needs a CUDA device (benchmarks/scan_cpu_overhead.py measures the host side "
+                 "without one)")
 
     xs = inputs()
     dy = torch.randn_like(xs[0])
 
-    def call():
-        return selective_scan(*xs[:5], D=xs[5], z=xs[6], delta_bias=xs[7], delta_softplus=True, backend="triton")
-
-    def fwd():
-        with torch.no_grad():
-            call()
-
-    def fwd_bwd():
-        for x in xs:
-            x.grad = None
-        call().backward(dy)
+    fwd, fwd_bwd = scan_calls(xs, dy)
 
     def autograd_floor():
         for x in xs:

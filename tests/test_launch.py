@@ -9,7 +9,7 @@ import inspect
 import pytest
 import torch
 
-import mambadyn.scan.launch as launch
+from mambadyn.scan import launch
 
 
 class _Compiled:
@@ -105,7 +105,9 @@ def test_the_interpreter_and_launch_hooks_always_take_tritons_path(jit, monkeypa
 
     hooks = knobs.runtime.launch_enter_hook
     if hasattr(hooks, "add"):  # Triton 3.5+: a chain of hooks
-        hook = lambda *a: None  # noqa: E731
+        def hook(*a):
+            return None
+
         hooks.add(hook)
         try:
             for _ in range(2):

@@ -110,7 +110,7 @@ def test_the_shuffle_flip_is_compiled_only_where_its_layout_holds():
 
 
 def test_knobs_override_the_tables_and_reach_the_launch():
-    from mambadyn.scan.triton_tuning import BWD_TUNING, FWD_TUNING, _fwd_meta, _bwd_meta, _tunings
+    from mambadyn.scan.triton_tuning import BWD_TUNING, FWD_TUNING, _bwd_meta, _fwd_meta, _tunings
 
     fwd, bwd = _tunings(4, rows=8 * 1536, sms=132)
     assert (fwd, bwd) == (FWD_TUNING[4], BWD_TUNING[4])

@@ -24,16 +24,17 @@ def next_power_of_2(n: int) -> int:
 
 
 class Launcher:
-    """``kernel[grid](*args, **kwargs)`` for a ``@triton.jit`` kernel, at a fraction of Triton's host cost.
+    """``kernel[grid](*args, **kwargs)`` for a ``@triton.jit`` kernel, with less host work than Triton's.
 
     Triton's launch binds and specializes every argument and looks the kernel up by a string key on each
-    call: 45-53 us per launch of the scan kernels on the H200 host (``benchmarks/scan_gpu_call.py``), which
-    a short sequence's kernels do not hide. Here the compiled kernel Triton returned is kept under a key
-    that holds everything its specialization reads (each tensor's dtype and 16-byte alignment; each
-    integer's equality to 1, divisibility by 16 and width; the type of anything else; the keyword
-    arguments: constexprs and launch options) and is launched directly the next time that key recurs. A
-    first sight of a key, the interpreter, a launch hook (profilers) or arguments of another kind take
-    Triton's own path, so the result never differs from ``kernel[grid](...)``."""
+    call, which a short sequence's kernels do not hide: 31-55 us per launch of the scan kernels on the H200
+    hosts through Triton's own path, 27-40 us through this one (1.1-1.35x, side by side in one run:
+    ``benchmarks/scan_gpu_call.py``; ``results/scan_gpu_call.json``). Here the compiled kernel Triton
+    returned is kept under a key that holds everything its specialization reads (each tensor's dtype and
+    16-byte alignment; each integer's equality to 1, divisibility by 16 and width; the type of anything
+    else; the keyword arguments: constexprs and launch options) and is launched directly the next time that
+    key recurs. A first sight of a key, the interpreter, a launch hook (profilers) or arguments of another
+    kind take Triton's own path, so the result never differs from ``kernel[grid](...)``."""
 
     def __init__(self, kernel):
         self.kernel = kernel

@@ -48,11 +48,11 @@ def available_backends(u: torch.Tensor | None = None) -> list[str]:
 
 def get_backend(name: str, u: torch.Tensor) -> Backend:
     """Resolve ``name`` (or ``"auto"``) to a backend usable for ``u``; raise a clear error otherwise."""
-    if name == "auto":
-        usable = available_backends(u)
-        if not usable:
-            raise RuntimeError(f"no selective-scan backend is usable on device {u.device}")
-        return _BACKENDS[usable[0]]
+    if name == "auto":  # the first usable in preference order, without asking the rest
+        for backend in sorted(_BACKENDS.values(), key=lambda b: b.priority):
+            if backend.unusable_reason(u) is None:
+                return backend
+        raise RuntimeError(f"no selective-scan backend is usable on device {u.device}")
     if name not in _BACKENDS:
         raise ValueError(f"unknown scan backend {name!r}; registered: {sorted(_BACKENDS)} (or 'auto')")
     backend = _BACKENDS[name]

@@ -19,8 +19,8 @@ Backward walks the chunks in reverse, with its own launch shape (narrower progra
 per element, and wider ones spill). Forward saves the state at each backward chunk's start, so a
 chunk's states are recomputed from it, and the adjoint g_t = C_t ȳ_t + a_{t+1} g_{t+1} is a reverse
 scan, whose carry between chunks lives in memory or in registers (``G_IN_MEMORY``, a tuning knob;
-memory under a 168-register cap measured fastest). The decay's gradient uses a_t h_{t-1} = h_t - b_t, so h_{t-1} is never needed. dB and dC sum
-over channels, so programs add their partial sums atomically into float32 buffers, with relaxed
+memory under a 168-register cap measured fastest). The decay's gradient uses a_t h_{t-1} = h_t - b_t,
+so h_{t-1} is never needed. dB and dC sum over channels, so programs add their partial sums atomically into float32 buffers, with relaxed
 ordering: Triton's default (acq_rel) fences every atomic, which cost 1 ms of the 3.2 ms fwd+bwd.
 
 Where time goes is read off the SASS, which compiles without a GPU (``benchmarks/sass.py``,

@@ -58,10 +58,10 @@ def _backward(dout, dlast, u, delta, A, B, C, D, z, bias, states, softplus: bool
     """Launch the backward kernel on the inputs as the forward launched them, and its saved states.
     Returns du, ddelta, dA, dB, dC, dD, dz, dbias (None where the input was None; du, ddelta, dz in u's
     dtype and strides, the rest float32, dB and dC with B's strides, or in dBC's dtype where given) and g0,
-    the state gradient before the first step (float32). ``du`` and ``dz``, if given, are written into (a fused caller's slices of one buffer); with
-    ``out_z`` given, the gated output out · silu(z) is recomputed into it. ``dBC``, a (2n, batch L) matrix
-    where B and C view (n, batch L) matrices, receives dB over dC in its dtype (one conversion, no copy
-    after); dB and dC are then views of it."""
+    the state gradient before the first step (float32). ``du`` and ``dz``, if given, are written into (a
+    fused caller's slices of one buffer); with ``out_z`` given, the gated output out · silu(z) is recomputed
+    into it. ``dBC``, a (2n, batch L) matrix where B and C view (n, batch L) matrices, receives dB over dC in
+    its dtype (one conversion, no copy after); dB and dC are then views of it."""
     batch, d, L = u.shape
     n = A.shape[1]
     su = u.stride()
@@ -95,7 +95,8 @@ def _backward(dout, dlast, u, delta, A, B, C, D, z, bias, states, softplus: bool
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, HAS_DLAST=dlast is not None,
         SOFTPLUS=softplus, **_bwd_meta(bwd, u.element_size(), n, _compiled(u),
                                        store_outz=out_z is not None and z is not None,
-                                       aligned=_aligned((L, su[0], su[1], sB[0], sB[1]), (u, delta, B, C, z, dout))),
+                                       aligned=_aligned((L, su[0], su[1], sB[0], sB[1]),
+                                                        (u, delta, B, C, z, dout, du, ddelta, dz, out_z, dB, dC))),
     )
     if dBC is not None:  # dB over dC, side by side in sums: converted once, into the caller's buffer
         if sB != (L, batch * L, 1) or tuple(dBC.shape) != (2 * n, batch * L):
