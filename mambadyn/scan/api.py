@@ -18,7 +18,7 @@ def _check(name: str, t: torch.Tensor | None, shape: tuple[int, ...], what: str)
         raise TypeError(
             f"selective_scan: {name} has dtype {t.dtype}; expected one of float16, bfloat16, float32, float64"
         )
-    if tuple(t.shape) != shape:
+    if t.shape != shape:  # torch.Size compares with a tuple
         raise ValueError(f"selective_scan: {name} must have shape {what} = {shape}, got {tuple(t.shape)}")
 
 
@@ -42,10 +42,11 @@ def validate_scan_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None, ini
     _check("z", z, (batch, d, L), "(batch, d, L)")
     _check("delta_bias", delta_bias, (d,), "(d,)")
     _check("initial_state", initial_state, (batch, d, n), "(batch, d, n)")
+    device = u.device
     for name, t in (("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z), ("delta_bias", delta_bias),
                     ("initial_state", initial_state)):
-        if t is not None and t.device != u.device:
-            raise ValueError(f"selective_scan: {name} is on {t.device} but u is on {u.device}")
+        if t is not None and t.device != device:
+            raise ValueError(f"selective_scan: {name} is on {t.device} but u is on {device}")
 
 
 def selective_scan(

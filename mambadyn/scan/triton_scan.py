@@ -260,7 +260,7 @@ def selective_scan_triton(
 
 
 def _unusable(u: torch.Tensor) -> str | None:
-    if u.device.type != "cuda" and not _interpreting():
+    if not u.is_cuda and not _interpreting():
         return f"the Triton kernel runs on CUDA tensors, these are on {u.device}"
     if u.dtype == torch.float64:
         return "float64 inputs are left to the PyTorch backends (the kernel computes in float32)"
