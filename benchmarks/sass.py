@@ -59,11 +59,12 @@ def _constexprs(kernel: str, element_size: int, fwd: tt.Tuning, bwd: tt.Tuning, 
     return dict(flags, HAS_DLAST=False, **tt._bwd_meta(bwd, element_size, n, True, aligned=True))  # as compiled here
 
 
-def compile_kernel(kernel: str, dtype: torch.dtype = torch.bfloat16, n: int = 16, arch: int = 90,
+def compile_triton(kernel: str, dtype: torch.dtype = torch.bfloat16, n: int = 16, arch: int = 90,
                    maxnreg: int | None = None, **opts):
-    """Compile ``kernel`` ("fwd" or "bwd") for sm_``arch``. ``opts`` are ``selective_scan_triton``'s
-    tuning knobs; ``maxnreg`` caps the registers per thread (ptxas spills beyond it). Returns (the SASS text,
-    registers per thread, the kernel's Tuning)."""
+    """Compile ``kernel`` ("fwd" or "bwd") for sm_``arch`` as a launch whose pointers are 16-byte aligned and
+    whose sizes and strides are multiples of 16 would be. ``opts`` are ``selective_scan_triton``'s tuning
+    knobs; ``maxnreg`` caps the registers per thread (ptxas spills beyond it). Returns (Triton's compiled
+    kernel: its ``asm`` holds the TTGIR, PTX and cubin; the kernel's Tuning)."""
     if kernel not in ("fwd", "bwd"):
         raise ValueError(f"kernel must be 'fwd' or 'bwd', got {kernel!r}")
     if dtype not in _TRITON_DTYPE:
@@ -88,6 +89,13 @@ def compile_kernel(kernel: str, dtype: torch.dtype = torch.bfloat16, n: int = 16
     options = {"num_warps": num_warps, **({"maxnreg": maxnreg} if maxnreg else {})}
     compiled = triton.compile(ASTSource(fn, signature, constexprs=consts, attrs=attrs),
                               target=GPUTarget("cuda", arch, 32), options=options)
+    return compiled, own
+
+
+def compile_kernel(kernel: str, dtype: torch.dtype = torch.bfloat16, n: int = 16, arch: int = 90,
+                   maxnreg: int | None = None, **opts):
+    """``compile_triton``, then its SASS. Returns (the SASS text, registers per thread, the kernel's Tuning)."""
+    compiled, own = compile_triton(kernel, dtype, n, arch, maxnreg, **opts)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "kernel.cubin")
         with open(path, "wb") as f:

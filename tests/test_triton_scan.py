@@ -75,6 +75,26 @@ def test_kernels_compile_for_the_h100_without_spilling_in_their_loop():
             assert c.loop_per_element < 100, c
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_shuffle_flip_sees_the_layout_it_was_written_for(dtype):
+    # _flip_runs is inline PTX that pairs registers across lanes by a fixed pattern: right only where each
+    # thread holds one row's 8 consecutive steps and a row lies on 16 lanes. That is the layout Triton gives
+    # the backward's tiles in an aligned launch (the only one that compiles the flip); a Triton that chose
+    # another would give wrong gradients silently on the GPU, so the compiled IR is checked here, on CPU
+    import re
+
+    from benchmarks.sass import compile_triton
+
+    ttgir = compile_triton("bwd", dtype)[0].asm["ttgir"]
+    layouts = dict(re.findall(r"^(#blocked\d*) = #ttg\.blocked<\{(.*)\}>", ttgir, re.M))
+    flips = [line for line in ttgir.splitlines() if "elementwise_inline_asm" in line and "shfl.sync.bfly" in line]
+    assert len(flips) == 3, "the reverse scan's two input flips and one output flip"
+    for line in flips:
+        for name in set(re.findall(r"#blocked\d*", line)):
+            assert layouts[name] == ("sizePerThread = [1, 8], threadsPerWarp = [2, 16], warpsPerCTA = [1, 1], "
+                                     "order = [1, 0]"), (name, layouts[name])
+
+
 def test_bad_tuning_is_refused():
     from mambadyn.scan.triton_tuning import _tunings
 

@@ -315,8 +315,12 @@ def _bwd_kernel(
         bc = pid_b * s_bb + t
         st = states_ptr + (c * (tl.num_programs(0) * d) + pid_b * d + offs_d) * n
         A_n = tl.load(A_ptr + offs_d * n, mask=mask_d, other=0.0).to(tl.float32)
-        B_n = tl.load(B_ptr + bc, mask=mask_t, other=0.0).to(tl.float32)
-        C_n = tl.load(C_ptr + bc, mask=mask_t, other=0.0).to(tl.float32)
+        # B and C as (block_d, T) tiles, each row the same: a thread loads its own steps (16-bit: 8 at once)
+        # in the tiles' layout, where a (T,) vector would be laid out for loading and then shuffled into it
+        bc2 = tl.broadcast_to(bc[None, :], (BLOCK_D, T))
+        m_t2 = tl.broadcast_to(mask_t[None, :], (BLOCK_D, T))
+        B_n = tl.load(B_ptr + bc2, mask=m_t2, other=0.0).to(tl.float32)
+        C_n = tl.load(C_ptr + bc2, mask=m_t2, other=0.0).to(tl.float32)
         h_n = tl.load(st, mask=mask_d, other=0.0)
         if G_IN_MEMORY:
             g_n = tl.load(grow, mask=mask_d, other=0.0)
@@ -329,19 +333,19 @@ def _bwd_kernel(
             else:
                 g_i = tl.sum(tl.where(offs_n[None, :] == i, g, 0.0), axis=1)
             A_n = tl.load(A_ptr + offs_d * n + i + 1, mask=mask_d & more, other=0.0).to(tl.float32)
-            B_n = tl.load(B_ptr + bc + (i + 1) * s_bn, mask=mask_t & more, other=0.0).to(tl.float32)
-            C_n = tl.load(C_ptr + bc + (i + 1) * s_bn, mask=mask_t & more, other=0.0).to(tl.float32)
+            B_n = tl.load(B_ptr + bc2 + (i + 1) * s_bn, mask=m_t2 & more, other=0.0).to(tl.float32)
+            C_n = tl.load(C_ptr + bc2 + (i + 1) * s_bn, mask=m_t2 & more, other=0.0).to(tl.float32)
             h_n = tl.load(st + i + 1, mask=mask_d & more, other=0.0)
             # recompute the chunk's states
             A2_i = A_i * LOG2E
             a = tl.exp2(dl * A2_i[:, None])
-            b = dlu * B_i[None, :]
+            b = dlu * B_i
             _, hs = tl.associative_scan((a, tl.where(offs_t[None, :] == 0, b + a * h_i[:, None], b)), 1, _affine)
-            y += hs * C_i[None, :]
+            y += hs * C_i
             tl.atomic_add(dC_ptr + bc + i * s_bn, tl.sum(dy * hs, axis=0), mask=mask_t, sem="relaxed")
             # adjoint g_t = C_t dy_t + a_{t+1} g_{t+1}; the next chunk's g enters at the last step
             a_next = tl.exp2(dl_next * A2_i[:, None])
-            r = C_i[None, :] * dy
+            r = C_i * dy
             r = tl.where(offs_t[None, :] == T - 1, r + a_next * g_i[:, None], r)
             if FLIP_RUNS:
                 _, gs = tl.associative_scan((_flip_runs(a_next), _flip_runs(r)), 1, _affine)
@@ -356,7 +360,7 @@ def _bwd_kernel(
             else:
                 g = tl.where(offs_n[None, :] == i, _chunk_end(gs, BLOCK_D, T, V, False)[:, None], g)
             tl.atomic_add(dB_ptr + bc + i * s_bn, tl.sum(gs * dlu, axis=0), mask=mask_t, sem="relaxed")
-            gB += gs * B_i[None, :]
+            gB += gs * B_i
             decay = gs * (hs - b)  # g_t a_t h_{t-1}
             gdecay += decay * A_i[:, None]
             dA_i = tl.sum(decay * dl, axis=1)
