@@ -53,7 +53,7 @@ class SassCount:
 
 def _constexprs(kernel: str, element_size: int, fwd: tt.Tuning, bwd: tt.Tuning, n: int) -> dict:
     # the launch's own launch-shape constexprs (and num_warps), with every input option on
-    flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True)
+    flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, A_LOG=False)
     if kernel == "fwd":
         return dict(flags, HAS_H0=False, **tt._fwd_meta(fwd, bwd, element_size, n, True, True))
     return dict(flags, HAS_DLAST=False, **tt._bwd_meta(bwd, element_size, n, True, aligned=True))  # as compiled here

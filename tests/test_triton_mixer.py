@@ -87,6 +87,47 @@ def test_fused_path_is_off_where_it_cannot_run():
     assert not mixer.uses_fused_kernels(torch.zeros(1))
 
 
+def test_the_fused_layer_records_no_more_than_its_products_and_functions(monkeypatch):
+    # the eager step is CPU-bound: every op autograd records is a dispatch forward and a node backward. A_log,
+    # D and Δ's bias reach the mixer's function as the parameters themselves (A = -exp(A_log) is formed in
+    # the kernels), xz as in_proj's product viewed once, and the add+norm takes its (rows, D) views inside its
+    # function. The graph's shape needs no kernel to run: they are stubbed, and the interpreter flag only makes
+    # the Triton backend accept CPU tensors
+    import mambadyn.scan.triton_conv as tc
+    import mambadyn.scan.triton_norm as tn
+    import mambadyn.scan.triton_scan as ts
+    from mambadyn.nn import MambaConfig, MambaLM
+
+    class NoKernel:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: None
+
+    for mod, names in ((ts, ["_fwd_kernel", "_bwd_kernel"]),
+                       (tc, ["_conv_silu_fwd", "_conv_silu_bwd_grad", "_conv_silu_bwd_dx"]),
+                       (tn, ["_rms_norm_add_fwd", "_rms_norm_add_bwd"])):
+        for name in names:
+            monkeypatch.setattr(mod, name, NoKernel())
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    m = MambaLM(MambaConfig(vocab_size=11, d_model=8, n_layer=2, d_state=4))
+    mixer = m.backbone.layers[0].mixer
+    hidden = torch.randn(2, 5, 8, requires_grad=True)
+    assert mixer.uses_fused_kernels(hidden)
+    fn = mixer(hidden).grad_fn
+    assert type(fn).__name__ == "_MixerInnerBackward"
+    inputs = [f for f, _ in fn.next_functions]
+    leaves = [f.variable for f in inputs if type(f).__name__ == "AccumulateGrad"]
+    for name, p in (("A_log", mixer.A_log), ("D", mixer.D), ("dt_bias", mixer.dt_proj.bias)):
+        assert any(v is p for v in leaves), f"{name} reaches the mixer through recorded ops"
+    chain, f = [], inputs[0]
+    while f is not None and type(f).__name__ != "MmBackward0":
+        chain.append(type(f).__name__)
+        f = f.next_functions[0][0]
+    assert chain == ["TransposeBackward0", "ViewBackward0"], chain
+    y, r = tn.rms_norm_add(torch.randn(2, 5, 8, requires_grad=True), torch.randn(2, 5, 8, requires_grad=True),
+                           torch.ones(8, requires_grad=True))
+    assert type(y.grad_fn).__name__ == "_RMSNormAddBackward" and y.grad_fn is r.grad_fn
+
+
 COMPILE_SCRIPT = """
 import json
 import torch

@@ -98,8 +98,10 @@ class MambaMixer(nn.Module):
         if self.in_proj.bias is not None:
             xz = xz + self.in_proj.bias[:, None]
         xz = xz.view(xz.shape[0], batch, L).transpose(0, 1)
+        # A_log, D and Δ's bias as they are: the kernels form A = -exp(A_log) and read in float32, so the step
+        # records no exp, negation or casts for them
         return mixer_inner(xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
-                           self.out_proj.weight, self.out_proj.bias, self.A, self.D.float(), self.dt_proj.bias.float())
+                           self.out_proj.weight, self.out_proj.bias, self.A_log, self.D, self.dt_proj.bias)
 
     def forward(self, hidden: torch.Tensor, return_state: bool = False):
         """hidden (batch, L, d_model) -> (batch, L, d_model) [, (conv_state, ssm_state)]."""

@@ -20,8 +20,9 @@ per element, and wider ones spill). Forward saves the state at each backward chu
 chunk's states are recomputed from it, and the adjoint g_t = C_t ȳ_t + a_{t+1} g_{t+1} is a reverse
 scan, whose carry between chunks lives in memory or in registers (``G_IN_MEMORY``, a tuning knob;
 memory under a 168-register cap measured fastest). The decay's gradient uses a_t h_{t-1} = h_t - b_t,
-so h_{t-1} is never needed. dB and dC sum over channels, so programs add their partial sums atomically into float32 buffers, with relaxed
-ordering: Triton's default (acq_rel) fences every atomic, which cost 1 ms of the 3.2 ms fwd+bwd.
+so h_{t-1} is never needed. dB and dC sum over channels, so programs add their partial sums atomically
+into float32 buffers, with relaxed ordering: Triton's default (acq_rel) fences every atomic, which cost
+1 ms of the 3.2 ms fwd+bwd. Both kernels take A, or (``A_LOG``, for the fused mixer) the model's A_log.
 
 Where time goes is read off the SASS, which compiles without a GPU (``benchmarks/sass.py``,
 ``benchmarks/kernel_sass.py``): a thread holds runs of 8 (16-bit inputs) or 4 (float32) consecutive
@@ -142,6 +143,16 @@ def _delta(ptr, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
 
 
 @triton.jit
+def _load_A(ptr, mask, A_LOG: tl.constexpr):
+    # A, or with A_LOG the model's parameter A_log, A = -exp(A_log): the fused mixer hands A_log in, which
+    # saves the eager step the exp and negation kernels of every layer, both ways
+    a = tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
+    if A_LOG:
+        a = -tl.exp(a)
+    return a
+
+
+@triton.jit
 def _softplus(x):
     return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))))
 
@@ -156,7 +167,7 @@ def _fwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
     SOFTPLUS: tl.constexpr, SAVE_STATES: tl.constexpr, SAVE_T: tl.constexpr,
     BLOCK_D: tl.constexpr, N: tl.constexpr, T: tl.constexpr, V: tl.constexpr, PREFETCH: tl.constexpr = False,
-    WIDE: tl.constexpr = False,
+    WIDE: tl.constexpr = False, A_LOG: tl.constexpr = False,
 ):
     # time-parallel, state-serial: a (BLOCK_D, T) tile per state index, scanned along T
     pid_b = tl.program_id(0)
@@ -212,7 +223,7 @@ def _fwd_kernel(
                 _prefetch(z_ptr + pf)
         y = tl.zeros((BLOCK_D, T), dtype=tl.float32)
         bc = pid_b * s_bb + t
-        A_n = tl.load(A_ptr + offs_d * n, mask=mask_d, other=0.0).to(tl.float32)
+        A_n = _load_A(A_ptr + offs_d * n, mask_d, A_LOG)
         B_n = tl.load(B_ptr + bc, mask=mask_t, other=0.0).to(tl.float32)
         C_n = tl.load(C_ptr + bc, mask=mask_t, other=0.0).to(tl.float32)
         h_n = tl.load(row, mask=mask_d, other=0.0)
@@ -220,7 +231,7 @@ def _fwd_kernel(
             A_i, B_i, C_i, h_i = A_n, B_n, C_n, h_n
             # the next state's inputs load while this one computes (Triton would wait for each load)
             more = i + 1 < n
-            A_n = tl.load(A_ptr + offs_d * n + i + 1, mask=mask_d & more, other=0.0).to(tl.float32)
+            A_n = _load_A(A_ptr + offs_d * n + i + 1, mask_d & more, A_LOG)
             B_n = tl.load(B_ptr + bc + (i + 1) * s_bn, mask=mask_t & more, other=0.0).to(tl.float32)
             C_n = tl.load(C_ptr + bc + (i + 1) * s_bn, mask=mask_t & more, other=0.0).to(tl.float32)
             h_n = tl.load(row + i + 1, mask=mask_d & more, other=0.0)
@@ -252,6 +263,7 @@ def _bwd_kernel(
     SOFTPLUS: tl.constexpr, GATHER_FLIP: tl.constexpr, FLIP_RUNS: tl.constexpr, STORE_OUTZ: tl.constexpr,
     G_IN_MEMORY: tl.constexpr,
     BLOCK_D: tl.constexpr, N: tl.constexpr, T: tl.constexpr, V: tl.constexpr, PREFETCH: tl.constexpr = False,
+    A_LOG: tl.constexpr = False,
 ):
     pid_b = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -314,7 +326,7 @@ def _bwd_kernel(
         gdecay = tl.zeros((BLOCK_D, T), dtype=tl.float32)  # sum over states of g_t a_t h_{t-1} A
         bc = pid_b * s_bb + t
         st = states_ptr + (c * (tl.num_programs(0) * d) + pid_b * d + offs_d) * n
-        A_n = tl.load(A_ptr + offs_d * n, mask=mask_d, other=0.0).to(tl.float32)
+        A_n = _load_A(A_ptr + offs_d * n, mask_d, A_LOG)
         # B and C as (block_d, T) tiles, each row the same: a thread loads its own steps (16-bit: 8 at once)
         # in the tiles' layout, where a (T,) vector would be laid out for loading and then shuffled into it
         bc2 = tl.broadcast_to(bc[None, :], (BLOCK_D, T))
@@ -332,7 +344,7 @@ def _bwd_kernel(
                 g_n = tl.load(grow + i + 1, mask=mask_d & more, other=0.0)
             else:
                 g_i = tl.sum(tl.where(offs_n[None, :] == i, g, 0.0), axis=1)
-            A_n = tl.load(A_ptr + offs_d * n + i + 1, mask=mask_d & more, other=0.0).to(tl.float32)
+            A_n = _load_A(A_ptr + offs_d * n + i + 1, mask_d & more, A_LOG)
             B_n = tl.load(B_ptr + bc2 + (i + 1) * s_bn, mask=m_t2 & more, other=0.0).to(tl.float32)
             C_n = tl.load(C_ptr + bc2 + (i + 1) * s_bn, mask=m_t2 & more, other=0.0).to(tl.float32)
             h_n = tl.load(st + i + 1, mask=mask_d & more, other=0.0)
@@ -364,6 +376,8 @@ def _bwd_kernel(
             decay = gs * (hs - b)  # g_t a_t h_{t-1}
             gdecay += decay * A_i[:, None]
             dA_i = tl.sum(decay * dl, axis=1)
+            if A_LOG:  # the gradient of A_log, where A = -exp(A_log): dA * A
+                dA_i = dA_i * A_i
             dA_acc = tl.where(offs_n[None, :] == i, dA_acc + dA_i[:, None], dA_acc)
         u = tl.load(u_ptr + x_off, mask=m_dt, other=0.0).to(tl.float32)
         du = gB * dl

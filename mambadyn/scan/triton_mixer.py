@@ -3,7 +3,7 @@
     x, z = xz                                  xz: (batch, 2 d_inner, L), a view of in_proj's (2 d_inner, batch L)
     u = silu(conv(x))                          triton_conv
     (dt, B, C) = x_proj u;  Δ_raw = dt_proj dt
-    y = scan(u, Δ_raw + bias, A, B, C, D) · silu(z)        triton_kernels, softplus fused
+    y = scan(u, Δ_raw + bias, A, B, C, D) · silu(z)        triton_kernels, softplus fused, A = -exp(A_log)
     out = out_proj y                           (batch, L, d_model)
 
 Every tensor between the matrix products is a (batch, ·, L) view of a (·, batch L) matrix, the layout
@@ -30,14 +30,25 @@ from .triton_scan import _backward, _forward
 from .triton_tuning import Tuning, _as_ints, _tunings_for
 
 
+# Inside the autograd Function and the custom ops nothing is recorded, so these views are single as_strided
+# calls there: each view op is a dispatch, and the eager step is CPU-bound (a transpose and a reshape or view
+# per change of layout cost the fused layer ~20 dispatches a step). Where autograd records (mixer_inner),
+# plain views are used: as_strided's backward is a scatter into a zero buffer.
+
 def _as_matrix(t: torch.Tensor) -> torch.Tensor:
-    # (batch, c, L) with strides (L, batch L, 1) -> the (c, batch L) matrix it views
-    return t.transpose(0, 1).reshape(t.shape[1], -1)
+    # (batch, c, L) with strides (L, batch L, 1) -> the (c, batch L) matrix it views (else a copy)
+    batch, c, L = t.shape
+    if t.stride() == (L, batch * L, 1):
+        return t.as_strided((c, batch * L), (batch * L, 1), t.storage_offset())
+    return t.transpose(0, 1).reshape(c, -1)
 
 
 def _as_sequences(m: torch.Tensor, batch: int) -> torch.Tensor:
-    # (c, batch L) -> (batch, c, L), a view
-    return m.view(m.shape[0], batch, -1).transpose(0, 1)
+    # (c, batch L) with unit column stride -> (batch, c, L), a view
+    c, cols = m.shape
+    if m.stride(1) == 1:
+        return m.as_strided((batch, c, cols // batch), (cols // batch, m.stride(0), 1), m.storage_offset())
+    return m.view(c, batch, -1).transpose(0, 1)
 
 
 def _split(x_dbl, dt_proj_w, n: int, batch: int):
@@ -53,25 +64,26 @@ def _conv(xz, conv_w, conv_b):
     return conv_forward(xz[:, :two_d // 2], conv_w, conv_b, out=u)
 
 
-def _mixer_forward(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, D, dt_bias,
+def _mixer_forward(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A_log, D, dt_bias,
                    fwd: Tuning, bwd: Tuning, save: bool):
     """-> out (batch, L, d_model), x_proj's output (dt_rank + 2n, batch L), and the scan's chunk states if
     ``save`` (else None)."""
     batch, two_d, L = xz.shape
     u = _conv(xz, conv_w, conv_b)
     x_dbl = x_proj_w @ _as_matrix(u)
-    delta, B, C = _split(x_dbl, dt_proj_w, A.shape[1], batch)
-    y, _, saved = _forward(u, delta, A, B, C, D, xz[:, two_d // 2:], dt_bias, None, True, fwd, bwd, save)
+    delta, B, C = _split(x_dbl, dt_proj_w, A_log.shape[1], batch)
+    y, _, saved = _forward(u, delta, A_log, B, C, D, xz[:, two_d // 2:], dt_bias, None, True, fwd, bwd, save,
+                           a_log=True)
     out = F.linear(_as_matrix(y).t(), out_proj_w, out_proj_b)  # (batch L, d_model)
     return out.view(batch, L, -1), x_dbl, saved[-1] if save else None
 
 
-def _mixer_backward(dout, xz, conv_w, conv_b, x_dbl, x_proj_w, dt_proj_w, out_proj_w, has_out_b: bool, A, D,
-                    dt_bias, states, bwd: Tuning):
-    """-> the gradients of xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, D, dt_bias
+def _mixer_backward(dout, xz, conv_w, conv_b, x_dbl, x_proj_w, dt_proj_w, out_proj_w, has_out_b: bool, A_log,
+                    D, dt_bias, states, bwd: Tuning):
+    """-> the gradients of xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A_log, D, dt_bias
     (None for an absent bias)."""
     batch, two_d, L = xz.shape
-    d, n, rank = two_d // 2, A.shape[1], dt_proj_w.shape[1]
+    d, n, rank = two_d // 2, A_log.shape[1], dt_proj_w.shape[1]
     dout = dout.reshape(batch * L, -1)
     u = _conv(xz, conv_w, conv_b)  # recomputed rather than kept (see the module's docstring)
     delta, B, C = _split(x_dbl, dt_proj_w, n, batch)
@@ -79,9 +91,9 @@ def _mixer_backward(dout, xz, conv_w, conv_b, x_dbl, x_proj_w, dt_proj_w, out_pr
     dxz = torch.empty_like(xz)
     y_gated = torch.empty_like(u)
     dx_dbl = torch.empty_like(x_dbl)  # (rank + 2n, batch L): dΔ's product, then dB and dC from the scan
-    du, ddelta, dA, _, _, dD, _, dbias, _ = _backward(
-        dy, None, u, delta, A, B, C, D, xz[:, d:], dt_bias, states, True, bwd, dz=dxz[:, d:], out_z=y_gated,
-        dBC=dx_dbl[rank:])
+    du, ddelta, dA_log, _, _, dD, _, dbias, _ = _backward(
+        dy, None, u, delta, A_log, B, C, D, xz[:, d:], dt_bias, states, True, bwd, dz=dxz[:, d:], out_z=y_gated,
+        dBC=dx_dbl[rank:], a_log=True)
     d_out_w = dout.t() @ _as_matrix(y_gated).t()
     d_out_b = dout.sum(0) if has_out_b else None
     dd = _as_matrix(ddelta)  # (d, batch L)
@@ -91,48 +103,50 @@ def _mixer_backward(dout, xz, conv_w, conv_b, x_dbl, x_proj_w, dt_proj_w, out_pr
     _as_matrix(du).addmm_(x_proj_w.t(), dx_dbl)  # u feeds x_proj as well as the scan
     _, dw, db = conv_backward(xz[:, :d], conv_w, conv_b, du, dx=dxz[:, :d])
     return (dxz, dw.to(conv_w.dtype), None if db is None else db.to(conv_b.dtype), d_x_proj_w, d_dt_w, d_out_w,
-            d_out_b, dA, dD, dbias)
+            d_out_b, dA_log, dD, dbias)
 
 
 class _MixerInner(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, D, dt_bias, fwd, bwd):
+    def forward(ctx, xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A_log, D, dt_bias, fwd, bwd):
         save = any(ctx.needs_input_grad)
         # cast here, unseen by autograd: a recorded cast per weight costs the CPU-bound eager step 4 nodes a
         # layer each way (the returned gradients are cast back by autograd)
         x_proj_w, dt_proj_w, out_proj_w, out_proj_b = _autocast(x_proj_w, dt_proj_w, out_proj_w, out_proj_b)
-        out, x_dbl, states = _mixer_forward(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, D,
-                                            dt_bias, fwd, bwd, save)
+        out, x_dbl, states = _mixer_forward(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A_log,
+                                            D, dt_bias, fwd, bwd, save)
         if save:
-            ctx.save_for_backward(xz, conv_w, conv_b, x_dbl, x_proj_w, dt_proj_w, out_proj_w, A, D, dt_bias, states)
+            ctx.save_for_backward(xz, conv_w, conv_b, x_dbl, x_proj_w, dt_proj_w, out_proj_w, A_log, D, dt_bias,
+                                  states)
             ctx.tuning, ctx.has_out_b = bwd, out_proj_b is not None
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        xz, conv_w, conv_b, x_dbl, x_proj_w, dt_proj_w, out_proj_w, A, D, dt_bias, states = ctx.saved_tensors
+        xz, conv_w, conv_b, x_dbl, x_proj_w, dt_proj_w, out_proj_w, A_log, D, dt_bias, states = ctx.saved_tensors
         grads = _mixer_backward(dout, xz, conv_w, conv_b, x_dbl, x_proj_w, dt_proj_w, out_proj_w, ctx.has_out_b,
-                                A, D, dt_bias, states, ctx.tuning)
+                                A_log, D, dt_bias, states, ctx.tuning)
         return (*grads, None, None)
 
 
 @torch.library.custom_op("mambadyn::mixer_inner", mutates_args=())
 def _mixer_op(xz: torch.Tensor, conv_w: torch.Tensor, conv_b: torch.Tensor | None, x_proj_w: torch.Tensor,
-              dt_proj_w: torch.Tensor, out_proj_w: torch.Tensor, out_proj_b: torch.Tensor | None, A: torch.Tensor,
+              dt_proj_w: torch.Tensor, out_proj_w: torch.Tensor, out_proj_b: torch.Tensor | None,
+              A_log: torch.Tensor,
               D: torch.Tensor, dt_bias: torch.Tensor, fwd: list[int], bwd: list[int], save: bool
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> out (batch, L, d_model), x_proj's output (dt_rank + 2n, batch L), the chunk states (empty unless
     ``save``)."""
     xz = _as_sequences(_as_matrix(xz), xz.shape[0])  # the layout the launches take (the fake cannot promise it)
-    out, x_dbl, states = _mixer_forward(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, D,
-                                        dt_bias, Tuning(*fwd), Tuning(*bwd), save)
+    out, x_dbl, states = _mixer_forward(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A_log,
+                                        D, dt_bias, Tuning(*fwd), Tuning(*bwd), save)
     return out, x_dbl, states if save else xz.new_empty(0, dtype=torch.float32)
 
 
 @_mixer_op.register_fake
-def _(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, D, dt_bias, fwd, bwd, save):
+def _(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A_log, D, dt_bias, fwd, bwd, save):
     batch, two_d, L = xz.shape
-    n = A.shape[1]
+    n = A_log.shape[1]
     f32 = {"dtype": torch.float32}
     states = xz.new_empty(-(-L // bwd[1]), batch, two_d // 2, n, **f32) if save else xz.new_empty(0, **f32)
     return (xz.new_empty(batch, L, out_proj_w.shape[0]), xz.new_empty(x_proj_w.shape[0], batch * L), states)
@@ -141,42 +155,44 @@ def _(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, D, dt_
 @torch.library.custom_op("mambadyn::mixer_inner_backward", mutates_args=())
 def _mixer_backward_op(dout: torch.Tensor, xz: torch.Tensor, conv_w: torch.Tensor, conv_b: torch.Tensor | None,
                        x_dbl: torch.Tensor, x_proj_w: torch.Tensor, dt_proj_w: torch.Tensor, out_proj_w: torch.Tensor,
-                       has_out_b: bool, A: torch.Tensor, D: torch.Tensor, dt_bias: torch.Tensor,
+                       has_out_b: bool, A_log: torch.Tensor, D: torch.Tensor, dt_bias: torch.Tensor,
                        states: torch.Tensor, bwd: list[int]) -> list[torch.Tensor]:
     """-> the gradients of ``_mixer_backward`` (empty where a bias is absent)."""
     xz = _as_sequences(_as_matrix(xz), xz.shape[0])
-    grads = _mixer_backward(dout, xz, conv_w, conv_b, x_dbl, x_proj_w, dt_proj_w, out_proj_w, has_out_b, A, D,
-                            dt_bias, states, Tuning(*bwd))
+    grads = _mixer_backward(dout, xz, conv_w, conv_b, x_dbl, x_proj_w, dt_proj_w, out_proj_w, has_out_b, A_log,
+                            D, dt_bias, states, Tuning(*bwd))
     # in the dtypes the fake promises (the eager path leaves the casts to autograd); dA, dD and Δ's bias
     # gradient are views of one buffer, and a custom op's outputs may not share storage
-    like = (xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, xz, A, D, dt_bias)
+    like = (xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, xz, A_log, D, dt_bias)
     return [xz.new_empty(0) if g is None else g.to(t.dtype) if g.dtype != t.dtype else
             g.clone() if g._base is not None else g for g, t in zip(grads, like)]
 
 
 @_mixer_backward_op.register_fake
-def _(dout, xz, conv_w, conv_b, x_dbl, x_proj_w, dt_proj_w, out_proj_w, has_out_b, A, D, dt_bias, states, bwd):
+def _(dout, xz, conv_w, conv_b, x_dbl, x_proj_w, dt_proj_w, out_proj_w, has_out_b, A_log, D, dt_bias, states,
+      bwd):
     out_b = xz.new_empty(out_proj_w.shape[0]) if has_out_b else xz.new_empty(0)
     batch, _, L = xz.shape
     # dxz has the launches' layout: (batch, 2 d_inner, L) viewing a (2 d_inner, batch L) matrix
     return [xz.new_empty_strided(xz.shape, (L, batch * L, 1)), conv_w.new_empty(conv_w.shape),
             xz.new_empty(0) if conv_b is None else conv_b.new_empty(conv_b.shape), x_proj_w.new_empty(x_proj_w.shape),
             dt_proj_w.new_empty(dt_proj_w.shape), out_proj_w.new_empty(out_proj_w.shape), out_b,
-            A.new_empty(A.shape), D.new_empty(D.shape), dt_bias.new_empty(dt_bias.shape)]
+            A_log.new_empty(A_log.shape), D.new_empty(D.shape), dt_bias.new_empty(dt_bias.shape)]
 
 
 def _op_setup(ctx, inputs, output):
-    xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, D, dt_bias, _fwd, bwd, _save = inputs
-    ctx.save_for_backward(xz, conv_w, conv_b, output[1], x_proj_w, dt_proj_w, out_proj_w, A, D, dt_bias, output[2])
+    xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A_log, D, dt_bias, _fwd, bwd, _save = inputs
+    ctx.save_for_backward(xz, conv_w, conv_b, output[1], x_proj_w, dt_proj_w, out_proj_w, A_log, D, dt_bias,
+                          output[2])
     ctx.bwd, ctx.has_out_b, ctx.has_conv_b = bwd, out_proj_b is not None, conv_b is not None
 
 
 def _op_backward(ctx, dout, _dx_dbl, _dstates):
-    xz, conv_w, conv_b, x_dbl, x_proj_w, dt_proj_w, out_proj_w, A, D, dt_bias, states = ctx.saved_tensors
+    xz, conv_w, conv_b, x_dbl, x_proj_w, dt_proj_w, out_proj_w, A_log, D, dt_bias, states = ctx.saved_tensors
     if states.numel() == 0:
         raise RuntimeError("the fused mixer ran without saving its states (no grad was needed then)")
     grads = _mixer_backward_op(dout, xz, conv_w, conv_b, x_dbl, x_proj_w, dt_proj_w, out_proj_w, ctx.has_out_b,
-                               A, D, dt_bias, states, ctx.bwd)
+                               A_log, D, dt_bias, states, ctx.bwd)
     grads[2] = grads[2] if ctx.has_conv_b else None
     grads[6] = grads[6] if ctx.has_out_b else None
     return (*grads, None, None, None)
@@ -195,11 +211,12 @@ def _autocast(x_proj_w, dt_proj_w, out_proj_w, out_proj_b):
 
 def mixer_inner(xz: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor | None,
                 x_proj_weight: torch.Tensor, dt_proj_weight: torch.Tensor, out_proj_weight: torch.Tensor,
-                out_proj_bias: torch.Tensor | None, A: torch.Tensor, D: torch.Tensor, dt_bias: torch.Tensor
+                out_proj_bias: torch.Tensor | None, A_log: torch.Tensor, D: torch.Tensor, dt_bias: torch.Tensor
                 ) -> torch.Tensor:
     """xz (batch, 2 d_inner, L), time contiguous (best: in_proj's (2 d_inner, batch L) output viewed so);
     conv_weight (d_inner, K); conv_bias, D, dt_bias (d_inner,); x_proj_weight (dt_rank + 2n, d_inner);
-    dt_proj_weight (d_inner, dt_rank); out_proj_weight (d_model, d_inner); A (d_inner, n) float32
+    dt_proj_weight (d_inner, dt_rank); out_proj_weight (d_model, d_inner); A_log (d_inner, n), the model's
+    parameter (A = -exp(A_log) is formed inside the kernels, so the step records no exp or negation)
     -> (batch, L, d_model). Differentiable in every tensor argument."""
     if xz.dim() != 3 or xz.shape[1] % 2:
         raise ValueError(f"xz must have shape (batch, 2 d_inner, L), got {tuple(xz.shape)}")
@@ -207,13 +224,15 @@ def mixer_inner(xz: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Te
     compiling = torch.compiler.is_compiling()
     need_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
-                                                    out_proj_weight, out_proj_bias, A, D, dt_bias))
+                                                    out_proj_weight, out_proj_bias, A_log, D, dt_bias))
     fwd, bwd = _tunings_for(xz, xz.shape[0] * xz.shape[1] // 2, need_grad)
     if compiling:  # the op sees the cast weights; compiled, the casts cost no dispatch
         x_proj_weight, dt_proj_weight, out_proj_weight, out_proj_bias = _autocast(
             x_proj_weight, dt_proj_weight, out_proj_weight, out_proj_bias)
         return _mixer_op(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, out_proj_weight, out_proj_bias,
-                         A, D, dt_bias, _as_ints(fwd), _as_ints(bwd), need_grad)[0]
-    xz = _as_sequences(_as_matrix(xz), xz.shape[0])  # a view where xz already has that layout, else one copy
+                         A_log, D, dt_bias, _as_ints(fwd), _as_ints(bwd), need_grad)[0]
+    batch, two_d, L = xz.shape
+    if xz.stride() != (L, batch * L, 1):  # not in_proj's layout (see MambaMixer._fused_forward): one copy into it
+        xz = xz.transpose(0, 1).reshape(two_d, -1).view(two_d, batch, L).transpose(0, 1)
     return _MixerInner.apply(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, out_proj_weight,
-                             out_proj_bias, A, D, dt_bias, fwd, bwd)
+                             out_proj_bias, A_log, D, dt_bias, fwd, bwd)

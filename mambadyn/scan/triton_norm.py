@@ -103,19 +103,30 @@ def _input_grads(dr, dw, dtypes, weight):
 
 
 class _RMSNormAdd(torch.autograd.Function):
+    """The eager path, on (..., D) tensors: the (rows, D) views the kernels take are made in here, where
+    autograd records none of them (the eager step is CPU-bound, and each recorded view is a node each way).
+    The gradients leave in float32 and autograd casts them to the inputs' dtypes."""
+
     @staticmethod
     def forward(ctx, x, residual, weight, eps, residual_fp32):
-        y, r, rstd = _norm_forward(x, residual, weight, eps, residual_fp32)
+        D = x.shape[-1]
+        y, r, rstd = _norm_forward(x.reshape(-1, D).contiguous(),
+                                   None if residual is None else residual.reshape(-1, D).contiguous(),
+                                   weight.contiguous(), eps, residual_fp32)
         ctx.save_for_backward(r, weight, rstd)
-        ctx.dtypes = x.dtype, None if residual is None else residual.dtype
+        ctx.dtype, ctx.shape, ctx.has_res = x.dtype, x.shape, residual is not None
         ctx.set_materialize_grads(False)
-        return y, r
+        return y.view(x.shape), r.view(x.shape)
 
     @staticmethod
     def backward(ctx, dy, dr_out):
         r, weight, rstd = ctx.saved_tensors
-        dr, dw = _norm_backward(dy, dr_out, r, weight, rstd, ctx.dtypes[0])
-        return (*_input_grads(dr, dw, ctx.dtypes, weight), None, None)
+        D = r.shape[-1]
+        dy = None if dy is None else dy.reshape(-1, D)
+        dr_out = None if dr_out is None else dr_out.reshape(-1, D)
+        dr, dw = _norm_backward(dy, dr_out, r, weight, rstd, ctx.dtype)
+        dr = dr.view(ctx.shape)
+        return dr, dr if ctx.has_res else None, dw, None, None
 
 
 # the same launches as custom ops for torch.compile (see triton_scan for why)
@@ -168,8 +179,9 @@ def rms_norm_add(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.T
         raise ValueError(f"weight must have shape ({D},), got {tuple(weight.shape)}")
     if residual is not None and residual.shape != x.shape:
         raise ValueError(f"residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}")
+    if not torch.compiler.is_compiling():
+        return _RMSNormAdd.apply(x, residual, weight, float(eps), bool(residual_fp32))
     lead = x.shape[:-1]
-    args = (x.reshape(-1, D).contiguous(), None if residual is None else residual.reshape(-1, D).contiguous(),
-            weight.contiguous(), float(eps), bool(residual_fp32))
-    y, r = _norm_op(*args)[:2] if torch.compiler.is_compiling() else _RMSNormAdd.apply(*args)
+    y, r = _norm_op(x.reshape(-1, D).contiguous(), None if residual is None else residual.reshape(-1, D).contiguous(),
+                    weight.contiguous(), float(eps), bool(residual_fp32))[:2]
     return y.reshape(*lead, D), r.reshape(*lead, D)

@@ -28,10 +28,11 @@ def _layouts(u, delta, z, B, C):
     return u, delta, z, B, C
 
 
-def _forward(u, delta, A, B, C, D, z, bias, h0, softplus: bool, fwd: Tuning, bwd: Tuning, save_states: bool):
+def _forward(u, delta, A, B, C, D, z, bias, h0, softplus: bool, fwd: Tuning, bwd: Tuning, save_states: bool,
+             a_log: bool = False):
     """Launch the forward kernel. Returns out (batch, d, L) with u's layout, the last state (batch, d, n),
     and what the backward reads if ``save_states`` (else None): the inputs as launched, then the states at
-    the backward's chunk starts (n_chunks, batch, d, n)."""
+    the backward's chunk starts (n_chunks, batch, d, n). With ``a_log``, A holds A_log (A = -exp(A_log))."""
     u, delta, z, B, C = _layouts(u, delta, z, B, C)
     A = A.contiguous()
     D, bias = (None if t is None else t.contiguous() for t in (D, bias))
@@ -47,21 +48,22 @@ def _forward(u, delta, A, B, C, D, z, bias, h0, softplus: bool, fwd: Tuning, bwd
     _fwd_kernel[grid](
         u, delta, A, B, C, D, z, bias, h0c, out, states, last, d, n, L, su[0], su[1], sB[0], sB[1],
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, HAS_H0=h0 is not None,
-        SOFTPLUS=softplus, **_fwd_meta(fwd, bwd, u.element_size(), n, save_states, _compiled(u)),
+        SOFTPLUS=softplus, A_LOG=a_log, **_fwd_meta(fwd, bwd, u.element_size(), n, save_states, _compiled(u)),
     )
     saved = (u, delta, A, B, C, D, z, bias, h0, states) if save_states else None
     return out, last, saved
 
 
 def _backward(dout, dlast, u, delta, A, B, C, D, z, bias, states, softplus: bool, bwd: Tuning,
-              du=None, dz=None, out_z=None, dBC=None):
+              du=None, dz=None, out_z=None, dBC=None, a_log: bool = False):
     """Launch the backward kernel on the inputs as the forward launched them, and its saved states.
     Returns du, ddelta, dA, dB, dC, dD, dz, dbias (None where the input was None; du, ddelta, dz in u's
     dtype and strides, the rest float32, dB and dC with B's strides, or in dBC's dtype where given) and g0,
     the state gradient before the first step (float32). ``du`` and ``dz``, if given, are written into (a
     fused caller's slices of one buffer); with ``out_z`` given, the gated output out · silu(z) is recomputed
     into it. ``dBC``, a (2n, batch L) matrix where B and C view (n, batch L) matrices, receives dB over dC in
-    its dtype (one conversion, no copy after); dB and dC are then views of it."""
+    its dtype (one conversion, no copy after); dB and dC are then views of it. With ``a_log``, A holds A_log
+    and dA is its gradient."""
     batch, d, L = u.shape
     n = A.shape[1]
     su = u.stride()
@@ -93,7 +95,7 @@ def _backward(dout, dlast, u, delta, A, B, C, D, z, bias, states, softplus: bool
         du, ddelta, dz, dA, dB, dC, dD, dbias, g0, out_z, d, n, L,
         su[0], su[1], sB[0], sB[1],
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, HAS_DLAST=dlast is not None,
-        SOFTPLUS=softplus, **_bwd_meta(bwd, u.element_size(), n, _compiled(u),
+        SOFTPLUS=softplus, A_LOG=a_log, **_bwd_meta(bwd, u.element_size(), n, _compiled(u),
                                        store_outz=out_z is not None and z is not None,
                                        aligned=_aligned((L, su[0], su[1], sB[0], sB[1]),
                                                         (u, delta, B, C, z, dout, du, ddelta, dz, out_z, dB, dC))),
