@@ -227,6 +227,16 @@ def _fake_fashion(root, n_train=32, n_test=8):
                 f.write(header + arr.numpy().tobytes())
 
 
+def _free_port() -> str:
+    # a port nothing listens on now: a fixed one can be taken on a shared host, and then torchrun's
+    # rendezvous never starts the workers
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
 def test_killing_the_torchrun_group_stops_its_workers(tmp_path):
     """torchrun puts each worker in a session of its own; SIGKILL to the launcher's group must still end
     them (else they train on and write into the folder a resume then finds locked)."""
@@ -236,18 +246,22 @@ def test_killing_the_torchrun_group_stops_its_workers(tmp_path):
     corpus.write_text("to be or not to be, that is the question. " * 400)
     out = tmp_path / "run"
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29519",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _free_port(),
          "-m", "mambadyn.cli", "train", "lm", "--out", str(out), "--data", str(corpus), "--steps", "1000000",
          "--set", "model.d_model=16", "--set", "model.n_layer=1", "--set", "model.d_state=4",
          "--set", "data.seq_len=16", "--set", "optim.batch_size=2", "--set", "run.eval_every=0",
          "--set", "run.ckpt_every=0", "--set", "run.log_every=1", "--set", "run.progress=false",
          "--set", "run.device=cpu"],
         env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stdout=subprocess.DEVNULL, stderr=(tmp_path / "torchrun.log").open("w"))
     deadline = time.time() + 180
-    while not (out / "metrics.jsonl").exists() and time.time() < deadline:
+    while not (out / "metrics.jsonl").exists() and time.time() < deadline and launcher.poll() is None:
         time.sleep(0.1)
-    assert (out / "metrics.jsonl").exists(), "the workers never started training"
+    if not (out / "metrics.jsonl").exists():
+        os.killpg(launcher.pid, signal.SIGKILL)
+        launcher.wait()
+        pytest.fail("the workers never started training; torchrun said:\n"
+                    + (tmp_path / "torchrun.log").read_text()[-3000:])
     os.killpg(launcher.pid, signal.SIGKILL)
     launcher.wait()
     for _ in range(100):
@@ -272,7 +286,7 @@ def test_two_gloo_ranks_train_like_one_process_on_the_union_of_their_batches(tmp
               "--set", "run.device=cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          "29517", "-m", "mambadyn.cli", "train", "image", "--out", str(tmp_path / "two"),
+                          _free_port(), "-m", "mambadyn.cli", "train", "image", "--out", str(tmp_path / "two"),
                           "--set", "optim.batch_size=4", *common], env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     one = subprocess.run([sys.executable, "-m", "mambadyn.cli", "train", "image", "--out", str(tmp_path / "one"),
