@@ -106,6 +106,23 @@ def test_cli_prints_one_line_for_user_errors(tmp_path, capsys):
         assert needle in err and "Traceback" not in err, (argv, err)
 
 
+def test_ranks_checking_one_run_folder_at_once_do_not_fail_each_other(tmp_path):
+    # under torchrun every rank checks the run folder as it starts; a write probe they shared let one rank's
+    # cleanup fail another's check ("not writable (No such file or directory)"), seen in a two-rank test
+    go = tmp_path / "go"
+    code = ("import sys, time; from pathlib import Path; from mambadyn.train.loop import check_out_dir\n"
+            "while not Path(sys.argv[2]).exists(): time.sleep(0.001)\n"
+            "for _ in range(2000): check_out_dir(Path(sys.argv[1]))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "run"), str(go)], stderr=subprocess.PIPE,
+                              text=True) for _ in range(3)]
+    time.sleep(3)  # all three imported and waiting: they then start together
+    go.write_text("")
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-2000:]
+    assert not list((tmp_path / "run").iterdir()), "a probe was left behind"
+
+
 def test_python_dash_m_mambadyn_runs():
     r = subprocess.run([sys.executable, "-m", "mambadyn", "info"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "scan backends" in r.stdout

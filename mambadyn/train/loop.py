@@ -144,9 +144,11 @@ def check_out_dir(out: Path) -> None:
     """Fail before any work when the run folder cannot be created or written."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
+        # a probe of this process's own: under torchrun every rank checks the same folder at once, and a
+        # shared name let one rank's unlink fail the other's check
+        probe = out / f".write-test-{os.getpid()}"
         probe.write_text("")
-        probe.unlink()
+        probe.unlink(missing_ok=True)
     except OSError as e:
         raise ValueError(f"run folder {out} is not writable ({e.strerror or e})") from e
 
