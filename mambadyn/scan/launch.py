@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 
-from torch import Tensor
-
 
 def cdiv(a: int, b: int) -> int:
     """ceil(a / b) for positive b."""
@@ -64,11 +62,8 @@ class Launcher:
     def _key(self, args, kwargs):
         if not _direct_launch_possible(self.kernel):
             return None
-        try:  # inline rather than a call per argument: this runs on every launch
-            return (_driver().get_current_device(), tuple(kwargs.items()),
-                    tuple((a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, Tensor) else
-                          (a == 1, a % 16 == 0, -_I32 <= a < _I32, a < _I64) if type(a) is int else
-                          _arg_key(a) for a in args))
+        try:
+            return _driver().get_current_device(), tuple(kwargs.items()), tuple(map(_arg_key, args))
         except TypeError:  # an argument of a kind the key does not cover, or an unhashable keyword value
             return None
 
@@ -88,8 +83,8 @@ _I32, _I64 = 1 << 31, 1 << 63
 
 
 def _arg_key(a):
-    # what Triton's specialization reads of an argument that is not a tensor or an int (see Launcher)
-    if hasattr(a, "data_ptr"):
+    # what Triton's specialization reads of one argument (see Launcher)
+    if hasattr(a, "data_ptr"):  # tensors, and Triton's tensor-like wrappers
         return (a.dtype, a.data_ptr() % 16 == 0)
     if isinstance(a, int) and not isinstance(a, bool):
         return (a == 1, a % 16 == 0, -_I32 <= a < _I32, a < _I64)
