@@ -41,15 +41,17 @@ def register_backend(
 
 def available_backends(u: torch.Tensor | None = None) -> list[str]:
     """Names of the registered backends usable for ``u`` (all registered ones if ``u`` is None)."""
-    if u is None:
-        return sorted(_BACKENDS, key=lambda n: _BACKENDS[n].priority)
-    return [b.name for b in sorted(_BACKENDS.values(), key=lambda b: b.priority) if b.unusable_reason(u) is None]
+    return [b.name for b in _by_priority() if u is None or b.unusable_reason(u) is None]
+
+
+def _by_priority() -> list[Backend]:
+    return sorted(_BACKENDS.values(), key=lambda b: b.priority)
 
 
 def get_backend(name: str, u: torch.Tensor) -> Backend:
     """Resolve ``name`` (or ``"auto"``) to a backend usable for ``u``; raise a clear error otherwise."""
     if name == "auto":  # the first usable in preference order, without asking the rest
-        for backend in sorted(_BACKENDS.values(), key=lambda b: b.priority):
+        for backend in _by_priority():
             if backend.unusable_reason(u) is None:
                 return backend
         raise RuntimeError(f"no selective-scan backend is usable on device {u.device}")

@@ -25,10 +25,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .layout import is_matrix_view
 from .triton_conv import conv_backward, conv_forward
 from .triton_scan import _backward, _forward
 from .triton_tuning import Tuning, _as_ints, _tunings_for
-
 
 # Inside the autograd Function and the custom ops nothing is recorded, so these views are single as_strided
 # calls there: each view op is a dispatch, and the eager step is CPU-bound (a transpose and a reshape or view
@@ -38,7 +38,7 @@ from .triton_tuning import Tuning, _as_ints, _tunings_for
 def _as_matrix(t: torch.Tensor) -> torch.Tensor:
     # (batch, c, L) with strides (L, batch L, 1) -> the (c, batch L) matrix it views (else a copy)
     batch, c, L = t.shape
-    if t.stride() == (L, batch * L, 1):
+    if is_matrix_view(t):
         return t.as_strided((c, batch * L), (batch * L, 1), t.storage_offset())
     return t.transpose(0, 1).reshape(c, -1)
 
@@ -232,7 +232,7 @@ def mixer_inner(xz: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Te
         return _mixer_op(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, out_proj_weight, out_proj_bias,
                          A_log, D, dt_bias, _as_ints(fwd), _as_ints(bwd), need_grad)[0]
     batch, two_d, L = xz.shape
-    if xz.stride() != (L, batch * L, 1):  # not in_proj's layout (see MambaMixer._fused_forward): one copy into it
+    if not is_matrix_view(xz):  # not in_proj's layout (see MambaMixer._fused_forward): one copy into it
         xz = xz.transpose(0, 1).reshape(two_d, -1).view(two_d, batch, L).transpose(0, 1)
     return _MixerInner.apply(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, out_proj_weight,
                              out_proj_bias, A_log, D, dt_bias, fwd, bwd)

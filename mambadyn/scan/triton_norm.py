@@ -91,8 +91,8 @@ def _norm_backward(dy, dr_out, r, weight, rstd, x_dtype):
     dw = torch.zeros(D, device=r.device, dtype=torch.float32)
     per = 16
     _rms_norm_add_bwd[(cdiv(rows, per),)](r, weight, rstd, dy, None if dr_out is None else dr_out.contiguous(),
-                                                 dr, dw, rows, D, BLOCK=next_power_of_2(D), ROWS=per,
-                                                 HAS_DR_OUT=dr_out is not None)
+                                          dr, dw, rows, D, BLOCK=next_power_of_2(D), ROWS=per,
+                                          HAS_DR_OUT=dr_out is not None)
     return dr, dw
 
 

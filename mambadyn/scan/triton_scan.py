@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from .launch import cdiv
-from .layout import is_dense
+from .layout import is_dense, is_matrix_view
 from .registry import register_backend
 from .triton_kernels import _bwd_kernel, _fwd_kernel
 from .triton_tuning import Tuning, _as_ints, _bwd_meta, _compiled, _fwd_meta, _interpreting, _tunings_for
@@ -101,7 +101,7 @@ def _backward(dout, dlast, u, delta, A, B, C, D, z, bias, states, softplus: bool
                                                         (u, delta, B, C, z, dout, du, ddelta, dz, out_z, dB, dC))),
     )
     if dBC is not None:  # dB over dC, side by side in sums: converted once, into the caller's buffer
-        if sB != (L, batch * L, 1) or tuple(dBC.shape) != (2 * n, batch * L):
+        if not is_matrix_view(B) or tuple(dBC.shape) != (2 * n, batch * L):
             raise ValueError(f"dBC needs B as a view of an (n, batch L) matrix and shape {(2 * n, batch * L)}")
         both = dBC.view(-1).copy_(sums.narrow(0, 0, 2 * bnL))
         dB, dC = both.as_strided(B.shape, sB, 0), both.as_strided(B.shape, sB, bnL)
