@@ -125,10 +125,15 @@ def call_overhead_us(fn, n, backward, calls=300):
 
     for _ in range(20):
         call()
+    return per_call_us(call, calls)
+
+
+def per_call_us(fn, calls: int) -> float:
+    """Wall time per call of ``fn`` over ``calls`` calls, synchronizing the GPU only before and after."""
     torch.cuda.synchronize()
     t = time.perf_counter()
     for _ in range(calls):
-        call()
+        fn()
     torch.cuda.synchronize()
     return (time.perf_counter() - t) / calls * 1e6
 

@@ -24,7 +24,6 @@ import os
 import pstats
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -34,25 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mambadyn.scan.triton_scan as ts  # noqa: E402
 from benchmarks.scan_cpu_overhead import _NoKernel, scan_calls  # noqa: E402
-
-
-def per_call_us(fn, calls: int) -> float:
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t) / calls * 1e6
-
-
-def inputs(b=1, d=64, L=64, n=16, dtype=torch.bfloat16):
-    g = torch.Generator(device="cuda").manual_seed(0)
-    kw = dict(device="cuda", generator=g)
-    xs = [torch.randn(b, d, L, **kw).to(dtype), (torch.randn(b, d, L, **kw) * 0.5 - 1).to(dtype),
-          -torch.exp(torch.randn(d, n, **kw) * 0.5), torch.randn(b, n, L, **kw).to(dtype),
-          torch.randn(b, n, L, **kw).to(dtype), torch.randn(d, **kw), torch.randn(b, d, L, **kw).to(dtype),
-          torch.randn(d, **kw) * 0.1]
-    return [x.requires_grad_(True) for x in xs]
+from benchmarks.scan_gpu import inputs, per_call_us  # noqa: E402
 
 
 class _Recorder:
@@ -93,7 +74,7 @@ def main():
         sys.exit("scan_gpu_call.py needs a CUDA device (benchmarks/scan_cpu_overhead.py measures the host side "
                  "without one)")
 
-    xs = inputs()
+    xs = inputs(1, 64, 64, 16, torch.bfloat16, True)
     dy = torch.randn_like(xs[0])
 
     fwd, fwd_bwd = scan_calls(xs, dy)
