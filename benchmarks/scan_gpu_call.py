@@ -32,7 +32,7 @@ import triton
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mambadyn.scan.triton_scan as ts  # noqa: E402
-from benchmarks.scan_cpu_overhead import _NoKernel, scan_calls  # noqa: E402
+from benchmarks.scan_cpu_overhead import NoKernel, scan_calls  # noqa: E402
 from benchmarks.scan_gpu import inputs, per_call_us  # noqa: E402
 
 
@@ -99,7 +99,7 @@ def main():
         launches[f"{name}_launch_triton"] = lambda jit=jit, grid=grid, a=a, kw=kw: jit[grid](*a, **kw)
 
     def stubbed():
-        ts._fwd_kernel = ts._bwd_kernel = _NoKernel()
+        ts._fwd_kernel = ts._bwd_kernel = NoKernel()
         try:
             fwd_bwd()
         finally:
