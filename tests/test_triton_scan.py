@@ -76,23 +76,27 @@ def test_kernels_compile_for_the_h100_without_spilling_in_their_loop():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_the_shuffle_flip_sees_the_layout_it_was_written_for(dtype):
+@pytest.mark.parametrize("block_d,chunk,lanes", [(2, 128, 16), (1, 256, 32), (2, 256, 32)])
+def test_the_shuffle_flip_sees_the_layout_it_was_written_for(dtype, block_d, chunk, lanes):
     # _flip_runs is inline PTX that pairs registers across lanes by a fixed pattern: right only where each
-    # thread holds one row's 8 consecutive steps and a row lies on 16 lanes. That is the layout Triton gives
-    # the backward's tiles in an aligned launch (the only one that compiles the flip); a Triton that chose
-    # another would give wrong gradients silently on the GPU, so the compiled IR is checked here, on CPU
+    # thread holds one row's 8 consecutive steps and a row lies on 16 (chunk 128) or 32 (chunk 256) lanes.
+    # That is the layout Triton gives the backward's tiles in an aligned launch (the only one that compiles
+    # the flip); a Triton that chose another would give wrong gradients silently on the GPU, so the
+    # compiled IR is checked here, on CPU
     import re
 
     from benchmarks.sass import compile_triton
 
-    ttgir = compile_triton("bwd", dtype)[0].asm["ttgir"]
+    ttgir = compile_triton("bwd", dtype, bwd_block_d=block_d, bwd_chunk=chunk)[0].asm["ttgir"]
     layouts = dict(re.findall(r"^(#blocked\d*) = #ttg\.blocked<\{(.*)\}>", ttgir, re.M))
     flips = [line for line in ttgir.splitlines() if "elementwise_inline_asm" in line and "shfl.sync.bfly" in line]
     assert len(flips) == 3, "the reverse scan's two input flips and one output flip"
+    rows = 32 // lanes
     for line in flips:
+        assert line.count(f"shfl.sync.bfly.b32 $0, $15, {lanes - 1}, 31, -1;") == 1, line  # the mirror lane
         for name in set(re.findall(r"#blocked\d*", line)):
-            assert layouts[name] == ("sizePerThread = [1, 8], threadsPerWarp = [2, 16], warpsPerCTA = [1, 1], "
-                                     "order = [1, 0]"), (name, layouts[name])
+            assert layouts[name] == (f"sizePerThread = [1, 8], threadsPerWarp = [{rows}, {lanes}], "
+                                     "warpsPerCTA = [1, 1], order = [1, 0]"), (name, layouts[name])
 
 
 def test_bad_tuning_is_refused():
@@ -106,15 +110,19 @@ def test_bad_tuning_is_refused():
     assert bwd.chunk == 256  # the backward's default chunk grows to a multiple of the forward's
 
 
-def test_few_rows_take_their_own_forward():
-    from mambadyn.scan.triton_tuning import FWD_TUNING, FWD_TUNING_FEW_ROWS, FWD_TUNING_MID_ROWS, _tunings
+def test_few_rows_take_their_own_launch_shapes():
+    from mambadyn.scan.triton_tuning import (BWD_TUNING, BWD_TUNING_FEW_ROWS, FWD_TUNING, FWD_TUNING_FEW_ROWS,
+                                             FWD_TUNING_MID_ROWS, _tunings)
 
-    assert _tunings(2, rows=8 * 1536, sms=132)[0] == FWD_TUNING[2]   # the benchmark shape fills an H100
-    assert _tunings(2, rows=2 * 2560, sms=132)[0] == FWD_TUNING_MID_ROWS
+    assert _tunings(2, rows=8 * 1536, sms=132) == (FWD_TUNING[2], BWD_TUNING[2])  # the benchmark fills an H100
+    assert _tunings(2, rows=2 * 2560, sms=132) == (FWD_TUNING_MID_ROWS, BWD_TUNING[2])
     assert _tunings(2, rows=768, sms=132, need_grad=False)[0] == FWD_TUNING_FEW_ROWS[False]
-    fwd, bwd = _tunings(2, rows=768, sms=132, need_grad=True)
-    assert fwd == FWD_TUNING_FEW_ROWS[True] and bwd.chunk == 128
+    for size in (2, 4):
+        fwd, bwd = _tunings(size, rows=1536, sms=132, need_grad=True)
+        assert fwd == FWD_TUNING_FEW_ROWS[True] and bwd == BWD_TUNING_FEW_ROWS[size]
+        assert bwd.chunk % fwd.chunk == 0  # the backward restarts from the forward's saved states
     assert _tunings(2, block_d=8, rows=768, sms=132)[0].block_d == 8  # a knob given wins
+    assert _tunings(2, bwd_chunk=128, rows=768, sms=132)[1] == BWD_TUNING[2]  # ... the table's other shape
 
 
 def test_the_shuffle_flip_is_compiled_only_where_its_layout_holds():
@@ -125,8 +133,10 @@ def test_the_shuffle_flip_is_compiled_only_where_its_layout_holds():
     assert not _bwd_meta(bf16, 2, 16, True, aligned=False)["FLIP_RUNS"]  # L or a stride not a multiple of 16
     assert not _bwd_meta(bf16, 2, 16, False, aligned=True)["FLIP_RUNS"]  # the interpreter: no inline PTX
     assert not _bwd_meta(_tunings(4)[1], 4, 16, True, aligned=True)["FLIP_RUNS"]  # float32: 4 steps a thread
-    for knobs in (dict(bwd_num_warps=2), dict(bwd_chunk=256), dict(bwd_flip_runs=False)):
+    for knobs in (dict(bwd_num_warps=2), dict(bwd_chunk=512), dict(bwd_flip_runs=False)):  # 512: 64 lanes a row
         assert not _bwd_meta(_tunings(2, **knobs)[1], 2, 16, True, aligned=True)["FLIP_RUNS"], knobs
+    for knobs in (dict(bwd_chunk=256), dict(bwd_block_d=1, bwd_chunk=256)):  # 32 lanes a row
+        assert _bwd_meta(_tunings(2, **knobs)[1], 2, 16, True, aligned=True)["FLIP_RUNS"], knobs
 
 
 def test_knobs_override_the_tables_and_reach_the_launch():
@@ -213,16 +223,19 @@ def test_both_adjoint_carries_match_reference_on_cuda(g_in_memory):
 
 @cuda
 @pytest.mark.parametrize("flip_runs", [True, False])
-def test_both_reverse_scans_match_reference_on_cuda(flip_runs):
-    # 16-bit backward: mirror-lane shuffles (_flip_runs) where L, the strides and the pointers are aligned to
-    # 16 (L 256, 1024 here), Triton's reverse scan elsewhere (L 300, 1000) and where switched off
+@pytest.mark.parametrize("block_d,chunk", [(2, 128), (1, 256), (2, 256)])
+def test_both_reverse_scans_match_reference_on_cuda(flip_runs, block_d, chunk):
+    # 16-bit backward: mirror-lane shuffles (_flip_runs, 16 or 32 lanes a row) where L, the strides and the
+    # pointers are aligned to 16 (L 256, 1024 here), Triton's reverse scan elsewhere (L 300, 1000) and where
+    # switched off
     from mambadyn.scan import triton_kernels
 
     poison_allocator("cuda")
     triton_kernels._bwd_kernel._compiled.clear()
     for case in (Case(2, 64, 256, 16, dtype="bfloat16", last_state=True), Case(1, 37, 1024, 16, dtype="float16"),
                  Case(2, 64, 300, 16, dtype="bfloat16"), Case(1, 37, 1000, 16, dtype="float16")):
-        assert_close(compare_with_reference("triton", case, device="cuda", bwd_flip_runs=flip_runs))
+        assert_close(compare_with_reference("triton", case, device="cuda", bwd_flip_runs=flip_runs,
+                                            bwd_block_d=block_d, bwd_chunk=chunk))
     used = {dict(key[1])["FLIP_RUNS"] for key in triton_kernels._bwd_kernel._compiled}
     assert used == ({True, False} if flip_runs else {False})
 

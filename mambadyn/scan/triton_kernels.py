@@ -107,17 +107,22 @@ def _flip(x, R: tl.constexpr, T: tl.constexpr):
     return tl.gather(x, idx, 1)
 
 
-# thread j-th register <- the mirror lane's (7 - j)-th, for 16 lanes per row (see _flip_runs)
-_FLIP16_ASM = tl.constexpr("".join(f"shfl.sync.bfly.b32 ${j}, ${15 - j}, 15, 31, -1;" for j in range(8)))
+def _flip_asm(lanes: int) -> str:
+    # thread j-th register <- the mirror lane's (7 - j)-th, for ``lanes`` lanes per row (see _flip_runs)
+    return "".join(f"shfl.sync.bfly.b32 ${j}, ${15 - j}, {lanes - 1}, 31, -1;" for j in range(8))
+
+
+_FLIP16_ASM, _FLIP32_ASM = tl.constexpr(_flip_asm(16)), tl.constexpr(_flip_asm(32))
 
 
 @triton.jit
-def _flip_runs(x):
+def _flip_runs(x, LANES: tl.constexpr):
     # (R, T) reversed along T where each thread holds one row's run of 8 consecutive steps and a row's T
-    # steps lie on 16 consecutive lanes of one warp (the backward's 16-bit tiles, chunk 128, one warp): a
-    # thread's 8 registers are exchanged with the mirror lane's (lane ^ 15) in reverse order, one butterfly
-    # shuffle each, where Triton's flip exchanges each value over log2(T) rounds
-    y = tl.inline_asm_elementwise(_FLIP16_ASM, "=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r,r,r,r,r",
+    # steps lie on LANES (16 or 32) consecutive lanes of one warp (the backward's 16-bit tiles, chunk 128 or
+    # 256, one warp): a thread's 8 registers are exchanged with the mirror lane's (lane ^ (LANES - 1)) in
+    # reverse order, one butterfly shuffle each, where Triton's flip exchanges each value over log2(T) rounds
+    y = tl.inline_asm_elementwise(_FLIP32_ASM if LANES == 32 else _FLIP16_ASM,
+                                  "=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r,r,r,r,r",
                                   [x.to(tl.int32, bitcast=True)], dtype=tl.int32, is_pure=True, pack=8)
     return y.to(tl.float32, bitcast=True)
 
@@ -360,8 +365,8 @@ def _bwd_kernel(
             r = C_i * dy
             r = tl.where(offs_t[None, :] == T - 1, r + a_next * g_i[:, None], r)
             if FLIP_RUNS:
-                _, gs = tl.associative_scan((_flip_runs(a_next), _flip_runs(r)), 1, _affine)
-                gs = _flip_runs(gs)
+                _, gs = tl.associative_scan((_flip_runs(a_next, T // V), _flip_runs(r, T // V)), 1, _affine)
+                gs = _flip_runs(gs, T // V)
             elif GATHER_FLIP:
                 _, gs = tl.associative_scan((_flip(a_next, BLOCK_D, T), _flip(r, BLOCK_D, T)), 1, _affine)
                 gs = _flip(gs, BLOCK_D, T)

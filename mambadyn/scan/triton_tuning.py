@@ -48,6 +48,12 @@ FULL_ROWS_PER_SM = 80
 FWD_TUNING_MID_ROWS, MID_ROWS_PER_SM = Tuning(block_d=4, chunk=128, num_warps=1), 32
 FWD_TUNING_FEW_ROWS = {False: Tuning(block_d=2, chunk=512, num_warps=2),   # inference
                        True: Tuning(block_d=2, chunk=128, num_warps=1)}    # training
+# ... and the backward's for as few rows: one row per program, twice BWD_TUNING's programs, where those
+# leave the GPU's schedulers with 1.5 warps each (batch 1, d 1536 on an H200: 768 programs). Sweep at
+# batch 1, L 8192 (results/scan_gpu_sweep_bwd_b1.json): bf16 1.425 against 1.664 ms fwd+bwd, float32 1.627
+# against 1.777; at batch 4 (6144 rows) BWD_TUNING stays as fast or faster (scan_gpu_sweep_bwd_b4.json)
+BWD_TUNING_FEW_ROWS = {2: Tuning(block_d=1, chunk=256, num_warps=1, g_in_memory=True, maxnreg=168),
+                       4: Tuning(block_d=1, chunk=128, num_warps=1, g_in_memory=True, maxnreg=168)}
 
 
 def _as_ints(t: Tuning) -> list[int]:
@@ -67,19 +73,21 @@ def _tunings(element_size: int, block_d=None, chunk=None, num_warps=None, bwd_bl
              maxnreg: int | None = None, bwd_maxnreg: int | None = None,
              bwd_flip_runs: bool | None = None) -> tuple[Tuning, Tuning]:
     """The forward and backward launch shapes: the knobs given, the rest from the tables above.
-    ``rows`` (batch * d) and ``sms`` (the GPU's SM count), where known and no forward knob is given,
-    pick the forward for few rows."""
+    ``rows`` (batch * d) and ``sms`` (the GPU's SM count), where known and no shape knob of that kernel
+    is given, pick each kernel's shape for few rows."""
     size = 2 if element_size <= 2 else 4
-    fwd = FWD_TUNING[size]
+    fwd, bwd = FWD_TUNING[size], BWD_TUNING[size]
+    few = rows is not None and sms is not None and rows < MID_ROWS_PER_SM * sms
     if (block_d, chunk, num_warps) == (None, None, None) and rows is not None and sms is not None:
-        if rows < MID_ROWS_PER_SM * sms:
+        if few:
             fwd = FWD_TUNING_FEW_ROWS[need_grad]
         elif rows < FULL_ROWS_PER_SM * sms:
             fwd = FWD_TUNING_MID_ROWS
+    if few and (bwd_block_d, bwd_chunk, bwd_num_warps) == (None, None, None):
+        bwd = BWD_TUNING_FEW_ROWS[size]
     fwd = Tuning(int(block_d or fwd.block_d), int(chunk or fwd.chunk), int(num_warps or fwd.num_warps),
                  wide=bool(fwd.wide if wide is None else wide),
                  maxnreg=int(fwd.maxnreg if maxnreg is None else maxnreg))
-    bwd = BWD_TUNING[size]
     # the backward restarts from states the forward saves at its chunk starts, so its chunk is a multiple
     bwd = Tuning(int(bwd_block_d or bwd.block_d), int(bwd_chunk or max(bwd.chunk, fwd.chunk)),
                  int(bwd_num_warps or bwd.num_warps),
@@ -142,12 +150,14 @@ def _fwd_meta(fwd: Tuning, bwd: Tuning, element_size: int, n: int, save_states: 
 def _bwd_meta(bwd: Tuning, element_size: int, n: int, prefetch: bool, store_outz: bool = False,
               aligned: bool = False) -> dict:
     # the backward's, likewise. The mirror-lane flip (_flip_runs) is inline PTX written for one layout: a
-    # thread holding 8 consecutive steps of one row, a row's 128 steps on 16 lanes of a one-warp program.
+    # thread holding 8 consecutive steps of one row, a row's 128 (256) steps on 16 (32) lanes of a one-warp
+    # program.
     # Triton gives the tiles that layout where it can load 8 16-bit steps at once, that is where every
     # pointer is 16-byte aligned and L and every stride are multiples of 16 (``aligned``: what Triton
     # specializes on; checked in the compiled IR, and on CUDA by tests of both alignments); elsewhere it
     # picks others, in which the shuffles would pair the wrong elements
     V = _run_length(element_size, bwd.chunk)
-    flip_runs = bwd.flip_runs and prefetch and aligned and V == 8 and bwd.num_warps == 1 and bwd.chunk // V == 16
+    flip_runs = (bwd.flip_runs and prefetch and aligned and V == 8 and bwd.num_warps == 1
+                 and bwd.chunk // V in (16, 32))
     return dict(GATHER_FLIP=V == 4, FLIP_RUNS=flip_runs, STORE_OUTZ=store_outz, G_IN_MEMORY=bool(bwd.g_in_memory),
                 BLOCK_D=bwd.block_d, N=next_power_of_2(n), T=bwd.chunk, V=V, PREFETCH=prefetch, **_launch(bwd))
