@@ -10,7 +10,9 @@ only at the end of a round (median over rounds, with min-max):
 - ``autograd_floor``: a no-op ``autograd.Function`` over the same eight leaves, whose backward returns
   ``empty_like`` gradients: the autograd and gradient-accumulation cost every implementation pays;
 - ``fwd_launch`` / ``bwd_launch``: one ``kernel[grid](...)`` with the arguments of a real call, through
-  ``mambadyn.scan.launch.Launcher``; ``*_launch_triton``: the same through Triton's own ``JITFunction``.
+  ``mambadyn.scan.launch.Launcher``; ``*_launch_triton``: the same through Triton's own ``JITFunction``;
+- with ``--mamba-ssm-build``, ``mamba_ssm_fwd`` / ``mamba_ssm_fwd_bwd``: mamba-ssm's ``selective_scan_fn``
+  on the same inputs (what the same call costs the CPU there).
 Then a cProfile of the ``fwd_bwd`` calls (the top functions by own time).
 """
 
@@ -33,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mambadyn.scan.triton_scan as ts  # noqa: E402
 from benchmarks.scan_cpu_overhead import NoKernel, scan_calls  # noqa: E402
-from benchmarks.scan_gpu import inputs, per_call_us  # noqa: E402
+from benchmarks.scan_gpu import inputs, mamba_ssm_scan, per_call_us  # noqa: E402
 
 
 class _Recorder:
@@ -69,6 +71,7 @@ def main():
     ap.add_argument("--calls", type=int, default=200)
     ap.add_argument("--profile", type=int, default=25, help="functions of the cProfile listing")
     ap.add_argument("--json", default="results/scan_gpu_call.json")
+    ap.add_argument("--mamba-ssm-build", help="build_mamba_ssm.py's build folder: time mamba-ssm too")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("scan_gpu_call.py needs a CUDA device (benchmarks/scan_cpu_overhead.py measures the host side "
@@ -107,6 +110,22 @@ def main():
 
     cases = {"fwd": fwd, "fwd_bwd": fwd_bwd, "fwd_bwd_stubbed": stubbed, "autograd_floor": autograd_floor,
              **launches}
+    notes = {}
+    if args.mamba_ssm_build:
+        theirs, why = mamba_ssm_scan(args.mamba_ssm_build)
+        if theirs is None:
+            notes["mamba_ssm"] = why
+        else:
+            def mamba_fwd():
+                with torch.no_grad():
+                    theirs(*xs)
+
+            def mamba_fwd_bwd():
+                for x in xs:
+                    x.grad = None
+                theirs(*xs).backward(dy)
+
+            cases.update(mamba_ssm_fwd=mamba_fwd, mamba_ssm_fwd_bwd=mamba_fwd_bwd)
     for fn in cases.values():
         for _ in range(20):
             fn()
@@ -118,7 +137,9 @@ def main():
     res = {"command": "python " + " ".join(sys.argv), "device": torch.cuda.get_device_name(),
            "triton": triton.__version__, "torch": torch.__version__, "cpus": os.cpu_count(),
            "load_average_1min": load, "shape": "batch 1, d 64, L 64, n 16, bf16",
-           "us_per_call": {k: {"median": statistics.median(v), "min": min(v), "max": max(v)} for k, v in times.items()}}
+           "us_per_call": {k: {"median": statistics.median(v), "min": min(v), "max": max(v)}
+                           for k, v in times.items()},
+           "notes": notes}
 
     prof = cProfile.Profile()
     prof.enable()
@@ -136,6 +157,8 @@ def main():
     print(f"{'case':<18} {'us/call':>9} {'min':>8} {'max':>8}")
     for k, v in res["us_per_call"].items():
         print(f"{k:<18} {v['median']:>9.1f} {v['min']:>8.1f} {v['max']:>8.1f}")
+    for k, v in notes.items():
+        print(f"{k}: {v}")
     print(res["profile_fwd_bwd_tottime"])
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
