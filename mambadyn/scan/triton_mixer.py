@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from .layout import is_matrix_view
 from .triton_conv import conv_backward, conv_forward
-from .triton_scan import _backward, _forward
+from .triton_scan import _backward, _forward, _op_grads
 from .triton_tuning import Tuning, _as_ints, _tunings_for
 
 # Inside the autograd Function and the custom ops nothing is recorded, so these views are single as_strided
@@ -132,9 +132,8 @@ class _MixerInner(torch.autograd.Function):
 @torch.library.custom_op("mambadyn::mixer_inner", mutates_args=())
 def _mixer_op(xz: torch.Tensor, conv_w: torch.Tensor, conv_b: torch.Tensor | None, x_proj_w: torch.Tensor,
               dt_proj_w: torch.Tensor, out_proj_w: torch.Tensor, out_proj_b: torch.Tensor | None,
-              A_log: torch.Tensor,
-              D: torch.Tensor, dt_bias: torch.Tensor, fwd: list[int], bwd: list[int], save: bool
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+              A_log: torch.Tensor, D: torch.Tensor, dt_bias: torch.Tensor, fwd: list[int], bwd: list[int],
+              save: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> out (batch, L, d_model), x_proj's output (dt_rank + 2n, batch L), the chunk states (empty unless
     ``save``)."""
     xz = _as_sequences(_as_matrix(xz), xz.shape[0])  # the layout the launches take (the fake cannot promise it)
@@ -161,11 +160,8 @@ def _mixer_backward_op(dout: torch.Tensor, xz: torch.Tensor, conv_w: torch.Tenso
     xz = _as_sequences(_as_matrix(xz), xz.shape[0])
     grads = _mixer_backward(dout, xz, conv_w, conv_b, x_dbl, x_proj_w, dt_proj_w, out_proj_w, has_out_b, A_log,
                             D, dt_bias, states, Tuning(*bwd))
-    # in the dtypes the fake promises (the eager path leaves the casts to autograd); dA, dD and Δ's bias
-    # gradient are views of one buffer, and a custom op's outputs may not share storage
-    like = (xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, xz, A_log, D, dt_bias)
-    return [xz.new_empty(0) if g is None else g.to(t.dtype) if g.dtype != t.dtype else
-            g.clone() if g._base is not None else g for g, t in zip(grads, like)]
+    # (the eager path leaves the casts to autograd)
+    return _op_grads(grads, (xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, xz, A_log, D, dt_bias))
 
 
 @_mixer_backward_op.register_fake

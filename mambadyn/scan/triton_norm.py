@@ -96,6 +96,13 @@ def _norm_backward(dy, dr_out, r, weight, rstd, x_dtype):
     return dr, dw
 
 
+def _rows(x, residual, weight):
+    # x and the residual (..., D) as the (rows, D) contiguous tensors the kernels take, and the weight
+    D = x.shape[-1]
+    return (x.reshape(-1, D).contiguous(), None if residual is None else residual.reshape(-1, D).contiguous(),
+            weight.contiguous())
+
+
 def _input_grads(dr, dw, dtypes, weight):
     # the gradients of x, the residual (None where there was none) and the weight, in their dtypes
     x_dtype, res_dtype = dtypes
@@ -109,10 +116,7 @@ class _RMSNormAdd(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, residual, weight, eps, residual_fp32):
-        D = x.shape[-1]
-        y, r, rstd = _norm_forward(x.reshape(-1, D).contiguous(),
-                                   None if residual is None else residual.reshape(-1, D).contiguous(),
-                                   weight.contiguous(), eps, residual_fp32)
+        y, r, rstd = _norm_forward(*_rows(x, residual, weight), eps, residual_fp32)
         ctx.save_for_backward(r, weight, rstd)
         ctx.dtype, ctx.shape, ctx.has_res = x.dtype, x.shape, residual is not None
         ctx.set_materialize_grads(False)
@@ -182,6 +186,5 @@ def rms_norm_add(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.T
     if not torch.compiler.is_compiling():
         return _RMSNormAdd.apply(x, residual, weight, float(eps), bool(residual_fp32))
     lead = x.shape[:-1]
-    y, r = _norm_op(x.reshape(-1, D).contiguous(), None if residual is None else residual.reshape(-1, D).contiguous(),
-                    weight.contiguous(), float(eps), bool(residual_fp32))[:2]
+    y, r = _norm_op(*_rows(x, residual, weight), float(eps), bool(residual_fp32))[:2]
     return y.reshape(*lead, D), r.reshape(*lead, D)

@@ -109,6 +109,15 @@ def _backward(dout, dlast, u, delta, A, B, C, D, z, bias, states, softplus: bool
     return du, ddelta, dA, dB, dC, dD, dz, dbias, g0
 
 
+def _op_grads(grads, like) -> list[torch.Tensor]:
+    """``grads`` as a backward custom op returns them: each in its input's dtype (``like``), as the op's fake
+    promises; a copy where it views a buffer shared with others (the summed gradients are views of one, and
+    a custom op's outputs may not share storage); an empty tensor where it is None (the output list holds no
+    None)."""
+    return [like[0].new_empty(0) if g is None else g.to(t.dtype) if g.dtype != t.dtype else
+            g.clone() if g._base is not None else g for g, t in zip(grads, like)]
+
+
 def _aligned(ints, tensors) -> bool:
     # what Triton specializes a launch on: 16-byte-aligned pointers, integers that are multiples of 16
     return all(i % 16 == 0 for i in ints) and all(t is None or t.data_ptr() % 16 == 0 for t in tensors)
@@ -183,11 +192,7 @@ def _scan_backward_op(dout: torch.Tensor, dlast: torch.Tensor | None, u: torch.T
     u, delta, A, B, C = (t.contiguous() for t in (u, delta, A, B, C))
     D, z, bias = (None if t is None else t.contiguous() for t in (D, z, bias))
     grads = _backward(dout, dlast, u, delta, A, B, C, D, z, bias, states, softplus, Tuning(*bwd))
-    # in each input's dtype, as the fake promises; the summed gradients are views of one buffer, and a
-    # custom op's outputs may not share storage
-    like = (u, delta, A, B, C, D, z, bias)
-    return [u.new_empty(0) if g is None else g.to(t.dtype) if g.dtype != t.dtype else
-            g.clone() if g._base is not None else g for g, t in zip(grads, like)] + [grads[-1]]
+    return _op_grads(grads[:-1], (u, delta, A, B, C, D, z, bias)) + [grads[-1]]
 
 
 @_scan_backward_op.register_fake

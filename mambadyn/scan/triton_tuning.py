@@ -77,8 +77,9 @@ def _tunings(element_size: int, block_d=None, chunk=None, num_warps=None, bwd_bl
     is given, pick each kernel's shape for few rows."""
     size = 2 if element_size <= 2 else 4
     fwd, bwd = FWD_TUNING[size], BWD_TUNING[size]
-    few = rows is not None and sms is not None and rows < MID_ROWS_PER_SM * sms
-    if (block_d, chunk, num_warps) == (None, None, None) and rows is not None and sms is not None:
+    known = rows is not None and sms is not None
+    few = known and rows < MID_ROWS_PER_SM * sms
+    if known and (block_d, chunk, num_warps) == (None, None, None):
         if few:
             fwd = FWD_TUNING_FEW_ROWS[need_grad]
         elif rows < FULL_ROWS_PER_SM * sms:
