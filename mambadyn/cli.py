@@ -1,7 +1,8 @@
 """The ``mambadyn`` command. Thin: every subcommand maps its flags onto a dataclass and calls the library.
 
 A user's mistake (a bad value, a missing file, a folder in use) prints one line, ``error: ...``, and
-exits with status 2; ``--debug`` shows the traceback instead."""
+exits with status 2; ``--debug`` shows the traceback instead. Ctrl-C exits 130 with a line saying what was
+kept. Any other exception is a bug in mambadyn or below it, and keeps its traceback."""
 
 from __future__ import annotations
 
@@ -16,13 +17,15 @@ except ImportError:  # pragma: no cover - older typer with click installed
     from click import exceptions as click_exc
 
 from .commands import dynamics, experiment, probe, signature, train
+from .errors import Interrupted, MambadynError
 
 app = typer.Typer(help="mambadyn: token dynamics of deep selective state-space models (Mamba / S6).",
                   no_args_is_help=True, add_completion=False)
 
-# the exceptions that report a user's input, not a bug in mambadyn
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, FloatingPointError,
-               RuntimeError)
+# the exceptions that report a user's input, not a bug in mambadyn (torch's RuntimeErrors are not among
+# them: they keep their tracebacks)
+USER_ERRORS = (MambadynError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+               PermissionError, FloatingPointError, UnicodeDecodeError)
 
 
 @app.callback()
@@ -59,27 +62,32 @@ app.command("signature")(signature.signature_cmd)
 def run(argv: list[str] | None = None) -> int:
     """Run the command line on ``argv``; returns the exit status (the ``mambadyn`` script's entry)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
+    debug = argv[:1] == ["--debug"]  # a global option: before the subcommand, as click parses it
     try:
-        app(args=argv, prog_name="mambadyn", standalone_mode=False)
+        code = app(args=argv, prog_name="mambadyn", standalone_mode=False)
     except typer.Exit as e:
         return e.exit_code
     except click_exc.NoArgsIsHelpError as e:
         e.show()
         return 2
-    except typer.Abort:
-        print("aborted", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except (typer.Abort, KeyboardInterrupt):
+        code = 130
+    except Interrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
         return 130
     except (click_exc.ClickException, *USER_ERRORS) as e:
         if debug:
             raise
         msg = e.format_message() if isinstance(e, click_exc.ClickException) else str(e).strip()
+        if isinstance(e, click_exc.NoSuchOption) and e.option_name == "--debug":
+            msg += " (--debug goes before the subcommand: mambadyn --debug COMMAND ...)"
         print(f"error: {msg or type(e).__name__}", file=sys.stderr)
         return 2
-    return 0
+    if code == 130:  # typer turns a KeyboardInterrupt outside an on_interrupt block into exit code 130
+        print("interrupted: outputs land only when a command finishes, so --out holds its earlier result or "
+              "nothing", file=sys.stderr)
+        return 130
+    return code if isinstance(code, int) else 0
 
 
 def entry() -> None:

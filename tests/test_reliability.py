@@ -13,6 +13,7 @@ import torch
 
 from mambadyn.cli import run
 from mambadyn.dynamics import TokenSystem, simulate
+from mambadyn.errors import MambadynError
 from mambadyn.jsonio import dumps
 from mambadyn.train import LMTrainConfig, apply_overrides
 
@@ -97,13 +98,14 @@ def test_cli_prints_one_line_for_user_errors(tmp_path, capsys):
         (["experiment", "scenarios", "--seeds", "", "--out", str(tmp_path)], "seed"),
         (["experiment", "reorder", "--jobs", "0", "--out", str(tmp_path)], "jobs"),
         (["experiment", "reorder", "--evals-per-epoch", "0", "--out", str(tmp_path)], "evals"),
-        (["dynamics", "scenarios", "--t-end", "inf", "--out", str(tmp_path)], "t_end"),
+        (["dynamics", "scenarios", "--t-end", "inf", "--out", str(tmp_path)], "t-end"),
     ]
     for argv, needle in cases:
-        code = run(argv)
+        code = run([str(tmp_path / "out") if a == str(tmp_path) else a for a in argv])
         err = capsys.readouterr().err.strip()
         assert code == 2, (argv, err)
         assert needle in err and "Traceback" not in err, (argv, err)
+        assert not (tmp_path / "out").exists(), argv  # a refused command leaves no folder behind
 
 
 def test_ranks_checking_one_run_folder_at_once_do_not_fail_each_other(tmp_path):
@@ -176,7 +178,7 @@ def test_a_locked_run_folder_refuses_a_second_trainer(tmp_path):
 
     folder = tmp_path / "run"
     with run_lock(folder):
-        with pytest.raises(RuntimeError, match="in use"):
+        with pytest.raises(MambadynError, match="in use"):
             train(LMTask, _lm_cfg(tmp_path, folder, ["optim.steps=2"]))
 
 
@@ -285,7 +287,7 @@ def test_killing_the_torchrun_group_stops_its_workers(tmp_path):
         try:
             with run_lock(out):  # free once rank 0 is gone
                 return
-        except RuntimeError:
+        except MambadynError:
             time.sleep(0.1)
     pytest.fail("a torchrun worker outlived its launcher and still holds the run folder")
 

@@ -9,11 +9,17 @@ from pathlib import Path
 import torch
 import typer
 
+from ..errors import on_interrupt
 from ..jsonio import write_json
+from ..outputs import atomic_folder, check_output
+
+KEPT = "nothing was written: --out is replaced only when the command finishes"
 
 app = typer.Typer(help="Simulate and picture the continuous-time token dynamics.", no_args_is_help=True)
 
-OUT = typer.Option(Path("out/dynamics"), "--out", help="folder for PNG, CSV and JSON outputs")
+OUT = typer.Option(Path("out/dynamics"), "--out", help="folder for PNG, CSV and JSON outputs (new, empty, or an "
+                   "earlier output of the same command)")
+MAX_HORIZON = 1e12  # where a portrait's run-until-decided loop stops growing its horizon
 
 
 def _one_dim_cases(L: int, seed: int):
@@ -46,8 +52,10 @@ def scenarios(out: Path = OUT, tokens: int = typer.Option(8, "--tokens", "-L", m
     )
     from mambadyn.plots.dynamics import trajectories
 
-    out.mkdir(parents=True, exist_ok=True)
-    trajs, summary = {}, []
+    if not math.isfinite(t_end) or t_end <= 0:
+        raise typer.BadParameter(f"--t-end must be a finite time > 0, got {t_end}")
+    check_output(out, "dynamics scenarios")
+    trajs, summary, tables = {}, [], {}
     for name, (params, system, x0) in _one_dim_cases(tokens, seed).items():
         c = classify(system, x0)[0]
         tr = simulate(system, x0, t_end, n_points=300, progress=True)
@@ -80,16 +88,18 @@ def scenarios(out: Path = OUT, tokens: int = typer.Option(8, "--tokens", "-L", m
         if name == "slow_divergence":
             row["measured_ratio_to_running_min"] = slow_divergence_ratios(tr)[0].tolist()
         summary.append(row)
-        with open(out / f"trajectory_{name}.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["t"] + [f"x{l + 1}" for l in range(tokens)])
-            for t, xs, ok in zip(tr.t.tolist(), tr.x[:, 0, :, 0].tolist(), tr.valid[:, 0].tolist()):
-                w.writerow([t] + [v if o else "" for v, o in zip(xs, ok)])
-    png = trajectories(trajs, out / "scenarios.png")
-    write_json(out / "scenarios.json", summary)
+        tables[name] = [["t"] + [f"x{l + 1}" for l in range(tokens)]] + [
+            [t] + [v if o else "" for v, o in zip(xs, ok)]
+            for t, xs, ok in zip(tr.t.tolist(), tr.x[:, 0, :, 0].tolist(), tr.valid[:, 0].tolist())]
+    with on_interrupt(KEPT), atomic_folder(out, "dynamics scenarios") as tmp:
+        for name, rows in tables.items():
+            with open(tmp / f"trajectory_{name}.csv", "w", newline="") as f:
+                csv.writer(f).writerows(rows)
+        trajectories(trajs, tmp / "scenarios.png")
+        write_json(tmp / "scenarios.json", summary)
     for s in summary:
         typer.echo(f"{s['case']:22s} predicted {s['predicted']:16s} observed {s['observed']}")
-    typer.echo(f"wrote {png}, {out / 'scenarios.json'} and trajectory_*.csv")
+    typer.echo(f"wrote {out / 'scenarios.png'}, {out / 'scenarios.json'} and trajectory_*.csv")
 
 
 @app.command()
@@ -106,7 +116,10 @@ def portrait(out: Path = OUT, tokens: int = typer.Option(6, "--tokens", "-L", mi
 
     if not 0 < t_end <= horizon:
         raise typer.BadParameter(f"need 0 < --t-end <= --horizon, got {t_end} and {horizon}")
-    out.mkdir(parents=True, exist_ok=True)
+    if not horizon <= MAX_HORIZON:
+        raise typer.BadParameter(f"--horizon must be at most {MAX_HORIZON:g} (each 10x costs a longer run; "
+                                 f"tokens still undecided there are reported as such), got {horizon}")
+    check_output(out, "dynamics portrait")
     g = torch.Generator().manual_seed(seed)
     Q, _ = torch.linalg.qr(torch.randn(2, 2, generator=g, dtype=torch.float64))
     S_delta = -torch.eye(2, dtype=torch.float64)  # S_Δ x < 0 where tokens start: the slow branch
@@ -127,11 +140,12 @@ def portrait(out: Path = OUT, tokens: int = typer.Option(6, "--tokens", "-L", mi
                         "tokens_predicted": [f.outcome.value for f in c.tokens],
                         "tokens_observed": [o.value for o in observed], "observed": words,
                         "end_times": tr.blowup_time[0].tolist(), "final_norms": tr.norms()[-1, 0].tolist()})
-    png = portraits(trajs, out / "portraits.png")
-    write_json(out / "portraits.json", summary)
+    with on_interrupt(KEPT), atomic_folder(out, "dynamics portrait") as tmp:
+        portraits(trajs, tmp / "portraits.png")
+        write_json(tmp / "portraits.json", summary)
     for s in summary:
         typer.echo(f"{s['case']:26s} to t = {s['t_end']:<8g} observed: {s['observed']}")
-    typer.echo(f"wrote {png} and {out / 'portraits.json'}")
+    typer.echo(f"wrote {out / 'portraits.png'} and {out / 'portraits.json'}")
 
 
 def _parse_dims(text: str) -> tuple[int, ...]:
@@ -162,12 +176,15 @@ def phase_diagram_cmd(out: Path = OUT, systems: int = typer.Option(100, min=1, h
     from mambadyn.plots.dynamics import phase_diagram as plot
 
     ds = _parse_dims(dims)
-    out.mkdir(parents=True, exist_ok=True)
     cfg = PhaseConfig(dims=ds, systems=systems, L=tokens, t_end=t_end, seed=seed, max_steps=max_steps,
                       stiff_max_steps=stiff_max_steps)
-    rows = phase_diagram(cfg)
-    write_json(out / "phase_diagram.json", rows)
-    png = plot(rows, out / "phase_diagram.png")
+    check_output(out, "dynamics phase-diagram")
+    with on_interrupt(KEPT):
+        rows = phase_diagram(cfg)
+        with atomic_folder(out, "dynamics phase-diagram") as tmp:
+            write_json(tmp / "phase_diagram.json", rows)
+            plot(rows, tmp / "phase_diagram.png")
+    png = out / "phase_diagram.png"
     for r in rows:
         typer.echo(f"D={r['D']} {r['criterion']:9s} positive={r['positive']}: {r['converged']}/{r['systems']} converge, "
                    f"{r['blew_up']} blow up, {r['grew']} grow ({r['unfinished']} unfinished, not counted)")

@@ -7,8 +7,16 @@ from typing import Optional
 
 import typer
 
+from ..errors import on_interrupt
+from ..outputs import check_output, claim_folder
+
 app = typer.Typer(help="Reproduce the paper's comparisons (resumable: finished runs are reused).",
                   no_args_is_help=True)
+
+
+def _kept(out: str) -> str:
+    return (f"finished runs, and each unfinished run's last checkpoint, are kept under {out}/runs: rerun the same "
+            "command to continue")
 
 
 def _seeds(text: str) -> list[int]:
@@ -35,7 +43,9 @@ def scenarios(out: str = typer.Option("results/scenarios", "--out", "-o"),
                                        overrides=list(sets), jobs=jobs)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
-    run_scenarios(cfg)
+    claim_folder(out, "experiment scenarios")
+    with on_interrupt(_kept(out)):
+        run_scenarios(cfg)
     typer.echo((Path(out) / "report.md").read_text())
     typer.echo(f"outputs in {out}: report.md, results.json, curves.png, spectrum.png, runs/")
 
@@ -57,7 +67,9 @@ def reorder(out: str = typer.Option("results/reorder", "--out", "-o"),
                                       epochs=epochs, evals_per_epoch=evals_per_epoch, overrides=list(sets), jobs=jobs)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
-    run_reorder(cfg)
+    claim_folder(out, "experiment reorder")
+    with on_interrupt(_kept(out)):
+        run_reorder(cfg)
     typer.echo((Path(out) / "report.md").read_text())
     typer.echo(f"outputs in {out}: report.md, results.json, curves.png, runs/")
 
@@ -75,6 +87,7 @@ def token_shares(runs: str = typer.Option(..., help="a scenario experiment's run
         cfg = TokenShareConfig(runs=runs, modes=modes.split(","), windows=windows, out=out)
     except (ValueError, FileNotFoundError) as e:
         raise typer.BadParameter(str(e)) from e
+    check_output(out, "experiment token-shares")
     run_token_shares(cfg)
     typer.echo((Path(out) / "report.md").read_text())
 

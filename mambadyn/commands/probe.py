@@ -21,11 +21,13 @@ def probe_cmd(path: str = typer.Argument(..., help="checkpoint folder, mambadyn 
               ) -> None:
     """Probe a Mamba checkpoint layer by layer (HF folder, mamba-ssm folder, hub id, mambadyn run): spectrum
     of S_C^T S_B, scenario, token norms, gradient shares and the layer's own ODE."""
+    from ..outputs import check_output
     from ..probe import ProbeConfig, load_checkpoint, probe, sample_text, write_outputs
     from ..probe.load import encode_text, read_ids
 
     if text is not None and ids is not None:
         raise typer.BadParameter("give --text or --ids, not both")
+    check_output(out, "probe")
     cfg = ProbeConfig(max_tokens=tokens, ode_positions=ode_positions, ode_t_end=ode_t_end)
     loaded = load_checkpoint(path)
     token_ids, origin = None, "parameters only"

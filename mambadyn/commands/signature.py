@@ -22,9 +22,11 @@ def signature_cmd(checkpoint: str = typer.Option(None, "--checkpoint", help="a M
                   out: Path = typer.Option(Path("out/signature"), "--out", "-o")) -> None:
     """Is a selective SSM's state a linear image of its input path's signature? Held-out R^2 by depth,
     with shuffled-path and random-feature controls: signature.json, report.md, signature.png."""
+    from ..outputs import check_output
     from ..signature.lens import SignatureConfig, run_lens, run_on_checkpoint
     from ..signature.report import write_outputs
 
+    check_output(out, "signature")
     cfg = SignatureConfig(depth=depth, paths=paths, length=length, channels=channels or (3 if checkpoint else 2),
                           layer=layer, seed=seed)
     if checkpoint:

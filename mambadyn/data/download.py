@@ -15,11 +15,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import MambadynError
+
 DATA_ENV = "MAMBADYN_DATA"
 OFFLINE_ENV = "MAMBADYN_OFFLINE"
 
 
-class DataUnavailableError(FileNotFoundError):
+class DataUnavailableError(MambadynError, FileNotFoundError):
     """A dataset file is neither in the cache nor downloadable (offline, or the server refused)."""
 
 

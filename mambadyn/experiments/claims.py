@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+from ..outputs import write_file
 from .stats import holm, one_sample, paired
 
 ALPHA = 0.05
@@ -207,7 +208,7 @@ def write_claims(results: str | Path, out: str | Path) -> dict:
         if key in notes:
             lines += ["", notes[key].strip()]
     lines.append("")
-    Path(out).write_text("\n".join(lines))
+    write_file(out, "\n".join(lines), "experiment claims")
     _mark_reports(results, decided, Path(out))
     return {k: {"verdict": d["verdict"], "comparisons": [
         {"label": r["c"].label, "n": r["n"], "diff": r["diff"], "ci95": [r["low"], r["high"]], "p": r["p"],

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..errors import MambadynError
 from ..train.config import apply_overrides
 from ..train.loop import config_differences
 from ..train.worker import KINDS
@@ -103,6 +104,8 @@ def check_grid(cfg) -> None:
         raise ValueError("give at least one seed (--seeds 0,1,2)")
     if len(set(cfg.seeds)) != len(cfg.seeds):
         raise ValueError(f"seeds repeat: {cfg.seeds}")
+    if cfg.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {cfg.jobs}")
     if getattr(cfg, "evals_per_epoch", 1) < 1:
         raise ValueError(f"--evals-per-epoch must be >= 1, got {cfg.evals_per_epoch}")
     if getattr(cfg, "epochs", None) is not None and cfg.epochs <= 0:
@@ -151,7 +154,7 @@ def run_grid(kind: str, variants: dict[str, list[str]], seeds: list[int], base: 
                 raise
         if code != 0:
             tail = (log_dir / f"{r.folder.name}.log").read_text()[-2000:]
-            raise RuntimeError(f"run {r.folder.name} failed (exit {code}):\n{tail}")
+            raise MambadynError(f"run {r.folder.name} failed (exit {code}):\n{tail}")
 
     with tqdm(total=len(runs), initial=len(runs) - len(todo), desc="runs") as bar, \
             ThreadPoolExecutor(max_workers=jobs) as pool:

@@ -26,6 +26,7 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from ..jsonio import write_json
+from ..outputs import atomic_folder
 from ..probe.api import gini
 from ..typed import check_fields, positive
 from .stats import holm, one_sample, paired, summarize
@@ -115,11 +116,10 @@ def run_token_shares(cfg: TokenShareConfig) -> dict:
             per["trained"][seed] = _measure(trained, windows, device)
             per["init"][seed] = _measure(init, windows, device)
         results["modes"][mode] = _verdict(per)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "results.json", results)
-    _plot(results, out)
-    _report(results, out)
+    with atomic_folder(cfg.out, "experiment token-shares") as tmp:
+        write_json(tmp / "results.json", results)
+        _plot(results, tmp)
+        _report(results, tmp)
     return results
 
 

@@ -15,10 +15,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..errors import MambadynError
 from .config import MambaConfig
 
 
-class CheckpointError(ValueError):
+class CheckpointError(MambadynError, ValueError):
     """A checkpoint folder that is missing files, or whose weights do not match its config."""
 
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import MambadynError
 from ..scan import selective_scan
 from ..scan.registry import get_backend
 from .config import MambaConfig
@@ -83,7 +84,7 @@ class MambaMixer(nn.Module):
             return False
         try:
             return get_backend(self.scan_backend, t).name == "triton"
-        except RuntimeError:  # named "triton" where it cannot run: the per-op path raises with the reason
+        except MambadynError:  # named "triton" where it cannot run: the per-op path raises with the reason
             return False
 
     def _takes_fused_path(self, hidden: torch.Tensor, return_state: bool) -> bool:

@@ -158,7 +158,7 @@ def write_outputs(result: ProbeResult, out: str | Path) -> Path:
     from ..plots.probe import grad_shares, spectrum, token_norms
     from .report import markdown
 
-    with atomic_folder(out) as tmp:
+    with atomic_folder(out, "probe") as tmp:
         d = result.to_dict()
         write_json(tmp / "probe.json", d)
         spectrum(d, tmp / "spectrum.png")

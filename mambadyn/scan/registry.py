@@ -12,6 +12,8 @@ from typing import Callable
 
 import torch
 
+from ..errors import MambadynError
+
 ScanFn = Callable[..., object]
 
 
@@ -54,11 +56,11 @@ def get_backend(name: str, u: torch.Tensor) -> Backend:
         for backend in _by_priority():
             if backend.unusable_reason(u) is None:
                 return backend
-        raise RuntimeError(f"no selective-scan backend is usable on device {u.device}")
+        raise MambadynError(f"no selective-scan backend is usable on device {u.device}")
     if name not in _BACKENDS:
         raise ValueError(f"unknown scan backend {name!r}; registered: {sorted(_BACKENDS)} (or 'auto')")
     backend = _BACKENDS[name]
     reason = backend.unusable_reason(u)
     if reason is not None:
-        raise RuntimeError(f"scan backend {name!r} cannot run here: {reason}")
+        raise MambadynError(f"scan backend {name!r} cannot run here: {reason}")
     return backend

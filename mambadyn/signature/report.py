@@ -65,7 +65,7 @@ def markdown(result: SignatureResult) -> str:
 
 def write_outputs(result: SignatureResult, out: str | Path) -> Path:
     """Write signature.json, report.md and signature.png into ``out`` all at once (``atomic_folder``)."""
-    with atomic_folder(out) as tmp:
+    with atomic_folder(out, "signature") as tmp:
         write_json(tmp / "signature.json", result.to_dict())
         (tmp / "report.md").write_text(markdown(result))
         figure(result, tmp / "signature.png")

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from ..errors import Interrupted, MambadynError
 from ..jsonio import dumps
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
@@ -50,7 +51,7 @@ def _dist_setup(device_pref: str):
         dist.init_process_group("nccl" if device_pref.startswith("cuda") else "gloo")
     if device_pref.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise RuntimeError("run.device is cuda but CUDA is not available")
+            raise MambadynError("run.device is cuda but CUDA is not available")
         local = int(os.environ.get("LOCAL_RANK", "0"))
         device = torch.device(device_pref if ":" in device_pref else f"cuda:{local}")
         torch.cuda.set_device(device)
@@ -130,7 +131,7 @@ def run_lock(out: Path):
         fh.seek(0)
         owner = fh.read().strip() or "another process"
         fh.close()
-        raise RuntimeError(f"run folder {out} is in use by a trainer ({owner}); wait for it or stop it") from None
+        raise MambadynError(f"run folder {out} is in use by a trainer ({owner}); wait for it or stop it") from None
     fh.truncate(0)
     fh.write(f"pid {os.getpid()}")
     fh.flush()
@@ -188,7 +189,24 @@ def train(make_task: Callable, cfg, resume: bool = False, on_eval=None) -> dict:
     rank = int(os.environ.get("RANK", "0"))
     lock = run_lock(out) if rank == 0 else contextlib.nullcontext()
     with lock:
-        return _train(make_task, cfg, out, resume, on_eval)
+        try:
+            return _train(make_task, cfg, out, resume, on_eval)
+        except KeyboardInterrupt:
+            raise Interrupted(_kept_after_interrupt(out)) from None
+
+
+def _kept_after_interrupt(out: Path) -> str:
+    """What an interrupted run leaves in ``out``, in the words the user needs to continue it."""
+    try:
+        ckpt = latest_checkpoint(out)
+        step = json.loads((ckpt / "trainer.json").read_text())["step"] if ckpt else None
+    except (OSError, ValueError, KeyError):
+        ckpt = step = None
+    if ckpt is None:
+        return (f"training stopped before its first checkpoint (run.ckpt_every); {out} holds no checkpoint, so "
+                "a rerun starts from step 0")
+    return (f"training stopped; the last checkpoint, {ckpt} (step {step}), is kept: rerun the same command with "
+            "--resume to continue from it")
 
 
 def _check_finite(loss: torch.Tensor, step: int) -> None:
@@ -202,7 +220,7 @@ def _capture(model, optimizer, task, x, y, amp_dtype, grad_clip: float):
     try:
         return GraphedTrainStep(model, optimizer, task.loss, x, y, amp_dtype=amp_dtype, grad_clip=grad_clip)
     except RuntimeError as e:
-        raise RuntimeError(f"this task's training step cannot be captured in a CUDA graph ({e}); "
+        raise MambadynError(f"this task's training step cannot be captured in a CUDA graph ({e}); "
                            "train without run.cuda_graph") from e
 
 
