@@ -305,7 +305,7 @@ def test_lsoda_overflow_inside_a_step_is_a_blow_up():
     and the integration still reaches t_end instead of failing."""
     F = lambda X: X ** 4  # noqa: E731
     t_out = np.array([0.0, 0.1, 0.2, 0.3, 1.0])
-    one = solve_one(F, np.array([[1.0], [0.5]]), t_out, rtol=1e-7, atol=1e-10, blowup_rate=1e300)
+    one = solve_one(F, np.array([[1.0], [0.5]]), t_out, rtol=1e-7, atol=1e-10, blowup_threshold=1e300)
     assert one.reached
     np.testing.assert_allclose(one.blowup, [1 / 3, 1 / 3], rtol=1e-4)
     assert one.primary.tolist() == [True, False]

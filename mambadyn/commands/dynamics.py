@@ -61,16 +61,16 @@ def scenarios(out: Path = OUT, tokens: int = typer.Option(8, "--tokens", "-L", m
         tr = simulate(system, x0, t_end, n_points=300, progress=True)
         ends = sorted({float(v) for v in tr.blowup_time[0] if math.isfinite(v)})
         if ends:  # again, on output times that crowd towards each blow-up, so the power law there shows;
-            # tokens freeze only at relative rate 1e8, about 3e-9 before their blow-up
-            near = [T - T * torch.logspace(-0.5, -10, 120, dtype=torch.float64) for T in ends]
+            # tokens freeze at t |x'|/|x| = 1e10 (blowup.py), about 1e-10 T before their blow-up
+            near = [T - T * torch.logspace(-0.5, -9.5, 120, dtype=torch.float64) for T in ends]
             grid = torch.unique(torch.cat([tr.t[1:], *near]))
-            tr = simulate(system, x0, t_out=grid, blowup_rate=1e8, progress=True)
+            tr = simulate(system, x0, t_out=grid, progress=True)
         observed = tr.token_outcomes()[0]
         predicted = [f.outcome for f in c.tokens]
         trajs[f"{name.replace('_', ' ')} ({params})\npredicted: {describe_tokens(predicted)}"] = tr
         row = {
             "case": name, "parameters": params, "predicted": c.scenario.value, "reason": c.reason,
-            "observed": tr.outcome()[0].value,
+            "observed": tr.outcome()[0].value, "solver_stopped": tr.stop_reasons()[0],
             "tokens": [{"predicted": f.outcome.value, "why": f.reason, "basis": f.basis, "end_time_bound": f.bound,
                         "observed": o.value, "end_time": float(tr.blowup_time[0, l]),
                         "blew_up_itself": bool(tr.primary[0, l])}
@@ -84,7 +84,7 @@ def scenarios(out: Path = OUT, tokens: int = typer.Option(8, "--tokens", "-L", m
         }
         if name == "convergent":
             row["sqrt_t_times_x_at_t_end"] = (tr.norms()[-1, 0] * tr.t[-1].sqrt()).tolist()
-            row["limit_of_sqrt_t_times_x"] = convergence_constants(-1.0, 1.0, tokens).tolist()
+            row["limit_of_sqrt_t_times_x"] = convergence_constants(-1.0, 1.0, tokens, (x0[0] != 0).tolist()).tolist()
         if name == "slow_divergence":
             row["measured_ratio_to_running_min"] = slow_divergence_ratios(tr)[0].tolist()
         summary.append(row)
@@ -187,5 +187,6 @@ def phase_diagram_cmd(out: Path = OUT, systems: int = typer.Option(100, min=1, h
     png = out / "phase_diagram.png"
     for r in rows:
         typer.echo(f"D={r['D']} {r['criterion']:9s} positive={r['positive']}: {r['converged']}/{r['systems']} converge, "
-                   f"{r['blew_up']} blow up, {r['grew']} grow ({r['unfinished']} unfinished, not counted)")
+                   f"{r['blew_up']} blow up, {r['grew']} grow, {r['bounded']} stay bounded ({r['unfinished']} unfinished, "
+                   "not counted)")
     typer.echo(f"L = {tokens} tokens, horizon t = {t_end:g}; wrote {png} and {out / 'phase_diagram.json'}")

@@ -17,9 +17,14 @@ simulation). Every fate carries its reason and how it is known.
 * A token that is 0 stays 0 while the solution exists (x_l' is proportional to x_l); mu = 0 moves
   nothing.
 
-D > 1: the paper proves nothing. One case follows from a short Lyapunov argument: if the symmetric
-part of S_C^T S_B is negative definite, d|x_1|^2/dt = 2 (x_1^T M x_1) Σ_d Δ_1^d (x_1^d)^2 <= -c |x_1|^4, so
-token 1 converges. Every other token, and every other D > 1 system, is ``undetermined``. The
+D > 1: the paper proves nothing. One case follows from a short Lyapunov argument: token 1 obeys
+dx_1^d/dt = q(x_1) Δ_1^d x_1^d with q(x) = x^T M x = x^T sym(M) x, so d|x_1|^2/dt = 2 q(x_1) Σ_d Δ_1^d (x_1^d)^2.
+If sym(M) is negative definite, q(x) <= -λ |x|^2 with λ > 0 and Δ_1^d >= softplus(-|S_Δ| |x_1(0)|) > 0 on the
+ball |x| <= |x_1(0)|, so d|x_1|^2/dt <= -c |x_1|^4 and token 1 converges. "Negative definite" is decided
+with a tolerance relative to the matrix's scale (``definite_tol``): the negative eigen mode makes sym(M)
+semi-definite whenever N < D, and there rounding must not decide. In the semi-definite case |x_1| never
+increases, but token 1 may settle at a nonzero point of the kernel (an x_1(0) in the kernel is an exact
+equilibrium), so it is ``undetermined``. Every other token, and every other D > 1 system, is ``undetermined``. The
 system-level scenario the paper's experiments suggest (at least one positive eigenvalue -> divergence)
 is reported separately as ``conjecture`` and is never stated as a result.
 """
@@ -72,6 +77,14 @@ def positive_eigenvalue_count(system: TokenSystem, symmetric: bool = False, tol:
     else:
         ev = torch.linalg.eigvals(M).real
     return (ev > tol).sum(-1)
+
+
+def definite_tol(eigenvalues: torch.Tensor) -> torch.Tensor:
+    """The tolerance below which an eigenvalue of a symmetric D x D matrix counts as 0: 64 D float64
+    epsilons of its largest |eigenvalue| (eigvalsh's backward error is a few epsilons of that scale).
+    eigenvalues (batch, D) -> (batch,)."""
+    D = eigenvalues.shape[-1]
+    return 64 * D * torch.finfo(torch.float64).eps * eigenvalues.abs().amax(-1).clamp_min(1e-300)
 
 
 def _one_dim(mu: float, s: float, x: list[float]) -> tuple[list[TokenFate], list[int] | None]:
@@ -129,7 +142,10 @@ def classify(system: TokenSystem, x0: torch.Tensor, criterion: str = "matrix") -
             out.append(Classification(scenario, reason, False, fates, order))
         return out
     M = system.io_matrix()
-    sym_max = torch.linalg.eigvalsh((M + M.transpose(1, 2)) / 2).amax(-1)
+    sym = (M + M.transpose(1, 2)) / 2
+    sym_ev = torch.linalg.eigvalsh(sym)
+    tol = definite_tol(sym_ev)
+    q1 = torch.einsum("bd,bde,be->b", X[:, 0], sym, X[:, 0])  # x_1^T sym x_1
     npos = positive_eigenvalue_count(system, symmetric=criterion == "symmetric")
     which = "symmetric part of S_C^T S_B" if criterion == "symmetric" else "S_C^T S_B"
     sdx = torch.einsum("bed,bld->ble", system.S_delta, X)
@@ -137,11 +153,19 @@ def classify(system: TokenSystem, x0: torch.Tensor, criterion: str = "matrix") -
     for i in range(system.batch):
         k = int(npos[i])
         first = undetermined
+        top = float(sym_ev[i].max())
         if X[i, 0].abs().sum() == 0:
             first = TokenFate(Outcome.STAYS, "x_1(0) = 0 and x_1' is proportional to x_1", THEOREM)
-        elif sym_max[i] < 0:
+        elif top < -float(tol[i]):
             first = TokenFate(Outcome.CONVERGES, "the symmetric part of S_C^T S_B is negative definite: "
                               "|x_1|^2 decreases like a Lyapunov function", THEOREM)
+        elif top <= float(tol[i]):
+            in_kernel = abs(float(q1[i])) <= float(tol[i]) * float(X[i, 0].square().sum())
+            first = TokenFate(Outcome.UNDETERMINED, (
+                "the symmetric part of S_C^T S_B is negative semi-definite (to rounding) and x_1(0) lies in its "
+                "kernel: an equilibrium if exactly so" if in_kernel else
+                "the symmetric part of S_C^T S_B is only negative semi-definite: |x_1| never increases, but it "
+                "may settle at a nonzero point of the kernel"), NONE)
         fates = [first] + [undetermined] * (X.shape[1] - 1)
         if k == 0:
             guess, why = Outcome.CONVERGES, f"no eigenvalue of {which} is positive"

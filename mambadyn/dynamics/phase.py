@@ -59,12 +59,15 @@ def _tally(outcomes: list[list[Outcome]]) -> dict[str, torch.Tensor]:
     conv = torch.tensor([all(o in (Outcome.CONVERGES, Outcome.STAYS) for o in row) for row in outcomes])
     blow = torch.tensor([Outcome.BLOWS_UP in row for row in outcomes])
     grow = torch.tensor([Outcome.GROWS in row and Outcome.BLOWS_UP not in row for row in outcomes])
-    return {"done": done, "converged": conv & done, "blew_up": blow & done, "grew": grow & done}
+    bounded = ~conv & ~blow & ~grow  # every token bounded, converging or at 0, and not all of them converge
+    return {"done": done, "converged": conv & done, "blew_up": blow & done, "grew": grow & done,
+            "bounded": bounded & done}
 
 
 def phase_diagram(cfg: PhaseConfig, progress: bool = True) -> list[dict]:
     """One row per (D, criterion, k): systems finished, converged, blew up, grew without blowing up,
-    fraction converged, unfinished (left out). The matrix criterion's cells hold ``cfg.systems`` each;
+    stayed bounded without all converging (the four add up to the systems finished), fraction converged,
+    unfinished (left out). The matrix criterion's cells hold ``cfg.systems`` each;
     the symmetric criterion regroups the same systems."""
     g = torch.Generator().manual_seed(cfg.seed)
     rows = []
@@ -86,6 +89,7 @@ def phase_diagram(cfg: PhaseConfig, progress: bool = True) -> list[dict]:
                 rows.append({"D": D, "criterion": criterion, "positive": kk, "systems": int(m.sum()),
                              "converged": int(tallies["converged"][m].sum()),
                              "blew_up": int(tallies["blew_up"][m].sum()), "grew": int(tallies["grew"][m].sum()),
+                             "bounded": int(tallies["bounded"][m].sum()),
                              "fraction": float(tallies["converged"][m].double().mean()),
                              "unfinished": int(((k == kk) & ~tallies["done"]).sum()),
                              "L": cfg.L, "t_end": cfg.t_end})

@@ -4,8 +4,8 @@ Solver: ``solver.integrate``, a Dormand-Prince 5(4) with one adaptive step size 
 there for why not torchdiffeq's shared step or a loop of scipy calls). The few stiff systems it cannot
 finish within ``max_steps`` continue one by one in scipy's LSODA (``stiff.py``).
 
-Finite-time blow-up is detected per token by its relative rate |dx/dt| / |x|, with the rule and the
-blow-up-time estimate of ``blowup.py`` (shared with the LSODA path). A token whose rate passes the
+Finite-time blow-up is detected per token by its dimensionless rate t |dx/dt| / |x|, with the rule and the
+blow-up-time estimate of ``blowup.py`` (shared with the LSODA path); rescaling time or x does not change it. A token whose rate passes the
 threshold while its norm grows is frozen (its derivative masked to 0) and its blow-up time recorded. A
 blow-up is a result recorded in the trajectory, never a crash, a NaN, or a stalled solver.
 """
@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..typed import check_fields
-from .blowup import blowing_up, blowup_end_times
+from .blowup import THRESHOLD, blowing_up, blowup_end_times, local_power
 from .fits import loglog_slopes
 from .outcome import Outcome, system_outcome
 from .solver import integrate
@@ -35,7 +35,7 @@ class SimConfig:
     t_first: float = 1e-3  # the first output time after 0 (the log grid's start; integration starts at 0)
     rtol: float = 1e-7
     atol: float = 1e-10
-    blowup_rate: float = 1e3  # relative rate |x'|/|x| above which a token counts as blowing up
+    blowup_threshold: float = THRESHOLD  # t |x'|/|x| past which a growing token counts as blowing up (blowup.py)
     max_steps: int = 20_000  # explicit steps per system; then it is stiff and goes to LSODA (or is unfinished)
     stiff_fallback: bool = True  # finish the systems the batched solver could not with scipy's LSODA
     stiff_max_steps: int = 20_000  # LSODA steps per system before it is left unfinished
@@ -56,8 +56,8 @@ class SimConfig:
             raise ValueError(f"t_first must be in (0, t_end), got {self.t_first}")
         if self.n_points < 3:
             raise ValueError(f"n_points must be >= 3, got {self.n_points}")
-        if not self.blowup_rate > 0:
-            raise ValueError(f"blowup_rate must be > 0, got {self.blowup_rate}")
+        if not self.blowup_threshold > 0:
+            raise ValueError(f"blowup_threshold must be > 0, got {self.blowup_threshold}")
 
 
 @dataclass
@@ -89,31 +89,54 @@ class Trajectory:
         return torch.where(self.valid, n, torch.nan)
 
     def token_outcomes(self, tail: float = 0.2) -> list[list[Outcome]]:
-        """What each token did, observed (batch lists of L): STAYS (0 throughout), BLOWS_UP, UNFINISHED (the solver stopped
-        before the horizon), else by the log-log slope of its norm over the last ``tail`` of the time
-        decades: CONVERGES (< -0.1), GROWS (> 0.02) or BOUNDED. A slope over a window is a fit, and
-        GROWS is not a proof of divergence: the token may still blow up after the horizon."""
+        """What each token did, observed (batch lists of L), decided in this order:
+        UNFINISHED (the solver stopped before the horizon, and the token's solution had not ended by then:
+        no other fate is observed, whatever the values before it say); STAYS (its norm never changed at
+        float64 resolution while its solution existed: it is 0, mu = 0, or its motion is below rounding);
+        BLOWS_UP (its solution ended: its own or an earlier token's blow-up); else, over the last ``tail``
+        of the time decades, CONVERGES (its norm falls like a power of t: log-log slope < -0.1), GROWS (its
+        norm rose by more than 1% across the window) or BOUNDED. The growth test is a ratio, not a slope,
+        so a logarithmic divergence (slope 1 / ln t, 0.007 at t = 1e60) still reads as growth at any
+        horizon. A fit over a window is an observation, not a proof: a token that grows may still blow up
+        after the horizon."""
         norms = self.norms()
         slopes = loglog_slopes(self.t, norms, tail)  # (batch, L)
-        still = (torch.nan_to_num(norms, nan=0.0) == 0).all(0)  # a token at 0 stays there
+        n0 = self.x[0].norm(dim=-1)
+        # a token whose solution ended counts as staying only if it started at 0 (x_l' is proportional to x_l)
+        still = ((norms == n0) | ~self.valid).all(0) & ((n0 == 0) | ~self.blew_up)
+        t0 = self.t[-1] ** (1 - tail) * self.t[1] ** tail  # start of the tail window (log scale)
+        k0 = int(torch.searchsorted(self.t, t0.clamp_max(self.t[-1])).clamp_max(len(self.t) - 1))
+        rise = norms[-1] / norms[k0]
         out = []
         for i in range(self.x.shape[1]):
             row = []
             for l in range(self.x.shape[2]):
-                slope = float(slopes[i, l])
-                if still[i, l]:
+                if not self.reached[i] and not self.blew_up[i, l]:
+                    row.append(Outcome.UNFINISHED)
+                elif still[i, l]:
                     row.append(Outcome.STAYS)
                 elif self.blew_up[i, l]:
                     row.append(Outcome.BLOWS_UP)
-                elif not self.reached[i]:
-                    row.append(Outcome.UNFINISHED)
-                elif slope < -0.1:
+                elif float(slopes[i, l]) < -0.1:
                     row.append(Outcome.CONVERGES)
-                elif slope > 0.02:
+                elif float(rise[i, l]) > 1.01:
                     row.append(Outcome.GROWS)
                 else:
                     row.append(Outcome.BOUNDED)
             out.append(row)
+        return out
+
+    def stop_reasons(self) -> list[str | None]:
+        """Per system, why its tokens are UNFINISHED (None where the solver reached the horizon)."""
+        out = []
+        for i in range(len(self.reached)):
+            if bool(self.reached[i]):
+                out.append(None)
+                continue
+            ok = self.valid[:, i].any(-1)
+            last = float(self.t[ok][-1]) if ok.any() else 0.0
+            out.append(f"the solver gave up after t = {last:.4g}, before the horizon t = {float(self.t[-1]):.4g} "
+                       "(step limit, or steps too small for float64): no fate is observed")
         return out
 
     def outcome(self, tail: float = 0.2) -> list[Outcome]:
@@ -133,7 +156,7 @@ def _finish_one(system: TokenSystem, i: int, t0: float, x: torch.Tensor, alive: 
     """Continue system i from (t0, x) with LSODA, writing its results into the batch's tensors in place."""
     F = rhs_numpy(*(p[i].cpu().numpy() for p in (system.S_B, system.S_C, system.S_delta, system.A)))
     one = solve_one(F, x.cpu().numpy(), t.cpu().numpy(), rtol=config.rtol, atol=config.atol,
-                    blowup_rate=config.blowup_rate, t0=t0, alive=alive.cpu().numpy(), max_steps=config.stiff_max_steps)
+                    blowup_threshold=config.blowup_threshold, t0=t0, alive=alive.cpu().numpy(), max_steps=config.stiff_max_steps)
     later = t > t0
     xs[later, i] = torch.from_numpy(one.x).to(xs)[later.cpu()]
     blowup[i] = torch.minimum(blowup[i], torch.from_numpy(one.blowup).to(blowup))  # LSODA only ends live tokens
@@ -190,17 +213,19 @@ def simulate(system: TokenSystem, x0: torch.Tensor, t_end: float | None = None,
     primary = torch.zeros(b, L, dtype=torch.bool, device=dev)
     frozen_at = torch.full((b, L), torch.inf, dtype=dt, device=dev)
     last_rate = torch.full((b, L), torch.inf, dtype=dt, device=dev)  # no rise can be seen at the first step
+    last_norm = X.norm(dim=-1)
 
     def f(idx):
         p_i, mask = [p[idx] for p in params], alive[idx][..., None]
         return lambda Y: token_rhs(*p_i, Y) * mask
 
     def on_step(idx, t_new, Y, F):
-        r = _rel_rate(F, Y)
-        hit = alive[idx] & blowing_up(Y, F, r, last_rate[idx], config.blowup_rate)
-        last_rate[idx] = r
+        r, n = _rel_rate(F, Y), Y.norm(dim=-1)
+        hit = alive[idx] & blowing_up(Y, F, r, last_rate[idx], t_new[:, None], config.blowup_threshold)
+        power = local_power(r, last_rate[idx], n, last_norm[idx])
+        last_rate[idx], last_norm[idx] = r, n
         if hit.any():
-            ends, own = blowup_end_times(t_new[:, None], r, hit)
+            ends, own = blowup_end_times(t_new[:, None], r, hit, power)
             newly = alive[idx] & torch.isfinite(ends)
             blowup[idx] = torch.where(newly, ends, blowup[idx])
             primary[idx] = primary[idx] | (own & newly)

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 from scipy import integrate
 
-from .blowup import blowing_up, blowup_end_times
+from .blowup import blowing_up, blowup_end_times, local_power
 
 
 @dataclass
@@ -54,7 +54,7 @@ def rhs_numpy(S_B: np.ndarray, S_C: np.ndarray, S_delta: np.ndarray, A: np.ndarr
 
 
 def solve_one(F: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, t_out: np.ndarray, *, rtol: float,
-              atol: float, blowup_rate: float, t0: float = 0.0, alive: np.ndarray | None = None,
+              atol: float, blowup_threshold: float, t0: float = 0.0, alive: np.ndarray | None = None,
               method: str = "LSODA", max_steps: int = 20_000) -> OneSystem:
     """Integrate X' = F(X) (X (L, D)) from X(t0) = x0 through the output times t_out (T,) after t0.
 
@@ -74,12 +74,13 @@ def solve_one(F: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, t_out: np.n
         return np.nan_to_num(r, nan=np.inf)
 
     last_rate = np.full(L, np.inf)  # as in the batched solver: the rate must rise past the threshold
+    last_norm = np.linalg.norm(np.asarray(x0, float), axis=-1)
 
     def f(_t, y):
         return (F(y.reshape(L, D)) * alive[:, None]).ravel()
 
-    def freeze(t, hit, r):
-        ends, own = blowup_end_times(t, r, hit)
+    def freeze(t, hit, r, power=3.0):
+        ends, own = blowup_end_times(t, r, hit, power)
         newly = alive & np.isfinite(ends)
         blow[newly], primary[newly], frozen_at[newly] = ends[newly], own[newly], t
         alive[newly] = False
@@ -110,11 +111,12 @@ def solve_one(F: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, t_out: np.n
                     k += 1
             y = solver.y.reshape(L, D)
             fy = F(y)
-            r = rate(y, fy)
-            hit = alive & blowing_up(y, fy, r, last_rate, blowup_rate)
-            last_rate = r
+            r, n = rate(y, fy), np.linalg.norm(y, axis=-1)
+            hit = alive & blowing_up(y, fy, r, last_rate, solver.t, blowup_threshold)
+            power = local_power(r, last_rate, n, last_norm)
+            last_rate, last_norm = r, n
             if hit.any():
-                freeze(solver.t, hit, r)
+                freeze(solver.t, hit, r, power)
                 if solver.status == "running":  # the right-hand side changed: restart from here
                     solver = solver_cls(f, solver.t, solver.y, t_out[-1], rtol=rtol, atol=atol)
     return OneSystem(xs, blow, primary, frozen_at, solver.status == "finished")

@@ -19,7 +19,7 @@ from ..jsonio import write_json
 from ..train.config import ImageTrainConfig, apply_overrides
 from ..typed import check_fields
 from .grid import check_grid, run_grid
-from .stats import compare_to, summarize
+from .stats import compare_to, fmt_summary, summarize
 
 _REORDER = ["model.reorder_layers=[0]"]
 VARIANTS = {"none": [], "soft": _REORDER, "hard": _REORDER + ["model.reorder_hard=true"],
@@ -160,9 +160,10 @@ def _report(results: dict, cfg: ReorderExperimentConfig, out: Path) -> None:
         seeds = ", ".join(f"{a:.4f}" for a in r["per_seed"].values())
         rel = f"{r['step_time_vs_none']:.2f}x" if r.get("step_time_vs_none") else ""
         c = r.get("vs_none")
-        diff = f"{c['mean_diff']:+.4f} [{c['ci95_low']:+.4f}, {c['ci95_high']:+.4f}] | {c['p_holm']:.3g}" if c else " |"
+        diff = (f"{c['mean_diff']:+.4f} [{c['ci95_low']:+.4f}, {c['ci95_high']:+.4f}] | {c['p_holm']:.3g}"
+                if c and c["n"] >= 2 else " |")
         tl = f"{r['train_loss']['mean']:.4f}" if "train_loss" in r else ""
-        lines.append(f"| {v} | {s['n']} | {s['mean']:.4f} ± {s['std']:.4f} [{s['ci95_low']:.4f}, {s['ci95_high']:.4f}] "
+        lines.append(f"| {v} | {s['n']} | {fmt_summary(s, 4)} "
                      f"| {seeds} | {tl} | {r['seconds_per_step']['mean'] * 1e3:.1f} ms | {rel} | {diff} |")
     lines += ["", "![curves](curves.png)", ""]
     (out / "report.md").write_text("\n".join(lines))

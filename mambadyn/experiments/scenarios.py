@@ -18,7 +18,7 @@ from ..jsonio import write_json
 from ..nn.config import EIGEN_MODES as MODES
 from ..typed import check_fields
 from .grid import Run, check_grid, run_grid
-from .stats import compare_to, summarize
+from .stats import compare_to, fmt_summary, summarize
 
 PRESETS = {
     "smoke": ["model.d_model=16", "model.n_layer=2", "model.d_state=4", "data.seq_len=32", "optim.batch_size=4",
@@ -211,10 +211,13 @@ def _report(results: dict, cfg: ScenarioExperimentConfig, out: Path) -> None:
             seeds = ", ".join(f"{v:.4f}" for v in modes[mode][per].values())
             c = cmp.get(mode)
             diff = (f"{c.mean_diff:+.4f} [{c.ci95_low:+.4f}, {c.ci95_high:+.4f}] | {c.p:.3g} | {c.p_holm:.3g}"
-                    if c else "| |")
+                    if c and c.n >= 2 else "| |")
             ppl = f"{math.exp(s['mean']):.3f}" if sign > 0 and s["mean"] < 50 else ""
-            lines.append(f"| {mode} | {s['n']} | {s['mean']:.4f} ± {s['std']:.4f} [{s['ci95_low']:.4f}, "
-                         f"{s['ci95_high']:.4f}] | {ppl} | {seeds} | {diff} |")
-        lines += ["", f"Ranking (best first): {', '.join(order)}. The paper predicts positive best, then mixed, then negative.", ""]
+            lines.append(f"| {mode} | {s['n']} | {fmt_summary(s, 4)} | {ppl} | {seeds} | {diff} |")
+        if min(modes[m][key]["n"] for m in modes) >= 2:
+            lines += ["", f"Order of the means (best first): {', '.join(order)}; the paired tests above say which "
+                      "differences are significant. The paper predicts positive best, then mixed, then negative.", ""]
+        else:
+            lines += ["", "One seed per mode: no ranking is claimed (run two or more seeds for intervals and tests).", ""]
     lines += ["![curves](curves.png)", "", "![spectrum](spectrum.png)", ""]
     (out / "report.md").write_text("\n".join(lines))

@@ -19,8 +19,14 @@ class Summary:
     ci95_high: float
 
     def fmt(self, digits: int = 3) -> str:
-        return (f"{self.mean:.{digits}f} ± {self.std:.{digits}f} "
-                f"[{self.ci95_low:.{digits}f}, {self.ci95_high:.{digits}f}]")
+        return fmt_summary(self.__dict__, digits)
+
+
+def fmt_summary(s: dict, digits: int = 3) -> str:
+    """"mean ± std [95% CI]" of a ``Summary`` (or its dict); one value has no spread, and says so."""
+    if s["n"] < 2:
+        return f"{s['mean']:.{digits}f} (n = {s['n']}: no spread or interval)"
+    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f} [{s['ci95_low']:.{digits}f}, {s['ci95_high']:.{digits}f}]"
 
 
 def summarize(values) -> Summary:
