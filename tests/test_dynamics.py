@@ -22,14 +22,14 @@ from mambadyn.dynamics.stiff import rhs_numpy, solve_one
 from mambadyn.scan import selective_scan_ref
 
 
-def one_dim_rhs_by_formula(mu, s, a, x):
-    """paper.md's 1-D equation, token by token, in plain Python."""
+def one_dim_rhs_by_formula(mu, s, a, x, b=0.0):
+    """paper.md's 1-D equation, token by token, in plain Python (softplus(s x + b): b = 0 is the paper's)."""
     sp = lambda v: math.log1p(math.exp(-abs(v))) + max(v, 0.0)  # noqa: E731
     out = []
     for l in range(len(x)):
         acc = 0.0
         for j in range(l + 1):
-            acc += x[j] ** 2 * sp(s * x[j]) * math.exp(-a * sum(sp(s * x[k]) for k in range(j + 1, l + 1)))
+            acc += x[j] ** 2 * sp(s * x[j] + b) * math.exp(-a * sum(sp(s * x[k] + b) for k in range(j + 1, l + 1)))
         out.append(mu * x[l] * acc)
     return out
 
@@ -39,25 +39,26 @@ def test_one_dim_rhs_matches_the_paper_formula():
     for _ in range(5):
         mu, s, a = (torch.rand(3, generator=g).double() * torch.tensor([4.0, 4.0, 2.0]) - torch.tensor([2, 2, -0.1]))
         x = torch.randn(7, generator=g).double()
-        got = TokenSystem.one_dim(mu, s, a).rhs(x.view(1, 7, 1))[0, :, 0]
-        want = torch.tensor(one_dim_rhs_by_formula(mu.item(), s.item(), a.item(), x.tolist()), dtype=torch.float64)
-        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        for b in (0.0, -4.6):
+            got = TokenSystem.one_dim(mu, s, a, bias=b).rhs(x.view(1, 7, 1))[0, :, 0]
+            want = torch.tensor(one_dim_rhs_by_formula(mu.item(), s.item(), a.item(), x.tolist(), b), dtype=torch.float64)
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("uniform", [True, False])
 def test_rhs_is_one_s6_layer(uniform):
-    """F(X) equals the selective scan with u = X, Δ = softplus(S_Δ X), B = S_B X, C = S_C X."""
+    """F(X) equals the selective scan with u = X, Δ = softplus(S_Δ X + b), B = S_B X, C = S_C X."""
     g = torch.Generator().manual_seed(1)
     D, N, L = 3, 4, 9
     A = -torch.rand(D, N, generator=g).double() - 0.2
     if uniform:
         A = A[:, :1].expand(D, N).contiguous()
     sysm = TokenSystem.from_matrices(torch.randn(N, D, generator=g), torch.randn(N, D, generator=g),
-                                     torch.randn(D, D, generator=g), a=A)
+                                     torch.randn(D, D, generator=g), a=A, dt_bias=torch.randn(D, generator=g) - 2)
     X = torch.randn(1, L, D, generator=g).double()
     u = X.transpose(1, 2)
     y = selective_scan_ref(u, (sysm.S_delta[0] @ u[0])[None], A, (sysm.S_B[0] @ u[0])[None],
-                           (sysm.S_C[0] @ u[0])[None], delta_softplus=True)
+                           (sysm.S_C[0] @ u[0])[None], delta_bias=sysm.dt_bias[0], delta_softplus=True)
     torch.testing.assert_close(sysm.rhs(X), y.transpose(1, 2), rtol=1e-12, atol=1e-12)
 
 
@@ -262,9 +263,10 @@ def test_numpy_rhs_matches_torch():
     g = torch.Generator().manual_seed(7)
     D, N = 3, 5
     sysm = TokenSystem.from_matrices(torch.randn(N, D, generator=g), torch.randn(N, D, generator=g),
-                                     torch.randn(D, D, generator=g), a=-torch.rand(D, N, generator=g) - 0.1)
+                                     torch.randn(D, D, generator=g), a=-torch.rand(D, N, generator=g) - 0.1,
+                                     dt_bias=torch.randn(D, generator=g) - 3)
     X = torch.randn(1, 6, D, generator=g).double()
-    F = rhs_numpy(*(p[0].numpy() for p in (sysm.S_B, sysm.S_C, sysm.S_delta, sysm.A)))
+    F = rhs_numpy(*(p[0].numpy() for p in sysm.params))
     torch.testing.assert_close(torch.from_numpy(F(X[0].numpy())), sysm.rhs(X)[0], rtol=1e-12, atol=1e-12)
 
 

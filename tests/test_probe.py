@@ -10,7 +10,8 @@ from mambadyn.cli import app, run
 from mambadyn.data import CharTokenizer
 from mambadyn.nn import MambaConfig, MambaLM
 from mambadyn.probe import ProbeConfig, probe, sample_text
-from mambadyn.probe.measure import layer_params, mixer_matrices
+from mambadyn.probe.layer import layer_params
+from mambadyn.refine.spectrum import mixer_matrices
 
 SMALL = dict(vocab_size=0, d_model=16, n_layer=2, d_state=4)
 FAST = ProbeConfig(max_tokens=64, ode_positions=4, progress=False)
@@ -86,10 +87,10 @@ def test_constrained_models_show_the_signs_their_parametrization_guarantees(mode
     for lp in res.layers:
         assert lp.complex_pairs == 0
         if sign > 0:
-            assert (lp.positive, lp.negative, lp.scenario.endswith("divergent")) == (6, 0, True)
+            assert (lp.positive, lp.negative) == (6, 0) and lp.scenario in ("blows_up", "diverges_slowly")
             assert lp.sym_positive == 6 and lp.sym_negative == 0
         elif sign < 0:
-            assert (lp.positive, lp.negative, lp.scenario) == (0, 6, "convergent")
+            assert (lp.positive, lp.negative, lp.scenario) == (0, 6, "converges")
         else:
             assert (lp.positive, lp.negative) == (3, 3)
 
@@ -114,8 +115,10 @@ def test_ode_check_reports_fates_and_agreement():
                                                                               progress=False))
     assert len(res.ode) == 2
     for o in res.ode:
-        assert len(o.predicted) == 5 and set(o.predicted) <= {"blow-up", "grows", "shrinks"}
-        assert 0.0 <= o.agreement <= 1.0 and set(o.observed) <= {"grows", "shrinks"}
+        assert len(o.predicted) == 5 and set(o.predicted) <= {"blows_up", "grows", "shrinks", "unfinished"}
+        assert set(o.observed) <= {"grows", "shrinks"}
+        assert (o.agreement is None) == (o.decided == 0) and (o.decided == 0 or 0.0 <= o.agreement <= 1.0)
+        assert o.decided == sum(p != "unfinished" for p in o.predicted)
 
 
 def _fails(argv, capsys, needle):
@@ -162,4 +165,4 @@ def test_probe_of_a_classifier_reads_its_parameters(tmp_path):
                                      eigen_mode="negative")).save_pretrained(tmp_path / "c")
     res = probe(tmp_path / "c", config=FAST)
     assert res.tokens is None and len(res.layers) == 2  # forward and backward mixer
-    assert all(lp.scenario == "convergent" for lp in res.layers)
+    assert all(lp.scenario == "converges" for lp in res.layers)

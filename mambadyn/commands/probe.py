@@ -16,7 +16,8 @@ def probe_cmd(path: str = typer.Argument(..., help="checkpoint folder, mambadyn 
               tokens: int = typer.Option(2048, "--tokens", min=2, help="use at most this many tokens"),
               ode_positions: int = typer.Option(16, "--ode-positions", min=0,
                                                 help="positions seeding each layer's ODE (0: skip the ODE)"),
-              ode_t_end: float = typer.Option(1.0, "--ode-t-end", help="horizon of each layer's ODE"),
+              ode_t_end: Optional[float] = typer.Option(None, "--ode-t-end", help="horizon of each layer's ODE "
+                                                        "in layer steps (default: the layers that remain)"),
               out: Path = typer.Option(Path("out/probe"), "--out", "-o", help="folder for probe.json, report.md, PNGs"),
               ) -> None:
     """Probe a Mamba checkpoint layer by layer (HF folder, mamba-ssm folder, hub id, mambadyn run): spectrum
@@ -50,6 +51,11 @@ def probe_cmd(path: str = typer.Argument(..., help="checkpoint folder, mambadyn 
     result.input["from"] = origin
     write_outputs(result, out)
     for lp in result.layers:
-        typer.echo(f"{lp.name:28s} +{lp.positive:<3d} -{lp.negative:<3d} complex pairs {lp.complex_pairs:<3d} "
-                   f"scenario {lp.scenario} (conjectural)")
+        line = (f"{lp.name:28s} +{lp.positive:<3d} -{lp.negative:<3d} complex pairs {lp.complex_pairs:<3d} "
+                f"conjecture: {lp.scenario}")
+        if lp.delta is not None:
+            line += f"; Δ median {lp.delta.quantiles['q50']:.3g}"
+        if lp.depth_note:
+            line += f"; {lp.depth_note}"
+        typer.echo(line)
     typer.echo(f"wrote {out}/probe.json, report.md and figures")

@@ -1,25 +1,36 @@
 """What the theory says each token does, decided from the parameters and the initial tokens (no
 simulation). Every fate carries its reason and how it is known.
 
-1-D (D = 1, mu = S_C^T S_B, s = S_Δ):
-* mu < 0: every nonzero token converges to 0 [the paper's theorem].
+1-D (D = 1, mu = S_C^T S_B, s = S_Δ, Δ's bias b; the paper has b = 0):
+* mu < 0: every nonzero token converges to 0 [the paper's theorem; for any b, this argument]: every
+  term of token l's sum is >= 0, so |x_l| never increases, and the j = l term alone gives
+  |x_l|' <= -|mu| δ |x_l|^3 with δ = softplus(b - |s| |x_l(0)|) > 0, so |x_l| <= (x_l(0)^-2 + 2|mu| δ t)^-1/2.
 * mu > 0. Let l0 be the first token with s x_l0(0) > 0 (every nonzero token counts when s = 0,
-  since then softplus is the constant ln 2 and growth is cubic).
+  since then softplus is the constant softplus(b) and growth is cubic).
   - Tokens l < l0 form a slow-divergence system of their own: token l's equation contains only
-    tokens j <= l. They diverge slowly and exist for all t [the paper's theorem, applied to that
-    prefix].
+    tokens j <= l. They diverge and exist for all t [the paper's theorem, applied to that prefix; for
+    any b, this argument]: |x_l| never decreases, so s x_j only moves further below 0 and
+    x_j^2 softplus(s x_j + b) <= e^b x_j^2 e^(-|s||x_j|) <= e^b (2 / (e |s|))^2; hence |x_l|' <= c |x_l| and
+    no token ends in finite time. A token bounded for all t would have |x_l|' >= mu |x_l|^3 softplus(s x_l + b)
+    bounded below by a positive constant (the j = l term), a contradiction, so every nonzero token -> inf.
   - Tokens l >= l0 end in finite time. Token l's solution ends at the first blow-up among tokens
     l0..l. A token with s x_l(0) > 0 blows up no later than a lone token from x_l(0): by
-    comparison with the j = l term of its own sum (``rates.own_blowup_bound``). A token with
-    s x_l(0) < 0 after l0 ends with the earlier blow-up.
+    comparison with the j = l term of its own sum, x_l' >= mu x_l^3 softplus(s x_l + b) in magnitude, and
+    s x_l only grows (``rates.own_blowup_bound``, with b). A token with s x_l(0) < 0 after l0 ends with
+    the earlier blow-up.
   - End times therefore never increase with l. The predicted order in which solutions end is
     L, L-1, ..., l0 (nonzero tokens), with ties possible.
+  - b sets the time scale, not the fate: while s x + b << 0, softplus(s x + b) ~ e^b e^(s x), so a
+    token reaches the regime s x ~ -b, where growth becomes polynomial, only after a time that scales
+    like e^(-b). For a real layer (b about -7 to -2) the blow-up bound can lie far beyond the depth
+    of the model: compare ``bound`` with the number of layers before reading "blows up" as something a
+    trained stack does.
 * A token that is 0 stays 0 while the solution exists (x_l' is proportional to x_l); mu = 0 moves
   nothing.
 
 D > 1: the paper proves nothing. One case follows from a short Lyapunov argument: token 1 obeys
 dx_1^d/dt = q(x_1) Δ_1^d x_1^d with q(x) = x^T M x = x^T sym(M) x, so d|x_1|^2/dt = 2 q(x_1) Σ_d Δ_1^d (x_1^d)^2.
-If sym(M) is negative definite, q(x) <= -λ |x|^2 with λ > 0 and Δ_1^d >= softplus(-|S_Δ| |x_1(0)|) > 0 on the
+If sym(M) is negative definite, q(x) <= -λ |x|^2 with λ > 0 and Δ_1^d >= softplus(b_d - |S_Δ| |x_1(0)|) > 0 on the
 ball |x| <= |x_1(0)|, so d|x_1|^2/dt <= -c |x_1|^4 and token 1 converges. "Negative definite" is decided
 with a tolerance relative to the matrix's scale (``definite_tol``): the negative eigen mode makes sym(M)
 semi-definite whenever N < D, and there rounding must not decide. In the semi-definite case |x_1| never
@@ -87,18 +98,33 @@ def definite_tol(eigenvalues: torch.Tensor) -> torch.Tensor:
     return 64 * D * torch.finfo(torch.float64).eps * eigenvalues.abs().amax(-1).clamp_min(1e-300)
 
 
-def _one_dim(mu: float, s: float, x: list[float]) -> tuple[list[TokenFate], list[int] | None]:
+def conjecture(positive: int, which: str, sdx_positive: bool | None) -> tuple[Outcome, str]:
+    """The paper's D-dim scenario, which its 2-D experiments suggest and nothing proves: no positive
+    eigenvalue of ``which`` -> converges; some -> fast divergence where S_Δ x_l(0) has a positive entry,
+    slow where it has none (``sdx_positive``; None: no tokens, so undetermined which). Returns
+    (Outcome, reason); every caller must label the result a conjecture."""
+    if positive == 0:
+        return Outcome.CONVERGES, f"no eigenvalue of {which} is positive"
+    if sdx_positive is None:
+        return Outcome.UNDETERMINED, f"{positive} positive eigenvalue(s) of {which}; no tokens to split fast from slow"
+    if sdx_positive:
+        return Outcome.BLOWS_UP, f"{positive} positive eigenvalue(s) of {which}; S_Δ x_l(0) has positive entries"
+    return Outcome.DIVERGES_SLOWLY, f"{positive} positive eigenvalue(s) of {which}; S_Δ x_l(0) < 0 everywhere"
+
+
+def _one_dim(mu: float, s: float, b: float, x: list[float]) -> tuple[list[TokenFate], list[int] | None]:
     L = len(x)
     if mu == 0:
         return [TokenFate(Outcome.STAYS, "mu = 0: the right-hand side vanishes", THEOREM)] * L, None
     zero = TokenFate(Outcome.STAYS, "x_l(0) = 0 and x_l' is proportional to x_l", THEOREM)
+    who = "paper, 1-D theorem" if b == 0 else f"with bias b = {b:.3g}: the argument in mambadyn.dynamics.classify"
     if mu < 0:
-        conv = TokenFate(Outcome.CONVERGES, f"mu = {mu:.3g} < 0 (paper, 1-D theorem)", THEOREM)
+        conv = TokenFate(Outcome.CONVERGES, f"mu = {mu:.3g} < 0 ({who})", THEOREM)
         return [zero if v == 0 else conv for v in x], None
     fast = [v != 0 and s * v >= 0 for v in x]
     if not any(fast):
         slow = TokenFate(Outcome.DIVERGES_SLOWLY, f"mu = {mu:.3g} > 0 and s x_j(0) < 0 for every nonzero token "
-                         "(paper, 1-D theorem)", THEOREM)
+                         f"({who})", THEOREM)
         return [zero if v == 0 else slow for v in x], None
     l0 = fast.index(True)
     fates, bound, last_fast = [], float("inf"), l0
@@ -106,16 +132,17 @@ def _one_dim(mu: float, s: float, x: list[float]) -> tuple[list[TokenFate], list
         if l < l0:
             fates.append(zero if v == 0 else TokenFate(
                 Outcome.DIVERGES_SLOWLY, f"tokens 1..{l0} have s x_j(0) < 0 (or are 0) and evolve on their own: "
-                "slow divergence (paper, 1-D theorem on that prefix)", THEOREM))
+                f"slow divergence ({who}, on that prefix)", THEOREM))
             continue
         if v == 0:
             fates.append(zero)
             continue
         if fast[l]:
             last_fast = l
-            bound = min(bound, own_blowup_bound(mu, s, v))
-            why = ("s = 0: softplus is ln 2 and x_l' >= mu ln2 x_l^3" if s == 0 else
-                   f"s x_{l + 1}(0) > 0: x_l' >= mu x_l^3 softplus(s x_l), so it blows up by T <= {bound:.4g}")
+            bound = min(bound, own_blowup_bound(mu, s, v, b))
+            why = (f"s = 0: softplus is softplus(b) and x_l' >= mu softplus({b:.3g}) x_l^3, so it blows up by "
+                   f"T <= {bound:.4g}" if s == 0 else
+                   f"s x_{l + 1}(0) > 0: x_l' >= mu x_l^3 softplus(s x_l + b), so it blows up by T <= {bound:.4g}")
         else:
             why = (f"s x_{l + 1}(0) < 0, but its equation contains token {last_fast + 1}, which blows up: the "
                    f"solution ends by T <= {bound:.4g}")
@@ -134,9 +161,9 @@ def classify(system: TokenSystem, x0: torch.Tensor, criterion: str = "matrix") -
     out = []
     if system.D == 1:
         mu = system.io_matrix()[:, 0, 0]
-        s = system.S_delta[:, 0, 0]
+        s, b = system.S_delta[:, 0, 0], system.dt_bias[:, 0]
         for i in range(system.batch):
-            fates, order = _one_dim(float(mu[i]), float(s[i]), X[i, :, 0].tolist())
+            fates, order = _one_dim(float(mu[i]), float(s[i]), float(b[i]), X[i, :, 0].tolist())
             scenario = system_outcome(f.outcome for f in fates)
             reason = next(f.reason for f in fates if f.outcome == scenario)
             out.append(Classification(scenario, reason, False, fates, order))
@@ -167,12 +194,7 @@ def classify(system: TokenSystem, x0: torch.Tensor, criterion: str = "matrix") -
                 "the symmetric part of S_C^T S_B is only negative semi-definite: |x_1| never increases, but it "
                 "may settle at a nonzero point of the kernel"), NONE)
         fates = [first] + [undetermined] * (X.shape[1] - 1)
-        if k == 0:
-            guess, why = Outcome.CONVERGES, f"no eigenvalue of {which} is positive"
-        elif (sdx[i] > 0).any():
-            guess, why = Outcome.BLOWS_UP, f"{k} positive eigenvalue(s) of {which}; S_Δ x_l(0) has positive entries"
-        else:
-            guess, why = Outcome.DIVERGES_SLOWLY, f"{k} positive eigenvalue(s) of {which}; S_Δ x_l(0) < 0 everywhere"
+        guess, why = conjecture(k, which, bool((sdx[i] > 0).any()))
         scenario = system_outcome(f.outcome for f in fates)
         out.append(Classification(scenario, f"D > 1: no theorem decides the system; the paper's 2-D experiments "
                                   f"suggest {guess.paper_name} ({why}), a conjecture", True, fates, None, guess))

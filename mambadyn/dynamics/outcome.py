@@ -1,9 +1,10 @@
 """One vocabulary for what a token or a system does, predicted or observed.
 
 Predictions (``classify``) use CONVERGES, DIVERGES_SLOWLY, BLOWS_UP and STAYS where a proof or a stated
-derivation backs them, and UNDETERMINED where none does. Observations (``observe``) use CONVERGES,
-GROWS, BOUNDED, BLOWS_UP and UNFINISHED. GROWS is deliberately not DIVERGES_SLOWLY: a token that grows
-up to the horizon may still blow up later.
+derivation backs them, and UNDETERMINED where none does. Observations of a trajectory use CONVERGES,
+GROWS, BOUNDED, BLOWS_UP, STAYS and UNFINISHED; GROWS and SHRINKS also say which way a norm went over a
+finite stretch (the probe's layers), with no rate claimed. GROWS is deliberately not DIVERGES_SLOWLY: a
+token that grows up to the horizon may still blow up later; SHRINKS is not CONVERGES for the same reason.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ class Outcome(str, Enum):
     BLOWS_UP = "blows_up"  # the token's solution ends at a finite time, at its own or an earlier token's blow-up
     STAYS = "stays"  # the token does not move (it is 0, or mu = 0)
     GROWS = "grows"  # observed only: growing at the horizon, no blow-up before it
+    SHRINKS = "shrinks"  # observed only: its norm fell over a finite stretch (no rate, no limit claimed)
     BOUNDED = "bounded"  # observed only: neither growing nor falling at the horizon
     UNDETERMINED = "undetermined"  # predicted only: no theorem applies
     UNFINISHED = "unfinished"  # observed only: the solver stopped before the horizon
@@ -32,7 +34,7 @@ _PAPER = {Outcome.CONVERGES: "convergent", Outcome.DIVERGES_SLOWLY: "slow diverg
 
 # a system's scenario is its most severe token outcome, in this order
 _SEVERITY = (Outcome.UNFINISHED, Outcome.BLOWS_UP, Outcome.UNDETERMINED, Outcome.DIVERGES_SLOWLY, Outcome.GROWS,
-             Outcome.BOUNDED, Outcome.CONVERGES, Outcome.STAYS)
+             Outcome.BOUNDED, Outcome.SHRINKS, Outcome.CONVERGES, Outcome.STAYS)
 
 
 def system_outcome(tokens) -> Outcome:
@@ -50,10 +52,11 @@ def describe_tokens(outcomes, ends=None) -> str:
     (inf where none), shown for the tokens that blow up."""
     verbs = {Outcome.CONVERGES: "converge", Outcome.DIVERGES_SLOWLY: "diverge slowly", Outcome.BLOWS_UP: "blow up",
              Outcome.STAYS: "stay at 0", Outcome.GROWS: "grow", Outcome.BOUNDED: "stay bounded",
-             Outcome.UNDETERMINED: "are undetermined", Outcome.UNFINISHED: "are unfinished"}
+             Outcome.UNDETERMINED: "are undetermined", Outcome.UNFINISHED: "are unfinished",
+             Outcome.SHRINKS: "shrink"}
     singular = {"converge": "converges", "diverge slowly": "diverges slowly", "blow up": "blows up",
                 "stay at 0": "stays at 0", "grow": "grows", "stay bounded": "stays bounded",
-                "are undetermined": "is undetermined", "are unfinished": "is unfinished"}
+                "are undetermined": "is undetermined", "are unfinished": "is unfinished", "shrink": "shrinks"}
     parts = []
     for o in dict.fromkeys(outcomes):
         idx = [i for i, x in enumerate(outcomes) if x == o]

@@ -107,17 +107,17 @@ def end_order(traj: Trajectory) -> torch.Tensor:
     return torch.argsort(key, dim=-1, stable=True)
 
 
-def own_blowup_bound(mu: float, s: float, x0: float) -> float:
-    """T = ∫_{|x0|}^∞ dy / (mu y^3 softplus(s sign(x0) y)): a lone token's blow-up time (exact for
-    token 1, an upper bound for any token l with s x_l(0) > 0). Finite when mu > 0 and s x0 >= 0,
-    x0 != 0; inf otherwise (the integrand decays too slowly: no blow-up)."""
+def own_blowup_bound(mu: float, s: float, x0: float, b: float = 0.0) -> float:
+    """T = ∫_{|x0|}^∞ dy / (mu y^3 softplus(s sign(x0) y + b)): a lone token's blow-up time (exact for
+    token 1, an upper bound for any token l with s x_l(0) > 0); b is Δ's bias. Finite when mu > 0 and
+    s x0 >= 0, x0 != 0; inf otherwise (the integrand decays too slowly: no blow-up)."""
     if not (mu > 0 and x0 != 0 and s * x0 >= 0):
         return math.inf
     sign, y0 = math.copysign(1.0, x0), abs(x0)
 
     def integrand(u):  # y = |x0| e^u: a smooth integrand that decays like e^(-2u) at least
         x = sign * y0 * math.exp(u)
-        sp = math.log1p(math.exp(-abs(s * x))) + max(s * x, 0.0)
+        sp = math.log1p(math.exp(-abs(s * x + b))) + max(s * x + b, 0.0)
         return 1.0 / (mu * (y0 * math.exp(u)) ** 2 * sp)
 
     val, _ = quad(integrand, 0.0, 40.0, epsabs=0.0, epsrel=1e-13, limit=500)  # the rest is below e^-80

@@ -67,8 +67,8 @@ class Trajectory:
     primary (batch, L): the token's own rate crossed the threshold there (it blew up itself, rather
     than its trajectory ending with an earlier token's);
     valid (T, batch, L): False once a token is frozen on its way to a blow-up (its values there are not
-    the solution);
-    reached (batch,): False where the solver gave up before t_end (then nothing after is valid)."""
+    the solution), and after the solver stopped;
+    reached (batch,): False where the solver gave up before t_end (the times it did reach stay valid)."""
 
     t: torch.Tensor
     x: torch.Tensor
@@ -154,7 +154,7 @@ def _finish_one(system: TokenSystem, i: int, t0: float, x: torch.Tensor, alive: 
                 reached: torch.Tensor,
                 config: SimConfig) -> None:
     """Continue system i from (t0, x) with LSODA, writing its results into the batch's tensors in place."""
-    F = rhs_numpy(*(p[i].cpu().numpy() for p in (system.S_B, system.S_C, system.S_delta, system.A)))
+    F = rhs_numpy(*(p[i].cpu().numpy() for p in system.params))
     one = solve_one(F, x.cpu().numpy(), t.cpu().numpy(), rtol=config.rtol, atol=config.atol,
                     blowup_threshold=config.blowup_threshold, t0=t0, alive=alive.cpu().numpy(), max_steps=config.stiff_max_steps)
     later = t > t0
@@ -207,7 +207,7 @@ def simulate(system: TokenSystem, x0: torch.Tensor, t_end: float | None = None,
     b, L, _ = X.shape
     dev, dt = X.device, X.dtype
     t = (grid if t_out is not None else output_grid(config)).to(dev, dt)
-    params = (system.S_B, system.S_C, system.S_delta, system.A)
+    params = system.params
     alive = torch.ones(b, L, dtype=torch.bool, device=dev)
     blowup = torch.full((b, L), torch.inf, dtype=dt, device=dev)
     primary = torch.zeros(b, L, dtype=torch.bool, device=dev)
@@ -248,7 +248,7 @@ def simulate(system: TokenSystem, x0: torch.Tensor, t_end: float | None = None,
         warnings.warn(f"{int((~reached).sum())} systems stopped before t_end (the solver gave up)",
                       RuntimeWarning, stacklevel=2)
     after = (t[:, None, None] >= blowup[None]) | (t[:, None, None] > frozen_at[None])
-    valid = ~after & reached[None, :, None]
+    valid = ~after & torch.isfinite(xs).all(-1)  # NaN after a solver stopped: only what it reached is valid
     return Trajectory(t=t, x=xs, blowup_time=blowup, primary=primary, valid=valid, reached=reached,
                       config=config)
 

@@ -31,15 +31,15 @@ class OneSystem:
     reached: bool
 
 
-def rhs_numpy(S_B: np.ndarray, S_C: np.ndarray, S_delta: np.ndarray, A: np.ndarray
+def rhs_numpy(S_B: np.ndarray, S_C: np.ndarray, S_delta: np.ndarray, A: np.ndarray, dt_bias: np.ndarray
               ) -> Callable[[np.ndarray], np.ndarray]:
     """One system's right-hand side X (L, D) -> dX/dt (L, D) in NumPy, for scipy's per-call loop (a torch
-    call costs ~6x more at these sizes). S_B, S_C (N, D); S_delta (D, D); A (D, N). Same recurrence as
+    call costs ~6x more at these sizes). S_B, S_C (N, D); S_delta (D, D); A (D, N); dt_bias (D,). Same recurrence as
     ``system.token_rhs``, which the tests hold it to."""
 
     def F(X: np.ndarray) -> np.ndarray:
         B, C = X @ S_B.T, X @ S_C.T
-        delta = np.logaddexp(0.0, X @ S_delta.T)
+        delta = np.logaddexp(0.0, X @ S_delta.T + dt_bias)
         decay = np.exp(delta[:, :, None] * A)
         inject = (delta * X)[:, :, None] * B[:, None, :]
         out = np.empty_like(X)

@@ -4,9 +4,11 @@ Stacking residual S6 layers x <- x + h S6(x) and letting h -> 0 (depth -> time t
 x_1..x_L in R^D (paper.md A1-A2):
 
     dx_l^d/dt = Σ_{j<=l} Σ_n C_{l,n} B_{j,n} exp(A_{d,n} Σ_{k=j+1..l} Δ_k^d) Δ_j^d x_j^d
-    B_j = S_B x_j,  C_l = S_C x_l  (in R^N),   Δ_j = softplus(S_Δ x_j)  (in R^D),  A_{d,n} < 0
+    B_j = S_B x_j,  C_l = S_C x_l  (in R^N),   Δ_j = softplus(S_Δ x_j + b)  (in R^D),  A_{d,n} < 0
 
-i.e. dX/dt is exactly one S6 layer's output (no conv, gate, norm or D skip). With A = -a (one decay
+i.e. dX/dt is exactly one S6 layer's output (no conv, gate, norm or D skip). The paper has no bias
+(b = 0); every real Mamba layer has one (dt_proj.bias, about -6.9 to -2.3 at initialisation), so the
+system carries it, zero by default, and a probed layer's system is the layer's own. With A = -a (one decay
 for all d, n) the kernel factors through the scalar x_l^T S_C^T S_B x_j; in 1-D (D = 1) it is
 
     dx_l/dt = mu x_l Σ_{j<=l} x_j^2 softplus(s x_j) exp(-a Σ_{k=j+1..l} softplus(s x_k)),  mu = S_C^T S_B.
@@ -29,24 +31,31 @@ def _as_batch(v, dtype, device=None) -> torch.Tensor:
 
 @dataclass
 class TokenSystem:
-    """A batch of token systems. Shapes: S_B, S_C (batch, N, D); S_delta (batch, D, D); A (batch, D, N) < 0."""
+    """A batch of token systems. Shapes: S_B, S_C (batch, N, D); S_delta (batch, D, D); A (batch, D, N) < 0;
+    dt_bias (batch, D), Δ's bias b (None: zeros, the paper's model)."""
 
     S_B: torch.Tensor
     S_C: torch.Tensor
     S_delta: torch.Tensor
     A: torch.Tensor
+    dt_bias: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
-        for name in ("S_B", "S_C", "S_delta", "A"):
+        if self.dt_bias is None:
+            self.dt_bias = torch.zeros(self.S_B.shape[0], self.S_B.shape[-1], dtype=self.S_B.dtype,
+                                       device=self.S_B.device)
+        for name in ("S_B", "S_C", "S_delta", "A", "dt_bias"):
             t = getattr(self, name)
-            if not isinstance(t, torch.Tensor) or t.dim() != 3:
-                raise ValueError(f"TokenSystem.{name} must be a 3-D tensor (batch, ., .), got {getattr(t, 'shape', t)}")
+            dims = 2 if name == "dt_bias" else 3
+            if not isinstance(t, torch.Tensor) or t.dim() != dims:
+                raise ValueError(f"TokenSystem.{name} must be a {dims}-D tensor (batch, {'., .' if dims == 3 else 'D'}), "
+                                 f"got {getattr(t, 'shape', t)}")
             if not t.is_floating_point():
                 raise TypeError(f"TokenSystem.{name} must be floating point, got {t.dtype}")
             if not torch.isfinite(t).all():
                 raise ValueError(f"TokenSystem.{name} has non-finite entries")
         b, N, D = self.S_B.shape
-        expect = {"S_C": (b, N, D), "S_delta": (b, D, D), "A": (b, D, N)}
+        expect = {"S_C": (b, N, D), "S_delta": (b, D, D), "A": (b, D, N), "dt_bias": (b, D)}
         for name, shape in expect.items():
             if tuple(getattr(self, name).shape) != shape:
                 raise ValueError(f"TokenSystem.{name} must have shape {shape} to match S_B {(b, N, D)}, "
@@ -56,22 +65,25 @@ class TokenSystem:
 
     # --- constructors ----------------------------------------------------------------------------
     @classmethod
-    def one_dim(cls, mu, s, a=1.0, dtype=torch.float64, device=None) -> "TokenSystem":
-        """1-D systems: mu = S_C^T S_B, s = S_Δ, decay a > 0; each a float or a (batch,) tensor."""
-        mu, s, a = (_as_batch(v, dtype, device) for v in (mu, s, a))
+    def one_dim(cls, mu, s, a=1.0, bias=0.0, dtype=torch.float64, device=None) -> "TokenSystem":
+        """1-D systems: mu = S_C^T S_B, s = S_Δ, decay a > 0, Δ's bias; each a float or a (batch,) tensor."""
+        mu, s, a, bias = (_as_batch(v, dtype, device) for v in (mu, s, a, bias))
         if (a <= 0).any():
             raise ValueError(f"decay a must be > 0, got min {a.min().item()}")
-        b = max(len(mu), len(s), len(a))
-        mu, s, a = (v.expand(b) if len(v) == 1 else v for v in (mu, s, a))
-        if not len(mu) == len(s) == len(a) == b:
-            raise ValueError(f"mu, s, a must have equal lengths (or length 1), got {len(mu)}, {len(s)}, {len(a)}")
+        b = max(len(mu), len(s), len(a), len(bias))
+        mu, s, a, bias = (v.expand(b) if len(v) == 1 else v for v in (mu, s, a, bias))
+        if not len(mu) == len(s) == len(a) == len(bias) == b:
+            raise ValueError(f"mu, s, a, bias must have equal lengths (or length 1), got {len(mu)}, {len(s)}, "
+                             f"{len(a)}, {len(bias)}")
         one = torch.ones(b, 1, 1, dtype=dtype, device=device)
-        return cls(S_B=mu.view(b, 1, 1), S_C=one, S_delta=s.view(b, 1, 1), A=-a.view(b, 1, 1))
+        return cls(S_B=mu.view(b, 1, 1), S_C=one, S_delta=s.view(b, 1, 1), A=-a.view(b, 1, 1),
+                   dt_bias=bias.reshape(b, 1).contiguous())
 
     @classmethod
-    def from_matrices(cls, S_B, S_C, S_delta, a=1.0, dtype=torch.float64) -> "TokenSystem":
+    def from_matrices(cls, S_B, S_C, S_delta, a=1.0, dt_bias=None, dtype=torch.float64) -> "TokenSystem":
         """Build from (N, D)/(N, D)/(D, D) matrices (or batched versions) and a decay a > 0
-        (float, (batch,)) or a full A (D, N) / (batch, D, N) of negative entries."""
+        (float, (batch,)) or a full A (D, N) / (batch, D, N) of negative entries; ``dt_bias`` (D,) or
+        (batch, D), default 0."""
         S_B, S_C, S_delta = (torch.as_tensor(m, dtype=dtype) for m in (S_B, S_C, S_delta))
         S_B, S_C, S_delta = (m[None] if m.dim() == 2 else m for m in (S_B, S_C, S_delta))
         b, N, D = S_B.shape
@@ -82,7 +94,10 @@ class TokenSystem:
             A = -a.reshape(-1, 1, 1).expand(b, D, N)
         else:
             A = a[None] if a.dim() == 2 else a
-        return cls(S_B, S_C, S_delta, A.expand(b, D, N).contiguous())
+        if dt_bias is not None:
+            dt_bias = torch.as_tensor(dt_bias, dtype=dtype)
+            dt_bias = (dt_bias[None] if dt_bias.dim() == 1 else dt_bias).expand(b, D).contiguous()
+        return cls(S_B, S_C, S_delta, A.expand(b, D, N).contiguous(), dt_bias)
 
     @classmethod
     def random(cls, batch: int, D: int, N: int | None = None, a: float = 1.0, scale: float = 1.0,
@@ -111,7 +126,7 @@ class TokenSystem:
 
     def select(self, idx) -> "TokenSystem":
         """The sub-batch ``idx`` (an index tensor, slice or boolean mask)."""
-        return TokenSystem(self.S_B[idx], self.S_C[idx], self.S_delta[idx], self.A[idx])
+        return TokenSystem(self.S_B[idx], self.S_C[idx], self.S_delta[idx], self.A[idx], self.dt_bias[idx])
 
     def check_state(self, X: torch.Tensor) -> torch.Tensor:
         """Validate tokens X (batch, L, D) against the system; returns X in the system's dtype."""
@@ -132,10 +147,15 @@ class TokenSystem:
     # --- dynamics ---------------------------------------------------------------------------------
     def rhs(self, X: torch.Tensor) -> torch.Tensor:
         """dX/dt for tokens X (batch, L, D) -> (batch, L, D)."""
-        return token_rhs(self.S_B, self.S_C, self.S_delta, self.A, X)
+        return token_rhs(self.S_B, self.S_C, self.S_delta, self.A, self.dt_bias, X)
+
+    @property
+    def params(self) -> tuple[torch.Tensor, ...]:
+        """(S_B, S_C, S_delta, A, dt_bias): the arguments ``token_rhs`` takes before X."""
+        return self.S_B, self.S_C, self.S_delta, self.A, self.dt_bias
 
 
-def token_rhs(S_B, S_C, S_delta, A, X) -> torch.Tensor:
+def token_rhs(S_B, S_C, S_delta, A, dt_bias, X) -> torch.Tensor:
     """The system's right-hand side on raw tensors (no validation; see ``TokenSystem``).
 
     Evaluated as the S6 recurrence h_l = exp(A Δ_l) h_{l-1} + Δ_l x_l B_l^T, dx_l = h_l C_l: O(L D N)
@@ -146,7 +166,7 @@ def token_rhs(S_B, S_C, S_delta, A, X) -> torch.Tensor:
     # token-major (L, b, ...) so each step reads and writes contiguous slices
     B = torch.einsum("bnd,bld->lbn", S_B, X)
     C = torch.einsum("bnd,bld->lbn", S_C, X)
-    delta = F.softplus(torch.einsum("bed,bld->lbe", S_delta, X))
+    delta = F.softplus(torch.einsum("bed,bld->lbe", S_delta, X) + dt_bias)
     decay = torch.exp(A * delta[..., None])  # (L, b, D, N)
     inject = (delta * X.transpose(0, 1))[..., None] * B[:, :, None, :]
     H = [inject[0]]

@@ -67,7 +67,7 @@ def share_statistics(shares: torch.Tensor, growth: torch.Tensor) -> dict:
 
 
 def _measure(model, windows: torch.Tensor, device) -> dict:
-    from ..probe.measure import trace_tokens
+    from ..probe.tokens import trace_tokens
 
     model = model.to(device).eval()
     shares, growth = [], []

@@ -1,19 +1,29 @@
 """``probe(model_or_path, ids) -> ProbeResult`` and the files ``mambadyn probe`` writes.
 
-probe.json (strict JSON; a value that could not be measured is null):
-    {"version": 1, "source": {"path", "kind": "lm"|"classifier", "format": "hf"|"mamba_ssm"|
-     "mambadyn_run"|"classifier", "n_layer", "d_model", "d_inner", "d_state", "eigen_mode"},
+probe.json (strict JSON; a value that could not be measured is null; ``version`` 2):
+    {"version": 2, "source": {"path", "kind": "lm"|"classifier", "format": "hf"|"mamba_ssm"|
+     "mambadyn_run"|"classifier"|"module", "n_layer", "d_model", "d_inner", "d_state", "eigen_mode"},
      "input": {"tokens": L, "from": "text"|"ids"|"embedded sample"|"parameters only"}, "loss": float|null,
      "layers": [{"name", "eigenvalues": [[re, im], ...] (N nonzero eigenvalues of S_C^T S_B),
-                 "symmetric_eigenvalues": [...] (2N, of its symmetric part), "positive", "negative",
-                 "complex_pairs", "sym_positive", "sym_negative", "scenario", "scenario_symmetric",
-                 "conjectural": true, "reason"}, ...],
+                 "symmetric_eigenvalues": [...] (nonzero eigenvalues of its symmetric part), "positive",
+                 "negative", "complex_pairs", "sym_positive", "sym_negative",
+                 "symmetric_forced": true where [S_B; S_C] has full row rank 2N, so the symmetric part has N
+                     positive and N negative eigenvalues by Sylvester's law for ANY weights (a structural fact,
+                     not a finding; false for the constrained eigen modes, whose signs are the layer's own),
+                 "symmetric_note", "scenario": an Outcome value ("converges" | "blows_up" | "diverges_slowly" |
+                     "undetermined"), the paper's D-dim criterion applied to this layer, "conjectural": true,
+                 "reason", "delta": null | {"entries", "quantiles": {"q01", "q05", "q50", "q95", "q99"}, "max",
+                     "frac_sdx_positive", "frac_active_positive", "dt_bias": {"min", "median", "max"}}
+                     (Δ = softplus(S_Δ u + dt_bias) on every position's real scan input),
+                 "first_blowup": layer steps to the first blow-up of the layer's own ODE (null: none seen),
+                 "ode_horizon", "layers_remaining", "depth_note"}, ...],
      "tokens": null | {"residual_norms": [[L floats] x (n_layer + 1)], "mixer_input_norms": [[L] x n_layer],
                 "grad_shares": [[L] x (n_layer + 1)], "growth_per_layer": [L] (fitted), "fastest_positions",
                 "grad_share_top10pct": [per layer: share carried by the top 10% of positions],
                 "grad_share_gini": [per layer]},
-     "ode": [{"layer", "positions", "t_end", "predicted", "predicted_ratio", "blowup_order", "observed",
-              "observed_ratio", "agreement", "spearman"}, ...]}
+     "ode": [{"layer", "positions", "t_end", "horizon", "predicted" (Outcome values by t_end),
+              "predicted_ratio", "blowup_times", "first_blowup", "blowup_order", "observed", "observed_ratio",
+              "decided", "agreement", "spearman", "solver"}, ...]}   (probe.ode)
 report.md says the same in words; spectrum.png, token_norms.png, grad_share.png draw it.
 """
 
@@ -32,7 +42,9 @@ from ..outputs import atomic_folder
 from ..refine.eigen import eigen_mode_of, find_mixers
 from ..typed import check_fields, positive
 from .load import check_ids, encode_text, load_checkpoint
-from .measure import LayerParams, OdeCheck, TokenTrace, layer_params, ode_check, trace_tokens
+from .layer import LayerParams, depth_note, layer_params
+from .ode import OdeCheck, ode_check
+from .tokens import TokenTrace, trace_tokens
 
 
 def sample_text() -> str:
@@ -44,13 +56,15 @@ def sample_text() -> str:
 class ProbeConfig:
     max_tokens: int = 2048  # longer inputs are cut to their first max_tokens
     ode_positions: int = 16  # leading positions whose scan inputs seed each layer's ODE (0: no ODE)
-    ode_t_end: float = 1.0  # horizon of the ODE, in units of one layer's residual step
+    ode_t_end: float | None = None  # the ODE's comparison horizon in layer steps; None: the layers that remain
     ode_layers: list[int] = field(default_factory=list)  # empty: every layer
     progress: bool = True
 
     def __post_init__(self):
         check_fields(self)
-        positive(self, "max_tokens", "ode_t_end")
+        positive(self, "max_tokens")
+        if self.ode_t_end is not None:
+            positive(self, "ode_t_end")
         positive(self, "ode_positions", allow_zero=True)
 
 
@@ -63,7 +77,7 @@ class ProbeResult:
     ode: list[OdeCheck]
 
     def to_dict(self) -> dict:
-        d = {"version": 1, "source": self.source, "input": self.input,
+        d = {"version": 2, "source": self.source, "input": self.input,
              "loss": None if self.tokens is None else self.tokens.loss,
              "layers": [{**asdict(lp), "eigenvalues": [[z.real, z.imag] for z in lp.eigenvalues]}
                         for lp in self.layers],
@@ -132,15 +146,22 @@ def probe(model_or_path: nn.Module | str | Path, ids: torch.Tensor | None = None
     for name, m in tqdm(mixers, desc="spectra", disable=not config.progress, leave=False):
         k = fwd_index.get(id(m))
         u = tokens.scan_inputs[k] if tokens is not None and k is not None and k < len(tokens.scan_inputs) else None
-        layers.append(layer_params(name, m, u))
+        delta = tokens.delta[k] if tokens is not None and k is not None and k < len(tokens.delta) else None
+        layers.append(layer_params(name, m, u, delta))
     ode = []
     if tokens is not None and config.ode_positions:
         which = config.ode_layers or list(range(len(fwd)))
         bad = [w for w in which if not 0 <= w < len(fwd)]
         if bad:
             raise ValueError(f"ode_layers {bad} out of range for {len(fwd)} layers")
+        by_mixer = {id(m): lp for (_, m), lp in zip(mixers, layers)}
         for w in tqdm(which, desc="layer ODEs", disable=not config.progress, leave=False):
-            ode.append(ode_check(w, fwd[w], tokens.scan_inputs[w], tokens.residual_norms, config.ode_t_end))
+            o = ode_check(w, fwd[w], tokens.scan_inputs[w], tokens.residual_norms, config.ode_t_end)
+            ode.append(o)
+            lp = by_mixer[id(fwd[w])]
+            lp.first_blowup, lp.ode_horizon = o.first_blowup, o.horizon
+            lp.layers_remaining = len(tokens.residual_norms) - 1 - w
+            lp.depth_note = depth_note(lp, stopped=o.solver is not None)
     n = 0 if ids is None else (ids.numel() if kind == "lm" else int(ids.shape[0]))
     inp = {"tokens": n, "from": "parameters only" if ids is None else origin}
     return ProbeResult(source, inp, layers, tokens, ode)

@@ -13,19 +13,37 @@ def markdown(d: dict) -> str:
              f"Input: {inp['tokens']} tokens ({inp['from']})"
              + ("" if d["loss"] is None else f"; next-token loss {d['loss']:.4f} nats/token") + ".", "",
              "## Spectrum and scenario by layer", "",
-             "Eigenvalues are the N nonzero eigenvalues of S_C^T S_B (computed as S_B S_C^T, float64) and the 2N "
-             "of its symmetric part. The scenario applies the paper's criterion, proved in 1-D only, to "
-             f"D = {src['d_inner']}: it is a **conjecture** here (see mambadyn.dynamics.classify).", "",
-             "| layer | + | - | complex pairs | sym + | sym - | scenario (S_C^T S_B) | scenario (symmetric part) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "Eigenvalues are the N nonzero eigenvalues of S_C^T S_B (computed as S_B S_C^T, float64). The scenario "
+             "applies the paper's criterion, proved in 1-D only, to "
+             f"D = {src['d_inner']}: it is a **conjecture** here (mambadyn.dynamics.classify.conjecture), and it "
+             "reads the asymptotic sign of S_Δ u, without Δ's bias. Δ is what the layer computes, "
+             "softplus(S_Δ u + dt_bias), on every position's real scan input. The last two columns set the first "
+             "blow-up of the layer's own ODE (its bias included, seeded with its real tokens; one layer = one unit "
+             "of t) beside the layers that remain: a blow-up far beyond them is not something this model does.", "",
+             "| layer | + | - | complex pairs | conjecture | Δ median [5%, 95%] | S_Δu > 0 | S_Δu + b > 0 | "
+             "first blow-up of its ODE (layer steps) | layers remaining |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for lp in d["layers"]:
+        dl = lp.get("delta")
+        dtxt = ("" if dl is None else f"{dl['quantiles']['q50']:.3g} [{dl['quantiles']['q05']:.3g}, "
+                f"{dl['quantiles']['q95']:.3g}] | {dl['frac_sdx_positive']:.2f} | {dl['frac_active_positive']:.2f}")
+        blow = ("" if lp.get("ode_horizon") is None else
+                f"none by {lp['ode_horizon']:g}" if lp.get("first_blowup") is None else f"{lp['first_blowup']:.4g}")
         lines.append(f"| {lp['name']} | {lp['positive']} | {lp['negative']} | {lp['complex_pairs']} | "
-                     f"{lp['sym_positive']} | {lp['sym_negative']} | {lp['scenario']} | {lp['scenario_symmetric']} |")
+                     f"{lp['scenario']} | {dtxt or ' | | '} | {blow} | {lp.get('layers_remaining') or ''} |")
     counts = {}
     for lp in d["layers"]:
         counts[lp["scenario"]] = counts.get(lp["scenario"], 0) + 1
-    lines += ["", "Layers by scenario (conjectural): " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ".",
-              "", "![spectrum](spectrum.png)", ""]
+    forced = [lp for lp in d["layers"] if lp["symmetric_forced"]]
+    lines += ["", "Layers by conjectured scenario: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ".",
+              "", "**The symmetric part.** sym(S_C^T S_B) = U^T K U with U = [S_B; S_C] and K = [[0, I/2], [I/2, 0]]. "
+              "Where U has full row rank 2N (as in every unconstrained layer), Sylvester's law of inertia gives it "
+              "exactly N positive and N negative eigenvalues for any weights: linear algebra, not a property of "
+              f"training. Forced in {len(forced)} of {len(d['layers'])} layers here."]
+    for lp in d["layers"]:
+        if not lp["symmetric_forced"]:
+            lines.append(f"- {lp['name']}: {lp['symmetric_note']}.")
+    lines += ["", "![spectrum](spectrum.png)", ""]
     t = d["tokens"]
     if t is None:
         lines += ["No token measurements: the probe ran on the parameters only.", ""]
@@ -50,17 +68,25 @@ def markdown(d: dict) -> str:
               "![gradient shares](grad_share.png)", ""]
     if d["ode"]:
         lines += ["## The continuous-time model seeded from each layer", "",
-                  "Each layer's ODE (shared weights, no bias, conv, gate or norm) starts from that layer's real scan "
-                  "inputs at the first positions and runs to t = T; its per-token fate is set beside the "
-                  "residual-stream norm ratio from that layer to the last. Agreement: the fraction of positions "
-                  "whose direction (grow / shrink) matches; Spearman: rank correlation of predicted and observed growth.",
-                  "", "| layer | T | blow-ups | grows | shrinks | agreement | Spearman |", "|---|---|---|---|---|---|---|"]
+                  "Each layer's ODE (shared weights, its dt bias; no conv, gate, D skip or norm) starts from that "
+                  "layer's real scan inputs at the first positions and runs to t = T (by default the layers that "
+                  "remain); each position's fate by T is set beside the residual-stream norm ratio from that layer "
+                  "to the last. Unfinished: the solver stopped before T, so no fate is reported. Agreement: the "
+                  "fraction of decided positions whose direction (grow / shrink) matches; Spearman: rank correlation "
+                  "of predicted and observed growth over decided positions.",
+                  "", "| layer | T | blows_up | grows | shrinks | unfinished | agreement | Spearman |",
+                  "|---|---|---|---|---|---|---|---|"]
         for o in d["ode"]:
             p = o["predicted"]
             rho = "n/a" if o["spearman"] is None else f"{o['spearman']:+.2f}"
-            lines.append(f"| {o['layer']} | {o['t_end']:g} | {p.count('blow-up')} | {p.count('grows')} | "
-                         f"{p.count('shrinks')} | {o['agreement']:.2f} | {rho} |")
-        mean_agree = statistics.mean(o["agreement"] for o in d["ode"])
-        lines += ["", f"Mean agreement over layers: {mean_agree:.2f} (0.5 is what a coin would give when both "
-                      "directions are equally common).", ""]
+            agree = "n/a" if o["agreement"] is None else f"{o['agreement']:.2f}"
+            lines.append(f"| {o['layer']} | {o['t_end']:g} | {p.count('blows_up')} | {p.count('grows')} | "
+                         f"{p.count('shrinks')} | {p.count('unfinished')} | {agree} | {rho} |")
+        agreements = [o["agreement"] for o in d["ode"] if o["agreement"] is not None]
+        if agreements:
+            lines += ["", f"Mean agreement over the {len(agreements)} layers with decided positions: "
+                      f"{statistics.mean(agreements):.2f} (0.5 is what a coin would give when both directions are "
+                      "equally common).", ""]
+        else:
+            lines += ["", "No layer's ODE decided any position: no agreement is reported.", ""]
     return "\n".join(lines)

@@ -2,7 +2,7 @@
 importance-based token reordering (SoftSort)."""
 
 from .eigen import MODES, EigenSign, constrain_eigenvalues, eigen_mode_of, find_mixers
-from .spectrum import mixer_matrices, spectrum
+from .spectrum import layer_spectrum, mixer_matrices, spectrum
 
 __all__ = [
     "MODES",
@@ -10,6 +10,7 @@ __all__ = [
     "constrain_eigenvalues",
     "eigen_mode_of",
     "find_mixers",
+    "layer_spectrum",
     "mixer_matrices",
     "spectrum",
 ]

@@ -1,0 +1,142 @@
+"""What the probe reads from one Mamba-1 mixer: its spectrum, its effective Δ on real tokens, and the
+paper's (conjectural) scenario with the numbers that say whether it matters at the model's depth.
+
+Spectrum (weights alone, float64; ``refine.layer_spectrum``): the N nonzero eigenvalues of S_C^T S_B and the
+nonzero eigenvalues of its symmetric part. The symmetric part's inertia is structural: when
+U = [S_B; S_C] has full row rank 2N <= D, Sylvester's law forces N positive and N negative eigenvalues
+whatever the weights (see ``refine.spectrum``), so it says nothing about training. The probe reports
+whether it is forced, and its counts only as that.
+
+Δ's bias. A real layer computes Δ = softplus(S_Δ u + b) with b = dt_proj.bias (about -6.9 to -2.3 at
+initialisation, and trained checkpoints keep it there), while the paper's Δ = softplus(S_Δ u) has no b.
+What b changes, in 1-D (x' = mu x Σ_j x_j^2 softplus(s x_j + b) ..., derived in dynamics.classify):
+* not the fate: every 1-D theorem holds for any b, so asymptotically (|x| -> inf) the sign of S_Δ x
+  still decides fast against slow;
+* the time scale: while s x + b << 0, softplus(s x + b) ~ e^b e^(s x), so growth runs e^(-b) times slower
+  (b = -4.6: 100x) until s x ~ -b, and a lone token's blow-up time
+  T(x0, b) = ∫_{x0}^∞ dy / (mu y^3 softplus(s y + b)) grows like e^(-b) while s x0 < -b.
+A real stack has only so many layers: one layer is one residual step x <- x + S6(x), i.e. t = 1 of the
+continuous-time model, and the tokens entering layer l meet n_layer - l more steps. A predicted blow-up
+at t >> n_layer - l is a statement about a model with many more layers, not about this one.
+
+So per layer the probe reports the effective Δ on the layer's real tokens (quantiles over positions and
+channels), the fraction of entries with S_Δ u > 0 (the asymptotic sign the conjecture reads) and with
+S_Δ u + b > 0 (active now), and, from the layer's own ODE with its bias (``probe.ode``), the first
+blow-up time in layer steps set beside the layers that remain.
+
+Scenario: the paper proves its criteria in 1-D only; here D = d_inner > 1, so the rule
+(``dynamics.classify.conjecture``) is the paper's 2-D observation extended, and is always labelled a
+conjecture.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..dynamics.classify import conjecture
+from ..refine.spectrum import layer_spectrum, mixer_matrices, rank_rtol
+
+QUANTILES = (0.01, 0.05, 0.5, 0.95, 0.99)
+
+
+@dataclass
+class DeltaStats:
+    """Δ = softplus(S_Δ u + b) of one layer on its real scan inputs u, over every (position, channel)."""
+
+    entries: int
+    quantiles: dict[str, float]  # "q01", "q05", "q50", "q95", "q99" of the effective Δ
+    max: float
+    frac_sdx_positive: float  # S_Δ u > 0: the asymptotic sign the paper's fast/slow split reads
+    frac_active_positive: float  # S_Δ u + b > 0: where softplus is past its knee now
+    dt_bias: dict[str, float]  # min, median, max of b over channels
+
+
+def delta_statistics(mixer: nn.Module, u: torch.Tensor) -> DeltaStats:
+    """Δ statistics of ``mixer`` on its scan inputs u (L, d_inner) (after in_proj, conv, SiLU)."""
+    W = mixer.x_proj.weight.detach().float()
+    r = mixer.dt_proj.in_features
+    raw = (u.float() @ W[:r].T) @ mixer.dt_proj.weight.detach().float().T  # S_Δ u, (L, D) through the low rank
+    b = mixer_matrices(mixer)["dt_bias"].float()
+    delta = F.softplus(raw + b)
+    flat = delta.flatten()
+    if flat.numel() > 1 << 24:  # torch.quantile's limit; an even subsample keeps the quantiles
+        flat = flat[:: -(-flat.numel() // (1 << 24))]
+    q = torch.quantile(flat, torch.tensor(QUANTILES))
+    return DeltaStats(int(delta.numel()), {f"q{round(100 * p):02d}": float(v) for p, v in zip(QUANTILES, q)},
+                      float(delta.max()), float((raw > 0).double().mean()), float((raw + b > 0).double().mean()),
+                      {"min": float(b.min()), "median": float(b.median()), "max": float(b.max())})
+
+
+@dataclass
+class LayerParams:
+    name: str
+    eigenvalues: list[complex]  # N nonzero eigenvalues of S_C^T S_B
+    symmetric_eigenvalues: list[float]  # nonzero eigenvalues of its symmetric part (2N when U has full rank)
+    positive: int
+    negative: int
+    complex_pairs: int
+    sym_positive: int
+    sym_negative: int
+    symmetric_forced: bool  # N positive and N negative by Sylvester's law (U = [S_B; S_C] of full row rank 2N)
+    symmetric_note: str
+    scenario: str  # an Outcome value: the paper's conjecture for this layer (never a theorem here)
+    conjectural: bool
+    reason: str
+    delta: DeltaStats | None = None
+    first_blowup: float | None = None  # in layer steps: the layer's own ODE from its real tokens (None: none seen)
+    ode_horizon: float | None = None  # how far that ODE ran
+    layers_remaining: int | None = None  # residual steps from this layer to the last (this one included)
+    depth_note: str = ""
+
+
+def _sign_counts(ev: torch.Tensor, atol: float) -> tuple[int, int, int]:
+    """(positive, negative, complex pairs) among eigenvalues ``ev``, with ``atol`` as zero."""
+    real = ev.real if ev.is_complex() else ev
+    imag = ev.imag if ev.is_complex() else torch.zeros_like(ev)
+    is_complex = imag.abs() > atol
+    return int(((real > atol) & ~is_complex).sum()), int(((real < -atol) & ~is_complex).sum()), int(is_complex.sum()) // 2
+
+
+def layer_params(name: str, m: nn.Module, tokens: torch.Tensor | None = None, delta: DeltaStats | None = None,
+                 tol: float = 1e-9) -> LayerParams:
+    """The spectrum and the (conjectural) scenario of one mixer. ``tokens`` (P, D): real scan inputs whose
+    S_Δ u signs split fast from slow (None: parameters only); ``delta``: the layer's Δ statistics."""
+    mats = mixer_matrices(m)
+    SB, SC = mats["S_B"], mats["S_C"]
+    n, D = SB.shape
+    ev, sym, rank = layer_spectrum(SB, SC, rank_rtol(m.x_proj.weight))
+    atol = tol * max(float(ev.abs().max()) if ev.numel() else 1.0, 1e-300)  # relative to the spectrum's size
+    pos, neg, cpx = _sign_counts(ev, atol)
+    spos, sneg, _ = _sign_counts(sym, atol)
+    forced = rank == 2 * n
+    note = (f"forced by linear algebra: U = [S_B; S_C] has full row rank 2N = {2 * n} <= D = {D}, so the symmetric "
+            f"part U^T K U has N positive and N negative eigenvalues for any weights (Sylvester's law of inertia)"
+            if forced else
+            f"not forced: U = [S_B; S_C] has rank {rank} < 2N = {2 * n} (a constrained eigen mode ties S_B to S_C), "
+            f"so the signs are the layer's own: {spos} positive, {sneg} negative")
+    sdx_positive = None if tokens is None else bool(((tokens.double() @ mats["S_delta"].T) > 0).any())
+    npos_real = int((ev.real > atol).sum())
+    guess, why = conjecture(npos_real, "S_C^T S_B", sdx_positive)
+    if tokens is not None:
+        why += f" (on the {len(tokens)} leading real tokens; asymptotic sign, without Δ's bias)"
+    return LayerParams(name, [complex(v) for v in ev.tolist()], sym.tolist(), pos, neg, cpx, spos, sneg, forced,
+                       note, guess.value, True, why, delta)
+
+
+def depth_note(lp: LayerParams, stopped: bool = False) -> str:
+    """One sentence setting the layer's predicted blow-up against the layers that remain; ``stopped``: the
+    ODE's solver gave up at ``lp.ode_horizon``."""
+    if lp.layers_remaining is None or lp.ode_horizon is None:
+        return ""
+    rem = lp.layers_remaining
+    if lp.first_blowup is None:
+        return (f"its ODE from the real tokens shows no blow-up up to t = {lp.ode_horizon:.4g} layer steps "
+                f"({lp.ode_horizon / rem:.3g}x the {rem} that remain"
+                + (", where the solver stopped)" if stopped else ")"))
+    where = "within" if lp.first_blowup <= rem else f"{lp.first_blowup / rem:.3g}x beyond"
+    return (f"its ODE from the real tokens first blows up at t = {lp.first_blowup:.4g} layer steps, {where} "
+            f"the {rem} that remain")

@@ -1,0 +1,102 @@
+"""What the tokens do in a real stack, measured on real input, per layer l = 0..n_layer (0: the embedding):
+
+    ||h_l[p]||: the residual stream's norm at position p; ||norm(h_l)[p]|| the mixer's input;
+    growth: the slope of log ||h_l[p]|| against l (a least-squares fit per position, labelled a fit);
+    gradient share: ||d loss / d h_l[p]|| / sum_p ||d loss / d h_l[p]|| (next-token loss of the text);
+    Δ: the layer's effective softplus(S_Δ u + b) on every position (``layer.delta_statistics``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layer import DeltaStats, delta_statistics
+
+
+@dataclass
+class TokenTrace:
+    """Per layer l = 0..n_layer: residual norms (L,), mixer-input norms (L,) for l < n_layer,
+    gradient shares (L,); per position: fitted growth across depth."""
+
+    residual_norms: list[list[float]]
+    mixer_input_norms: list[list[float]]
+    grad_shares: list[list[float]]
+    growth_per_layer: list[float]  # fitted slope of log ||h_l[p]|| against l, per position
+    fastest_positions: list[int]
+    scan_inputs: list[torch.Tensor] = field(repr=False, default_factory=list)  # per layer (P, d_inner)
+    loss: float = math.nan
+    delta: list[DeltaStats] = field(default_factory=list)  # per layer, Δ on every position (delta_statistics)
+
+
+def _lm_blocks(model) -> list[nn.Module]:
+    if hasattr(model, "backbone"):
+        return list(model.backbone.layers)
+    return list(model.layers)
+
+
+def trace_tokens(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor | None = None,
+                 keep_scan_inputs: int = 0) -> TokenTrace:
+    """Run ``model`` on ``ids`` (L,) token ids (an LM) or (1, C, H, W) images (a classifier with
+    ``labels`` (1,)), record the residual stream, mixer inputs and scan inputs of each layer, the
+    statistics of each layer's effective Δ over every position, and the loss gradient at every position.
+    ``keep_scan_inputs``: how many leading positions' scan inputs (batch 0) to keep for the ODE."""
+    blocks = _lm_blocks(model)
+    streams: list[torch.Tensor] = []
+    mixer_in: list[torch.Tensor] = []
+    scan_in: list[torch.Tensor] = []
+    deltas: list[DeltaStats] = []
+
+    def block_hook(_mod, args, out):
+        if not streams:
+            args[0].retain_grad()
+            streams.append(args[0])
+        out.retain_grad()
+        streams.append(out)
+
+    def norm_hook(_mod, _args, out):
+        mixer_in.append(out.detach())
+
+    def conv_hook(mixer):
+        def hook(_mod, args, out):  # the mixer's u = silu(conv(x)) over the first L steps
+            u = F.silu(out[..., : args[0].shape[-1]]).detach()[0].T  # (L, d_inner)
+            deltas.append(delta_statistics(mixer, u))
+            if keep_scan_inputs:
+                scan_in.append(u[:keep_scan_inputs].double())
+        return hook
+
+    handles = []
+    for b in blocks:
+        handles.append(b.register_forward_hook(block_hook))
+        handles.append(b.norm.register_forward_hook(norm_hook))
+        handles.append(b.mixer.conv1d.register_forward_hook(conv_hook(b.mixer)))
+    try:
+        with torch.enable_grad():
+            if labels is None:
+                x = ids[None]
+                logits = model(x)
+                loss = F.cross_entropy(logits[0, :-1].float(), ids[1:])
+            else:
+                logits = model(ids)
+                loss = F.cross_entropy(logits.float(), labels)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"the model's loss on this input is {loss.item()}: non-finite activations")
+            loss.backward()
+    finally:
+        for h in handles:
+            h.remove()
+    # the measurements are small: they are gathered on the CPU whatever device the model runs on
+    norms = [s.detach()[0].norm(dim=-1).cpu() for s in streams]  # (L,) each
+    grads = [s.grad[0].norm(dim=-1).cpu() if s.grad is not None else torch.zeros(s.shape[1]) for s in streams]
+    shares = [(g / g.sum().clamp_min(1e-300)).tolist() for g in grads]
+    logn = torch.stack(norms).double().clamp_min(1e-300).log()  # (layers + 1, L)
+    depth = torch.arange(logn.shape[0], dtype=torch.float64)[:, None]
+    dc = depth - depth.mean()
+    slope = ((dc * (logn - logn.mean(0))).sum(0) / (dc**2).sum()).tolist()
+    order = sorted(range(len(slope)), key=lambda p: -slope[p])
+    return TokenTrace([n.tolist() for n in norms], [m[0].norm(dim=-1).tolist() for m in mixer_in], shares, slope,
+                      order[:10], [x.cpu() for x in scan_in], loss.item(), deltas)

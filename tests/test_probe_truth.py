@@ -1,0 +1,101 @@
+"""Every label the probe prints is informative for a real layer (issue 29, items 1-3; issue 34, item 4)."""
+
+import json
+
+import torch
+import torch.nn.functional as F
+
+from mambadyn.dynamics.outcome import Outcome
+from mambadyn.nn import MambaConfig, MambaLM
+from mambadyn.probe import ProbeConfig, probe, write_outputs
+from mambadyn.probe.layer import delta_statistics, layer_params
+from mambadyn.probe.ode import layer_system, ode_check
+from mambadyn.scan.reference import selective_scan_ref
+
+FAST = ProbeConfig(max_tokens=48, ode_positions=4, progress=False)
+
+
+def _lm(**kw):
+    torch.manual_seed(0)
+    return MambaLM(MambaConfig(**{"vocab_size": 30, "d_model": 16, "n_layer": 2, "d_state": 4, **kw}))
+
+
+def test_the_layers_ode_is_what_the_layer_computes_bias_included():
+    """dX/dt of the layer's system equals the layer's own selective scan on X, Δ = softplus(S_Δ X + dt_bias)."""
+    mixer = _lm().backbone.layers[0].mixer
+    system = layer_system(mixer)
+    torch.testing.assert_close(system.dt_bias[0], mixer.dt_proj.bias.detach().double())
+    assert (system.dt_bias < -2).all()  # Mamba's initialisation: softplus(b) in [1e-3, 1e-1]
+    X = torch.randn(1, 7, mixer.x_proj.in_features, dtype=torch.float64)
+    u = X.transpose(1, 2)
+    dt, B, C = mixer.x_proj.weight.double().split([mixer.dt_proj.in_features, 4, 4])
+    y = selective_scan_ref(u, (mixer.dt_proj.weight.double() @ dt @ u[0])[None], -torch.exp(mixer.A_log.double()),
+                           (B @ u[0])[None], (C @ u[0])[None], delta_bias=mixer.dt_proj.bias.double(),
+                           delta_softplus=True)
+    torch.testing.assert_close(system.rhs(X), y.transpose(1, 2).detach(), rtol=1e-10, atol=1e-12)
+
+
+def test_delta_statistics_are_the_layers_effective_step_on_every_position():
+    m = _lm()
+    mixer = m.backbone.layers[0].mixer
+    u = torch.randn(40, mixer.x_proj.in_features)
+    st = delta_statistics(mixer, u)
+    W = mixer.x_proj.weight.detach()
+    raw = u @ (mixer.dt_proj.weight.detach() @ W[: mixer.dt_proj.in_features]).T
+    delta = F.softplus(raw + mixer.dt_proj.bias.detach())
+    assert st.entries == delta.numel()
+    assert abs(st.quantiles["q50"] - float(delta.median())) < 1e-3 * float(delta.median()) + 1e-6
+    assert abs(st.frac_sdx_positive - float((raw > 0).float().mean())) < 1e-6
+    assert abs(st.frac_active_positive - float((raw + mixer.dt_proj.bias > 0).float().mean())) < 1e-6
+    # the label the old probe printed ("fast": S_Δ x > 0 somewhere) holds for about half the entries, while
+    # the bias keeps every entry on softplus's exponential side
+    assert 0.2 < st.frac_sdx_positive < 0.8 and st.frac_active_positive == 0.0
+
+
+def test_a_divergence_label_carries_its_time_against_the_depth():
+    res = probe(_lm(eigen_mode="positive"), torch.arange(30), FAST)
+    for k, lp in enumerate(res.layers):
+        assert lp.delta is not None and lp.layers_remaining == 2 - k and lp.depth_note
+        assert lp.ode_horizon is not None and (lp.first_blowup is None or lp.first_blowup > 0)
+        o = res.ode[k]
+        assert o.t_end == lp.layers_remaining  # the ODE is compared at the depth that remains
+        if lp.first_blowup is not None:
+            where = "within" if lp.first_blowup <= lp.layers_remaining else "beyond"
+            assert where in lp.depth_note and f"{lp.layers_remaining} that remain" in lp.depth_note
+
+
+def test_the_symmetric_parts_signs_are_reported_as_forced_where_linear_algebra_forces_them(tmp_path):
+    free = probe(_lm(d_state=4), torch.arange(30), FAST)
+    for lp in free.layers:
+        assert lp.symmetric_forced and lp.sym_positive == lp.sym_negative == 4
+        assert "Sylvester" in lp.symmetric_note
+    neg = probe(_lm(d_state=4, eigen_mode="negative"), torch.arange(30), FAST)
+    for lp in neg.layers:
+        assert not lp.symmetric_forced and (lp.sym_positive, lp.sym_negative) == (0, 4)
+    write_outputs(free, tmp_path / "p")
+    d = json.loads((tmp_path / "p" / "probe.json").read_text())
+    assert "scenario_symmetric" not in d["layers"][0] and d["layers"][0]["symmetric_forced"] is True
+    assert "Sylvester" in (tmp_path / "p" / "report.md").read_text()
+
+
+def test_every_label_is_one_word_of_the_shared_vocabulary():
+    res = probe(_lm(eigen_mode="positive"), torch.arange(30), FAST)
+    d = res.to_dict()
+    words = [lp["scenario"] for lp in d["layers"]] + [w for o in d["ode"] for w in o["predicted"] + o["observed"]]
+    assert all(Outcome(w) for w in words)
+    lp = layer_params("l0", _lm().backbone.layers[0].mixer)  # parameters only: fast or slow is not known
+    assert lp.scenario in (Outcome.UNDETERMINED.value, Outcome.CONVERGES.value)
+
+
+def test_an_ode_the_solver_cannot_finish_reports_no_fate_and_no_nan(monkeypatch):
+    import mambadyn.probe.ode as ode
+
+    real = ode.simulate
+    monkeypatch.setattr(ode, "simulate", lambda *a, **kw: real(*a, **{**kw, "max_steps": 3}))
+    m = _lm()
+    mixer = m.backbone.layers[0].mixer
+    u = torch.randn(5, mixer.x_proj.in_features, dtype=torch.float64)
+    o = ode_check(0, mixer, u, [[1.0] * 5, [2.0] * 5, [3.0] * 5], t_end=100.0)
+    assert o.predicted == ["unfinished"] * 5 and o.decided == 0
+    assert o.agreement is None and o.spearman is None and "gave up" in o.solver
+    assert all(r is None for r in o.predicted_ratio)
