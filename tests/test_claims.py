@@ -227,7 +227,9 @@ def test_claim_verdicts_follow_the_rule(tmp_path):
     out = tmp_path / "claims.md"
     decided = write_claims(tmp_path, out)
     assert decided["a"]["verdict"] == "reproduced"  # positive beats all three, p tiny
-    assert decided["b"]["verdict"] == "not reproduced"  # MQAR goes against it
+    assert decided["b"]["verdict"] == "reproduced"  # LM: negative worse than free, positive and mixed
+    assert decided["b"]["comparisons"][-1]["label"] == "LM test loss: negative vs mixed"
+    assert decided["b-syn"]["verdict"] == "not reproduced"  # MQAR goes against it, beyond the paper's claim
     assert decided["d"]["verdict"] == "inconclusive"  # no difference
     assert "c" not in decided  # no token_shares folder: the claim is not decided
     text = out.read_text()

@@ -29,11 +29,12 @@ def test_dynamics_scenarios_writes_figure_and_numbers(tmp_path):
 
 
 def test_dynamics_portrait_and_phase_diagram(tmp_path):
-    r = runner.invoke(app, ["dynamics", "portrait", "--out", str(tmp_path), "-L", "3", "--t-end", "10"])
+    r = runner.invoke(app, ["dynamics", "portrait", "--out", str(tmp_path / "p"), "-L", "3", "--t-end", "10"])
     assert r.exit_code == 0, r.output
-    portraits = json.loads((tmp_path / "portraits.json").read_text())
+    portraits = json.loads((tmp_path / "p" / "portraits.json").read_text())
     assert portraits[2]["tokens_observed"] == ["converges"] * 3
     assert portraits[0]["t_end"] == 1e5  # growing tokens: run on, 10x at a time, to the horizon
+    tmp_path = tmp_path / "pd"
     r = runner.invoke(app, ["dynamics", "phase-diagram", "--out", str(tmp_path), "--systems", "6", "--dims", "2",
                             "-L", "2", "--t-end", "5", "--max-steps", "400"])
     assert r.exit_code == 0, r.output

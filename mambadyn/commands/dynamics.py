@@ -17,8 +17,10 @@ KEPT = "nothing was written: --out is replaced only when the command finishes"
 
 app = typer.Typer(help="Simulate and picture the continuous-time token dynamics.", no_args_is_help=True)
 
-OUT = typer.Option(Path("out/dynamics"), "--out", help="folder for PNG, CSV and JSON outputs (new, empty, or an "
-                   "earlier output of the same command)")
+def _out(default: str):
+    return typer.Option(Path(default), "--out", help="folder for the PNG, CSV and JSON outputs (new, empty, or an "
+                        "earlier output of the same command)")
+
 MAX_HORIZON = 1e12  # where a portrait's run-until-decided loop stops growing its horizon
 
 
@@ -37,7 +39,7 @@ def _one_dim_cases(L: int, seed: int):
 
 
 @app.command()
-def scenarios(out: Path = OUT, tokens: int = typer.Option(8, "--tokens", "-L", min=2),
+def scenarios(out: Path = _out("out/dynamics"), tokens: int = typer.Option(8, "--tokens", "-L", min=2),
               t_end: float = typer.Option(1e4, help="final time (continuous depth)"),
               seed: int = 0) -> None:
     """The 1-D scenarios: token norms against t, per-token fates (predicted and observed), blow-up times,
@@ -103,7 +105,7 @@ def scenarios(out: Path = OUT, tokens: int = typer.Option(8, "--tokens", "-L", m
 
 
 @app.command()
-def portrait(out: Path = OUT, tokens: int = typer.Option(6, "--tokens", "-L", min=1),
+def portrait(out: Path = _out("out/portrait"), tokens: int = typer.Option(6, "--tokens", "-L", min=1),
              t_end: float = typer.Option(50.0, help="first horizon; runs 10x longer until every token's fate "
                                          "is decided"),
              horizon: float = typer.Option(1e5, help="the longest run"), seed: int = 0) -> None:
@@ -163,7 +165,7 @@ def _parse_dims(text: str) -> tuple[int, ...]:
 
 
 @app.command("phase-diagram")
-def phase_diagram_cmd(out: Path = OUT, systems: int = typer.Option(100, min=1, help="random systems per cell (D, k)"),
+def phase_diagram_cmd(out: Path = _out("out/phase-diagram"), systems: int = typer.Option(100, min=1, help="random systems per cell (D, k)"),
                       dims: str = typer.Option("2-6", help="dimensions, e.g. 2-6 or 2,4,8"),
                       tokens: int = typer.Option(4, "--tokens", "-L", min=1), t_end: float = 1000.0,
                       max_steps: int = typer.Option(4000, min=1, help="explicit steps per system before LSODA takes over"),

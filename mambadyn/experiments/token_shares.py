@@ -1,4 +1,5 @@
-"""Claim (c): tokens contribute unequally to the training updates, because they grow at different rates.
+"""Claim (c): tokens contribute unequally to the training updates, and a token's contribution is linked to
+its growth through the depth (the paper's "because" is not testable here: an association is).
 
 For each trained LM of a scenario experiment (one per seed) and the same architecture at its
 initialisation (same seed: the control), on ``windows`` fixed test windows:
@@ -11,8 +12,9 @@ initialisation (same seed: the control), on ``windows`` fixed test windows:
 - rho: the Spearman correlation, per window, between a token's growth through the depth (slope of
   log ||h_l[p]|| against l, relative to its position's mean) and its relative share, averaged over windows.
 
-Tests over seeds (the trained models are the units): trained minus initial Gini between tokens (paired),
-and rho > 0 (one-sample), Holm-adjusted as one family. Writes ``results.json``, ``report.md`` and
+Tests over seeds (the trained models are the units): trained minus initial Gini between tokens (paired,
+two-sided), and rho against 0 (one-sample, two-sided: the paper gives no sign, and the measured rho of the
+committed runs is negative), Holm-adjusted as one family. Writes ``results.json``, ``report.md`` and
 ``shares.png``."""
 
 from __future__ import annotations
