@@ -43,7 +43,7 @@ def main() -> None:
         t0 = time.perf_counter()
         ode_layers = [int(x) for x in args.big_ode_layers.split(",") if x] if name.startswith("mamba-130m") else []
         result = probe(args.out / "runs" / name, text=held_out,
-                       config=ProbeConfig(max_tokens=args.tokens, ode_layers=ode_layers, progress=False))
+                       config=ProbeConfig(max_tokens=args.tokens, ode_layers=ode_layers or None, progress=False))
         t_probe = time.perf_counter() - t0
         write_outputs(result, args.out / name)
         counts = {}

@@ -113,3 +113,29 @@ def test_the_committed_trained_checkpoint_runs():
     res = run_on_checkpoint(ckpt, SignatureConfig(paths=400, depth=2, length=16, channels=3, progress=False))
     assert len(res.subjects) == 3
     assert all(-1.0 < r["r2"] <= 1.0 for r in res.rows)
+
+
+def test_controls_strong_enough_to_fail_and_honest_about_what_cannot_be_fitted():
+    """A linear ridge on the raw path sits beside every depth; the shuffled control equals the signature at
+    depth 1 by construction; a depth with more terms than rows is not fitted; an oversized run is refused
+    before anything is allocated (issue 29.10, 34.9)."""
+    from mambadyn.signature.lens import SignatureConfig, run_lens
+
+    res = run_lens(SignatureConfig(depth=3, paths=60, channels=3, progress=False))
+    assert {r["depth"] for r in res.rows} == {1, 2}  # depth 3: 84 terms for 48 rows
+    assert res.skipped and all("under-determined" in s for s in res.skipped)
+    for r in res.rows:
+        assert "r2_linear_path" in r and r["rows_fitted"] == 48
+        if r["depth"] == 1:
+            assert abs(r["r2_shuffled"] - r["r2"]) < 1e-9
+    with pytest.raises(ValueError, match="GiB"):
+        run_lens(SignatureConfig(depth=5, paths=60, channels=30, progress=False))
+
+
+def test_checkpoint_windows_of_different_splits_share_no_token():
+    from mambadyn.signature.lens import split_windows
+
+    ids = torch.arange(5000)
+    w, (a, b) = split_windows(ids, 400, 24)
+    assert w[:a].max() < w[a:b].min() and w[a:b].max() < w[b:].min()
+    assert abs(a - 0.6 * len(w)) <= 2 and abs(b - 0.8 * len(w)) <= 2

@@ -18,18 +18,27 @@ def probe_cmd(path: str = typer.Argument(..., help="checkpoint folder, mambadyn 
                                                 help="positions seeding each layer's ODE (0: skip the ODE)"),
               ode_t_end: Optional[float] = typer.Option(None, "--ode-t-end", help="horizon of each layer's ODE "
                                                         "in layer steps (default: the layers that remain)"),
+              ode_layers: str = typer.Option("", "--ode-layers", help="layers whose ODE runs: 'all', or e.g. "
+                                             "0,8,16 (default: up to 8, evenly spaced)"),
               out: Path = typer.Option(Path("out/probe"), "--out", "-o", help="folder for probe.json, report.md, PNGs"),
               ) -> None:
     """Probe a Mamba checkpoint layer by layer (HF folder, mamba-ssm folder, hub id, mambadyn run): spectrum
     of S_C^T S_B, scenario, token norms, gradient shares and the layer's own ODE."""
     from ..outputs import check_output
     from ..probe import ProbeConfig, load_checkpoint, probe, sample_text, write_outputs
-    from ..probe.load import encode_text, read_ids
+    from ..probe.load import encode_text, read_ids, read_text
 
     if text is not None and ids is not None:
         raise typer.BadParameter("give --text or --ids, not both")
     check_output(out, "probe")
-    cfg = ProbeConfig(max_tokens=tokens, ode_positions=ode_positions, ode_t_end=ode_t_end)
+    layers = None
+    if ode_layers and ode_layers != "all":
+        try:
+            layers = [int(x) for x in ode_layers.split(",") if x.strip()]
+        except ValueError:
+            raise typer.BadParameter(f"--ode-layers takes 'all' or comma-separated layers, got {ode_layers!r}") from None
+    cfg = ProbeConfig(max_tokens=tokens, ode_positions=ode_positions, ode_t_end=ode_t_end,
+                      ode_layers=layers, all_ode_layers=ode_layers == "all")
     loaded = load_checkpoint(path)
     token_ids, origin = None, "parameters only"
     if loaded.kind == "lm":
@@ -37,12 +46,10 @@ def probe_cmd(path: str = typer.Argument(..., help="checkpoint folder, mambadyn 
         if ids is not None:
             token_ids, origin = read_ids(ids, vocab), "ids"
         else:
-            if text is not None and not text.is_file():
-                raise FileNotFoundError(f"text file {text} does not exist")
             tok = tokenizer or loaded.tokenizer_file
             if tok is None:
                 raise ValueError(f"{path} has no tokenizer.json: pass --tokenizer FILE or --ids FILE")
-            body = text.read_text(encoding="utf-8") if text is not None else sample_text()
+            body = read_text(text) if text is not None else sample_text()
             token_ids, origin = encode_text(body, tok, vocab), ("text" if text is not None else "embedded sample")
     elif text is not None or ids is not None:
         raise typer.BadParameter("a MambaClassifier reads images: the CLI probes its parameters only")

@@ -47,6 +47,16 @@ from .ode import OdeCheck, ode_check
 from .tokens import TokenTrace, trace_tokens
 
 
+DEFAULT_ODE_LAYERS = 8  # each layer's ODE costs up to seconds on a real model; eight show the trend over depth
+
+
+def spread(n: int, k: int) -> list[int]:
+    """Up to k of the indices 0..n-1, evenly spaced, the first and the last included."""
+    if n <= k:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
+
+
 def sample_text() -> str:
     """The short text shipped with mambadyn (written for it; public domain), probed by default."""
     return resources.files("mambadyn.probe").joinpath("sample.txt").read_text(encoding="utf-8")
@@ -57,7 +67,8 @@ class ProbeConfig:
     max_tokens: int = 2048  # longer inputs are cut to their first max_tokens
     ode_positions: int = 16  # leading positions whose scan inputs seed each layer's ODE (0: no ODE)
     ode_t_end: float | None = None  # the ODE's comparison horizon in layer steps; None: the layers that remain
-    ode_layers: list[int] = field(default_factory=list)  # empty: every layer
+    ode_layers: list[int] | None = None  # None: up to DEFAULT_ODE_LAYERS evenly spaced, first and last included
+    all_ode_layers: bool = False  # every layer's ODE (ignores ode_layers)
     progress: bool = True
 
     def __post_init__(self):
@@ -150,7 +161,8 @@ def probe(model_or_path: nn.Module | str | Path, ids: torch.Tensor | None = None
         layers.append(layer_params(name, m, u, delta))
     ode = []
     if tokens is not None and config.ode_positions:
-        which = config.ode_layers or list(range(len(fwd)))
+        which = (list(range(len(fwd))) if config.all_ode_layers else config.ode_layers
+                 if config.ode_layers is not None else spread(len(fwd), DEFAULT_ODE_LAYERS))
         bad = [w for w in which if not 0 <= w < len(fwd)]
         if bad:
             raise ValueError(f"ode_layers {bad} out of range for {len(fwd)} layers")

@@ -133,10 +133,14 @@ def depth_note(lp: LayerParams, stopped: bool = False) -> str:
     if lp.layers_remaining is None or lp.ode_horizon is None:
         return ""
     rem = lp.layers_remaining
-    if lp.first_blowup is None:
-        return (f"its ODE from the real tokens shows no blow-up up to t = {lp.ode_horizon:.4g} layer steps "
-                f"({lp.ode_horizon / rem:.3g}x the {rem} that remain"
-                + (", where the solver stopped)" if stopped else ")"))
-    where = "within" if lp.first_blowup <= rem else f"{lp.first_blowup / rem:.3g}x beyond"
-    return (f"its ODE from the real tokens first blows up at t = {lp.first_blowup:.4g} layer steps, {where} "
-            f"the {rem} that remain")
+    if lp.first_blowup is not None:
+        where = "within" if lp.first_blowup <= rem else "beyond"
+        return (f"its ODE from the real tokens first blows up at t = {lp.first_blowup:.4g} layer steps, {where} "
+                f"the {rem} that remain")
+    if stopped:
+        return (f"its ODE from the real tokens shows no blow-up up to t = {lp.ode_horizon:.4g} layer steps, where "
+                f"the solver stopped (stiff), short of the {rem} that remain: undetermined")
+    return (f"its ODE from the real tokens shows no blow-up in the {rem} layer steps that remain (any blow-up lies "
+            f"beyond the model's depth)" if lp.ode_horizon >= rem else
+            f"its ODE from the real tokens shows no blow-up up to t = {lp.ode_horizon:.4g} layer steps "
+            f"(the {rem} that remain were not simulated: --ode-t-end)")

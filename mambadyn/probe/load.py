@@ -85,17 +85,30 @@ def encode_text(text: str, tokenizer_file: Path | str, vocab_size: int) -> torch
     return ids
 
 
-def read_ids(file: Path | str, vocab_size: int) -> torch.Tensor:
-    """Token ids from a file of whitespace- or comma-separated integers: (L,) int64."""
+def read_text(file: Path | str) -> str:
+    """A UTF-8 text file's contents; a missing or binary file is a one-line error naming it."""
+    p = Path(file)
+    if not p.is_file():
+        raise FileNotFoundError(f"text file {p} does not exist")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{p} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+
+
+def read_ids(file: Path | str, vocab_size: int | None) -> torch.Tensor:
+    """Token ids from a file of whitespace- or comma-separated integers: (L,) int64, checked against
+    ``vocab_size`` (None: checked later, once the model is known)."""
     p = Path(file)
     if not p.is_file():
         raise FileNotFoundError(f"ids file {p} does not exist")
-    parts = p.read_text().replace(",", " ").split()
+    parts = read_text(p).replace(",", " ").split()
     try:
         ids = torch.tensor([int(x) for x in parts], dtype=torch.int64)
     except ValueError as e:
         raise ValueError(f"{p} must hold integers separated by spaces or commas ({e})") from e
-    check_ids(ids, vocab_size)
+    if vocab_size is not None:
+        check_ids(ids, vocab_size)
     return ids
 
 

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 import torch
 
 
+SPLIT = (0.6, 0.2)  # train, validation; the rest is the test split
+
+
 @dataclass(frozen=True)
 class RidgeFit:
     r2: float  # on the test split: 1 - SSE / SST summed over target dimensions
@@ -26,10 +29,11 @@ def _r2(Y, P):
     return float(1.0 - ((Y - P) ** 2).sum() / sst.clamp_min(1e-300))
 
 
-def ridge_r2(X: torch.Tensor, Y: torch.Tensor, split: tuple[float, float] = (0.6, 0.2),
-             alphas: torch.Tensor | None = None) -> RidgeFit:
+def ridge_r2(X: torch.Tensor, Y: torch.Tensor, split: tuple[float, float] = SPLIT,
+             alphas: torch.Tensor | None = None, bounds: tuple[int, int] | None = None) -> RidgeFit:
     """Fit Y (n, k) ~ X (n, f) by ridge regression. Rows are split train / validation / test in
-    proportions ``split`` (the rest is the test split). alpha is chosen on the validation split; the
+    proportions ``split`` (the rest is the test split), or at the row indices ``bounds`` (end of train, end
+    of validation) where the rows come in that order. alpha is chosen on the validation split; the
     model is refitted on train + validation and scored on the test split, which it never saw. Returns
     the held-out R^2 (variance-weighted over the k targets)."""
     if X.dim() != 2 or Y.dim() != 2 or X.shape[0] != Y.shape[0]:
@@ -38,13 +42,16 @@ def ridge_r2(X: torch.Tensor, Y: torch.Tensor, split: tuple[float, float] = (0.6
     if not (torch.isfinite(X).all() and torch.isfinite(Y).all()):
         raise ValueError("features or targets contain NaN or inf")
     n = X.shape[0]
-    a, b = int(n * split[0]), int(n * (split[0] + split[1]))
+    a, b = bounds if bounds is not None else (int(n * split[0]), int(n * (split[0] + split[1])))
     if a < 2 or b - a < 2 or n - b < 2:
         raise ValueError(f"{n} rows are too few for a train / validation / test split of {split}")
     X, Y = X.double(), Y.double()
 
     def prep(rows):
-        mx, sx = X[rows].mean(0), X[rows].std(0).clamp_min(1e-12)
+        mx, sx = X[rows].mean(0), X[rows].std(0)
+        # a constant column (the time channel's total increment) carries no information; scaling its rounding
+        # noise up to unit variance would invent some
+        sx = torch.where(sx > 1e-9 * mx.abs().clamp_min(1.0), sx, torch.inf)
         my = Y[rows].mean(0)
         return (lambda Z: (Z - mx) / sx), my
 
