@@ -165,3 +165,25 @@ def test_ctrl_c_in_training_exits_130_and_names_the_checkpoint_to_resume(tmp_pat
     code, err = _sigint_after(argv, lambda: (tmp_path / "run" / "latest").exists(), tmp_path)
     assert code == 130, err
     assert "--resume" in err and "ckpt-" in err and "Traceback" not in err, err
+
+
+def test_token_shares_reads_seeds_from_the_runs_and_refuses_one_run_counted_twice(tmp_path):
+    """Two copies of one seed-0 run named free-s0 and free-s1 once gave a 'significant' rho over 'two seeds'."""
+    from mambadyn.experiments.token_shares import TokenShareConfig, _runs
+
+    for name, seed in (("free-s0", 0), ("free-s7", 3)):
+        (tmp_path / name / "model").mkdir(parents=True)
+        (tmp_path / name / "model" / "config.json").write_text("{}")
+        (tmp_path / name / "config.json").write_text(json.dumps({"run": {"seed": seed}}))
+    runs = _runs(TokenShareConfig(runs=str(tmp_path)))["free"]
+    assert [(s, f.name) for s, f, _ in runs] == [(0, "free-s0"), (3, "free-s7")]  # the seed the run says
+    (tmp_path / "free-s1").mkdir()
+    for f in ("config.json", "model"):
+        src = tmp_path / "free-s0" / f
+        if src.is_dir():
+            (tmp_path / "free-s1" / f).mkdir()
+            (tmp_path / "free-s1" / f / "config.json").write_text("{}")
+        else:
+            (tmp_path / "free-s1" / f).write_text(src.read_text())
+    with pytest.raises(ValueError, match="both seed 0"):
+        _runs(TokenShareConfig(runs=str(tmp_path)))

@@ -315,7 +315,18 @@ def test_two_gloo_ranks_train_like_one_process_on_the_union_of_their_batches(tmp
     b = load_file(str(tmp_path / "one" / "model" / "model.safetensors"))
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
+    # every rank evaluates its share of the same images: the two runs report the same numbers (once only
+    # rank 0 evaluated, with its own batch, and 2 x 2 and 1 x 4 runs disagreed in the third decimal)
+    ev = [json.loads((tmp_path / r / "metrics.jsonl").read_text().splitlines()[-1]) for r in ("two", "one")]
+    assert ev[0]["event"] == ev[1]["event"] == "eval"
+    assert abs(ev[0]["test_loss"] - ev[1]["test_loss"]) < 1e-4 and ev[0]["test_acc"] == ev[1]["test_acc"]
     from mambadyn.data import EpochSampler, WindowSampler
+
+    toks = torch.arange(1000)
+    shares = [list(WindowSampler(toks, 8, 2, rank=r, world=2).eval_batches(3)) for r in (0, 1)]
+    whole = list(WindowSampler(toks, 8, 4).eval_batches(3))
+    for (x0, _), (x1, _), (x, _) in zip(*shares, whole):  # the LM's evaluation windows: the world's, shared out
+        assert sorted(map(tuple, torch.cat([x0, x1]).tolist())) == sorted(map(tuple, x.tolist()))
 
     r0, r1 = EpochSampler(32, 4, rank=0, world=2), EpochSampler(32, 4, rank=1, world=2)
     assert not set(r0.indices(0).tolist()) & set(r1.indices(0).tolist())

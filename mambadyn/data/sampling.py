@@ -33,11 +33,12 @@ class WindowSampler:
         return w[:, :-1], w[:, 1:]
 
     def eval_batches(self, n_batches: int):
-        """A fixed set of evenly spaced windows (the same for every evaluation)."""
-        total = n_batches * self.batch_size
-        starts = torch.linspace(0, self.tokens.numel() - self.seq_len - 2, total).long()
+        """A fixed set of evenly spaced windows (the same for every evaluation), n_batches of the global batch
+        (batch_size * world); each rank gets its strided share, so the set does not depend on the world."""
+        size = self.batch_size * self.world
+        starts = torch.linspace(0, self.tokens.numel() - self.seq_len - 2, n_batches * size).long()
         for i in range(n_batches):
-            idx = starts[i * self.batch_size : (i + 1) * self.batch_size, None] + torch.arange(self.seq_len + 1)
+            idx = starts[i * size : (i + 1) * size][self.rank :: self.world, None] + torch.arange(self.seq_len + 1)
             w = self.tokens[idx]
             yield w[:, :-1], w[:, 1:]
 

@@ -90,5 +90,6 @@ class SyntheticSampler:
         # (about steps / 2**32)
         state = np.random.SeedSequence([0x5EED, 1 if split == "val" else 2, self.seed]).generate_state(1)[0]
         g = torch.Generator().manual_seed(int(state))
-        for _ in range(n_batches):
-            yield generate(self.task, self.batch_size, self.seq_len, self.n_items, self.vocab, g)
+        for _ in range(n_batches):  # the global batch, each rank its strided share: the set is the world's
+            x, y = generate(self.task, self.batch_size * self.world, self.seq_len, self.n_items, self.vocab, g)
+            yield x[self.rank :: self.world], y[self.rank :: self.world]

@@ -80,14 +80,29 @@ def _measure(model, windows: torch.Tensor, device) -> dict:
     return share_statistics(torch.stack(shares), torch.stack(growth))
 
 
-def _runs(cfg: TokenShareConfig) -> dict[str, list[Path]]:
+def _runs(cfg: TokenShareConfig) -> dict[str, list[tuple[int, Path, dict]]]:
+    """Per mode, its finished runs as (seed, folder, stored config), the seed read from the run's own
+    config.json (never from the folder's name); two runs with one seed and the same settings are refused."""
     found = {}
     for mode in cfg.modes:
-        folders = sorted(Path(cfg.runs).glob(f"{mode}-s*"), key=lambda p: int(p.name.rsplit("-s", 1)[1]))
-        folders = [f for f in folders if (f / "model" / "config.json").is_file()]
-        if not folders:
+        runs, seen = [], {}
+        for f in sorted(Path(cfg.runs).glob(f"{mode}-s*")):
+            if not (f / "model" / "config.json").is_file():
+                continue
+            stored_file = f / "config.json"
+            try:
+                stored = json.loads(stored_file.read_text())
+                seed = int(stored["run"]["seed"])
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"{stored_file} does not say the run's seed ({e}); is {f} a mambadyn run?") from None
+            if seed in seen:
+                raise ValueError(f"{f} and {seen[seed]} are both seed {seed} of mode {mode}: the same run twice would "
+                                 "count as two seeds; remove one")
+            seen[seed] = f
+            runs.append((seed, f, stored))
+        if not runs:
             raise FileNotFoundError(f"no finished {mode}-s* run under {cfg.runs}")
-        found[mode] = folders
+        found[mode] = sorted(runs, key=lambda r: r[0])
     return found
 
 
@@ -100,11 +115,10 @@ def run_token_shares(cfg: TokenShareConfig) -> dict:
                           ("cpu" if cfg.device == "auto" else cfg.device))
     results = {"config": asdict(cfg), "modes": {}}
     task_cache: dict[str, torch.Tensor] = {}
-    for mode, folders in _runs(cfg).items():
+    for mode, runs in _runs(cfg).items():
         per = {"trained": {}, "init": {}}
-        for f in tqdm(folders, desc=f"token shares ({mode})"):
-            seed = int(f.name.rsplit("-s", 1)[1])
-            train_cfg = from_dict(LMTrainConfig, json.loads((f / "config.json").read_text()))
+        for seed, f, stored in tqdm(runs, desc=f"token shares ({mode})"):
+            train_cfg = from_dict(LMTrainConfig, stored)
             key = json.dumps(asdict(train_cfg.data), sort_keys=True)
             if key not in task_cache:  # the same data (and tokenizer) for every run of the experiment
                 task = LMTask(train_cfg)

@@ -269,15 +269,19 @@ def _train(make_task, cfg, out: Path, resume: bool, on_eval) -> dict:
             with open(log_path, "a") as f:
                 f.write(dumps(record, indent=None) + "\n")
 
+    def reduce(values: list[float]) -> list[float]:  # sums over ranks, so every world size scores one set
+        if world == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        return t.tolist()
+
     def evaluate(step):
         model.eval()
         t0 = time.perf_counter()
-        metrics = task.evaluate(model, device, autocast) if is_main else {}
-        if is_main:
-            metrics["eval_s"] = time.perf_counter() - t0
+        metrics = task.evaluate(model, device, autocast, reduce)
+        metrics["eval_s"] = time.perf_counter() - t0
         model.train()
-        if world > 1:
-            dist.barrier()
         if is_main:
             log({"step": step, "event": "eval", **metrics})
             if on_eval:

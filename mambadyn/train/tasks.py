@@ -22,6 +22,11 @@ from ..nn import MambaClassifier, MambaLM
 from .config import ImageTrainConfig, LMTrainConfig, SyntheticTrainConfig
 
 
+def _local(values: list[float]) -> list[float]:
+    """``evaluate``'s reduce for one process: the sums are already the totals."""
+    return values
+
+
 class _TokenTask:
     """What the MambaLM tasks share: the model, batch k from ``self.train``, and a per-token loss in which
     targets of -100 (positions where nothing is asked) do not count."""
@@ -60,27 +65,32 @@ class LMTask(_TokenTask):
         self.cfg = cfg
         # each rank takes its slice of one global draw: the union is what one process of batch*world sees
         self.train = WindowSampler(self.splits.train, d.seq_len, cfg.optim.batch_size, cfg.run.seed, rank, world)
-        self.val = WindowSampler(self.splits.val, d.seq_len, cfg.optim.batch_size, cfg.run.seed)
+        # evaluation windows are the global batch's, each rank scoring its share (``evaluate``'s reduce)
+        self.val = WindowSampler(self.splits.val, d.seq_len, cfg.optim.batch_size, cfg.run.seed, rank, world)
         self.test = (None if self.splits.test is None else
-                     WindowSampler(self.splits.test, d.seq_len, cfg.optim.batch_size, cfg.run.seed))
+                     WindowSampler(self.splits.test, d.seq_len, cfg.optim.batch_size, cfg.run.seed, rank, world))
 
     def save_artifacts(self, folder) -> None:
         """tokenizer.json (``tokenizers`` format), so the folder decodes and encodes on its own."""
         self.splits.tokenizer.save(str(folder / "tokenizer.json"))
 
     @torch.no_grad()
-    def evaluate(self, model, device, autocast) -> dict:
-        """val_loss (nats/token), val_ppl, val_bits_per_token; the same with test_ where there is a test split."""
+    def evaluate(self, model, device, autocast, reduce=_local) -> dict:
+        """val_loss (nats/token), val_ppl, val_bits_per_token; the same with test_ where there is a test split.
+        Every rank scores its share of the same windows; ``reduce`` sums the totals over ranks."""
         out = {}
         for name, sampler in (("val", self.val), ("test", self.test)):
             if sampler is None:
                 continue
             total, count = 0.0, 0
             for x, y in sampler.eval_batches(self.cfg.run.eval_batches):
+                if not len(y):
+                    continue
                 with autocast():
                     loss = self.loss(model, x.to(device), y.to(device))
                 total += loss.item() * y.numel()
                 count += y.numel()
+            total, count = reduce([total, count])
             mean = total / count
             out.update({f"{name}_loss": mean, f"{name}_ppl": math.exp(mean), f"{name}_bits_per_token": mean / math.log(2)})
         return out
@@ -93,7 +103,7 @@ class ImageTask:
     unit = "img"
 
     def __init__(self, cfg: ImageTrainConfig, rank: int = 0, world: int = 1):
-        self.cfg = cfg
+        self.cfg, self.rank, self.world = cfg, rank, world
         self.train_set, self.test_set = load_fashion_mnist(cfg.data.path or None)
         self.val_set = None
         if cfg.data.val_size:
@@ -132,21 +142,24 @@ class ImageTask:
         return F.cross_entropy(model(x).float(), y)
 
     @torch.no_grad()
-    def evaluate(self, model, device, autocast) -> dict:
-        """test_loss, test_acc and, with a validation split, val_loss, val_acc."""
+    def evaluate(self, model, device, autocast, reduce=_local) -> dict:
+        """test_loss, test_acc and, with a validation split, val_loss, val_acc; each rank scores every
+        world-th image and ``reduce`` sums over ranks."""
         out = {}
         for name, split in (("val", self.val_set), ("test", self.test_set)):
             if split is None:
                 continue
-            correct, total_loss, n = 0, 0.0, len(split)
+            images, labels = split.images[self.rank :: self.world], split.labels[self.rank :: self.world]
+            correct, total_loss, n = 0, 0.0, len(labels)
             bs = 1000
             for i in range(0, n, bs):
-                x = ((split.images[i : i + bs] - self.mean) / self.std).to(device)
-                y = split.labels[i : i + bs].to(device)
+                x = ((images[i : i + bs] - self.mean) / self.std).to(device)
+                y = labels[i : i + bs].to(device)
                 with autocast():
                     logits = model(x).float()
                 total_loss += F.cross_entropy(logits, y, reduction="sum").item()
                 correct += (logits.argmax(-1) == y).sum().item()
+            total_loss, correct, n = reduce([total_loss, correct, n])
             out.update({f"{name}_loss": total_loss / n, f"{name}_acc": correct / n})
         return out
 
@@ -166,12 +179,15 @@ class SyntheticTask(_TokenTask):
         """Nothing to save: the task is regenerated from its config."""
 
     @torch.no_grad()
-    def evaluate(self, model, device, autocast) -> dict:
-        """{val,test}_loss, _acc and _exact_match on two fixed held-out sets drawn from separate streams."""
+    def evaluate(self, model, device, autocast, reduce=_local) -> dict:
+        """{val,test}_loss, _acc and _exact_match on two fixed held-out sets drawn from separate streams
+        (each rank its share; ``reduce`` sums over ranks)."""
         out = {}
         for name in ("val", "test"):
             total, count, right, exact, seqs = 0.0, 0, 0, 0, 0
             for x, y in self.train.eval_batches(self.cfg.run.eval_batches, split=name):
+                if not len(y):
+                    continue
                 x, y = x.to(device), y.to(device)
                 with autocast():
                     logits = model(x).float()
@@ -182,5 +198,6 @@ class SyntheticTask(_TokenTask):
                 count += int(asked.sum())
                 exact += int(hit.all(dim=1).sum())
                 seqs += len(y)
+            total, count, right, exact, seqs = reduce([total, count, right, exact, seqs])
             out.update({f"{name}_loss": total / count, f"{name}_acc": right / count, f"{name}_exact_match": exact / seqs})
         return out
