@@ -334,3 +334,49 @@ def test_two_gloo_ranks_train_like_one_process_on_the_union_of_their_batches(tmp
     a, b = WindowSampler(toks, 8, 2, rank=0, world=2).batch(5)[0], WindowSampler(toks, 8, 2, rank=1, world=2).batch(5)[0]
     assert not torch.equal(a, b)
     assert torch.equal(torch.cat([a, b]), WindowSampler(toks, 8, 4).batch(5)[0])  # LM ranks slice one global draw
+
+
+def test_resume_refuses_changed_conditions_and_does_not_redo_a_finished_run(tmp_path):
+    """34.8: edited data, another process count and NaN weights are refused with the reason; a finished run
+    resumed logs nothing twice."""
+    from safetensors.torch import load_file, save_file
+
+    from mambadyn.train import LMTask, train
+
+    folder = tmp_path / "run"
+    cfg = _lm_cfg(tmp_path, folder, ["optim.steps=4", "run.ckpt_every=2", "run.eval_every=2"])
+    train(LMTask, cfg)
+    lines = (folder / "metrics.jsonl").read_text()
+    assert train(LMTask, cfg, resume=True)["val_loss"] > 0
+    assert (folder / "metrics.jsonl").read_text() == lines  # no second final evaluation
+    run = json.loads((folder / "run.json").read_text())
+    assert run["world_size"] == 1 and "data.path" in run["data_files"]
+    (folder / "run.json").write_text(json.dumps({**run, "world_size": 2, "global_batch": 4}))
+    with pytest.raises(MambadynError, match="2 process"):
+        train(LMTask, cfg, resume=True)
+    (folder / "run.json").write_text(json.dumps(run))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(corpus.read_text() + "zebra quartz!")  # edited in place (_lm_cfg writes it: not called here)
+    with pytest.raises(MambadynError, match="has changed since the run started"):
+        train(LMTask, cfg, resume=True)
+    corpus.write_text("the quick brown fox jumps over the lazy dog. " * 50)
+    weights = folder / "ckpt-4" / "model.safetensors"
+    sd = load_file(str(weights))
+    k = next(iter(sd))
+    sd[k] = torch.full_like(sd[k], float("nan"))
+    save_file(sd, str(weights))
+    (folder / "latest").write_text("ckpt-4")
+    import shutil
+
+    shutil.rmtree(folder / "model")  # not finished: it must load the checkpoint
+    with pytest.raises(MambadynError, match="non-finite weights"):
+        train(LMTask, cfg, resume=True)
+
+
+def test_a_tokenizer_that_is_not_one_is_named(tmp_path):
+    from mambadyn.data import load_text
+
+    (tmp_path / "t.txt").write_text("hello world " * 20)
+    (tmp_path / "tok.json").write_text("not a tokenizer")
+    with pytest.raises(ValueError, match="is not a tokenizers tokenizer.json"):
+        load_text(tmp_path / "t.txt", tokenizer=str(tmp_path / "tok.json"))

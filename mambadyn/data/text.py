@@ -160,7 +160,11 @@ def load_text(path: str | Path, tokenizer: str = "char", vocab_size: int = 4096,
 
             if not Path(tokenizer).is_file():
                 raise FileNotFoundError(f"tokenizer file {tokenizer} does not exist ('char', 'bpe' or a tokenizer.json)")
-            tok = Tokenizer.from_file(str(tokenizer))
+            try:
+                tok = Tokenizer.from_file(str(tokenizer))
+            except Exception as e:  # noqa: BLE001 - tokenizers raises its own exception type
+                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise ValueError(f"data.tokenizer {tokenizer} is not a tokenizers tokenizer.json ({msg})") from None
         vocab = tok.get_vocab_size()
     ids = {k: _encode(tok, v) for k, v in texts.items()}
     train, val = (ids["train"], ids["val"]) if val_path else _split(ids["train"], train_fraction)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -209,6 +210,64 @@ def _kept_after_interrupt(out: Path) -> str:
             "--resume to continue from it")
 
 
+RUN_FILE = "run.json"  # what a resumption must find unchanged beyond config.json: process count, data files
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _run_identity(cfg, world: int) -> dict:
+    """The process count (the global batch is batch_size x world) and the checksum of every data file the
+    config names, recorded so that a resumption under other conditions is refused, not silently run."""
+    files = {}
+    for key in ("path", "val_path", "test_path", "tokenizer"):
+        value = getattr(cfg.data, key, None)
+        if value and Path(value).is_file():
+            files[f"data.{key}"] = {"file": str(value), "sha256": _sha256(Path(value))}
+    return {"world_size": world, "global_batch": cfg.optim.batch_size * world, "data_files": files}
+
+
+def _check_identity(out: Path, now: dict) -> None:
+    stored_file = out / RUN_FILE
+    if not stored_file.is_file():  # runs from before run.json: nothing recorded to compare
+        return
+    try:
+        stored = json.loads(stored_file.read_text())
+    except json.JSONDecodeError as e:
+        raise MambadynError(f"{stored_file} is not valid JSON ({e}); cannot check the resumed conditions") from e
+    if stored.get("world_size") != now["world_size"]:
+        raise MambadynError(
+            f"{out} was trained with {stored.get('world_size')} process(es) (global batch {stored.get('global_batch')}); "
+            f"resuming with {now['world_size']} would change the global batch to {now['global_batch']}: resume with "
+            f"the same process count (torchrun --nproc_per_node {stored.get('world_size')})")
+    for key, rec in stored.get("data_files", {}).items():
+        cur = now["data_files"].get(key)
+        if cur is None or cur["sha256"] != rec["sha256"]:
+            raise MambadynError(f"{key} ({rec['file']}) has changed since the run started (sha256 {rec['sha256'][:12]}... "
+                                f"then, {'missing' if cur is None else cur['sha256'][:12] + '...'} now): a resumed run "
+                                "must read the same data; restore it or start a new run")
+
+
+def _last_eval(log_path: Path) -> dict | None:
+    """The last evaluation's metrics logged in metrics.jsonl (None if there is none)."""
+    if not log_path.is_file():
+        return None
+    last = None
+    for line in log_path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if rec.get("event") == "eval":
+            last = {k: v for k, v in rec.items() if k not in ("step", "event")}
+    return last
+
+
 def _check_finite(loss: torch.Tensor, step: int) -> None:
     if not torch.isfinite(loss):
         raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower optim.lr or check the data")
@@ -253,14 +312,27 @@ def _train(make_task, cfg, out: Path, resume: bool, on_eval) -> dict:
     ckpt = latest_checkpoint(out) if resume else None
     if resume and ckpt is None and is_main:
         print(f"--resume: no checkpoint in {out}; starting from step 0")
+    identity = _run_identity(cfg, world)
     if ckpt is not None:
+        _check_identity(out, identity)
         start = load_checkpoint(ckpt, model, optimizer, scheduler, scaler)["step"]
+        bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise MambadynError(f"checkpoint {ckpt} holds non-finite weights (NaN or inf) in {bad[:3]}: it is damaged "
+                                "or the run diverged before it was saved; it cannot be resumed (start a new run)")
+        if start >= opt_cfg.steps and (out / "model").is_dir():
+            last = _last_eval(log_path)
+            if last is not None:  # finished: nothing to train, and evaluating again would log the end twice
+                if is_main:
+                    print(f"--resume: {out} already finished at step {start}; nothing to do")
+                return last
         if is_main:
             _truncate_log(log_path, start)
     elif is_main:
         log_path.unlink(missing_ok=True)
     if is_main:
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+        (out / RUN_FILE).write_text(json.dumps(identity, indent=1) + "\n")
         task.save_artifacts(out)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
