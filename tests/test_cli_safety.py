@@ -187,3 +187,16 @@ def test_token_shares_reads_seeds_from_the_runs_and_refuses_one_run_counted_twic
             (tmp_path / "free-s1" / f).write_text(src.read_text())
     with pytest.raises(ValueError, match="both seed 0"):
         _runs(TokenShareConfig(runs=str(tmp_path)))
+
+
+def test_broken_claims_inputs_are_one_line_naming_the_file(tmp_path, capsys):
+    (tmp_path / "lm_wikitext").mkdir()
+    bad = tmp_path / "lm_wikitext" / "results.json"
+    bad.write_text('{"modes": {"positive": ')  # truncated
+    assert run(["experiment", "claims", "--results", str(tmp_path), "--out", str(tmp_path / "c.md")]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "Traceback" not in err
+    bad.write_text('{"variants": {}}')  # another command's keys
+    assert run(["experiment", "claims", "--results", str(tmp_path), "--out", str(tmp_path / "c.md")]) == 2
+    err = capsys.readouterr().err
+    assert "lacks what the claims read" in err and not (tmp_path / "c.md").exists()

@@ -380,3 +380,12 @@ def test_a_tokenizer_that_is_not_one_is_named(tmp_path):
     (tmp_path / "tok.json").write_text("not a tokenizer")
     with pytest.raises(ValueError, match="is not a tokenizers tokenizer.json"):
         load_text(tmp_path / "t.txt", tokenizer=str(tmp_path / "tok.json"))
+
+
+def test_a_failed_experiment_run_reports_its_last_line_and_its_log(tmp_path):
+    from mambadyn.experiments.grid import run_grid
+
+    base = TINY + [f"data.path={tmp_path / 'missing.txt'}", "optim.steps=2"]
+    with pytest.raises(MambadynError, match=r"failed \(exit \d+\): .*missing.txt.*the whole log is ") as e:
+        run_grid("lm", {"free": []}, [0], base, tmp_path / "exp")
+    assert "Traceback" not in str(e.value).split("; the whole log")[0]

@@ -41,7 +41,12 @@ class Comparison:
 
 def _load(results: Path, name: str) -> dict | None:
     f = results / name / "results.json"
-    return json.loads(f.read_text()) if f.is_file() else None
+    if not f.is_file():
+        return None
+    try:
+        return json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{f} is not valid JSON ({e}): rerun that experiment or remove the folder") from None
 
 
 def _arms(res: dict) -> dict:
@@ -189,7 +194,11 @@ def write_claims(results: str | Path, out: str | Path) -> dict:
         raise FileNotFoundError(f"results folder {results} does not exist")
     notes = read_notes(results / "notes.md")
     preamble = notes.pop("preamble", "")
-    comps = comparisons(results)
+    try:
+        comps = comparisons(results)
+    except (KeyError, TypeError, IndexError, AttributeError) as e:
+        raise ValueError(f"a results.json under {results} lacks what the claims read ({type(e).__name__}: {e}); is it "
+                         "an experiment's own output?") from None
     if not comps:
         raise FileNotFoundError(f"{results} holds none of the experiments the claims need "
                                 "(lm_wikitext, selective_copy, mqar, token_shares, fmnist_patches196, fmnist_pixels784)")

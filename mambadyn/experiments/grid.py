@@ -153,8 +153,10 @@ def run_grid(kind: str, variants: dict[str, list[str]], seeds: list[int], base: 
                 proc.wait()
                 raise
         if code != 0:
-            tail = (log_dir / f"{r.folder.name}.log").read_text()[-2000:]
-            raise MambadynError(f"run {r.folder.name} failed (exit {code}):\n{tail}")
+            log_file = log_dir / f"{r.folder.name}.log"
+            lines = [x for x in log_file.read_text(errors="replace").splitlines() if x.strip()]
+            last = lines[-1].strip() if lines else "(the log is empty)"
+            raise MambadynError(f"run {r.folder.name} failed (exit {code}): {last}; the whole log is {log_file}")
 
     with tqdm(total=len(runs), initial=len(runs) - len(todo), desc="runs") as bar, \
             ThreadPoolExecutor(max_workers=jobs) as pool:

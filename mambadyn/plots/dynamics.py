@@ -71,7 +71,9 @@ def trajectories(trajs: dict[str, Trajectory], path: str | Path, system_index: i
 def portraits(trajs: dict[str, Trajectory], path: str | Path) -> Path:
     """2-D tokens moving in the plane, one panel per case; axes are sign(x) log(1 + |x|) so that
     diverging and converging tokens show on one scale. Circle: start; triangle: the last point reached;
-    cross: the last point before the token's blow-up."""
+    cross: the last point before the token's own blow-up; plus: the last point of a token whose solution
+    ended with an earlier token's blow-up (its equation holds that token), where its own norm may be
+    moderate."""
     from matplotlib.lines import Line2D
 
     fig, axes = plt.subplots(1, len(trajs), figsize=(5.4 * len(trajs), 5.4), squeeze=False)
@@ -85,7 +87,8 @@ def portraits(trajs: dict[str, Trajectory], path: str | Path) -> Path:
             xv = x[valid[:, l], l]
             ax.plot(f(xv[:, 0]), f(xv[:, 1]), color=c, lw=1)
             ax.plot(f(x[0, l, 0]), f(x[0, l, 1]), "o", color=c, ms=4)
-            ax.plot(f(xv[-1, 0]), f(xv[-1, 1]), "x" if tr.blew_up[0, l] else ">", color=c, ms=6)
+            end = ("x" if tr.primary[0, l] else "P") if tr.blew_up[0, l] else ">"
+            ax.plot(f(xv[-1, 0]), f(xv[-1, 1]), end, color=c, ms=6)
         ax.axhline(0, color="0.8", lw=0.5)
         ax.axvline(0, color="0.8", lw=0.5)
         ax.set_title(name, fontsize=8)
@@ -93,7 +96,8 @@ def portraits(trajs: dict[str, Trajectory], path: str | Path) -> Path:
         ax.set_ylabel("sign(x2) log(1+|x2|)")
         ax.set_aspect("equal", "datalim")
     handles = [Line2D([], [], marker=m, color="0.3", ls="", label=t) for m, t in
-               (("o", "start"), (">", "last point reached"), ("x", "last point before blow-up"))]
+               (("o", "start"), (">", "last point reached"), ("x", "last point before its own blow-up"),
+                ("P", "ended by an earlier token's blow-up\n(its own norm may stay moderate)"))]
     axes[0][0].legend(handles=handles, fontsize=7, loc="best")
     fig.tight_layout(rect=(0, 0, 0.97, 1))
     _token_colorbar(fig, axes[0].tolist(), L)

@@ -11,6 +11,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
+from matplotlib.ticker import FixedLocator, MaxNLocator  # noqa: E402
+
+
+def _symlog_ticks(ax, lin: float, vmax: float) -> None:
+    """0 and the decades beyond the linear band, on both signs: symlog's own ticks put +-lin beside 0,
+    where their labels collide."""
+    lo, hi = int(np.floor(np.log10(lin))) + 1, int(np.ceil(np.log10(max(vmax, lin * 10))))
+    decades = [10.0**k for k in range(lo, hi + 1)]
+    if len(decades) > 5:  # keep about five a side
+        decades = decades[:: -(-len(decades) // 5)]
+    ax.yaxis.set_major_locator(FixedLocator(sorted([-v for v in decades] + [0.0] + decades)))
+    ax.yaxis.set_minor_locator(FixedLocator([]))
 
 
 def spectrum(d: dict, path: str | Path) -> Path:
@@ -25,15 +37,18 @@ def spectrum(d: dict, path: str | Path) -> Path:
             colour = np.where(imag > 1e-9 * max(1.0, np.abs(ev).max(initial=0)), "tab:purple",
                               np.where(ev > 0, "tab:blue", "tab:red"))
             ax.scatter(np.full(len(ev), i), ev, s=10, c=colour, alpha=0.8)
-        lin = max(1e-6, np.percentile(np.abs(np.concatenate([np.array([v[0] if isinstance(v, list) else v
-                                                                      for v in l[key]]) for l in d["layers"]])), 10))
+        values = np.abs(np.concatenate([np.array([v[0] if isinstance(v, list) else v for v in l[key]])
+                                        for l in d["layers"]]))
+        lin = max(1e-6, np.percentile(values, 10))
         ax.set_yscale("symlog", linthresh=lin)
+        _symlog_ticks(ax, lin, float(values.max(initial=lin)))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.axhline(0, color="k", lw=0.6)
         ax.set(title=title, xlabel="layer", ylabel="eigenvalue (symlog)")
         ax.grid(alpha=0.3)
     handles = [plt.Line2D([], [], ls="", marker="o", color=c, label=t) for c, t in
                (("tab:blue", "positive"), ("tab:red", "negative"), ("tab:purple", "complex pair (real part)"))]
-    axes[1].legend(handles=handles, loc="best", fontsize=8)
+    axes[0].legend(handles=handles, loc="best", fontsize=8)  # complex pairs occur in S_C^T S_B, not in sym
     src = d["source"]
     fig.suptitle(f"spectrum by layer: {src.get('path') or 'model'} ({src['n_layer']} layers, "
                  f"eigen_mode {src['eigen_mode']})", fontsize=10)
@@ -53,6 +68,7 @@ def token_norms(d: dict, path: str | Path, highlight: int = 5) -> Path:
                         norm=LogNorm(vmin=max(norms.min(), 1e-12), vmax=norms.max()), interpolation="nearest")
     fig.colorbar(im, ax=axes[0], label="||h_l[p]||")
     axes[0].set(title="residual-stream norm (layer 0 = embedding)", xlabel="position p", ylabel="layer l")
+    axes[0].yaxis.set_major_locator(MaxNLocator(integer=True))
     growth = np.array(t["growth_per_layer"])
     order = np.argsort(-growth)
     picks = list(order[:highlight]) + list(order[-highlight:][::-1])
@@ -63,6 +79,7 @@ def token_norms(d: dict, path: str | Path, highlight: int = 5) -> Path:
             (k - highlight) / highlight), lw=1.3, label=f"p={p} ({'fast' if fast else 'slow'}, {growth[p]:+.3f}/layer)")
     axes[1].plot(depth, np.median(norms, axis=1), color="k", lw=2, ls="--", label="median over positions")
     axes[1].set_yscale("log")
+    axes[1].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[1].set(title="fastest / slowest positions (fitted growth)", xlabel="layer",
                 ylabel="||h_l[p]||")
     axes[1].legend(fontsize=6.5, ncol=2)
@@ -80,11 +97,19 @@ def grad_shares(d: dict, path: str | Path) -> Path:
     shares = np.array(t["grad_shares"])
     L = shares.shape[1]
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [1.4, 1]})
-    im = axes[0].imshow(shares * L, aspect="auto", origin="lower", cmap="viridis",
-                        norm=LogNorm(vmin=max((shares * L).min(), 1e-4), vmax=(shares * L).max()),
-                        interpolation="nearest")
-    fig.colorbar(im, ax=axes[0], label="share x L (1 = uniform)")
+    rel = shares * L
+    live = rel[rel > 0]
+    # the scale spans the 1st-99th percentile of the nonzero shares, centred on uniform (1): a position no
+    # loss term reaches (the last, in a causal LM) carries 0 and would otherwise set the bottom of the scale
+    span = max(np.percentile(live, 99), 1 / np.percentile(live, 1), 1.05) if live.size else 10.0
+    cmap = plt.get_cmap("coolwarm").copy()
+    cmap.set_bad("0.75")
+    im = axes[0].imshow(np.ma.masked_where(rel <= 0, rel), aspect="auto", origin="lower", cmap=cmap,
+                        norm=LogNorm(vmin=1 / span, vmax=span), interpolation="nearest")
+    fig.colorbar(im, ax=axes[0], label="share x L (1 = uniform; grey: 0)", extend="both")
     axes[0].set(title="||d loss / d h_l[p]||, as a share of the layer's total", xlabel="position p", ylabel="layer l")
+    axes[0].yaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[1].xaxis.set_major_locator(MaxNLocator(integer=True))
     layers = np.arange(shares.shape[0])
     axes[1].plot(layers, t["grad_share_top10pct"], "o-", label="share of the top 10% of positions")
     axes[1].plot(layers, t["grad_share_gini"], "s-", label="Gini coefficient")
