@@ -96,7 +96,7 @@ def portraits(trajs: dict[str, Trajectory], path: str | Path) -> Path:
         ax.set_ylabel("sign(x2) log(1+|x2|)")
         ax.set_aspect("equal", "datalim")
     handles = [Line2D([], [], marker=m, color="0.3", ls="", label=t) for m, t in
-               (("o", "start"), (">", "last point reached"), ("x", "last point before its own blow-up"),
+               (("o", "start"), (">", "last point reached"), ("x", "last output point before its own blow-up"),
                 ("P", "ended by an earlier token's blow-up\n(its own norm may stay moderate)"))]
     axes[0][0].legend(handles=handles, fontsize=7, loc="best")
     fig.tight_layout(rect=(0, 0, 0.97, 1))
