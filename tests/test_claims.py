@@ -242,3 +242,27 @@ def test_claim_verdicts_follow_the_rule(tmp_path):
     assert report.startswith("# MQAR") and report.count("## Verdicts") == 1 and "**not reproduced**" in report
     with pytest.raises(FileNotFoundError, match="none of the experiments"):
         write_claims(tmp_path / "fmnist_patches196", out)
+
+
+def test_offline_wikitext_makes_no_network_call(monkeypatch, tmp_path):
+    """MAMBADYN_OFFLINE=1 puts datasets and the Hub client in their offline modes before they are asked."""
+    pytest.importorskip("datasets")
+    import socket
+
+    from mambadyn.data.text import load_wikitext
+
+    monkeypatch.setenv("MAMBADYN_OFFLINE", "1")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    calls = []
+
+    def refuse(*a, **kw):
+        calls.append(a)
+        raise OSError("network call in an offline test")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    with pytest.raises(FileNotFoundError, match="could not load wikitext-2"):
+        load_wikitext("wikitext-2")
+    assert calls == []

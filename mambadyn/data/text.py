@@ -5,10 +5,13 @@ run folder (and the probe) reads it back with the same library."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from .download import OFFLINE_ENV
 
 WIKITEXT = {"wikitext-2": "wikitext-2-raw-v1", "wikitext-103": "wikitext-103-raw-v1"}
 
@@ -104,7 +107,7 @@ def load_tiny_shakespeare(path: str | Path | None = None, train_fraction: float 
     """Tiny Shakespeare at character level with the standard split: the first 90% trains. Without
     ``path`` the file comes from the data cache (downloaded once, see ``download.py``)."""
     if path is None:
-        from .download import fetch
+        from .download import OFFLINE_ENV, fetch
 
         path = fetch("tiny-shakespeare") / "input.txt"
     text = _read(path)
@@ -196,6 +199,11 @@ def _wikitext_dataset(name: str, folder: str | Path | None):
             raise FileNotFoundError(f"{root} has no {', '.join(f'{m}-*.parquet' for m in missing)} "
                                     "(the Hub's Salesforce/wikitext layout)")
         return load_dataset("parquet", data_files=files)
+    if os.environ.get(OFFLINE_ENV, "") not in ("", "0"):
+        # datasets would try the Hub first (five retries, ~26 s) even with the data cached: with the network
+        # forbidden, only its own offline mode reads the cache, and nothing may go out
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     try:
         return load_dataset("Salesforce/wikitext", WIKITEXT[name])
     except Exception as e:  # noqa: BLE001 - datasets raises several kinds for "not cached and offline"
