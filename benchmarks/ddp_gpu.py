@@ -34,6 +34,7 @@ SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "N
 
 def command(n: int, out: Path, args, per_rank_batch: int, resume: bool = False) -> list[str]:
     sets = {"model.d_model": args.d_model, "model.n_layer": args.n_layer, "model.scan_backend": args.backend,
+            "model.fused": str(args.backend in ("auto", "triton")).lower(),
             "data.seq_len": args.seq_len,
             "optim.batch_size": per_rank_batch, "optim.warmup_steps": 20, "optim.lr": 1e-3, "run.amp": "bf16",
             "run.eval_every": 0, "run.eval_batches": 4, "run.ckpt_every": args.ckpt_every,

@@ -55,8 +55,8 @@ def _constexprs(kernel: str, element_size: int, fwd: tt.Tuning, bwd: tt.Tuning, 
     # the launch's own launch-shape constexprs (and num_warps), with every input option on
     flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, A_LOG=False)
     if kernel == "fwd":
-        return dict(flags, HAS_H0=False, **tt._fwd_meta(fwd, bwd, element_size, n, True, True))
-    return dict(flags, HAS_DLAST=False, **tt._bwd_meta(bwd, element_size, n, True, aligned=True))  # as compiled here
+        return dict(flags, HAS_H0=False, **tt.fwd_meta(fwd, bwd, element_size, n, True, True))
+    return dict(flags, HAS_DLAST=False, **tt.bwd_meta(bwd, element_size, n, True, aligned=True))  # as compiled here
 
 
 def compile_triton(kernel: str, dtype: torch.dtype = torch.bfloat16, n: int = 16, arch: int = 90,
@@ -71,7 +71,7 @@ def compile_triton(kernel: str, dtype: torch.dtype = torch.bfloat16, n: int = 16
         raise ValueError(f"dtype must be one of {list(_TRITON_DTYPE)}, got {dtype}")
     size = torch.tensor([], dtype=dtype).element_size()
     fwd, bwd = tt._tunings(size, **opts)
-    fn = (tk._fwd_kernel if kernel == "fwd" else tk._bwd_kernel).kernel  # the JITFunction under the Launcher
+    fn = (tk.fwd_kernel if kernel == "fwd" else tk.bwd_kernel).kernel  # the JITFunction under the Launcher
     consts = _constexprs(kernel, size, fwd, bwd, n)
     num_warps = consts.pop("num_warps")
     maxnreg = consts.pop("maxnreg", maxnreg)

@@ -75,9 +75,9 @@ def scan_calls(xs, dy):
 
 
 def scan_wrapper_us(rounds: int, calls: int) -> dict:
-    kernels = ts._fwd_kernel, ts._bwd_kernel
+    kernels = ts.fwd_kernel, ts.bwd_kernel
     interpret = os.environ.get("TRITON_INTERPRET")
-    ts._fwd_kernel = ts._bwd_kernel = NoKernel()
+    ts.fwd_kernel = ts.bwd_kernel = NoKernel()
     os.environ["TRITON_INTERPRET"] = "1"  # only so the backend accepts CPU tensors: no kernel runs
     try:
         b, d, L, n = 1, 64, 64, 16
@@ -98,7 +98,7 @@ def scan_wrapper_us(rounds: int, calls: int) -> dict:
             out[name] = statistics.median(per_call_us(fn, calls) for _ in range(rounds))
         return out
     finally:
-        ts._fwd_kernel, ts._bwd_kernel = kernels
+        ts.fwd_kernel, ts.bwd_kernel = kernels
         if interpret is None:
             os.environ.pop("TRITON_INTERPRET", None)
         else:

@@ -87,12 +87,12 @@ def main():
             x.grad = None
         _Noop.apply(*xs).backward(dy)
 
-    kernels = ts._fwd_kernel, ts._bwd_kernel
+    kernels = ts.fwd_kernel, ts.bwd_kernel
     rec = _Recorder(kernels[0]), _Recorder(kernels[1])
-    ts._fwd_kernel, ts._bwd_kernel = rec
+    ts.fwd_kernel, ts.bwd_kernel = rec
     fwd_bwd()
     torch.cuda.synchronize()
-    ts._fwd_kernel, ts._bwd_kernel = kernels
+    ts.fwd_kernel, ts.bwd_kernel = kernels
     launches = {}
     for name, r in (("fwd", rec[0]), ("bwd", rec[1])):
         grid, a, kw = r.last
@@ -102,11 +102,11 @@ def main():
         launches[f"{name}_launch_triton"] = lambda jit=jit, grid=grid, a=a, kw=kw: jit[grid](*a, **kw)
 
     def stubbed():
-        ts._fwd_kernel = ts._bwd_kernel = NoKernel()
+        ts.fwd_kernel = ts.bwd_kernel = NoKernel()
         try:
             fwd_bwd()
         finally:
-            ts._fwd_kernel, ts._bwd_kernel = kernels
+            ts.fwd_kernel, ts.bwd_kernel = kernels
 
     cases = {"fwd": fwd, "fwd_bwd": fwd_bwd, "fwd_bwd_stubbed": stubbed, "autograd_floor": autograd_floor,
              **launches}

@@ -12,7 +12,7 @@ SCRIPT = """
 import json
 import torch
 import torch.nn.functional as F
-from mambadyn.scan.triton_conv import causal_conv1d_silu
+from mambadyn.fused.conv import causal_conv1d_silu
 dev = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
 g = torch.Generator().manual_seed(0)
 worst = {}
@@ -56,7 +56,7 @@ def test_fused_conv_silu_matches_conv1d_on_cuda():
 
 
 def test_bad_shapes_are_named():
-    from mambadyn.scan.triton_conv import causal_conv1d_silu
+    from mambadyn.fused.conv import causal_conv1d_silu
 
     with pytest.raises(ValueError, match="x must have shape"):
         causal_conv1d_silu(torch.zeros(3, 4), torch.zeros(3, 4))

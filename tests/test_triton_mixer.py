@@ -1,4 +1,4 @@
-"""The fused training path (``scan.triton_mixer`` for the mixer, ``triton_norm`` between blocks) against the
+"""The fused training path (``fused.mixer`` for the mixer, ``triton_norm`` between blocks) against the
 per-op model with the float64 reference scan: logits and every parameter's gradient, in Triton's
 interpreter on CPU (a subprocess) and compiled on CUDA. Odd sizes: d_inner not a multiple of any block,
 n not a power of two, L not a multiple of a chunk (and one case where everything is aligned); with and
@@ -93,13 +93,13 @@ def test_the_fused_layer_records_no_more_than_its_products_and_functions(monkeyp
     # the kernels), xz as in_proj's product viewed once, and the add+norm takes its (rows, D) views inside its
     # function. The graph's shape needs no kernel to run: they are stubbed, and the interpreter flag only makes
     # the Triton backend accept CPU tensors
-    import mambadyn.scan.triton_conv as tc
-    import mambadyn.scan.triton_norm as tn
+    import mambadyn.fused.conv as tc
+    import mambadyn.fused.norm as tn
     import mambadyn.scan.triton_scan as ts
     from benchmarks.scan_cpu_overhead import NoKernel
     from mambadyn.nn import MambaConfig, MambaLM
 
-    for mod, names in ((ts, ["_fwd_kernel", "_bwd_kernel"]),
+    for mod, names in ((ts, ["fwd_kernel", "bwd_kernel"]),
                        (tc, ["_conv_silu_fwd", "_conv_silu_bwd_grad", "_conv_silu_bwd_dx"]),
                        (tn, ["_rms_norm_add_fwd", "_rms_norm_add_bwd"])):
         for name in names:

@@ -11,7 +11,7 @@ from benchmarks.triton_interpret import run_script  # noqa: E402
 SCRIPT = """
 import json
 import torch
-from mambadyn.scan.triton_norm import rms_norm_add
+from mambadyn.fused.norm import rms_norm_add
 dev = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
 g = torch.Generator().manual_seed(0)
 worst = {}
@@ -57,7 +57,7 @@ def test_rms_norm_add_matches_pytorch_on_cuda():
 
 
 def test_bad_shapes_are_named():
-    from mambadyn.scan.triton_norm import rms_norm_add
+    from mambadyn.fused.norm import rms_norm_add
 
     with pytest.raises(ValueError, match="weight must have shape"):
         rms_norm_add(torch.zeros(2, 4), None, torch.zeros(3))

@@ -126,32 +126,32 @@ def test_few_rows_take_their_own_launch_shapes():
 
 
 def test_the_shuffle_flip_is_compiled_only_where_its_layout_holds():
-    from mambadyn.scan.triton_tuning import _bwd_meta, _tunings
+    from mambadyn.scan.triton_tuning import bwd_meta, _tunings
 
     bf16 = _tunings(2)[1]
-    assert _bwd_meta(bf16, 2, 16, True, aligned=True)["FLIP_RUNS"]
-    assert not _bwd_meta(bf16, 2, 16, True, aligned=False)["FLIP_RUNS"]  # L or a stride not a multiple of 16
-    assert not _bwd_meta(bf16, 2, 16, False, aligned=True)["FLIP_RUNS"]  # the interpreter: no inline PTX
-    assert not _bwd_meta(_tunings(4)[1], 4, 16, True, aligned=True)["FLIP_RUNS"]  # float32: 4 steps a thread
+    assert bwd_meta(bf16, 2, 16, True, aligned=True)["FLIP_RUNS"]
+    assert not bwd_meta(bf16, 2, 16, True, aligned=False)["FLIP_RUNS"]  # L or a stride not a multiple of 16
+    assert not bwd_meta(bf16, 2, 16, False, aligned=True)["FLIP_RUNS"]  # the interpreter: no inline PTX
+    assert not bwd_meta(_tunings(4)[1], 4, 16, True, aligned=True)["FLIP_RUNS"]  # float32: 4 steps a thread
     for knobs in (dict(bwd_num_warps=2), dict(bwd_chunk=512), dict(bwd_flip_runs=False)):  # 512: 64 lanes a row
-        assert not _bwd_meta(_tunings(2, **knobs)[1], 2, 16, True, aligned=True)["FLIP_RUNS"], knobs
+        assert not bwd_meta(_tunings(2, **knobs)[1], 2, 16, True, aligned=True)["FLIP_RUNS"], knobs
     for knobs in (dict(bwd_chunk=256), dict(bwd_block_d=1, bwd_chunk=256)):  # 32 lanes a row
-        assert _bwd_meta(_tunings(2, **knobs)[1], 2, 16, True, aligned=True)["FLIP_RUNS"], knobs
+        assert bwd_meta(_tunings(2, **knobs)[1], 2, 16, True, aligned=True)["FLIP_RUNS"], knobs
 
 
 def test_knobs_override_the_tables_and_reach_the_launch():
-    from mambadyn.scan.triton_tuning import BWD_TUNING, FWD_TUNING, _bwd_meta, _fwd_meta, _tunings
+    from mambadyn.scan.triton_tuning import BWD_TUNING, FWD_TUNING, bwd_meta, fwd_meta, _tunings
 
     fwd, bwd = _tunings(4, rows=8 * 1536, sms=132)
     assert (fwd, bwd) == (FWD_TUNING[4], BWD_TUNING[4])
     fwd, bwd = _tunings(4, rows=8 * 1536, sms=132, wide=False, maxnreg=0, bwd_g_in_memory=False, bwd_maxnreg=0)
     assert not fwd.wide and not fwd.maxnreg and not bwd.g_in_memory and not bwd.maxnreg
-    assert "maxnreg" not in _fwd_meta(fwd, bwd, 4, 16, True, False)
+    assert "maxnreg" not in fwd_meta(fwd, bwd, 4, 16, True, False)
     fwd, bwd = _tunings(4, wide=True, maxnreg=160, bwd_maxnreg=200)
-    meta = _fwd_meta(fwd, bwd, 4, 16, True, False)
+    meta = fwd_meta(fwd, bwd, 4, 16, True, False)
     assert meta["WIDE"] and meta["V"] == 8 and meta["maxnreg"] == 160
-    assert _bwd_meta(bwd, 4, 16, False)["maxnreg"] == 200
-    assert not _fwd_meta(*_tunings(2, wide=True), 2, 16, True, False)["WIDE"]  # 16-bit tiles are wide already
+    assert bwd_meta(bwd, 4, 16, False)["maxnreg"] == 200
+    assert not fwd_meta(*_tunings(2, wide=True), 2, 16, True, False)["WIDE"]  # 16-bit tiles are wide already
 
 
 UNUSED_OUTPUT_SCRIPT = """
@@ -231,12 +231,12 @@ def test_both_reverse_scans_match_reference_on_cuda(flip_runs, block_d, chunk):
     from mambadyn.scan import triton_kernels
 
     poison_allocator("cuda")
-    triton_kernels._bwd_kernel._compiled.clear()
+    triton_kernels.bwd_kernel._compiled.clear()
     for case in (Case(2, 64, 256, 16, dtype="bfloat16", last_state=True), Case(1, 37, 1024, 16, dtype="float16"),
                  Case(2, 64, 300, 16, dtype="bfloat16"), Case(1, 37, 1000, 16, dtype="float16")):
         assert_close(compare_with_reference("triton", case, device="cuda", bwd_flip_runs=flip_runs,
                                             bwd_block_d=block_d, bwd_chunk=chunk))
-    used = {dict(key[1])["FLIP_RUNS"] for key in triton_kernels._bwd_kernel._compiled}
+    used = {dict(key[1])["FLIP_RUNS"] for key in triton_kernels.bwd_kernel._compiled}
     assert used == ({True, False} if flip_runs else {False})
 
 
@@ -256,11 +256,11 @@ def test_direct_launches_give_the_same_results_on_cuda():
     # the first call of a shape compiles through Triton, the repeat launches the compiled kernel directly
     # (mambadyn.scan.launch.Launcher); tests/test_launch.py checks which launches go which way
     poison_allocator("cuda")
-    assert isinstance(triton_kernels._fwd_kernel, Launcher)
+    assert isinstance(triton_kernels.fwd_kernel, Launcher)
     for case in (Case(2, 64, 300, 16, dtype="bfloat16"), Case(1, 37, 129, 16)):
         for _ in range(2):
             assert_close(compare_with_reference("triton", case, device="cuda"))
-    assert triton_kernels._fwd_kernel._compiled and triton_kernels._bwd_kernel._compiled
+    assert triton_kernels.fwd_kernel._compiled and triton_kernels.bwd_kernel._compiled
 
 
 @cuda
@@ -323,15 +323,15 @@ def test_launch_arithmetic_equals_tritons():
 
 @pytest.mark.parametrize("L, aligned", [(64, True), (63, False)])
 def test_the_backward_reports_what_triton_specializes_on(monkeypatch, L, aligned):
-    # the shuffle flip's precondition (_bwd_meta's ``aligned``) as the backward computes it, kernels stubbed
+    # the shuffle flip's precondition (bwd_meta's ``aligned``) as the backward computes it, kernels stubbed
     import mambadyn.scan.triton_scan as ts
     from benchmarks.scan_cpu_overhead import NoKernel
 
     seen = []
-    meta = ts._bwd_meta
-    monkeypatch.setattr(ts, "_fwd_kernel", NoKernel())
-    monkeypatch.setattr(ts, "_bwd_kernel", NoKernel())
-    monkeypatch.setattr(ts, "_bwd_meta", lambda *a, **k: seen.append(k["aligned"]) or meta(*a, **k))
+    meta = ts.bwd_meta
+    monkeypatch.setattr(ts, "fwd_kernel", NoKernel())
+    monkeypatch.setattr(ts, "bwd_kernel", NoKernel())
+    monkeypatch.setattr(ts, "bwd_meta", lambda *a, **k: seen.append(k["aligned"]) or meta(*a, **k))
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # only so the backend takes CPU tensors: no kernel runs
     b, d, n = 2, 32, 16
     xs = [torch.randn(*s, dtype=torch.bfloat16, requires_grad=True)

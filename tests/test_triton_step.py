@@ -14,7 +14,7 @@ import copy, json
 import torch
 import torch.nn.functional as F
 from mambadyn.nn import MambaConfig, MambaLM
-from mambadyn.scan.triton_step import conv_step, ssm_step
+from mambadyn.fused.step import conv_step, ssm_step
 dev = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
 g = torch.Generator().manual_seed(0)
 r = lambda *s: torch.randn(*s, generator=g).to(dev)
@@ -47,6 +47,7 @@ _, states = m.prefill(ids)
 plain = copy.deepcopy(m)
 for layer in plain.backbone.layers:
     layer.mixer.scan_backend = "reference" if dev == "cpu" else "chunked"
+    layer.mixer.fused = False  # the per-op path, whose scan scan_backend picks
 s_plain = [tuple(t.clone() for t in s) for s in states]
 tok = ids[:, -1]
 for _ in range(3):

@@ -63,8 +63,9 @@ class MambaConfig:
     eigen_threshold: float = 0.7
     scan_backend: str = "auto"
     dropout: float = 0.0
-    # on CUDA with the Triton scan: the mixer after in_proj and each add + RMSNorm as fused Triton kernels
-    # (same arithmetic; False keeps the per-op PyTorch path, for comparison)
+    # where mambadyn.fused can run (CUDA with Triton): the mixer after in_proj and each add + RMSNorm as fused
+    # Triton kernels, with their own scan (same arithmetic); False keeps the per-op path, whose scan
+    # scan_backend picks
     fused: bool = True
 
     def __post_init__(self) -> None:
@@ -206,6 +207,7 @@ class ClassifierConfig:
     eigen_mode: str = "free"
     eigen_threshold: float = 0.7
     scan_backend: str = "auto"
+    fused: bool = True  # the mixers' fused CUDA path where it can run (see MambaConfig.fused)
     dropout: float = 0.0
     rms_eps: float = 1e-5
 
@@ -235,7 +237,8 @@ class ClassifierConfig:
         return MambaConfig(vocab_size=1, d_model=self.d_model, n_layer=self.n_layer, d_state=self.d_state,
                            expand=self.expand, d_conv=self.d_conv, dt_rank=self.dt_rank,
                            eigen_mode=self.eigen_mode, eigen_threshold=self.eigen_threshold,
-                           scan_backend=self.scan_backend, dropout=self.dropout, rms_eps=self.rms_eps)
+                           scan_backend=self.scan_backend, fused=self.fused, dropout=self.dropout,
+                           rms_eps=self.rms_eps)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

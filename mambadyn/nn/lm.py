@@ -46,7 +46,7 @@ class MambaBackbone(nn.Module):
         # the stack with each block's residual add fused into the next block's RMSNorm (one Triton kernel
         # reads the mixer's output and the residual once, and writes the sum and its norm); mix(i, layer, y)
         # is layer i's mixer on its normed input
-        from ..scan.triton_norm import rms_norm_add
+        from ..fused.norm import rms_norm_add
 
         x, residual = h, None
         for i, layer in enumerate(self.layers):

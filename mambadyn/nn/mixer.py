@@ -9,10 +9,12 @@
 A token-reordering module (``mambadyn.refine.TokenReorder``) can be attached as ``self.reorder``:
 tokens are then permuted by importance before Δ, B, C are computed and the scan runs.
 
-Where the Triton scan runs (CUDA) and ``config.fused`` is on, a plain forward takes the fused path of
-``mambadyn.scan.triton_mixer``: in_proj writes (2 d_inner, batch L) and everything after it is one autograd
-function over Triton kernels, with no layout copies (custom ops under torch.compile). The arithmetic is
-the same; the per-op path below stays for the reference backends, CPU, reordering and recurrent state.
+Two settings, one meaning each. ``config.fused``: where ``mambadyn.fused.usable`` says the fused kernels can
+run (CUDA with Triton), a plain forward takes the fused path of ``mambadyn.fused.mixer``: in_proj writes
+(2 d_inner, batch L) and everything after it is one autograd function over Triton kernels, with no layout
+copies (custom ops under torch.compile). ``scan_backend``: which selective scan the per-op path below
+calls; the fused path has its own (the Triton scan's kernels), so naming another scan there is refused
+rather than ignored. The per-op path serves CPU, float64, reordering and recurrent state.
 """
 
 from __future__ import annotations
@@ -23,9 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import MambadynError
+from .. import fused as fused_path
 from ..scan import selective_scan
-from ..scan.registry import get_backend
 from .config import MambaConfig
 
 
@@ -77,21 +78,21 @@ class MambaMixer(nn.Module):
         return F.silu(self.conv1d(x)[..., : x.shape[-1]])
 
     def uses_fused_kernels(self, t: torch.Tensor) -> bool:
-        """Whether the fused Triton kernels serve activations like ``t`` (see the module's docstring)."""
-        if not self.fused or t.dtype == torch.float64:
+        """Whether the fused Triton kernels serve activations like ``t``: ``config.fused`` is on and the fused
+        room can run here (``mambadyn.fused.usable``)."""
+        if not (self.fused and fused_path.usable(t)):
             return False
         if self.scan_backend not in ("auto", "triton"):
-            return False
-        try:
-            return get_backend(self.scan_backend, t).name == "triton"
-        except MambadynError:  # named "triton" where it cannot run: the per-op path raises with the reason
-            return False
+            raise ValueError(f"scan_backend={self.scan_backend!r} picks the scan of the per-op path, but the fused "
+                             "path (config.fused, on here) carries its own Triton scan: set fused=False to use "
+                             f"{self.scan_backend!r}")
+        return True
 
     def _takes_fused_path(self, hidden: torch.Tensor, return_state: bool) -> bool:
         return not return_state and self.reorder is None and self.uses_fused_kernels(hidden)
 
     def _fused_forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        from ..scan.triton_mixer import mixer_inner
+        from ..fused.mixer import mixer_inner  # imports triton: only where the fused path runs
 
         batch, L, d_model = hidden.shape
         # (2 d_inner, batch L): the layout every later product and kernel reads without a copy
@@ -139,7 +140,7 @@ class MambaMixer(nn.Module):
         x, z = self.in_proj(hidden).chunk(2, dim=-1)
         # one Triton kernel per elementwise stage, where the fused kernels run (a dozen PyTorch ops each)
         if self.uses_fused_kernels(x):
-            from ..scan.triton_step import conv_step, ssm_step
+            from ..fused.step import conv_step, ssm_step
 
             x = conv_step(x, conv_state, self.conv1d.weight, self.conv1d.bias)
             dt, B, C = self.ssm_params(x[:, :, None])

@@ -20,6 +20,6 @@ def is_dense(t: torch.Tensor) -> bool:
 
 def is_matrix_view(t: torch.Tensor) -> bool:
     """True where t (batch, c, L) has strides (L, batch L, 1): a view of a (c, batch L) row-major matrix, the
-    layout in which the fused mixer's products and kernels meet (``triton_mixer``)."""
+    layout in which the fused mixer's products and kernels meet (``mambadyn.fused.mixer``)."""
     batch, _, L = t.shape
     return t.stride() == (L, batch * L, 1)

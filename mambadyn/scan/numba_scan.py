@@ -266,7 +266,7 @@ def selective_scan_numba(
     return (out, h_last) if return_last_state else out
 
 
-def _unusable(u: torch.Tensor) -> str | None:
+def numba_unusable_reason(u: torch.Tensor) -> str | None:
     return None if u.device.type == "cpu" else f"the numba scan runs on CPU tensors, not {u.device.type}"
 
 

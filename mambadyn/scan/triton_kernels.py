@@ -164,7 +164,7 @@ def _softplus(x):
 
 @launcher
 @triton.jit
-def _fwd_kernel(
+def fwd_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
     out_ptr, states_ptr, last_ptr,
     d, n, L,
@@ -259,7 +259,7 @@ def _fwd_kernel(
 
 @launcher
 @triton.jit
-def _bwd_kernel(
+def bwd_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, dout_ptr, dlast_ptr,
     du_ptr, ddl_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, g0_ptr, outz_ptr,
     d, n, L,

@@ -9,9 +9,8 @@ import torch
 
 from .launch import cdiv
 from .layout import is_dense, is_matrix_view
-from .registry import register_backend
-from .triton_kernels import _bwd_kernel, _fwd_kernel
-from .triton_tuning import Tuning, _as_ints, _bwd_meta, _compiled, _fwd_meta, _interpreting, _tunings_for
+from .triton_kernels import bwd_kernel, fwd_kernel
+from .triton_tuning import Tuning, as_ints, bwd_meta, compiled, fwd_meta, interpreting, tunings_for
 
 
 def _layouts(u, delta, z, B, C):
@@ -28,7 +27,7 @@ def _layouts(u, delta, z, B, C):
     return u, delta, z, B, C
 
 
-def _forward(u, delta, A, B, C, D, z, bias, h0, softplus: bool, fwd: Tuning, bwd: Tuning, save_states: bool,
+def scan_forward(u, delta, A, B, C, D, z, bias, h0, softplus: bool, fwd: Tuning, bwd: Tuning, save_states: bool,
              a_log: bool = False):
     """Launch the forward kernel. Returns out (batch, d, L) with u's layout, the last state (batch, d, n),
     and what the backward reads if ``save_states`` (else None): the inputs as launched, then the states at
@@ -45,16 +44,16 @@ def _forward(u, delta, A, B, C, D, z, bias, h0, softplus: bool, fwd: Tuning, bwd
     h0c = None if h0 is None else h0.float().contiguous()
     grid = (batch, cdiv(d, fwd.block_d))
     su, sB = u.stride(), B.stride()
-    _fwd_kernel[grid](
+    fwd_kernel[grid](
         u, delta, A, B, C, D, z, bias, h0c, out, states, last, d, n, L, su[0], su[1], sB[0], sB[1],
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, HAS_H0=h0 is not None,
-        SOFTPLUS=softplus, A_LOG=a_log, **_fwd_meta(fwd, bwd, u.element_size(), n, save_states, _compiled(u)),
+        SOFTPLUS=softplus, A_LOG=a_log, **fwd_meta(fwd, bwd, u.element_size(), n, save_states, compiled(u)),
     )
     saved = (u, delta, A, B, C, D, z, bias, h0, states) if save_states else None
     return out, last, saved
 
 
-def _backward(dout, dlast, u, delta, A, B, C, D, z, bias, states, softplus: bool, bwd: Tuning,
+def scan_backward(dout, dlast, u, delta, A, B, C, D, z, bias, states, softplus: bool, bwd: Tuning,
               du=None, dz=None, out_z=None, dBC=None, a_log: bool = False):
     """Launch the backward kernel on the inputs as the forward launched them, and its saved states.
     Returns du, ddelta, dA, dB, dC, dD, dz, dbias (None where the input was None; du, ddelta, dz in u's
@@ -90,12 +89,12 @@ def _backward(dout, dlast, u, delta, A, B, C, D, z, bias, states, softplus: bool
     g0 = torch.empty(batch, d, n, **f32)
     dlast = None if dlast is None else dlast.float().contiguous()
     grid = (batch, cdiv(d, bwd.block_d))
-    _bwd_kernel[grid](
+    bwd_kernel[grid](
         u, delta, A, B, C, D, z, bias, states, dout, dlast,
         du, ddelta, dz, dA, dB, dC, dD, dbias, g0, out_z, d, n, L,
         su[0], su[1], sB[0], sB[1],
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, HAS_DLAST=dlast is not None,
-        SOFTPLUS=softplus, A_LOG=a_log, **_bwd_meta(bwd, u.element_size(), n, _compiled(u),
+        SOFTPLUS=softplus, A_LOG=a_log, **bwd_meta(bwd, u.element_size(), n, compiled(u),
                                        store_outz=out_z is not None and z is not None,
                                        aligned=_aligned((L, su[0], su[1], sB[0], sB[1]),
                                                         (u, delta, B, C, z, dout, du, ddelta, dz, out_z, dB, dC))),
@@ -109,7 +108,7 @@ def _backward(dout, dlast, u, delta, A, B, C, D, z, bias, states, softplus: bool
     return du, ddelta, dA, dB, dC, dD, dz, dbias, g0
 
 
-def _op_grads(grads, like) -> list[torch.Tensor]:
+def scan_op_grads(grads, like) -> list[torch.Tensor]:
     """``grads`` as a backward custom op returns them: each in its input's dtype (``like``), as the op's fake
     promises; a copy where it views a buffer shared with others (the summed gradients are views of one, and
     a custom op's outputs may not share storage); an empty tensor where it is None (the output list holds no
@@ -136,7 +135,7 @@ class _TritonScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, bias, h0, softplus, fwd, bwd):
         need_grad = any(ctx.needs_input_grad)
-        out, last, saved = _forward(u, delta, A, B, C, D, z, bias, h0, softplus, fwd, bwd, need_grad)
+        out, last, saved = scan_forward(u, delta, A, B, C, D, z, bias, h0, softplus, fwd, bwd, need_grad)
         if need_grad:
             ctx.save_for_backward(*saved)
             ctx.softplus, ctx.tuning = softplus, bwd
@@ -147,7 +146,7 @@ class _TritonScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, dlast):
         u, delta, A, B, C, D, z, bias, h0, states = ctx.saved_tensors
-        *grads, g0 = _backward(dout, dlast, u, delta, A, B, C, D, z, bias, states, ctx.softplus, ctx.tuning)
+        *grads, g0 = scan_backward(dout, dlast, u, delta, A, B, C, D, z, bias, states, ctx.softplus, ctx.tuning)
         dh0 = _initial_state_grad(g0, delta, A, bias, h0, ctx.softplus) \
             if h0 is not None and ctx.needs_input_grad[8] else None
         return (*grads, dh0, None, None, None)
@@ -168,7 +167,7 @@ def _scan_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Ten
     # contiguous, as the fake implementation promises
     u, delta, B, C = (t.contiguous() for t in (u, delta, B, C))
     z = None if z is None else z.contiguous()
-    out, last, saved = _forward(u, delta, A, B, C, D, z, bias, h0, softplus, Tuning(*fwd), Tuning(*bwd), save_states)
+    out, last, saved = scan_forward(u, delta, A, B, C, D, z, bias, h0, softplus, Tuning(*fwd), Tuning(*bwd), save_states)
     states = saved[-1] if save_states else u.new_empty(0, dtype=torch.float32)
     return out, last, states
 
@@ -191,8 +190,8 @@ def _scan_backward_op(dout: torch.Tensor, dlast: torch.Tensor | None, u: torch.T
     """-> du, ddelta, dA, dB, dC, dD, dz, dbias (empty where the input is None), g0."""
     u, delta, A, B, C = (t.contiguous() for t in (u, delta, A, B, C))
     D, z, bias = (None if t is None else t.contiguous() for t in (D, z, bias))
-    grads = _backward(dout, dlast, u, delta, A, B, C, D, z, bias, states, softplus, Tuning(*bwd))
-    return _op_grads(grads[:-1], (u, delta, A, B, C, D, z, bias)) + [grads[-1]]
+    grads = scan_backward(dout, dlast, u, delta, A, B, C, D, z, bias, states, softplus, Tuning(*bwd))
+    return scan_op_grads(grads[:-1], (u, delta, A, B, C, D, z, bias)) + [grads[-1]]
 
 
 @_scan_backward_op.register_fake
@@ -251,27 +250,26 @@ def selective_scan_triton(
     default for the input dtype (``FWD_TUNING``, ``BWD_TUNING``)."""
     need_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias, initial_state))
-    fwd, bwd = _tunings_for(u, u.shape[0] * u.shape[1], need_grad, block_d=block_d, chunk=chunk,
+    fwd, bwd = tunings_for(u, u.shape[0] * u.shape[1], need_grad, block_d=block_d, chunk=chunk,
                             num_warps=num_warps, bwd_block_d=bwd_block_d, bwd_chunk=bwd_chunk,
                             bwd_num_warps=bwd_num_warps, bwd_g_in_memory=bwd_g_in_memory, wide=wide, maxnreg=maxnreg,
                             bwd_maxnreg=bwd_maxnreg, bwd_flip_runs=bwd_flip_runs)
     softplus = bool(delta_softplus)
     if torch.compiler.is_compiling():  # one graph node, no break (the eager paths below cost less per call)
-        out, last, _ = _scan_op(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, _as_ints(fwd),
-                                _as_ints(bwd), need_grad)
+        out, last, _ = _scan_op(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, as_ints(fwd),
+                                as_ints(bwd), need_grad)
     elif need_grad:
         out, last = _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, fwd, bwd)
     else:  # inference skips autograd's bookkeeping (~8 us of a short call's ~70 on the H100 host)
-        out, last, _ = _forward(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, fwd, bwd, False)
+        out, last, _ = scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, fwd, bwd, False)
     return (out, last) if return_last_state else out
 
 
-def _unusable(u: torch.Tensor) -> str | None:
-    if not u.is_cuda and not _interpreting():
+def triton_unusable_reason(u: torch.Tensor) -> str | None:
+    """None where the Triton scan can run on ``u``, else why not."""
+    if not u.is_cuda and not interpreting():
         return f"the Triton kernel runs on CUDA tensors, these are on {u.device}"
     if u.dtype == torch.float64:
         return "float64 inputs are left to the PyTorch backends (the kernel computes in float32)"
     return None
 
-
-register_backend("triton", selective_scan_triton, priority=10, unusable_reason=_unusable)

@@ -16,10 +16,10 @@ from .launch import next_power_of_2
 class Tuning:
     """One kernel's launch shape: ``block_d`` channels per program, ``chunk`` steps per parallel scan
     (both powers of two), ``num_warps`` warps per program; for the backward, ``g_in_memory``: where the
-    adjoint carried between chunks lives (see ``_bwd_kernel``); for the forward, ``wide``: float32 tiles
-    hold 8 steps per thread instead of 4 (see ``_fwd_kernel``'s WIDE), and ``maxnreg``: a cap on the
+    adjoint carried between chunks lives (see ``bwd_kernel``); for the forward, ``wide``: float32 tiles
+    hold 8 steps per thread instead of 4 (see ``fwd_kernel``'s WIDE), and ``maxnreg``: a cap on the
     registers per thread (0: none; either kernel); for the backward, ``flip_runs``: reverse its scan by
-    mirror-lane shuffles where the kernel's layout is known to suit them (see ``_bwd_meta``)."""
+    mirror-lane shuffles where the kernel's layout is known to suit them (see ``bwd_meta``)."""
 
     block_d: int
     chunk: int
@@ -56,7 +56,7 @@ BWD_TUNING_FEW_ROWS = {2: Tuning(block_d=1, chunk=256, num_warps=1, g_in_memory=
                        4: Tuning(block_d=1, chunk=128, num_warps=1, g_in_memory=True, maxnreg=168)}
 
 
-def _as_ints(t: Tuning) -> list[int]:
+def as_ints(t: Tuning) -> list[int]:
     # a custom op's schema takes a list of ints; Tuning(*that) is the tuning again
     return [int(v) for v in astuple(t)]
 
@@ -105,7 +105,7 @@ def _tunings(element_size: int, block_d=None, chunk=None, num_warps=None, bwd_bl
     return fwd, bwd
 
 
-def _tunings_for(t: torch.Tensor, rows: int, need_grad: bool, **knobs) -> tuple[Tuning, Tuning]:
+def tunings_for(t: torch.Tensor, rows: int, need_grad: bool, **knobs) -> tuple[Tuning, Tuning]:
     """``_tunings`` for the input t (its element size, and its GPU's SM count), ``rows`` = batch * d."""
     # under dynamo the caches' wrapped functions (pure) are traced directly, as dynamo would anyway, without
     # its warning about cache wrappers
@@ -121,15 +121,15 @@ def _run_length(element_size: int, chunk: int) -> int:
     return min(16 // element_size, chunk)
 
 
-def _interpreting() -> bool:
+def interpreting() -> bool:
     # Triton's interpreter runs the kernels (on CPU tensors too)
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _compiled(t: torch.Tensor) -> bool:
+def compiled(t: torch.Tensor) -> bool:
     # whether the kernels run compiled for t's GPU: the prefetches are inline PTX, which Triton's
     # interpreter (also given CUDA tensors) cannot run
-    return t.is_cuda and not _interpreting()
+    return t.is_cuda and not interpreting()
 
 
 def _launch(t: Tuning) -> dict:
@@ -138,7 +138,7 @@ def _launch(t: Tuning) -> dict:
 
 
 @functools.lru_cache(maxsize=256)
-def _fwd_meta(fwd: Tuning, bwd: Tuning, element_size: int, n: int, save_states: bool, prefetch: bool) -> dict:
+def fwd_meta(fwd: Tuning, bwd: Tuning, element_size: int, n: int, save_states: bool, prefetch: bool) -> dict:
     # the forward's launch-shape constexprs and num_warps (benchmarks/sass.py compiles with these too).
     # ``prefetch``: only where ``_compiled``. Cached, and so shared: callers unpack it, never change it
     wide = bool(fwd.wide) and element_size == 4
@@ -148,7 +148,7 @@ def _fwd_meta(fwd: Tuning, bwd: Tuning, element_size: int, n: int, save_states: 
 
 
 @functools.lru_cache(maxsize=256)
-def _bwd_meta(bwd: Tuning, element_size: int, n: int, prefetch: bool, store_outz: bool = False,
+def bwd_meta(bwd: Tuning, element_size: int, n: int, prefetch: bool, store_outz: bool = False,
               aligned: bool = False) -> dict:
     # the backward's, likewise. The mirror-lane flip (_flip_runs) is inline PTX written for one layout: a
     # thread holding 8 consecutive steps of one row, a row's 128 (256) steps on 16 (32) lanes of a one-warp

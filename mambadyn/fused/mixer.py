@@ -1,7 +1,7 @@
 """The S6 mixer after in_proj as one differentiable call over the Triton kernels, for training on CUDA.
 
     x, z = xz                                  xz: (batch, 2 d_inner, L), a view of in_proj's (2 d_inner, batch L)
-    u = silu(conv(x))                          triton_conv
+    u = silu(conv(x))                          fused.conv
     (dt, B, C) = x_proj u;  Δ_raw = dt_proj dt
     y = scan(u, Δ_raw + bias, A, B, C, D) · silu(z)        triton_kernels, softplus fused, A = -exp(A_log)
     out = out_proj y                           (batch, L, d_model)
@@ -25,10 +25,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .layout import is_matrix_view
-from .triton_conv import conv_backward, conv_forward
-from .triton_scan import _backward, _forward, _op_grads
-from .triton_tuning import Tuning, _as_ints, _tunings_for
+from ..scan.layout import is_matrix_view
+from .conv import conv_backward, conv_forward
+from ..scan.triton_scan import scan_backward, scan_forward, scan_op_grads
+from ..scan.triton_tuning import Tuning, as_ints, tunings_for
 
 # Inside the autograd Function and the custom ops nothing is recorded, so these views are single as_strided
 # calls there: each view op is a dispatch, and the eager step is CPU-bound (a transpose and a reshape or view
@@ -72,7 +72,7 @@ def _mixer_forward(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj
     u = _conv(xz, conv_w, conv_b)
     x_dbl = x_proj_w @ _as_matrix(u)
     delta, B, C = _split(x_dbl, dt_proj_w, A_log.shape[1], batch)
-    y, _, saved = _forward(u, delta, A_log, B, C, D, xz[:, two_d // 2:], dt_bias, None, True, fwd, bwd, save,
+    y, _, saved = scan_forward(u, delta, A_log, B, C, D, xz[:, two_d // 2:], dt_bias, None, True, fwd, bwd, save,
                            a_log=True)
     out = F.linear(_as_matrix(y).t(), out_proj_w, out_proj_b)  # (batch L, d_model)
     return out.view(batch, L, -1), x_dbl, saved[-1] if save else None
@@ -91,7 +91,7 @@ def _mixer_backward(dout, xz, conv_w, conv_b, x_dbl, x_proj_w, dt_proj_w, out_pr
     dxz = torch.empty_like(xz)
     y_gated = torch.empty_like(u)
     dx_dbl = torch.empty_like(x_dbl)  # (rank + 2n, batch L): dΔ's product, then dB and dC from the scan
-    du, ddelta, dA_log, _, _, dD, _, dbias, _ = _backward(
+    du, ddelta, dA_log, _, _, dD, _, dbias, _ = scan_backward(
         dy, None, u, delta, A_log, B, C, D, xz[:, d:], dt_bias, states, True, bwd, dz=dxz[:, d:], out_z=y_gated,
         dBC=dx_dbl[rank:], a_log=True)
     d_out_w = dout.t() @ _as_matrix(y_gated).t()
@@ -161,7 +161,7 @@ def _mixer_backward_op(dout: torch.Tensor, xz: torch.Tensor, conv_w: torch.Tenso
     grads = _mixer_backward(dout, xz, conv_w, conv_b, x_dbl, x_proj_w, dt_proj_w, out_proj_w, has_out_b, A_log,
                             D, dt_bias, states, Tuning(*bwd))
     # (the eager path leaves the casts to autograd)
-    return _op_grads(grads, (xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, xz, A_log, D, dt_bias))
+    return scan_op_grads(grads, (xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, xz, A_log, D, dt_bias))
 
 
 @_mixer_backward_op.register_fake
@@ -221,14 +221,36 @@ def mixer_inner(xz: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Te
     need_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
                                                     out_proj_weight, out_proj_bias, A_log, D, dt_bias))
-    fwd, bwd = _tunings_for(xz, xz.shape[0] * xz.shape[1] // 2, need_grad)
+    fwd, bwd = tunings_for(xz, xz.shape[0] * xz.shape[1] // 2, need_grad)
     if compiling:  # the op sees the cast weights; compiled, the casts cost no dispatch
         x_proj_weight, dt_proj_weight, out_proj_weight, out_proj_bias = _autocast(
             x_proj_weight, dt_proj_weight, out_proj_weight, out_proj_bias)
         return _mixer_op(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, out_proj_weight, out_proj_bias,
-                         A_log, D, dt_bias, _as_ints(fwd), _as_ints(bwd), need_grad)[0]
+                         A_log, D, dt_bias, as_ints(fwd), as_ints(bwd), need_grad)[0]
     batch, two_d, L = xz.shape
     if not is_matrix_view(xz):  # not in_proj's layout (see MambaMixer._fused_forward): one copy into it
         xz = xz.transpose(0, 1).reshape(two_d, -1).view(two_d, batch, L).transpose(0, 1)
     return _MixerInner.apply(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, out_proj_weight,
                              out_proj_bias, A_log, D, dt_bias, fwd, bwd)
+
+
+def mixer_inner_ref(xz: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor | None,
+                    x_proj_weight: torch.Tensor, dt_proj_weight: torch.Tensor, out_proj_weight: torch.Tensor,
+                    out_proj_bias: torch.Tensor | None, A_log: torch.Tensor, D: torch.Tensor, dt_bias: torch.Tensor
+                    ) -> torch.Tensor:
+    """What ``mixer_inner`` computes, in plain PyTorch ops and the reference scan (any device and dtype,
+    float64 included): the reference the fused mixer is held to. Same arguments and shapes."""
+    from ..scan.reference import selective_scan_ref
+
+    if xz.dim() != 3 or xz.shape[1] % 2:
+        raise ValueError(f"xz must have shape (batch, 2 d_inner, L), got {tuple(xz.shape)}")
+    x, z = xz.chunk(2, dim=1)
+    d_inner, L = x.shape[1], x.shape[2]
+    w = conv_weight.reshape(d_inner, 1, -1)
+    u = F.silu(F.conv1d(x, w, conv_bias, padding=w.shape[-1] - 1, groups=d_inner)[..., :L])
+    n = A_log.shape[1]
+    r = dt_proj_weight.shape[1]
+    dt, B, C = torch.einsum("od,bdl->bol", x_proj_weight, u).split([r, n, n], dim=1)
+    delta = torch.einsum("dr,brl->bdl", dt_proj_weight, dt)
+    y = selective_scan_ref(u, delta, -torch.exp(A_log), B, C, D, z=z, delta_bias=dt_bias, delta_softplus=True)
+    return F.linear(y.transpose(1, 2), out_proj_weight, out_proj_bias)

@@ -9,7 +9,7 @@ dbias atomically; the second gathers dx[t] = sum_j w[c, j] g[t + K - 1 - j].
 
 ``causal_conv1d_silu(x, weight, bias)``: x (batch, d, L) in any float dtype, weight (d, K) or (d, 1, K),
 bias (d,) or None -> (batch, d, L) in x's dtype, differentiable in all three. ``conv_forward`` and
-``conv_backward`` are the launches without autograd, for the fused mixer (``triton_mixer``), which hands in
+``conv_backward`` are the launches without autograd, for the fused mixer (``fused.mixer``), which hands in
 and takes out views of larger buffers: only time must be contiguous."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import cdiv, launcher
-from .layout import is_dense
+from ..scan.launch import cdiv, launcher
+from ..scan.layout import is_dense
 
 
 @triton.jit

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import cdiv, launcher, next_power_of_2
+from ..scan.launch import cdiv, launcher, next_power_of_2
 
 LOG2E = tl.constexpr(1.4426950408889634)
 
