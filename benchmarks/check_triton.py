@@ -15,7 +15,8 @@ import sys
 
 import torch
 
-from poison import poison_allocator  # benchmarks/poison.py (scripts here run with benchmarks/ on sys.path)
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))  # the repo root: tests.support
+from tests.support.poison import poison_allocator  # noqa: E402
 
 from mambadyn.scan.verify import Case, compare_with_reference
 

@@ -14,7 +14,11 @@ import json
 
 import torch
 
-from sass import count  # benchmarks/sass.py
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: tests.support
+from tests.support.sass import count  # noqa: E402
 
 
 def main():

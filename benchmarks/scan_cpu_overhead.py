@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mambadyn.scan.triton_scan as ts  # noqa: E402
 from mambadyn.scan import selective_scan  # noqa: E402
 from mambadyn.scan.launch import cdiv, next_power_of_2  # noqa: E402
+from tests.support.stubs import NoKernel  # noqa: E402
 
 
 def per_call_us(fn, calls: int) -> float:
@@ -47,13 +48,6 @@ def paired(a, b, rounds: int, calls: int) -> dict:
     ratios = [y / x for x, y in zip(ta, tb)]
     return {"a_us": statistics.median(ta), "b_us": statistics.median(tb), "ratio_median": statistics.median(ratios),
             "ratio_min": min(ratios), "ratio_max": max(ratios)}
-
-
-class NoKernel:
-    """Stands in for a kernel: launches nothing."""
-
-    def __getitem__(self, grid):
-        return lambda *args, **kwargs: None
 
 
 def scan_calls(xs, dy):

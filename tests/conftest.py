@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = (ROOT / ".." / "shared" / "data").resolve()
-if str(ROOT) not in sys.path:  # developer tools the tests share with the benchmarks live in benchmarks/
+if str(ROOT) not in sys.path:  # tests.support: the helpers the tests stand on (the benchmarks borrow them)
     sys.path.insert(0, str(ROOT))
 
 os.environ["MAMBADYN_OFFLINE"] = "1"

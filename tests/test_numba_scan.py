@@ -64,7 +64,7 @@ def test_auto_is_numba_on_cpu():
 
 
 def test_torch_compile_traces_a_model_on_the_numba_scan_without_graph_breaks():
-    from benchmarks.compile_check import compile_and_compare
+    from tests.support.compile_check import compile_and_compare
     from mambadyn.nn import MambaConfig, MambaLM
 
     torch.manual_seed(0)

@@ -9,7 +9,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from benchmarks.triton_interpret import run_script
+from tests.support.triton_interpret import run_script
 
 SCRIPT = """
 import copy, json
@@ -96,7 +96,7 @@ def test_the_fused_layer_records_no_more_than_its_products_and_functions(monkeyp
     import mambadyn.fused.conv as tc
     import mambadyn.fused.norm as tn
     import mambadyn.scan.triton_scan as ts
-    from benchmarks.scan_cpu_overhead import NoKernel
+    from tests.support.stubs import NoKernel
     from mambadyn.nn import MambaConfig, MambaLM
 
     for mod, names in ((ts, ["fwd_kernel", "bwd_kernel"]),
@@ -128,7 +128,7 @@ def test_the_fused_layer_records_no_more_than_its_products_and_functions(monkeyp
 COMPILE_SCRIPT = """
 import json
 import torch
-from benchmarks.compile_check import compile_and_compare
+from tests.support.compile_check import compile_and_compare
 from mambadyn.nn import MambaConfig, MambaLM
 torch.manual_seed(0)
 device = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"

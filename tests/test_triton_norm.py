@@ -6,7 +6,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from benchmarks.triton_interpret import run_script  # noqa: E402
+from tests.support.triton_interpret import run_script  # noqa: E402
 
 SCRIPT = """
 import json

@@ -10,12 +10,12 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from benchmarks.poison import poison_allocator
+from tests.support.poison import poison_allocator
 from mambadyn.scan.verify import Case, compare_with_reference
 
 pytest.importorskip("triton")
 
-from benchmarks.triton_interpret import run_script  # noqa: E402  (developer tools live outside the package)
+from tests.support.triton_interpret import run_script  # noqa: E402
 
 INTERPRETED = [
     Case(2, 5, 37, 4, initial_state=True, last_state=True),      # L not a multiple of the chunk
@@ -65,7 +65,7 @@ def test_kernel_matches_reference_in_the_interpreter():
 def test_kernels_compile_for_the_h100_without_spilling_in_their_loop():
     # what the interpreter cannot catch: the compiled kernels' lowering, and a register blow-up in the
     # per-state loop (Triton ships ptxas, so this compiles for sm_90 on a CPU machine)
-    from benchmarks.sass import count
+    from tests.support.sass import count
 
     for kernel in ("fwd", "bwd"):
         for dtype in (torch.bfloat16, torch.float32):
@@ -85,7 +85,7 @@ def test_the_shuffle_flip_sees_the_layout_it_was_written_for(dtype, block_d, chu
     # compiled IR is checked here, on CPU
     import re
 
-    from benchmarks.sass import compile_triton
+    from tests.support.sass import compile_triton
 
     ttgir = compile_triton("bwd", dtype, bwd_block_d=block_d, bwd_chunk=chunk)[0].asm["ttgir"]
     layouts = dict(re.findall(r"^(#blocked\d*) = #ttg\.blocked<\{(.*)\}>", ttgir, re.M))
@@ -274,7 +274,7 @@ def test_auto_picks_triton_on_cuda():
 COMPILE_SCRIPT = """
 import json
 import torch
-from benchmarks.compile_check import compile_and_compare
+from tests.support.compile_check import compile_and_compare
 from mambadyn.nn import MambaConfig, MambaLM
 torch.manual_seed(0)
 device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -325,7 +325,7 @@ def test_launch_arithmetic_equals_tritons():
 def test_the_backward_reports_what_triton_specializes_on(monkeypatch, L, aligned):
     # the shuffle flip's precondition (bwd_meta's ``aligned``) as the backward computes it, kernels stubbed
     import mambadyn.scan.triton_scan as ts
-    from benchmarks.scan_cpu_overhead import NoKernel
+    from tests.support.stubs import NoKernel
 
     seen = []
     meta = ts.bwd_meta

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..jsonio import write_json
-from ..nn.config import EIGEN_MODES as MODES
+from ..refine.modes import MODES
 from ..typed import check_fields
 from .grid import Run, check_grid, run_grid
 from .stats import compare_to, fmt_summary, summarize

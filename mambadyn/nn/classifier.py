@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from ..refine.modes import EigenMode
 from .block import RMSNorm
 from .config import ClassifierConfig
 from .mixer import MambaMixer
@@ -68,7 +69,7 @@ class MambaClassifier(nn.Module):
                 for m in self.mixers_of(i):
                     m.reorder = TokenReorder(m.d_inner, tau=c.reorder_tau, hard=c.reorder_hard,
                                              restore=c.reorder_restore)
-        if c.eigen_mode != "free":
+        if EigenMode.parse(c.eigen_mode).constrained:
             from ..refine import constrain_eigenvalues
 
             constrain_eigenvalues(self, c.eigen_mode, threshold=c.eigen_threshold, init="keep")

@@ -2,32 +2,19 @@
 
 from __future__ import annotations
 
-import enum
 import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from ..refine.modes import MODES, EigenMode
 from ..typed import check_fields, positive
 
 
-class EigenMode(str, enum.Enum):
-    """The sign constraint on the eigenvalues of S_C^T S_B (see ``mambadyn.refine.eigen``): the one
-    vocabulary of eigen modes for configs, the parametrization and the experiments."""
-
-    FREE = "free"
-    POSITIVE = "positive"
-    NEGATIVE = "negative"
-    MIXED = "mixed"
-
-
-EIGEN_MODES = tuple(m.value for m in EigenMode)
-
-
 def _check_eigen(cfg) -> None:
-    if cfg.eigen_mode not in EIGEN_MODES:
-        raise ValueError(f"{type(cfg).__name__}.eigen_mode must be one of {EIGEN_MODES}, got {cfg.eigen_mode!r}")
-    if isinstance(cfg.eigen_mode, EigenMode):
-        cfg.eigen_mode = cfg.eigen_mode.value  # JSON and comparisons see the plain string
+    try:
+        EigenMode.parse(cfg.eigen_mode)
+    except ValueError:
+        raise ValueError(f"{type(cfg).__name__}.eigen_mode must be one of {MODES}, got {cfg.eigen_mode!r}") from None
 
 
 @dataclass
@@ -78,7 +65,7 @@ class MambaConfig:
         positive(self, "dt_init_floor", "initializer_range", "eigen_threshold", allow_zero=True)
         if self.dt_min > self.dt_max:
             raise ValueError(f"MambaConfig.dt_min {self.dt_min} exceeds dt_max {self.dt_max}")
-        if self.eigen_mode != "free" and self.d_state > self.d_inner:
+        if EigenMode.parse(self.eigen_mode).constrained and self.d_state > self.d_inner:
             raise ValueError(f"eigen_mode {self.eigen_mode!r} needs d_state <= d_inner ({self.d_state} > {self.d_inner})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"MambaConfig.dropout must be in [0, 1), got {self.dropout}")

@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..errors import MambadynError
+from ..refine.modes import EigenMode
 from .config import MambaConfig
 
 
@@ -155,9 +156,9 @@ def build_then_constrain(cls, config, load_weights):
     """``cls(config)`` built free, ``load_weights(model)`` given the plain weights, then constrained to
     ``config.eigen_mode``: the constraint's right inverse projects the loaded weights onto the family
     (exact where they are in it already). The one load path of MambaLM and MambaClassifier."""
-    model = cls(dataclasses.replace(config, eigen_mode="free"))
+    model = cls(dataclasses.replace(config, eigen_mode=EigenMode.FREE.value))
     load_weights(model)
-    if config.eigen_mode != "free":
+    if EigenMode.parse(config.eigen_mode).constrained:
         from ..refine import constrain_eigenvalues
 
         constrain_eigenvalues(model, config.eigen_mode, threshold=config.eigen_threshold)

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..refine.modes import EigenMode
 from .block import MambaBlock, RMSNorm
 from .config import MambaConfig
 
@@ -75,7 +76,7 @@ class MambaLM(nn.Module):
         self._init_weights()
         if config.tie_embeddings:
             self.lm_head.weight = self.backbone.embeddings.weight
-        if config.eigen_mode != "free":
+        if EigenMode.parse(config.eigen_mode).constrained:
             from ..refine import constrain_eigenvalues
 
             constrain_eigenvalues(self, config.eigen_mode, threshold=config.eigen_threshold, init="keep")

@@ -21,10 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..nn.config import EIGEN_MODES as MODES
-from ..nn.config import EigenMode
-
-CONSTRAINED = tuple(m.value for m in EigenMode if m is not EigenMode.FREE)
+from .modes import CONSTRAINED, MODES, EigenMode
 
 
 def _inv_softplus(y: torch.Tensor) -> torch.Tensor:
@@ -36,24 +33,25 @@ class EigenSign(nn.Module):
 
     def __init__(self, dt_rank: int, d_state: int, mode: str, threshold: float = 0.7):
         super().__init__()
-        if mode not in CONSTRAINED:
+        if not EigenMode.parse(mode).constrained:
             raise ValueError(f"EigenSign mode must be one of {CONSTRAINED}, got {mode!r}")
+        mode = EigenMode.parse(mode)
         if threshold < 0:
             raise ValueError(f"threshold must be >= 0, got {threshold}")
         self.r, self.n, self.mode, self.threshold = dt_rank, d_state, mode, threshold
 
     def signs(self, device=None, dtype=None) -> torch.Tensor:
         s = torch.ones(self.n, device=device, dtype=dtype)
-        if self.mode == "negative":
+        if self.mode is EigenMode.NEGATIVE:
             s = -s
-        elif self.mode == "mixed":
+        elif self.mode is EigenMode.MIXED:
             s[math.ceil(self.n / 2):] = -1
         return s
 
     def delta(self, W: torch.Tensor) -> torch.Tensor:
         """The N diagonal factors δ (their signs are the eigenvalue signs)."""
         mag = F.softplus(W[self.r + self.n :, 0])
-        if self.mode != "mixed":
+        if self.mode is not EigenMode.MIXED:
             mag = mag + self.threshold
         return self.signs(W.device, W.dtype) * mag
 
@@ -76,7 +74,7 @@ class EigenSign(nn.Module):
         raw[:r] = W_eff[:r]
         raw[r : r + n] = W_eff[r + n :]  # S_C = U: its strict upper triangle is U's
         diag = torch.diagonal(W_eff[r : r + n, :n])  # S_B = diag(δ) U has δ on its diagonal
-        floor = 0.0 if self.mode == "mixed" else self.threshold
+        floor = 0.0 if self.mode is EigenMode.MIXED else self.threshold
         mag = (diag * self.signs(W_eff.device, W_eff.dtype) - floor).clamp_min(1e-4)
         raw[r + n :, 0] = _inv_softplus(mag)
         return raw
@@ -99,8 +97,7 @@ def constrain_eigenvalues(model: nn.Module, mode: str, threshold: float = 0.7, i
     "keep" uses the current weight as the raw parameter, as the paper's code does at initialisation.
     Returns the model.
     """
-    if mode not in MODES:
-        raise ValueError(f"eigen mode must be one of {MODES}, got {mode!r}")
+    mode = EigenMode.parse(mode)
     if init not in ("project", "keep"):
         raise ValueError(f"init must be 'project' or 'keep', got {init!r}")
     mixers = find_mixers(model)
@@ -109,7 +106,7 @@ def constrain_eigenvalues(model: nn.Module, mode: str, threshold: float = 0.7, i
     for _, m in mixers:
         if parametrize.is_parametrized(m.x_proj, "weight"):
             parametrize.remove_parametrizations(m.x_proj, "weight", leave_parametrized=True)
-        if mode == "free":
+        if not mode.constrained:
             continue
         dt_rank, n = m.dt_proj.in_features, m.A_log.shape[1]
         if n > m.x_proj.in_features:
@@ -127,9 +124,9 @@ def eigen_mode_of(model: nn.Module) -> str:
     modes = set()
     for _, m in find_mixers(model):
         if parametrize.is_parametrized(m.x_proj, "weight"):
-            modes.update(p.mode for p in m.x_proj.parametrizations.weight if isinstance(p, EigenSign))
+            modes.update(p.mode.value for p in m.x_proj.parametrizations.weight if isinstance(p, EigenSign))
         else:
-            modes.add("free")
+            modes.add(EigenMode.FREE.value)
     if len(modes) > 1:
         raise ValueError(f"mixers carry different eigen modes: {sorted(modes)}")
-    return modes.pop() if modes else "free"
+    return modes.pop() if modes else EigenMode.FREE.value

@@ -24,7 +24,7 @@ so h_{t-1} is never needed. dB and dC sum over channels, so programs add their p
 into float32 buffers, with relaxed ordering: Triton's default (acq_rel) fences every atomic, which cost
 1 ms of the 3.2 ms fwd+bwd. Both kernels take A, or (``A_LOG``, for the fused mixer) the model's A_log.
 
-Where time goes is read off the SASS, which compiles without a GPU (``benchmarks/sass.py``,
+Where time goes is read off the SASS, which compiles without a GPU (``tests/support/sass.py``,
 ``benchmarks/kernel_sass.py``): a thread holds runs of 8 (16-bit inputs) or 4 (float32) consecutive
 steps, so per-element selects on the step index are replaced by splitting the run ends out of
 registers (``_chunk_end``), and the reverse scan, which Triton lowers as flip + scan + flip at ~15

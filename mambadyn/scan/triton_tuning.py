@@ -139,7 +139,7 @@ def _launch(t: Tuning) -> dict:
 
 @functools.lru_cache(maxsize=256)
 def fwd_meta(fwd: Tuning, bwd: Tuning, element_size: int, n: int, save_states: bool, prefetch: bool) -> dict:
-    # the forward's launch-shape constexprs and num_warps (benchmarks/sass.py compiles with these too).
+    # the forward's launch-shape constexprs and num_warps (tests/support/sass.py compiles with these too).
     # ``prefetch``: only where ``_compiled``. Cached, and so shared: callers unpack it, never change it
     wide = bool(fwd.wide) and element_size == 4
     return dict(SAVE_STATES=save_states, SAVE_T=bwd.chunk, BLOCK_D=fwd.block_d, N=next_power_of_2(n),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -60,9 +61,8 @@ class LMTask(_TokenTask):
             self.splits = load_tiny_shakespeare()
         else:
             self.splits = load_wikitext(d.dataset, d.bpe_vocab, folder=d.path or None)
-        if cfg.model.vocab_size != self.splits.vocab_size:
-            cfg.model.vocab_size = self.splits.vocab_size  # the data decides the vocabulary
-        self.cfg = cfg
+        # the data decides the vocabulary; the user's config stays as given (a copy carries the derived size)
+        self.cfg = replace(cfg, model=replace(cfg.model, vocab_size=self.splits.vocab_size))
         # each rank takes its slice of one global draw: the union is what one process of batch*world sees
         self.train = WindowSampler(self.splits.train, d.seq_len, cfg.optim.batch_size, cfg.run.seed, rank, world)
         # evaluation windows are the global batch's, each rank scoring its share (``evaluate``'s reduce)
@@ -170,8 +170,8 @@ class SyntheticTask(_TokenTask):
 
     def __init__(self, cfg: SyntheticTrainConfig, rank: int = 0, world: int = 1):
         d = cfg.data
-        cfg.model.vocab_size = vocab_size(d.task, d.vocab)  # the task decides the vocabulary
-        self.cfg = cfg
+        # the task decides the vocabulary; the user's config stays as given (a copy carries the derived size)
+        self.cfg = replace(cfg, model=replace(cfg.model, vocab_size=vocab_size(d.task, d.vocab)))
         self.train = SyntheticSampler(d.task, d.seq_len, d.n_items, d.vocab, cfg.optim.batch_size, cfg.run.seed,
                                       rank, world)
 

@@ -31,10 +31,10 @@ def enable() -> None:
     interpreter._mambadyn_patched = True
 
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 _PRELUDE = ("import os\n"
             "if os.environ.get('TRITON_INTERPRET') == '1':\n"
-            "    from benchmarks.triton_interpret import enable; enable()\n")
+            "    from tests.support.triton_interpret import enable; enable()\n")
 
 
 def run_script(script: str, interpret: bool, args: tuple[str, ...] = (), timeout: float = 900):
