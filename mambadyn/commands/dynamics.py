@@ -17,87 +17,34 @@ KEPT = "nothing was written: --out is replaced only when the command finishes"
 
 app = typer.Typer(help="Simulate and picture the continuous-time token dynamics.", no_args_is_help=True)
 
-def _out(default: str):
-    return typer.Option(Path(default), "--out", help="folder for the PNG, CSV and JSON outputs (new, empty, or an "
-                        "earlier output of the same command)")
+
+def _out(default: str, what: str):
+    return typer.Option(Path(default), "--out", help=f"folder for the {what} (new, empty, or an earlier output of "
+                        "the same command)")
+
 
 MAX_HORIZON = 1e12  # where a portrait's run-until-decided loop stops growing its horizon
 
 
-def _one_dim_cases(L: int, seed: int):
-    from mambadyn.dynamics import TokenSystem
-
-    g = torch.Generator().manual_seed(seed)
-    mag = 0.5 + torch.rand(1, L, generator=g, dtype=torch.float64)
-    mixed = mag * 0.5 * torch.where(torch.arange(L) < L // 2, -1.0, 1.0)  # s x_l < 0 before the middle
-    return {  # (parameters for the title, system, x0): the paper's three 1-D scenarios, and a mixed start
-        "convergent": ("mu=-1, s=1, a=1", TokenSystem.one_dim(-1.0, 1.0, 1.0), mag.clone()),
-        "slow_divergence": ("mu=1, s=-1, a=1, x>0", TokenSystem.one_dim(1.0, -1.0, 1.0), mag.clone()),
-        "fast_divergence": ("mu=1, s=1, a=1, x>0", TokenSystem.one_dim(1.0, 1.0, 1.0), mag * 0.5),
-        "fast_divergence_mixed": (f"mu=1, s=1, a=1, x<0 for l<={L // 2}", TokenSystem.one_dim(1.0, 1.0, 1.0), mixed),
-    }
-
-
 @app.command()
-def scenarios(out: Path = _out("out/dynamics"), tokens: int = typer.Option(8, "--tokens", "-L", min=2),
+def scenarios(out: Path = _out("out/dynamics", "PNG, CSV and JSON outputs"), tokens: int = typer.Option(8, "--tokens", "-L", min=2),
               t_end: float = typer.Option(1e4, help="final time (continuous depth)"),
               seed: int = 0) -> None:
     """The 1-D scenarios: token norms against t, per-token fates (predicted and observed), blow-up times,
     the asymptotic constants."""
-    from mambadyn.dynamics import classify, simulate
-    from mambadyn.dynamics.outcome import describe_tokens
-    from mambadyn.dynamics.rates import (
-        convergence_constants,
-        fitted_convergence_exponent,
-        fitted_log_growth_exponent,
-        slow_divergence_ratios,
-    )
+    from mambadyn.dynamics.scenarios import run_scenarios
     from mambadyn.plots.dynamics import trajectories
 
     if not math.isfinite(t_end) or t_end <= 0:
         raise typer.BadParameter(f"--t-end must be a finite time > 0, got {t_end}")
     check_output(out, "dynamics scenarios")
-    trajs, summary, tables = {}, [], {}
-    for name, (params, system, x0) in _one_dim_cases(tokens, seed).items():
-        c = classify(system, x0)[0]
-        tr = simulate(system, x0, t_end, n_points=300, progress=True)
-        ends = sorted({float(v) for v in tr.blowup_time[0] if math.isfinite(v)})
-        if ends:  # again, on output times that crowd towards each blow-up, so the power law there shows;
-            # tokens freeze at t |x'|/|x| = 1e10 (blowup.py), about 1e-10 T before their blow-up
-            near = [T - T * torch.logspace(-0.5, -9.5, 120, dtype=torch.float64) for T in ends]
-            grid = torch.unique(torch.cat([tr.t[1:], *near]))
-            tr = simulate(system, x0, t_out=grid, progress=True)
-        observed = tr.token_outcomes()[0]
-        predicted = [f.outcome for f in c.tokens]
-        trajs[f"{name.replace('_', ' ')} ({params})\npredicted: {describe_tokens(predicted)}"] = tr
-        row = {
-            "case": name, "parameters": params, "predicted": c.scenario.value, "reason": c.reason,
-            "observed": tr.outcome()[0].value, "solver_stopped": tr.stop_reasons()[0],
-            "tokens": [{"predicted": f.outcome.value, "why": f.reason, "basis": f.basis, "end_time_bound": f.bound,
-                        "observed": o.value, "end_time": float(tr.blowup_time[0, l]),
-                        "blew_up_itself": bool(tr.primary[0, l])}
-                       for l, (f, o) in enumerate(zip(c.tokens, observed))],
-            "predicted_end_order": None if c.end_order is None else [l + 1 for l in c.end_order],
-            "x0": x0[0].tolist(),
-            "fitted_convergence_exponent": {"window": f"last fifth of the decades up to t = {t_end:g}",
-                                            "values": fitted_convergence_exponent(tr)[0].tolist()},
-            "fitted_log_growth_exponent": {"window": f"last fifth of the decades up to t = {t_end:g}",
-                                           "values": fitted_log_growth_exponent(tr)[0].tolist()},
-        }
-        if name == "convergent":
-            row["sqrt_t_times_x_at_t_end"] = (tr.norms()[-1, 0] * tr.t[-1].sqrt()).tolist()
-            row["limit_of_sqrt_t_times_x"] = convergence_constants(-1.0, 1.0, tokens, (x0[0] != 0).tolist()).tolist()
-        if name == "slow_divergence":
-            row["measured_ratio_to_running_min"] = slow_divergence_ratios(tr)[0].tolist()
-        summary.append(row)
-        tables[name] = [["t"] + [f"x{l + 1}" for l in range(tokens)]] + [
-            [t] + [v if o else "" for v, o in zip(xs, ok)]
-            for t, xs, ok in zip(tr.t.tolist(), tr.x[:, 0, :, 0].tolist(), tr.valid[:, 0].tolist())]
+    runs = run_scenarios(tokens, t_end, seed, progress=True)
+    summary = [r.row for r in runs.values()]
     with on_interrupt(KEPT), atomic_folder(out, "dynamics scenarios") as tmp:
-        for name, rows in tables.items():
+        for name, r in runs.items():
             with open(tmp / f"trajectory_{name}.csv", "w", newline="") as f:
-                csv.writer(f).writerows(rows)
-        trajectories(trajs, tmp / "scenarios.png")
+                csv.writer(f).writerows(r.table)
+        trajectories({r.title: r.trajectory for r in runs.values()}, tmp / "scenarios.png")
         write_json(tmp / "scenarios.json", summary)
     for s in summary:
         typer.echo(f"{s['case']:22s} predicted {s['predicted']:16s} observed {s['observed']}")
@@ -105,7 +52,7 @@ def scenarios(out: Path = _out("out/dynamics"), tokens: int = typer.Option(8, "-
 
 
 @app.command()
-def portrait(out: Path = _out("out/portrait"), tokens: int = typer.Option(6, "--tokens", "-L", min=1),
+def portrait(out: Path = _out("out/portrait", "PNG and JSON outputs"), tokens: int = typer.Option(6, "--tokens", "-L", min=1),
              t_end: float = typer.Option(50.0, help="first horizon; runs 10x longer until every token's fate "
                                          "is decided"),
              horizon: float = typer.Option(1e5, help="the longest run"), seed: int = 0) -> None:
@@ -165,7 +112,7 @@ def _parse_dims(text: str) -> tuple[int, ...]:
 
 
 @app.command("phase-diagram")
-def phase_diagram_cmd(out: Path = _out("out/phase-diagram"), systems: int = typer.Option(100, min=1, help="random systems per cell (D, k)"),
+def phase_diagram_cmd(out: Path = _out("out/phase-diagram", "PNG and JSON outputs"), systems: int = typer.Option(100, min=1, help="random systems per cell (D, k)"),
                       dims: str = typer.Option("2-6", help="dimensions, e.g. 2-6 or 2,4,8"),
                       tokens: int = typer.Option(4, "--tokens", "-L", min=1), t_end: float = 1000.0,
                       max_steps: int = typer.Option(4000, min=1, help="explicit steps per system before LSODA takes over"),

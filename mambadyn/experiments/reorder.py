@@ -116,33 +116,10 @@ def run_reorder(cfg: ReorderExperimentConfig) -> dict:
 
 def write_outputs(results: dict, out: Path) -> None:
     """curves.png and report.md from a results dict (also from a saved results.json)."""
-    _plot(results, out)
+    from ..plots.experiments import reorder_curves
+
+    reorder_curves(results, out / "curves.png")
     _report(results, ReorderExperimentConfig(**results["config"]), out)
-
-
-def _plot(results: dict, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..plots.curves import mean_band
-
-    watch = "validation" if "val_acc" in next(iter(results["variants"].values())) else "test"
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for v, r in results["variants"].items():
-        mean_band(axes[0], r["curves"].values(), v, markers=True)
-        mean_band(axes[1], r.get("train_curves", {}).values(), v, smooth=True)
-    order = "causal" if results.get("causal") else "bidirectional"
-    axes[0].set(xlabel="epoch", ylabel=f"{watch} accuracy",
-                title=f"Fashion-MNIST, {results.get('seq_len', '?')} tokens, {order} (band = min..max)")
-    axes[1].set(xlabel="epoch", ylabel="training loss (smoothed)", title="training loss")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=130)
-    plt.close(fig)
 
 
 def _report(results: dict, cfg: ReorderExperimentConfig, out: Path) -> None:

@@ -139,48 +139,11 @@ def _mode_results(mine: list[Run], seeds: list[int]) -> dict:
 
 def write_outputs(results: dict, out: Path) -> None:
     """curves.png, spectrum.png and report.md from a results dict (also from a saved results.json)."""
-    _plot(results, out)
+    from ..plots.experiments import scenario_curves, scenario_spectra
+
+    scenario_curves(results, out / "curves.png")
+    scenario_spectra(results, out / "spectrum.png")
     _report(results, ScenarioExperimentConfig(**results["config"]), out)
-
-
-def _plot(results: dict, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from ..plots.curves import mean_band
-
-    colors = {"free": "0.4", "positive": "tab:blue", "mixed": "tab:green", "negative": "tab:red"}
-    panels = ["train_curves", "curves"] + (["acc_curves"] if "acc_curves" in next(iter(results["modes"].values())) else [])
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4))
-    for mode, r in results["modes"].items():
-        for ax, key in zip(axes, panels):  # the noisy training loss is smoothed
-            mean_band(ax, r[key].values(), mode, color=colors.get(mode), smooth=key == "train_curves")
-    axes[0].set(title="training loss (smoothed; band = min..max over seeds)", xlabel="step", ylabel="nats/token")
-    axes[1].set(title="validation loss", xlabel="step", ylabel="nats/token")
-    if len(panels) > 2:
-        axes[2].set(title="validation accuracy on the asked positions", xlabel="step", ylabel="accuracy")
-    for ax in axes:
-        ax.legend()
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=130)
-    plt.close(fig)
-
-    modes = list(results["modes"])
-    fig, axes = plt.subplots(1, len(modes), figsize=(3.2 * len(modes), 3.2), sharey=False)
-    for ax, mode in zip(np.atleast_1d(axes), modes):
-        for layer, ev in enumerate(results["modes"][mode]["spectrum_seed0"]):
-            ax.scatter(np.full(len(ev), layer), ev, s=8, color=colors.get(mode))
-        ax.axhline(0, color="k", lw=0.6)
-        ax.set_yscale("symlog", linthresh=1e-2)
-        ax.set(title=f"{mode}", xlabel="layer", ylabel="Re eig(S_C^T S_B)")
-    fig.suptitle("spectrum of S_C^T S_B per layer after training (seed 0)")
-    fig.tight_layout()
-    fig.savefig(out / "spectrum.png", dpi=130)
-    plt.close(fig)
 
 
 def _report(results: dict, cfg: ScenarioExperimentConfig, out: Path) -> None:

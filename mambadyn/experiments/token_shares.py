@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from ..jsonio import write_json
 from ..outputs import atomic_folder
+from ..plots.experiments import token_share_curves
 from ..probe.api import gini
 from ..typed import check_fields, positive
 from .stats import holm, one_sample, paired, summarize
@@ -134,7 +135,7 @@ def run_token_shares(cfg: TokenShareConfig) -> dict:
         results["modes"][mode] = _verdict(per)
     with atomic_folder(cfg.out, "experiment token-shares") as tmp:
         write_json(tmp / "results.json", results)
-        _plot(results, tmp)
+        token_share_curves(results, tmp / "shares.png")
         _report(results, tmp)
     return results
 
@@ -154,26 +155,6 @@ def _verdict(per: dict) -> dict:
             "gini_between_tokens_init": asdict(summarize(list(between0.values()))),
             "between_tokens_trained_minus_init": asdict(vs_init),
             "rho_growth_share": {**asdict(summarize(rho)), "p": rho_test.p, "p_holm": rho_holm}}
-
-
-def _plot(results: dict, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for mode, r in results["modes"].items():
-        for which, style in (("trained", "-"), ("init", ":")):
-            curves = torch.tensor([v["mean_share_by_position"] for v in r["per_seed"][which].values()])
-            ax.plot(curves.mean(0), style, label=f"{mode}, {which} (n={len(curves)})")
-    ax.set(xlabel="position", ylabel="mean gradient share at layer 0", yscale="log",
-           title="Where the loss gradient enters the stack (equal shares: 1/L)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "shares.png", dpi=130)
-    plt.close(fig)
 
 
 def _report(results: dict, out: Path) -> None:
