@@ -1,9 +1,8 @@
 """The host side of kernel launches, where a short call's time goes.
 
 ``cdiv`` and ``next_power_of_2``: ``triton.cdiv`` and ``triton.next_power_of_2`` are constexpr functions in
-recent Triton (3.8 measured): called from Python they cost about 1.9 us each, 21x these
-(``benchmarks/scan_cpu_overhead.py``), and the fused model calls them about 15 times per layer in a forward
-and backward. ``Launcher`` (``@launcher``): a compiled Triton kernel launched without Triton's per-call
+recent Triton, costly to call from Python, and the fused model calls them about 15 times per layer in a
+forward and backward (timings: ``results/scan_cpu_overhead.json``). ``Launcher`` (``@launcher``): a compiled Triton kernel launched without Triton's per-call
 argument binding."""
 
 from __future__ import annotations
@@ -25,9 +24,8 @@ class Launcher:
     """``kernel[grid](*args, **kwargs)`` for a ``@triton.jit`` kernel, with less host work than Triton's.
 
     Triton's launch binds and specializes every argument and looks the kernel up by a string key on each
-    call, which a short sequence's kernels do not hide: 31-55 us per launch of the scan kernels on the H200
-    hosts through Triton's own path, 27-40 us through this one (1.1-1.35x, side by side in one run:
-    ``benchmarks/scan_gpu_call.py``; ``results/scan_gpu_call.json``). Here the compiled kernel Triton
+    call, which a short sequence's kernels do not hide (measured in ``results/scan_gpu_call.json``, by
+    ``benchmarks/scan_gpu_call.py``). Here the compiled kernel Triton
     returned is kept under a key that holds everything its specialization reads (each tensor's dtype and
     16-byte alignment; each integer's equality to 1, divisibility by 16 and width; the type of anything
     else; the keyword arguments: constexprs and launch options) and is launched directly the next time that

@@ -19,18 +19,18 @@ Backward walks the chunks in reverse, with its own launch shape (narrower progra
 per element, and wider ones spill). Forward saves the state at each backward chunk's start, so a
 chunk's states are recomputed from it, and the adjoint g_t = C_t ȳ_t + a_{t+1} g_{t+1} is a reverse
 scan, whose carry between chunks lives in memory or in registers (``G_IN_MEMORY``, a tuning knob;
-memory under a 168-register cap measured fastest). The decay's gradient uses a_t h_{t-1} = h_t - b_t,
+memory under a register cap is the tuned default). The decay's gradient uses a_t h_{t-1} = h_t - b_t,
 so h_{t-1} is never needed. dB and dC sum over channels, so programs add their partial sums atomically
-into float32 buffers, with relaxed ordering: Triton's default (acq_rel) fences every atomic, which cost
-1 ms of the 3.2 ms fwd+bwd. Both kernels take A, or (``A_LOG``, for the fused mixer) the model's A_log.
+into float32 buffers, with relaxed ordering: Triton's default (acq_rel) fences every atomic, and the sums
+need no ordering. Both kernels take A, or (``A_LOG``, for the fused mixer) the model's A_log.
 
 Where time goes is read off the SASS, which compiles without a GPU (``tests/support/sass.py``,
 ``benchmarks/kernel_sass.py``): a thread holds runs of 8 (16-bit inputs) or 4 (float32) consecutive
 steps, so per-element selects on the step index are replaced by splitting the run ends out of
 registers (``_chunk_end``), and the reverse scan, which Triton lowers as flip + scan + flip at ~15
 shuffles per element, becomes flips of our own around a forward scan: one mirror-lane shuffle per
-register for 16-bit tiles (``_flip_runs``, inline PTX; the bf16 loop 545 -> 448 instructions), a
-gather for float32 (``_flip``).
+register for 16-bit tiles (``_flip_runs``, inline PTX), a gather for float32 (``_flip``). The counts
+behind each choice are in ``results/kernel_sass.json`` and ``results/triton_scan_history.md``.
 
 Inputs may be float32, bfloat16 or float16; the state and all arithmetic are float32. float64
 inputs are left to the PyTorch backends.
@@ -130,8 +130,8 @@ def _flip_runs(x, LANES: tl.constexpr):
 @triton.jit
 def _prefetch(ptr):
     # an L2 prefetch of each address (no register is written): the next chunk's inputs arrive while this
-    # chunk computes. Loading them into registers instead took the forward from 168 to 232 registers and
-    # made it 1.7x slower (fewer warps per SM); this cut its memory-wait stalls by 30% (ncu)
+    # chunk computes. Loading them into registers instead costs registers, hence warps per SM
+    # (results/triton_scan_history.md)
     return tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [ptr], dtype=tl.int32,
                                      is_pure=False, pack=1)
 
@@ -189,7 +189,7 @@ def fwd_kernel(
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     # the carried states live in last_ptr (L1-resident), not in registers: a (block_d, n) register tile
     # took a select and a cross-lane sum to read one state and another sum to write it back, each a chain
-    # of shuffles in the loop (242 instructions then, 220 now; the forward ran 1.10x faster for it)
+    # of shuffles in the loop (counts in results/triton_scan_history.md)
     state_off = (pid_b * d + offs_d[:, None]) * n + offs_n[None, :]
     if HAS_H0:
         h = tl.load(h0_ptr + state_off, mask=mask_dn, other=0.0).to(tl.float32)

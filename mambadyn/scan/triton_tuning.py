@@ -30,28 +30,22 @@ class Tuning:
     flip_runs: bool = True
 
 
-# by input element size: the fastest of the sweeps in results/scan_gpu_sweeps.json (H100, batch 8,
-# d 1536, n 16), then on an H200 the float32 forward's wide tiles under a register cap
-# (results/scan_gpu_sweep_wide.json: 1.57x faster than (4, 128, 2) at L 8192) and the backward's cap
-# (results/scan_gpu_sweep_bwd_maxnreg.json: with the adjoint in memory and 168 registers, 12 warps per SM
-# instead of 8; 1.14x faster in float32, 1.01x in bf16, than the best uncapped). The backward has its own
-# shape, because it holds more per element: wider programs spill.
+# by input element size: the fastest shapes of the sweeps in results/ (scan_gpu_sweeps.json,
+# scan_gpu_sweep_wide.json, scan_gpu_sweep_bwd_maxnreg.json; the story in triton_scan_history.md). The
+# backward has its own shape, because it holds more per element: wider programs spill.
 FWD_TUNING = {2: Tuning(block_d=8, chunk=64, num_warps=1),
               4: Tuning(block_d=8, chunk=64, num_warps=1, wide=True, maxnreg=168)}
 BWD_TUNING = {2: Tuning(block_d=2, chunk=128, num_warps=1, g_in_memory=True, maxnreg=168),
               4: Tuning(block_d=2, chunk=128, num_warps=1, g_in_memory=True, maxnreg=168)}
 # ... and the forward's where batch * d is too small for FWD_TUNING to fill the GPU, by rows (batch * d)
 # per SM: fewer, wider programs with more warps, and longer chunks when no backward needs the states
-# at 128-step intervals. Fastest in the few-rows sweeps of results/scan_gpu_sweeps.json (batch 1-4,
-# d 768-2560, L 2048, bf16): 1.3-3.8x faster than FWD_TUNING there (results/scan_gpu_small.json)
+# at 128-step intervals. Fastest in the few-rows sweeps (results/scan_gpu_sweeps.json, scan_gpu_small.json)
 FULL_ROWS_PER_SM = 80
 FWD_TUNING_MID_ROWS, MID_ROWS_PER_SM = Tuning(block_d=4, chunk=128, num_warps=1), 32
 FWD_TUNING_FEW_ROWS = {False: Tuning(block_d=2, chunk=512, num_warps=2),   # inference
                        True: Tuning(block_d=2, chunk=128, num_warps=1)}    # training
 # ... and the backward's for as few rows: one row per program, twice BWD_TUNING's programs, where those
-# leave the GPU's schedulers with 1.5 warps each (batch 1, d 1536 on an H200: 768 programs). Sweep at
-# batch 1, L 8192 (results/scan_gpu_sweep_bwd_b1.json): bf16 1.425 against 1.664 ms fwd+bwd, float32 1.627
-# against 1.777; at batch 4 (6144 rows) BWD_TUNING stays as fast or faster (scan_gpu_sweep_bwd_b4.json)
+# leave each scheduler too few warps to hide latency (results/scan_gpu_sweep_bwd_b1.json and _b4.json)
 BWD_TUNING_FEW_ROWS = {2: Tuning(block_d=1, chunk=256, num_warps=1, g_in_memory=True, maxnreg=168),
                        4: Tuning(block_d=1, chunk=128, num_warps=1, g_in_memory=True, maxnreg=168)}
 

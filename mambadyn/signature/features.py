@@ -1,7 +1,7 @@
 """Paths (t, u) with a zero basepoint, their truncated signatures (through pysiglib), and controls.
 
 pysiglib was chosen over roughpy; both install from the package index here and give the same values
-(``benchmarks/signature_libs.py``: equal to 7.5e-16, pysiglib 121x faster on 3000 depth-5 paths). pysiglib takes batched torch tensors
+(``benchmarks/signature_libs.py``, ``results/signature/signature_libs.json``). pysiglib takes batched torch tensors
 (batch, length, channels) directly and returns the levels concatenated in word order, so the
 signature to depth k is a prefix of the one to depth 5. roughpy works one stream at a time through its
 own algebra objects.

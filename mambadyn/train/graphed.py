@@ -1,8 +1,8 @@
 """A whole training step (forward, backward, clipping, optimizer step) captured in one CUDA graph.
 
 A step of a deep Mamba stack issues about a thousand kernel launches, and on a fast GPU the CPU issuing
-them sets the pace, not the kernels (H200, 130M model, batch 8 x 1024: 86 ms a step, of which 49 ms are
-GPU time; results/model_gpu.md). Captured once, the step replays with one launch.
+them sets the pace, not the kernels (measured in results/model_gpu.md). Captured once, the step replays
+with one launch.
 
 The step must then be the same each time: a fixed batch shape, an optimizer made with ``capturable=True``,
 and nothing in the step that reads a GPU value on the CPU (mambadyn's models skip their input checks
