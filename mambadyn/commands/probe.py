@@ -24,9 +24,9 @@ def probe_cmd(path: str = typer.Argument(..., help="checkpoint folder, mambadyn 
               ) -> None:
     """Probe a Mamba checkpoint layer by layer (HF folder, mamba-ssm folder, hub id, mambadyn run): spectrum
     of S_C^T S_B, scenario, token norms, gradient shares and the layer's own ODE."""
+    from ..nn.load import read_ids, read_text
     from ..outputs import check_output
-    from ..probe import ProbeConfig, load_checkpoint, probe, sample_text, write_outputs
-    from ..probe.load import encode_text, read_ids, read_text
+    from ..probe import ProbeConfig, load_checkpoint, probe, write_outputs
 
     if text is not None and ids is not None:
         raise typer.BadParameter("give --text or --ids, not both")
@@ -40,22 +40,10 @@ def probe_cmd(path: str = typer.Argument(..., help="checkpoint folder, mambadyn 
     cfg = ProbeConfig(max_tokens=tokens, ode_positions=ode_positions, ode_t_end=ode_t_end,
                       ode_layers=layers, all_ode_layers=ode_layers == "all")
     loaded = load_checkpoint(path)
-    token_ids, origin = None, "parameters only"
-    if loaded.kind == "lm":
-        vocab = loaded.model.config.vocab_size
-        if ids is not None:
-            token_ids, origin = read_ids(ids, vocab), "ids"
-        else:
-            tok = tokenizer or loaded.tokenizer_file
-            if tok is None:
-                raise ValueError(f"{path} has no tokenizer.json: pass --tokenizer FILE or --ids FILE")
-            body = read_text(text) if text is not None else sample_text()
-            token_ids, origin = encode_text(body, tok, vocab), ("text" if text is not None else "embedded sample")
-    elif text is not None or ids is not None:
+    if loaded.kind != "lm" and (text is not None or ids is not None):
         raise typer.BadParameter("a MambaClassifier reads images: the CLI probes its parameters only")
-    result = probe(loaded.model, token_ids, cfg)
-    result.source.update(path=str(path), format=loaded.source)
-    result.input["from"] = origin
+    result = probe(loaded, read_ids(ids, None) if ids is not None else None, cfg,
+                   text=read_text(text) if text is not None else None, tokenizer=tokenizer)
     write_outputs(result, out)
     for lp in result.layers:
         line = (f"{lp.name:28s} +{lp.positive:<3d} -{lp.negative:<3d} complex pairs {lp.complex_pairs:<3d} "

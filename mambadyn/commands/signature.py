@@ -36,7 +36,7 @@ def signature_cmd(checkpoint: str = typer.Option(None, "--checkpoint", help="a M
     if checkpoint:
         if text is not None and ids is not None:
             raise typer.BadParameter("give --text or --ids, not both")
-        from ..probe.load import read_ids, read_text
+        from ..nn.load import read_ids, read_text
 
         token_ids = None if ids is None else read_ids(ids, None)
         result = run_on_checkpoint(checkpoint, cfg, text=read_text(text) if text else None, ids=token_ids)

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from ..jsonio import write_json
 from ..outputs import atomic_folder
 from ..plots.experiments import token_share_curves
-from ..probe.api import gini
+from ..probe.shares import gini
 from ..typed import check_fields, positive
 from .stats import holm, one_sample, paired, summarize
 

@@ -2,6 +2,6 @@
 scenario, what the tokens do across depth, who carries the gradient, and the layer's own ODE."""
 
 from .api import ProbeConfig, ProbeResult, probe, sample_text, write_outputs
-from .load import load_checkpoint
+from ..nn.load import load_checkpoint
 
 __all__ = ["ProbeConfig", "ProbeResult", "load_checkpoint", "probe", "sample_text", "write_outputs"]

@@ -41,9 +41,10 @@ from ..jsonio import write_json
 from ..outputs import atomic_folder
 from ..refine.eigen import eigen_mode_of, find_mixers
 from ..typed import check_fields, positive
-from .load import check_ids, encode_text, load_checkpoint
+from ..nn.load import Loaded, check_ids, load_checkpoint, token_ids
 from .layer import LayerParams, depth_note, layer_params
 from .ode import OdeCheck, ode_check
+from .shares import gini, top_share
 from .tokens import TokenTrace, trace_tokens
 
 
@@ -103,47 +104,35 @@ class ProbeResult:
         return d
 
 
-def top_share(shares: torch.Tensor, frac: float) -> torch.Tensor:
-    """Share of the total carried by the top ``frac`` of positions, per row: (layers, L) -> (layers,)."""
-    k = max(1, round(frac * shares.shape[-1]))
-    return shares.sort(dim=-1, descending=True).values[..., :k].sum(-1)
-
-
-def gini(shares: torch.Tensor) -> torch.Tensor:
-    """Gini coefficient per row (0: every position carries the same share; near 1: one carries all)."""
-    s = shares.double().sort(dim=-1).values
-    n = s.shape[-1]
-    i = torch.arange(1, n + 1, dtype=torch.float64)
-    return ((2 * i - n - 1) * s).sum(-1) / (n * s.sum(-1).clamp_min(1e-300))
-
-
-def probe(model_or_path: nn.Module | str | Path, ids: torch.Tensor | None = None,
-          config: ProbeConfig | None = None, labels: torch.Tensor | None = None, text: str | None = None) -> ProbeResult:
+def probe(model_or_path: nn.Module | Loaded | str | Path, ids: torch.Tensor | None = None,
+          config: ProbeConfig | None = None, labels: torch.Tensor | None = None, text: str | None = None,
+          tokenizer: str | Path | None = None) -> ProbeResult:
     """Probe a Mamba model layer by layer.
 
-    model_or_path: a MambaLM / MambaClassifier, or anything ``load_checkpoint`` opens. ids: (L,) token
-    ids for an LM (or (1, C, H, W) images with ``labels`` (1,) for a classifier); or ``text`` with the
-    checkpoint's tokenizer.json; with neither, an LM is probed on ``sample_text()``, a classifier on its
-    parameters only."""
+    model_or_path: a MambaLM / MambaClassifier, a ``Loaded`` checkpoint, or anything ``load_checkpoint``
+    opens. ids: (L,) token ids for an LM (or (1, C, H, W) images with ``labels`` (1,) for a classifier); or
+    ``text``, encoded with ``tokenizer`` or the checkpoint's tokenizer.json (``nn.load.token_ids``); with
+    neither, an LM is probed on ``sample_text()``, a classifier on its parameters only."""
     config = config or ProbeConfig()
+    loaded = None
     if isinstance(model_or_path, nn.Module):
         model, kind = model_or_path.eval(), ("lm" if hasattr(model_or_path, "backbone") else "classifier")
-        fmt, tok_file, path = "module", None, None
+        fmt, path = "module", None
     else:
-        loaded = load_checkpoint(model_or_path)
-        model, kind, fmt, tok_file, path = loaded.model, loaded.kind, loaded.source, loaded.tokenizer_file, loaded.folder
+        loaded = model_or_path if isinstance(model_or_path, Loaded) else load_checkpoint(model_or_path)
+        model, kind, fmt, path = loaded.model, loaded.kind, loaded.source, loaded.folder
     _check_finite_weights(model)
     cfg = model.config
     source = {"path": None if path is None else str(path), "kind": kind, "format": fmt, "n_layer": cfg.n_layer,
               "d_model": cfg.d_model, "d_inner": cfg.expand * cfg.d_model, "d_state": cfg.d_state,
               "eigen_mode": eigen_mode_of(model)}
     origin = "ids"
-    if kind == "lm" and ids is None:
-        if tok_file is None:
-            raise ValueError("this checkpoint has no tokenizer.json: pass token ids (--ids FILE) or a tokenizer "
-                             "(--tokenizer tokenizer.json)")
-        origin = "text" if text is not None else "embedded sample"
-        ids = encode_text(text if text is not None else sample_text(), tok_file, cfg.vocab_size)
+    if kind == "lm" and loaded is not None:
+        ids, origin = token_ids(loaded, text, ids, tokenizer, default_text=sample_text())
+    elif kind == "lm" and ids is None:
+        raise ValueError("a model in memory brings no tokenizer: pass token ids")
+    elif kind != "lm" and text is not None:
+        raise ValueError("a MambaClassifier reads images: pass them as ids with labels, not text")
     if kind == "lm":
         ids = torch.as_tensor(ids, dtype=torch.int64).flatten()[: config.max_tokens]
         check_ids(ids, cfg.vocab_size)

@@ -170,16 +170,11 @@ def run_on_checkpoint(path: str | Path, cfg: SignatureConfig, text: str | None =
                       ids: torch.Tensor | None = None) -> SignatureResult:
     """Load a Mamba language model (any folder ``mambadyn probe`` reads), encode ``text`` (default: the
     probe's sample) with its tokenizer, or take ``ids``, and run the lens on it."""
+    from ..nn.load import load_checkpoint, token_ids
     from ..probe.api import sample_text
-    from ..probe.load import check_ids, encode_text, load_checkpoint
 
     loaded = load_checkpoint(path)
     if loaded.kind != "lm":
         raise ValueError(f"{path} holds a {loaded.kind}; the signature lens reads language models")
-    vocab = loaded.model.config.vocab_size
-    if ids is None:
-        if loaded.tokenizer_file is None:
-            raise ValueError(f"{path} has no tokenizer.json: pass token ids instead (--ids FILE)")
-        ids = encode_text(text if text is not None else sample_text(), loaded.tokenizer_file, vocab)
-    check_ids(ids, vocab)
-    return run_lens(cfg, loaded.model, ids.flatten(), source=str(path))
+    ids, _ = token_ids(loaded, text, ids, default_text=sample_text())
+    return run_lens(cfg, loaded.model, ids, source=str(path))

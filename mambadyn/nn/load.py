@@ -1,4 +1,5 @@
-"""Open whatever Mamba checkpoint a user has, and the tokenizer that goes with it.
+"""Open whatever Mamba checkpoint a user has, and the tokenizer that goes with it; turn a user's text or
+ids file into the checkpoint's token ids (``token_ids``: the one path, for the probe and the signature lens).
 
 Accepted: a Hugging Face Mamba folder (config.json + model.safetensors or a sharded index, as
 transformers' ``save_pretrained`` writes it), a mamba-ssm folder (config.json with d_model / n_layer /
@@ -15,10 +16,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..nn import MambaLM
-from ..nn.classifier import ARCHITECTURE as CLASSIFIER
-from ..nn.classifier import MambaClassifier
-from ..nn.hf_io import CheckpointError, read_config_json, resolve_checkpoint
+from .classifier import ARCHITECTURE as CLASSIFIER
+from .classifier import MambaClassifier
+from .hf_io import CheckpointError, read_config_json, resolve_checkpoint
+from .lm import MambaLM
 
 
 @dataclass
@@ -118,3 +119,28 @@ def check_ids(ids: torch.Tensor, vocab_size: int) -> None:
     bad = ids[(ids < 0) | (ids >= vocab_size)]
     if bad.numel():
         raise ValueError(f"token ids {bad[:5].tolist()} are out of the model's vocabulary [0, {vocab_size})")
+
+
+def token_ids(loaded: Loaded, text: str | None = None, ids: torch.Tensor | None = None,
+              tokenizer: Path | str | None = None, default_text: str | None = None) -> tuple[torch.Tensor, str]:
+    """The token ids (L,) int64 an LM checkpoint runs on, and where they came from: ``ids`` as given ("ids"),
+    else ``text`` ("text") or ``default_text`` ("embedded sample") encoded with ``tokenizer`` or the
+    checkpoint's own tokenizer.json. Every id is checked against the model's vocabulary."""
+    if loaded.kind != "lm":
+        raise ValueError(f"{loaded.folder} holds a {loaded.kind}, which reads images, not token ids")
+    if text is not None and ids is not None:
+        raise ValueError("give text or token ids, not both")
+    vocab = loaded.model.config.vocab_size
+    if ids is not None:
+        ids = torch.as_tensor(ids, dtype=torch.int64).flatten()
+        check_ids(ids, vocab)
+        return ids, "ids"
+    tok = tokenizer or loaded.tokenizer_file
+    if tok is None:
+        raise ValueError(f"{loaded.folder} has no tokenizer.json: pass token ids (--ids FILE) or a tokenizer "
+                         "(--tokenizer tokenizer.json)")
+    if text is None and default_text is None:
+        raise ValueError("no text to encode: pass text or token ids")
+    return encode_text(text if text is not None else default_text, tok, vocab), (
+        "text" if text is not None else "embedded sample")
+
