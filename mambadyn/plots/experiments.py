@@ -13,6 +13,19 @@ import numpy as np  # noqa: E402
 
 from .curves import mean_band  # noqa: E402
 
+def _grid_and_legend(axes, fontsize=None) -> None:
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=fontsize)
+
+
+def _save(fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return Path(path)
+
+
 MODE_COLORS = {"free": "0.4", "positive": "tab:blue", "mixed": "tab:green", "negative": "tab:red"}
 
 
@@ -27,13 +40,8 @@ def scenario_curves(results: dict, path: str | Path) -> Path:
     axes[1].set(title="validation loss", xlabel="step", ylabel="nats/token")
     if len(panels) > 2:
         axes[2].set(title="validation accuracy on the asked positions", xlabel="step", ylabel="accuracy")
-    for ax in axes:
-        ax.legend()
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return Path(path)
+    _grid_and_legend(axes)
+    return _save(fig, path)
 
 
 def scenario_spectra(results: dict, path: str | Path) -> Path:
@@ -47,10 +55,7 @@ def scenario_spectra(results: dict, path: str | Path) -> Path:
         ax.set_yscale("symlog", linthresh=1e-2)
         ax.set(title=f"{mode}", xlabel="layer", ylabel="Re eig(S_C^T S_B)")
     fig.suptitle("spectrum of S_C^T S_B per layer after training (seed 0)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def reorder_curves(results: dict, path: str | Path) -> Path:
@@ -64,13 +69,8 @@ def reorder_curves(results: dict, path: str | Path) -> Path:
     axes[0].set(xlabel="epoch", ylabel=f"{watch} accuracy",
                 title=f"Fashion-MNIST, {results.get('seq_len', '?')} tokens, {order} (band = min..max)")
     axes[1].set(xlabel="epoch", ylabel="training loss (smoothed)", title="training loss")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return Path(path)
+    _grid_and_legend(axes, fontsize=8)
+    return _save(fig, path)
 
 
 def token_share_curves(results: dict, path: str | Path) -> Path:
@@ -84,7 +84,4 @@ def token_share_curves(results: dict, path: str | Path) -> Path:
            title="Where the loss gradient enters the stack (equal shares: 1/L)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
