@@ -102,8 +102,7 @@ def grad_shares(d: dict, path: str | Path) -> Path:
     # the scale spans the 1st-99th percentile of the nonzero shares, centred on uniform (1): a position no
     # loss term reaches (the last, in a causal LM) carries 0 and would otherwise set the bottom of the scale
     span = max(np.percentile(live, 99), 1 / np.percentile(live, 1), 1.05) if live.size else 10.0
-    cmap = plt.get_cmap("coolwarm").copy()
-    cmap.set_bad("0.75")
+    cmap = plt.get_cmap("coolwarm").with_extremes(bad="0.75")
     im = axes[0].imshow(np.ma.masked_where(rel <= 0, rel), aspect="auto", origin="lower", cmap=cmap,
                         norm=LogNorm(vmin=1 / span, vmax=span), interpolation="nearest")
     fig.colorbar(im, ax=axes[0], label="share x L (1 = uniform; grey: 0)", extend="both")
