@@ -3,5 +3,7 @@ scenario, what the tokens do across depth, who carries the gradient, and the lay
 
 from .api import ProbeConfig, ProbeResult, probe, sample_text, write_outputs
 from ..nn.load import load_checkpoint
+from .attention import capture_scan_inputs, hidden_attention
 
-__all__ = ["ProbeConfig", "ProbeResult", "load_checkpoint", "probe", "sample_text", "write_outputs"]
+__all__ = ["ProbeConfig", "ProbeResult", "capture_scan_inputs", "hidden_attention", "load_checkpoint", "probe",
+           "sample_text", "write_outputs"]

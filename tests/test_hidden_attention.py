@@ -1,0 +1,96 @@
+"""Hidden attention (issue 31, Mamba-1 part): Σ_j M_lj u_j + D u_l is the layer's own scan output, in
+float64, through the blocked path too; captured inputs reproduce the layer; the views are normalised."""
+
+import pytest
+import torch
+
+from mambadyn.nn import MambaConfig, MambaLM
+from mambadyn.probe.attention import (
+    attention_rows,
+    capture_scan_inputs,
+    distance_profile,
+    hidden_attention,
+    layer_attention,
+)
+from mambadyn.scan.reference import selective_scan_ref
+
+
+def _model():
+    torch.manual_seed(0)
+    return MambaLM(MambaConfig(vocab_size=17, d_model=8, n_layer=2, d_state=3)).double()
+
+
+def test_the_attention_matrix_reproduces_the_layers_scan_in_float64():
+    m, ids = _model(), torch.randint(0, 17, (23,), generator=torch.Generator().manual_seed(1))
+    for k, s in capture_scan_inputs(m, ids).items():
+        mixer = m.backbone.layers[k].mixer
+        # the captured inputs are the layer's: the mixer's own scan (without the gate) on them
+        ref = selective_scan_ref(s.u.T[None], (s.delta.T)[None], s.A, s.B.T[None], s.C.T[None], s.D_skip,
+                                 delta_softplus=False)[0].T
+        torch.testing.assert_close(s.scan_output(), ref, rtol=1e-12, atol=1e-12)
+        D = s.u.shape[1]
+        for block in (23, 5):  # whole, and blocks smaller than L
+            att = layer_attention(s, k, channels=list(range(D)), block=block, channel_block=3)
+            y = torch.einsum("dlj,jd->ld", att.M, s.u) + s.D_skip * s.u
+            torch.testing.assert_close(y, ref, rtol=1e-10, atol=1e-12)
+            assert torch.equal(att.M.triu(1), torch.zeros_like(att.M))  # causal
+        assert mixer.D.shape == (D,)
+
+
+def test_the_views_have_their_documented_normalisation():
+    m, ids = _model(), torch.arange(15) % 17
+    att = hidden_attention(m, ids, layers=[1], channels=[0, 4], block=4)[0]
+    assert att.layer == 1 and att.M.shape == (2, 15, 15)
+    torch.testing.assert_close(att.mean_rownorm.sum(-1), torch.ones(15, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+    s = capture_scan_inputs(m, ids, [1])[1]
+    full = attention_rows(s, slice(0, 15), torch.arange(s.u.shape[1]))
+    torch.testing.assert_close(att.mean_abs, full.abs().mean(0), rtol=1e-12, atol=1e-14)
+    prof = distance_profile(att.mean_rownorm)
+    assert prof.shape == (15,) and torch.isfinite(prof).all()
+
+
+def test_bad_layers_channels_and_sizes_are_one_clear_error():
+    m, ids = _model(), torch.arange(10)
+    with pytest.raises(ValueError, match="layers \\[5\\] out of range"):
+        hidden_attention(m, ids, layers=[5])
+    with pytest.raises(ValueError, match="channels \\[99\\] out of range"):
+        hidden_attention(m, ids, channels=[99])
+    with pytest.raises(ValueError, match="out of the model's vocabulary"):
+        hidden_attention(m, torch.tensor([1, 2, 99]))
+    s = capture_scan_inputs(m, ids, [0])[0]
+    big = type(s)(torch.zeros(20000, 16, dtype=torch.float64), *[None] * 5)
+    with pytest.raises(ValueError, match="GiB"):
+        layer_attention(big, channels=list(range(16)))
+
+
+def _check_against_out_proj_input(model, mixers, ids):
+    """(Σ_j M_lj u_j + D u_l) · silu(z_l) is exactly what each layer hands its out_proj."""
+    seen, zs = {}, {}
+    hooks = []
+    for k, mixer in enumerate(mixers):
+        hooks.append(mixer.out_proj.register_forward_pre_hook(
+            lambda mod, args, k=k: seen.__setitem__(k, args[0][0].detach().double())))
+        hooks.append(mixer.in_proj.register_forward_hook(
+            lambda mod, args, out, k=k: zs.__setitem__(k, out[0].detach().double().chunk(2, dim=-1)[1])))
+    try:
+        atts = hidden_attention(model, ids, channels=list(range(mixers[0].A_log.shape[0])), block=4)
+    finally:
+        for h in hooks:
+            h.remove()
+    inputs = capture_scan_inputs(model, ids)
+    for att in atts:
+        s = inputs[att.layer]
+        y = (torch.einsum("dlj,jd->ld", att.M, s.u) + s.D_skip * s.u) * torch.nn.functional.silu(zs[att.layer])
+        torch.testing.assert_close(y, seen[att.layer], rtol=1e-9, atol=1e-11)
+
+
+def test_the_layers_own_output_is_the_attention_applied_mambadyn_and_transformers():
+    m = _model()
+    ids = torch.randint(0, 17, (11,), generator=torch.Generator().manual_seed(2))
+    _check_against_out_proj_input(m, [layer.mixer for layer in m.backbone.layers], ids)
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.MambaConfig(vocab_size=17, hidden_size=8, state_size=3, num_hidden_layers=2,
+                                   use_mambapy=False)
+    torch.manual_seed(3)
+    hf = transformers.MambaForCausalLM(cfg).double().eval()
+    _check_against_out_proj_input(hf, [layer.mixer for layer in hf.backbone.layers], ids)
