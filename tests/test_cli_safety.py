@@ -140,8 +140,11 @@ def _sigint_after(argv, ready, cwd, timeout=300):
     alone can take longer than any fixed delay."""
     import threading
 
+    # a shell starts background jobs with SIGINT ignored, and children inherit that: give this one the
+    # default, as a terminal's Ctrl-C would find it
     proc = subprocess.Popen([sys.executable, "-m", "mambadyn", *argv], cwd=cwd, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     err: list[str] = []
     reader = threading.Thread(target=lambda: err.extend(iter(lambda: proc.stderr.read(1), "")), daemon=True)
     reader.start()
