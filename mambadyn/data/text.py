@@ -107,7 +107,7 @@ def load_tiny_shakespeare(path: str | Path | None = None, train_fraction: float 
     """Tiny Shakespeare at character level with the standard split: the first 90% trains. Without
     ``path`` the file comes from the data cache (downloaded once, see ``download.py``)."""
     if path is None:
-        from .download import OFFLINE_ENV, fetch
+        from .download import fetch
 
         path = fetch("tiny-shakespeare") / "input.txt"
     text = _read(path)

@@ -29,7 +29,7 @@ report.md says the same in words; spectrum.png, token_norms.png, grad_share.png 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 

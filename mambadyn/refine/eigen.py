@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .modes import CONSTRAINED, MODES, EigenMode
+from .modes import CONSTRAINED, EigenMode
 
 
 def _inv_softplus(y: torch.Tensor) -> torch.Tensor:
