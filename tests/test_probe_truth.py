@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 import torch
 import torch.nn.functional as F
 
@@ -99,3 +101,11 @@ def test_an_ode_the_solver_cannot_finish_reports_no_fate_and_no_nan(monkeypatch)
     assert o.predicted == ["unfinished"] * 5 and o.decided == 0
     assert o.agreement is None and o.spearman is None and "gave up" in o.solver
     assert all(r is None for r in o.predicted_ratio)
+
+
+def test_ode_layers_out_of_range_are_refused_before_any_work(monkeypatch):
+    import mambadyn.probe.api as api
+
+    monkeypatch.setattr(api, "trace_tokens", lambda *a, **kw: pytest.fail("traced before checking ode_layers"))
+    with pytest.raises(ValueError, match=r"ode_layers \[9\] out of range for 2 layers"):
+        probe(_lm(), torch.arange(10), ProbeConfig(ode_layers=[9], progress=False))

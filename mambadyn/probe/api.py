@@ -136,12 +136,15 @@ def probe(model_or_path: nn.Module | Loaded | str | Path, ids: torch.Tensor | No
     if kind == "lm":
         ids = torch.as_tensor(ids, dtype=torch.int64).flatten()[: config.max_tokens]
         check_ids(ids, cfg.vocab_size)
-    tokens = None
-    if ids is not None:
-        tokens = trace_tokens(model, ids, labels, keep_scan_inputs=config.ode_positions)
     mixers = find_mixers(model)
     fwd = [m for name, m in mixers if not name.endswith("mixer_b")]
     fwd_index = {id(m): k for k, m in enumerate(fwd)}  # scan inputs are recorded for forward mixers only
+    bad = [w for w in (config.ode_layers or []) if not 0 <= w < len(fwd)]
+    if bad:  # before any work: a probe of a large model takes a while
+        raise ValueError(f"ode_layers {bad} out of range for {len(fwd)} layers (0..{len(fwd) - 1})")
+    tokens = None
+    if ids is not None:
+        tokens = trace_tokens(model, ids, labels, keep_scan_inputs=config.ode_positions)
     layers = []
     for name, m in tqdm(mixers, desc="spectra", disable=not config.progress, leave=False):
         k = fwd_index.get(id(m))
@@ -152,9 +155,6 @@ def probe(model_or_path: nn.Module | Loaded | str | Path, ids: torch.Tensor | No
     if tokens is not None and config.ode_positions:
         which = (list(range(len(fwd))) if config.all_ode_layers else config.ode_layers
                  if config.ode_layers is not None else spread(len(fwd), DEFAULT_ODE_LAYERS))
-        bad = [w for w in which if not 0 <= w < len(fwd)]
-        if bad:
-            raise ValueError(f"ode_layers {bad} out of range for {len(fwd)} layers")
         by_mixer = {id(m): lp for (_, m), lp in zip(mixers, layers)}
         for w in tqdm(which, desc="layer ODEs", disable=not config.progress, leave=False):
             o = ode_check(w, fwd[w], tokens.scan_inputs[w], tokens.residual_norms, config.ode_t_end)
