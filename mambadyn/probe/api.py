@@ -38,15 +38,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..jsonio import write_json
+from ..nn.load import Loaded, check_ids, load_checkpoint, token_ids
 from ..outputs import atomic_folder
 from ..refine.eigen import eigen_mode_of, find_mixers
 from ..typed import check_fields, positive
-from ..nn.load import Loaded, check_ids, load_checkpoint, token_ids
 from .layer import LayerParams, depth_note, layer_params
 from .ode import OdeCheck, ode_check
 from .shares import gini, top_share
 from .tokens import TokenTrace, trace_tokens
-
 
 DEFAULT_ODE_LAYERS = 8  # each layer's ODE costs up to seconds on a real model; eight show the trend over depth
 
