@@ -61,7 +61,7 @@ def check_output(out: str | Path, command: str, incremental: bool = False) -> Pa
         raise OutputError(f"--out {out} holds the output of `mambadyn {m['command']}`, not of `mambadyn {command}`: "
                           "give another folder (nothing was changed)")
     if not incremental:
-        extra = sorted(found - set(m.get("files", [])) - {MANIFEST})
+        extra = sorted(found - set(m.get("files") or []) - {MANIFEST})  # None: a resumable command's folder
         if extra:
             raise OutputError(f"--out {out} is an earlier `mambadyn {command}` output, but it now also holds "
                               f"files it did not write ({', '.join(extra[:3])}): move them or give another folder "

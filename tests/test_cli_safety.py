@@ -108,6 +108,9 @@ def test_resumable_and_single_file_outputs_are_marked_and_checked(tmp_path):
     exp = claim_folder(tmp_path / "exp", "experiment scenarios")
     (exp / "runs").mkdir()
     assert claim_folder(exp, "experiment scenarios") == exp  # its own runs: resumed
+    (exp / "runs" / "log.txt").write_text("a run's file")
+    with pytest.raises(OutputError, match="also holds"):  # a resumable folder (no file list) is never swapped
+        check_output(exp, "experiment scenarios")
     with pytest.raises(OutputError, match="experiment scenarios"):
         claim_folder(exp, "experiment reorder")
     md = tmp_path / "claims.md"
