@@ -29,6 +29,7 @@ from torch import nn
 
 from ..nn.load import check_ids
 from ..refine.eigen import find_mixers
+from ..refine.spectrum import selective_params
 
 MAX_FULL_BYTES = 2 * 2**30  # the largest per-channel M a call returns without being asked for blocks
 
@@ -78,12 +79,8 @@ def capture_scan_inputs(model: nn.Module, ids: torch.Tensor, layers: list[int] |
             w = m.conv1d.weight.detach().to(dtype)
             b = None if m.conv1d.bias is None else m.conv1d.bias.detach().to(dtype)
             u = F.silu(F.conv1d(x[None], w, b, padding=w.shape[-1] - 1, groups=x.shape[0])[0, :, : x.shape[1]]).T
-            W = m.x_proj.weight.detach().to(dtype)
-            r, n = m.dt_proj.in_features, m.A_log.shape[1]
-            p = u @ W.T
-            bias = m.dt_proj.bias.detach().to(dtype) if m.dt_proj.bias is not None else 0.0
-            delta = F.softplus(p[:, :r] @ m.dt_proj.weight.detach().to(dtype).T + bias)
-            captured[k] = ScanInputs(u, delta, p[:, r: r + n], p[:, r + n:], -torch.exp(m.A_log.detach().to(dtype)),
+            raw, bias, B, C = selective_params(m, u)
+            captured[k] = ScanInputs(u, F.softplus(raw + bias), B, C, -torch.exp(m.A_log.detach().to(dtype)),
                                      m.D.detach().to(dtype))
         return run
 

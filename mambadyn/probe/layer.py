@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..dynamics.classify import conjecture
-from ..refine.spectrum import layer_spectrum, mixer_matrices, rank_rtol
+from ..refine.spectrum import layer_spectrum, mixer_matrices, rank_rtol, selective_params
 
 QUANTILES = (0.01, 0.05, 0.5, 0.95, 0.99)
 
@@ -57,10 +57,7 @@ class DeltaStats:
 
 def delta_statistics(mixer: nn.Module, u: torch.Tensor) -> DeltaStats:
     """Δ statistics of ``mixer`` on its scan inputs u (L, d_inner) (after in_proj, conv, SiLU)."""
-    W = mixer.x_proj.weight.detach().float()
-    r = mixer.dt_proj.in_features
-    raw = (u.float() @ W[:r].T) @ mixer.dt_proj.weight.detach().float().T  # S_Δ u, (L, D) through the low rank
-    b = mixer_matrices(mixer)["dt_bias"].float()
+    raw, b, _, _ = selective_params(mixer, u.float())
     delta = F.softplus(raw + b)
     flat = delta.flatten()
     if flat.numel() > 1 << 24:  # torch.quantile's limit; an even subsample keeps the quantiles

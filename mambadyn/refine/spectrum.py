@@ -36,6 +36,18 @@ def mixer_matrices(mixer: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
+def selective_params(mixer: nn.Module, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What one Mamba-1 mixer computes from its scan inputs u (L, d_inner), in u's dtype: S_Δ u (L, D)
+    through dt_proj's low rank (before the bias), the bias b (D,) (zeros where there is none), B and C (L, N)."""
+    W = mixer.x_proj.weight.detach().to(u.dtype)
+    r, n = mixer.dt_proj.in_features, mixer.A_log.shape[1]
+    p = u @ W.T
+    raw = p[:, :r] @ mixer.dt_proj.weight.detach().to(u.dtype).T
+    bias = mixer.dt_proj.bias
+    b = torch.zeros(raw.shape[1], dtype=u.dtype) if bias is None else bias.detach().to(u.dtype)
+    return raw, b, p[:, r: r + n], p[:, r + n:]
+
+
 def rank_rtol(weight: torch.Tensor) -> float:
     """The relative size below which a singular value of a weight's rows counts as 0: 100 epsilons of the
     dtype the weight was computed in (a constrained float32 layer's [S_B; S_C] has rank N only to ~1e-8)."""
