@@ -126,18 +126,21 @@ class Trajectory:
             out.append(row)
         return out
 
-    def stop_reasons(self) -> list[str | None]:
-        """Per system, why its tokens are UNFINISHED (None where the solver reached the horizon)."""
+    def reached_times(self) -> list[float]:
+        """Per system, how far the solver got: the horizon where it reached it, else the last output time
+        with a valid token (0.0 if none)."""
         out = []
         for i in range(len(self.reached)):
-            if bool(self.reached[i]):
-                out.append(None)
-                continue
             ok = self.valid[:, i].any(-1)
-            last = float(self.t[ok][-1]) if ok.any() else 0.0
-            out.append(f"the solver gave up after t = {last:.4g}, before the horizon t = {float(self.t[-1]):.4g} "
-                       "(step limit, or steps too small for float64): no fate is observed")
+            out.append(float(self.t[-1]) if bool(self.reached[i]) else float(self.t[ok][-1]) if ok.any() else 0.0)
         return out
+
+    def stop_reasons(self) -> list[str | None]:
+        """Per system, why its tokens are UNFINISHED (None where the solver reached the horizon)."""
+        return [None if bool(done) else
+                f"the solver gave up after t = {last:.4g}, before the horizon t = {float(self.t[-1]):.4g} "
+                "(step limit, or steps too small for float64): no fate is observed"
+                for done, last in zip(self.reached, self.reached_times())]
 
     def outcome(self, tail: float = 0.2) -> list[Outcome]:
         """Per system, its most severe observed token outcome (``outcome.system_outcome``)."""

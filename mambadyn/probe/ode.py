@@ -108,8 +108,6 @@ def ode_check(layer: int, mixer: nn.Module, scan_inputs: torch.Tensor, residual_
         if len(decided) >= 3 and len(set(score)) > 1 and len(set(obs)) > 1:
             rho = float(stats.spearmanr(score, obs).statistic)
             rho = rho if math.isfinite(rho) else None
-    live = tr.valid[:, 0].any(-1)
-    got = T if bool(tr.reached[0]) else float(tr.t[live][-1])
-    return OdeCheck(layer, P, T, got, [o.value for o in predicted], pred_ratio, blow,
+    return OdeCheck(layer, P, T, tr.reached_times()[0], [o.value for o in predicted], pred_ratio, blow,
                     None if not order else blow[order[0]], order, [o.value for o in observed], obs_ratio,
                     len(decided), agree, rho, tr.stop_reasons()[0])
