@@ -110,7 +110,7 @@ def test_the_fused_layer_records_no_more_than_its_products_and_functions(monkeyp
     hidden = torch.randn(2, 5, 8, requires_grad=True)
     assert mixer.uses_fused_kernels(hidden)
     fn = mixer(hidden).grad_fn
-    assert type(fn).__name__ == "_MixerInnerBackward"
+    assert type(fn).__name__ == "MixerInnerBackward"
     inputs = [f for f, _ in fn.next_functions]
     leaves = [f.variable for f in inputs if type(f).__name__ == "AccumulateGrad"]
     for name, p in (("A_log", mixer.A_log), ("D", mixer.D), ("dt_bias", mixer.dt_proj.bias)):
@@ -122,7 +122,7 @@ def test_the_fused_layer_records_no_more_than_its_products_and_functions(monkeyp
     assert chain == ["TransposeBackward0", "ViewBackward0"], chain
     y, r = tn.rms_norm_add(torch.randn(2, 5, 8, requires_grad=True), torch.randn(2, 5, 8, requires_grad=True),
                            torch.ones(8, requires_grad=True))
-    assert type(y.grad_fn).__name__ == "_RMSNormAddBackward" and y.grad_fn is r.grad_fn
+    assert type(y.grad_fn).__name__ == "RmsNormAddBackward" and y.grad_fn is r.grad_fn
 
 
 COMPILE_SCRIPT = """
@@ -143,6 +143,15 @@ mixer = (xz, r(d, 4), r(d), r(R + 2 * n, d), r(d, R), r(Dm, d), None, -torch.ran
          r(d), [2, 8, 1], [2, 8, 1], True)
 torch.library.opcheck(torch.ops.mambadyn.mixer_inner, mixer)
 torch.library.opcheck(torch.ops.mambadyn.rms_norm_add, (r(7, Dm), r(7, Dm), r(Dm), 1e-5, True))
+torch.library.opcheck(torch.ops.mambadyn.rms_norm_add, (r(2, 7, Dm), None, r(Dm), 1e-5, False))
+# the scan op alone (the per-op path's): plain inputs, then in the fused mixer's layout (views of matrices)
+A = -torch.rand(d, n, generator=g).to(device)
+plain = (r(b, d, L), r(b, d, L), A, r(b, n, L), r(b, n, L), r(d), r(b, d, L), r(d), r(b, d, n), True, [2, 8, 1],
+         [2, 8, 1], True)
+torch.library.opcheck(torch.ops.mambadyn.triton_scan, plain)
+view = lambda c: r(c, b * L).view(c, b, L).transpose(0, 1)
+torch.library.opcheck(torch.ops.mambadyn.triton_scan, (view(d), view(d), A, view(n), view(n), None, None, None, None,
+                                                       False, [2, 8, 1], [2, 8, 1], True))
 print(json.dumps(result))
 """
 

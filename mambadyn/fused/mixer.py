@@ -15,9 +15,7 @@ Memory: the forward keeps xz, x_proj's output and the scan's chunk states. The c
 recomputed in the backward (one conv and one small product), and the gated output that out_proj's weight
 gradient needs is written again by the scan's backward kernel, which computes it anyway.
 
-Eager calls go through an autograd.Function (less CPU per call); under torch.compile the same launches
-are ``torch.library`` custom ops with fake implementations, so the compiled graph holds one opaque node per
-mixer and does not break.
+The autograd paths, eager and compiled, are built by ``kernel_op.KernelOp`` from one forward/backward pair.
 """
 
 from __future__ import annotations
@@ -25,10 +23,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..kernel_op import KernelOp
 from ..scan.layout import is_matrix_view
-from .conv import conv_backward, conv_forward
-from ..scan.triton_scan import scan_backward, scan_forward, scan_op_grads
+from ..scan.triton_scan import scan_backward, scan_forward
 from ..scan.triton_tuning import Tuning, as_ints, tunings_for
+from .conv import conv_backward, conv_forward
 
 # Inside the autograd Function and the custom ops nothing is recorded, so these views are single as_strided
 # calls there: each view op is a dispatch, and the eager step is CPU-bound (a transpose and a reshape or view
@@ -106,44 +105,28 @@ def _mixer_backward(dout, xz, conv_w, conv_b, x_dbl, x_proj_w, dt_proj_w, out_pr
             d_out_b, dA_log, dD, dbias)
 
 
-class _MixerInner(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A_log, D, dt_bias, fwd, bwd):
-        save = any(ctx.needs_input_grad)
-        # cast here, unseen by autograd: a recorded cast per weight costs the CPU-bound eager step 4 nodes a
-        # layer each way (the returned gradients are cast back by autograd)
-        x_proj_w, dt_proj_w, out_proj_w, out_proj_b = _autocast(x_proj_w, dt_proj_w, out_proj_w, out_proj_b)
-        out, x_dbl, states = _mixer_forward(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A_log,
-                                            D, dt_bias, fwd, bwd, save)
-        if save:
-            ctx.save_for_backward(xz, conv_w, conv_b, x_dbl, x_proj_w, dt_proj_w, out_proj_w, A_log, D, dt_bias,
-                                  states)
-            ctx.tuning, ctx.has_out_b = bwd, out_proj_b is not None
-        return out
-
-    @staticmethod
-    def backward(ctx, dout):
-        xz, conv_w, conv_b, x_dbl, x_proj_w, dt_proj_w, out_proj_w, A_log, D, dt_bias, states = ctx.saved_tensors
-        grads = _mixer_backward(dout, xz, conv_w, conv_b, x_dbl, x_proj_w, dt_proj_w, out_proj_w, ctx.has_out_b,
-                                A_log, D, dt_bias, states, ctx.tuning)
-        return (*grads, None, None)
+def _tuning(t) -> Tuning:
+    return t if isinstance(t, Tuning) else Tuning(*t)
 
 
-@torch.library.custom_op("mambadyn::mixer_inner", mutates_args=())
-def _mixer_op(xz: torch.Tensor, conv_w: torch.Tensor, conv_b: torch.Tensor | None, x_proj_w: torch.Tensor,
-              dt_proj_w: torch.Tensor, out_proj_w: torch.Tensor, out_proj_b: torch.Tensor | None,
-              A_log: torch.Tensor, D: torch.Tensor, dt_bias: torch.Tensor, fwd: list[int], bwd: list[int],
-              save: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _launch_layout(xz):
+    # the layout the launches take: eager callers hand it in already (mixer_inner), a fake cannot promise it
+    return xz if is_matrix_view(xz) else _as_sequences(_as_matrix(xz), xz.shape[0])
+
+
+def _forward(xz: torch.Tensor, conv_w: torch.Tensor, conv_b: torch.Tensor | None, x_proj_w: torch.Tensor,
+             dt_proj_w: torch.Tensor, out_proj_w: torch.Tensor, out_proj_b: torch.Tensor | None,
+             A_log: torch.Tensor, D: torch.Tensor, dt_bias: torch.Tensor, fwd: list[int], bwd: list[int],
+             save: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> out (batch, L, d_model), x_proj's output (dt_rank + 2n, batch L), the chunk states (empty unless
     ``save``)."""
-    xz = _as_sequences(_as_matrix(xz), xz.shape[0])  # the layout the launches take (the fake cannot promise it)
-    out, x_dbl, states = _mixer_forward(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A_log,
-                                        D, dt_bias, Tuning(*fwd), Tuning(*bwd), save)
-    return out, x_dbl, states if save else xz.new_empty(0, dtype=torch.float32)
+    out, x_dbl, states = _mixer_forward(_launch_layout(xz), conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w,
+                                        out_proj_b, A_log, D, dt_bias, _tuning(fwd), _tuning(bwd), save)
+    return out, x_dbl, states if save else x_dbl.new_empty(0, dtype=torch.float32)
 
 
-@_mixer_op.register_fake
-def _(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A_log, D, dt_bias, fwd, bwd, save):
+def _forward_fake(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A_log, D, dt_bias, fwd, bwd,
+                  save):
     batch, two_d, L = xz.shape
     n = A_log.shape[1]
     f32 = {"dtype": torch.float32}
@@ -151,23 +134,31 @@ def _(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A_log, D,
     return (xz.new_empty(batch, L, out_proj_w.shape[0]), xz.new_empty(x_proj_w.shape[0], batch * L), states)
 
 
-@torch.library.custom_op("mambadyn::mixer_inner_backward", mutates_args=())
-def _mixer_backward_op(dout: torch.Tensor, xz: torch.Tensor, conv_w: torch.Tensor, conv_b: torch.Tensor | None,
-                       x_dbl: torch.Tensor, x_proj_w: torch.Tensor, dt_proj_w: torch.Tensor, out_proj_w: torch.Tensor,
-                       has_out_b: bool, A_log: torch.Tensor, D: torch.Tensor, dt_bias: torch.Tensor,
-                       states: torch.Tensor, bwd: list[int]) -> list[torch.Tensor]:
-    """-> the gradients of ``_mixer_backward`` (empty where a bias is absent)."""
-    xz = _as_sequences(_as_matrix(xz), xz.shape[0])
-    grads = _mixer_backward(dout, xz, conv_w, conv_b, x_dbl, x_proj_w, dt_proj_w, out_proj_w, has_out_b, A_log,
-                            D, dt_bias, states, Tuning(*bwd))
-    # (the eager path leaves the casts to autograd)
-    return scan_op_grads(grads, (xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, xz, A_log, D, dt_bias))
+def _save(inputs, outputs):
+    xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A_log, D, dt_bias, _fwd, bwd, _save = inputs
+    return ((xz, conv_w, conv_b, outputs[1], x_proj_w, dt_proj_w, out_proj_w, A_log, D, dt_bias, outputs[2]),
+            (out_proj_b is not None, bwd))
 
 
-@_mixer_backward_op.register_fake
-def _(dout, xz, conv_w, conv_b, x_dbl, x_proj_w, dt_proj_w, out_proj_w, has_out_b, A_log, D, dt_bias, states,
-      bwd):
-    out_b = xz.new_empty(out_proj_w.shape[0]) if has_out_b else xz.new_empty(0)
+def _backward(dout: torch.Tensor | None, xz: torch.Tensor, conv_w: torch.Tensor, conv_b: torch.Tensor | None,
+              x_dbl: torch.Tensor, x_proj_w: torch.Tensor, dt_proj_w: torch.Tensor, out_proj_w: torch.Tensor,
+              A_log: torch.Tensor, D: torch.Tensor, dt_bias: torch.Tensor, states: torch.Tensor, has_out_b: bool,
+              bwd: list[int]) -> list[torch.Tensor | None]:
+    """-> the gradients of xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A_log, D,
+    dt_bias, each in its input's dtype (the bias's: out_proj_w's), None for an absent bias."""
+    if states.numel() == 0:
+        raise RuntimeError("the fused mixer ran without saving its states (no grad was needed then)")
+    if dout is None:
+        dout = x_dbl.new_zeros(xz.shape[0], xz.shape[2], out_proj_w.shape[0], dtype=out_proj_w.dtype)
+    grads = _mixer_backward(dout, _launch_layout(xz), conv_w, conv_b, x_dbl, x_proj_w, dt_proj_w, out_proj_w,
+                            has_out_b, A_log, D, dt_bias, states, _tuning(bwd))
+    like = (xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_w, A_log, D, dt_bias)
+    return [g if g is None or g.dtype == t.dtype else g.to(t.dtype) for g, t in zip(grads, like)]
+
+
+def _backward_fake(dout, xz, conv_w, conv_b, x_dbl, x_proj_w, dt_proj_w, out_proj_w, A_log, D, dt_bias, states,
+                   has_out_b, bwd):
+    out_b = out_proj_w.new_empty(out_proj_w.shape[0]) if has_out_b else xz.new_empty(0)
     batch, _, L = xz.shape
     # dxz has the launches' layout: (batch, 2 d_inner, L) viewing a (2 d_inner, batch L) matrix
     return [xz.new_empty_strided(xz.shape, (L, batch * L, 1)), conv_w.new_empty(conv_w.shape),
@@ -176,25 +167,14 @@ def _(dout, xz, conv_w, conv_b, x_dbl, x_proj_w, dt_proj_w, out_proj_w, has_out_
             A_log.new_empty(A_log.shape), D.new_empty(D.shape), dt_bias.new_empty(dt_bias.shape)]
 
 
-def _op_setup(ctx, inputs, output):
-    xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A_log, D, dt_bias, _fwd, bwd, _save = inputs
-    ctx.save_for_backward(xz, conv_w, conv_b, output[1], x_proj_w, dt_proj_w, out_proj_w, A_log, D, dt_bias,
-                          output[2])
-    ctx.bwd, ctx.has_out_b, ctx.has_conv_b = bwd, out_proj_b is not None, conv_b is not None
+def _prepare(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, *rest):
+    # the products run in autocast's dtype, as F.linear's would; done inside the Function, unseen by autograd:
+    # a recorded cast per weight costs the host-bound eager step 4 nodes a layer each way
+    return (xz, conv_w, conv_b, *_autocast(x_proj_w, dt_proj_w, out_proj_w, out_proj_b), *rest)
 
 
-def _op_backward(ctx, dout, _dx_dbl, _dstates):
-    xz, conv_w, conv_b, x_dbl, x_proj_w, dt_proj_w, out_proj_w, A_log, D, dt_bias, states = ctx.saved_tensors
-    if states.numel() == 0:
-        raise RuntimeError("the fused mixer ran without saving its states (no grad was needed then)")
-    grads = _mixer_backward_op(dout, xz, conv_w, conv_b, x_dbl, x_proj_w, dt_proj_w, out_proj_w, ctx.has_out_b,
-                               A_log, D, dt_bias, states, ctx.bwd)
-    grads[2] = grads[2] if ctx.has_conv_b else None
-    grads[6] = grads[6] if ctx.has_out_b else None
-    return (*grads, None, None, None)
-
-
-_mixer_op.register_autograd(_op_backward, setup_context=_op_setup)
+_MIXER = KernelOp("mambadyn::mixer_inner", forward=_forward, forward_fake=_forward_fake, save=_save,
+                  backward=_backward, backward_fake=_backward_fake, n_outputs=1, prepare=_prepare)
 
 
 def _autocast(x_proj_w, dt_proj_w, out_proj_w, out_proj_b):
@@ -217,21 +197,17 @@ def mixer_inner(xz: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Te
     if xz.dim() != 3 or xz.shape[1] % 2:
         raise ValueError(f"xz must have shape (batch, 2 d_inner, L), got {tuple(xz.shape)}")
     conv_weight = conv_weight.reshape(conv_weight.shape[0], -1).contiguous()
-    compiling = torch.compiler.is_compiling()
     need_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
                                                     out_proj_weight, out_proj_bias, A_log, D, dt_bias))
     fwd, bwd = tunings_for(xz, xz.shape[0] * xz.shape[1] // 2, need_grad)
-    if compiling:  # the op sees the cast weights; compiled, the casts cost no dispatch
-        x_proj_weight, dt_proj_weight, out_proj_weight, out_proj_bias = _autocast(
-            x_proj_weight, dt_proj_weight, out_proj_weight, out_proj_bias)
-        return _mixer_op(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, out_proj_weight, out_proj_bias,
-                         A_log, D, dt_bias, as_ints(fwd), as_ints(bwd), need_grad)[0]
+    if torch.compiler.is_compiling():
+        fwd, bwd = as_ints(fwd), as_ints(bwd)
     batch, two_d, L = xz.shape
     if not is_matrix_view(xz):  # not in_proj's layout (see MambaMixer._fused_forward): one copy into it
         xz = xz.transpose(0, 1).reshape(two_d, -1).view(two_d, batch, L).transpose(0, 1)
-    return _MixerInner.apply(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, out_proj_weight,
-                             out_proj_bias, A_log, D, dt_bias, fwd, bwd)
+    return _MIXER(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, out_proj_weight, out_proj_bias, A_log,
+                  D, dt_bias, fwd, bwd, need_grad)
 
 
 def mixer_inner_ref(xz: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor | None,

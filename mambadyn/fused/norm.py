@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..kernel_op import KernelOp
 from ..scan.launch import cdiv, launcher, next_power_of_2
 
 
@@ -96,82 +97,45 @@ def _norm_backward(dy, dr_out, r, weight, rstd, x_dtype):
     return dr, dw
 
 
-def _rows(x, residual, weight):
-    # x and the residual (..., D) as the (rows, D) contiguous tensors the kernels take, and the weight
-    D = x.shape[-1]
-    return (x.reshape(-1, D).contiguous(), None if residual is None else residual.reshape(-1, D).contiguous(),
-            weight.contiguous())
-
-
-def _input_grads(dr, dw, dtypes, weight):
-    # the gradients of x, the residual (None where there was none) and the weight, in their dtypes
-    x_dtype, res_dtype = dtypes
-    return dr.to(x_dtype), None if res_dtype is None else dr.to(res_dtype), dw.to(weight.dtype)
-
-
-class _RMSNormAdd(torch.autograd.Function):
-    """The eager path, on (..., D) tensors: the (rows, D) views the kernels take are made in here, where
-    autograd records none of them (the eager step is CPU-bound, and each recorded view is a node each way).
-    The gradients leave in float32 and autograd casts them to the inputs' dtypes."""
-
-    @staticmethod
-    def forward(ctx, x, residual, weight, eps, residual_fp32):
-        y, r, rstd = _norm_forward(*_rows(x, residual, weight), eps, residual_fp32)
-        ctx.save_for_backward(r, weight, rstd)
-        ctx.dtype, ctx.shape, ctx.has_res = x.dtype, x.shape, residual is not None
-        ctx.set_materialize_grads(False)
-        return y.view(x.shape), r.view(x.shape)
-
-    @staticmethod
-    def backward(ctx, dy, dr_out):
-        r, weight, rstd = ctx.saved_tensors
-        D = r.shape[-1]
-        dy = None if dy is None else dy.reshape(-1, D)
-        dr_out = None if dr_out is None else dr_out.reshape(-1, D)
-        dr, dw = _norm_backward(dy, dr_out, r, weight, rstd, ctx.dtype)
-        dr = dr.view(ctx.shape)
-        return dr, dr if ctx.has_res else None, dw, None, None
-
-
-# the same launches as custom ops for torch.compile (see triton_scan for why)
-@torch.library.custom_op("mambadyn::rms_norm_add", mutates_args=())
-def _norm_op(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float,
+def _forward(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float,
              residual_fp32: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _norm_forward(x, residual, weight, eps, residual_fp32)
+    """x, residual (..., D) -> y, r (..., D), rstd (rows,) float32. The (rows, D) views the kernels take are
+    made in here, where autograd records none of them (each recorded view is a node each way)."""
+    D = x.shape[-1]
+    rows = (x.reshape(-1, D).contiguous(), None if residual is None else residual.reshape(-1, D).contiguous())
+    y, r, rstd = _norm_forward(*rows, weight.contiguous(), eps, residual_fp32)
+    return y.view(x.shape), r.view(x.shape), rstd
 
 
-@_norm_op.register_fake
-def _(x, residual, weight, eps, residual_fp32):
+def _forward_fake(x, residual, weight, eps, residual_fp32):
+    rows = x.numel() // x.shape[-1]
     return (x.new_empty(x.shape), x.new_empty(x.shape, dtype=_sum_dtype(x, residual, residual_fp32)),
-            x.new_empty(x.shape[0], dtype=torch.float32))
+            x.new_empty(rows, dtype=torch.float32))
 
 
-@torch.library.custom_op("mambadyn::rms_norm_add_backward", mutates_args=())
-def _norm_backward_op(dy: torch.Tensor, dr_out: torch.Tensor | None, r: torch.Tensor, weight: torch.Tensor,
-                      rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return _norm_backward(dy, dr_out, r, weight, rstd, dy.dtype)
-
-
-@_norm_backward_op.register_fake
-def _(dy, dr_out, r, weight, rstd):
-    return r.new_empty(r.shape, dtype=torch.float32), weight.new_empty(weight.shape, dtype=torch.float32)
-
-
-def _norm_setup(ctx, inputs, output):
+def _save(inputs, outputs):
     x, residual, weight, _eps, _fp32 = inputs
-    ctx.save_for_backward(output[1], weight, output[2])
-    ctx.dtypes = x.dtype, None if residual is None else residual.dtype
+    return (outputs[1], weight, outputs[2]), (x.dtype, None if residual is None else residual.dtype)
 
 
-def _norm_op_backward(ctx, dy, dr_out, _drstd):
-    r, weight, rstd = ctx.saved_tensors
-    x_dtype = ctx.dtypes[0]
-    dy = r.new_zeros(r.shape, dtype=x_dtype) if dy is None else dy.to(x_dtype)  # the op takes no None for it
-    dr, dw = _norm_backward_op(dy, dr_out, r, weight, rstd)
-    return (*_input_grads(dr, dw, ctx.dtypes, weight), None, None)
+def _backward(dy: torch.Tensor | None, dr_out: torch.Tensor | None, r: torch.Tensor, weight: torch.Tensor,
+              rstd: torch.Tensor, x_dtype: torch.dtype, res_dtype: torch.dtype | None) -> list[torch.Tensor | None]:
+    """-> the gradients of x, the residual (None where there was none) and the weight, in their dtypes."""
+    D = r.shape[-1]
+    dr, dw = _norm_backward(None if dy is None else dy.reshape(-1, D), None if dr_out is None else
+                            dr_out.reshape(-1, D), r.reshape(-1, D), weight, rstd, x_dtype)
+    dr = dr.view(r.shape)
+    return [dr.to(x_dtype), None if res_dtype is None else dr.to(res_dtype), dw.to(weight.dtype)]
 
 
-_norm_op.register_autograd(_norm_op_backward, setup_context=_norm_setup)
+def _backward_fake(dy, dr_out, r, weight, rstd, x_dtype, res_dtype):
+    return [r.new_empty(r.shape, dtype=x_dtype),
+            r.new_empty(0) if res_dtype is None else r.new_empty(r.shape, dtype=res_dtype),
+            weight.new_empty(weight.shape)]
+
+
+_NORM = KernelOp("mambadyn::rms_norm_add", forward=_forward, forward_fake=_forward_fake, save=_save,
+                 backward=_backward, backward_fake=_backward_fake, n_outputs=2)
 
 
 def rms_norm_add(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float = 1e-5,
@@ -183,8 +147,4 @@ def rms_norm_add(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.T
         raise ValueError(f"weight must have shape ({D},), got {tuple(weight.shape)}")
     if residual is not None and residual.shape != x.shape:
         raise ValueError(f"residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}")
-    if not torch.compiler.is_compiling():
-        return _RMSNormAdd.apply(x, residual, weight, float(eps), bool(residual_fp32))
-    lead = x.shape[:-1]
-    y, r = _norm_op(*_rows(x, residual, weight), float(eps), bool(residual_fp32))[:2]
-    return y.reshape(*lead, D), r.reshape(*lead, D)
+    return _NORM(x, residual, weight, float(eps), bool(residual_fp32))

@@ -6,8 +6,9 @@ threads, as many as torch uses. Δ's bias and softplus before it and the SiLU ga
 (vectorized) operations: inside the numba loop they were libm calls, one per (batch, channel, step), and
 took more than half of the forward.
 
-Forward and backward are ``torch.library`` custom ops with fake implementations, so ``torch.compile``
-traces a mixer on this backend without a graph break.
+Eager calls run through an autograd Function; under ``torch.compile`` the same forward and backward are
+``torch.library`` custom ops with fake implementations (both built by ``kernel_op.KernelOp``), so a mixer on
+this backend compiles without a graph break.
 
 Backward: the forward keeps the state every ``SAVE`` steps. The backward walks each channel's chunks in
 reverse, recomputes a chunk's states and decays from its saved state into a small local buffer, and
@@ -34,6 +35,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
+from ..kernel_op import KernelOp
 from .epilogue import compute_dtype, finish, prepare_delta
 
 SAVE = 64  # steps between saved states: the backward's chunk
@@ -159,10 +161,7 @@ def _threads() -> int:
     return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
 
 
-# Two torch.library custom ops, with fake implementations and an autograd formula: eager mode and
-# torch.compile run the same code, and dynamo traces a mixer without a graph break.
-@torch.library.custom_op("mambadyn::numba_scan", mutates_args=())
-def _scan_op(u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, Bt: torch.Tensor, Ct: torch.Tensor,
+def _scan_forward(u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, Bt: torch.Tensor, Ct: torch.Tensor,
              D: torch.Tensor, h0: torch.Tensor, grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """dt: Δ itself (bias added, softplus applied); Bt, Ct: B and C time-major, (b, L, n) contiguous.
     -> y = C·h + D u (b, d, L), last state (b, d, n), states every SAVE steps for the backward (b, d, k, n)."""
@@ -177,22 +176,24 @@ def _scan_op(u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, Bt: torch.Tenso
     return out, h_last, saved
 
 
-@_scan_op.register_fake
-def _(u, dt, A, Bt, Ct, D, h0, grad):
+def _scan_forward_fake(u, dt, A, Bt, Ct, D, h0, grad):
     b, d, L = u.shape
     n = A.shape[1]
     return (torch.empty_like(u), u.new_empty(b, d, n),
             u.new_empty(b, d, (L + SAVE - 1) // SAVE if grad else 0, n))
 
 
-@torch.library.custom_op("mambadyn::numba_scan_backward", mutates_args=())
-def _scan_backward_op(gout: torch.Tensor, gh_last: torch.Tensor, u: torch.Tensor, dt: torch.Tensor,
-                      A: torch.Tensor, Bt: torch.Tensor, Ct: torch.Tensor, D: torch.Tensor,
-                      saved: torch.Tensor) -> list[torch.Tensor]:
+def _scan_backward(gout: torch.Tensor | None, gh_last: torch.Tensor | None, u: torch.Tensor, dt: torch.Tensor,
+                   A: torch.Tensor, Bt: torch.Tensor, Ct: torch.Tensor, D: torch.Tensor,
+                   saved: torch.Tensor) -> list[torch.Tensor]:
     """-> the gradients of u, dt, A, Bt, Ct, D, h0."""
+    if saved.shape[2] == 0:
+        raise RuntimeError("the numba scan ran without saving states (no grad was needed then)")
     numba.set_num_threads(_threads())
     b, d, L = u.shape
     n = A.shape[1]
+    gout = torch.zeros_like(u) if gout is None else gout
+    gh_last = u.new_zeros(b, d, n) if gh_last is None else gh_last
     groups = max(1, min(d, -(-_threads() // b)))  # enough jobs for every thread
     gout, gh_last = gout.to(u.dtype).contiguous(), gh_last.to(u.dtype).contiguous()
     gu, gdt = torch.empty_like(u), torch.empty_like(u)
@@ -207,26 +208,18 @@ def _scan_backward_op(gout: torch.Tensor, gh_last: torch.Tensor, u: torch.Tensor
     return [gu, gdt, gA.sum(0), gB.sum(0), gC.sum(0), gD.sum(0), gh0]
 
 
-@_scan_backward_op.register_fake
-def _(gout, gh_last, u, dt, A, Bt, Ct, D, saved):
+def _scan_backward_fake(gout, gh_last, u, dt, A, Bt, Ct, D, saved):
     return [torch.empty_like(t) for t in (u, dt, A, Bt, Ct, D)] + [u.new_empty(u.shape[0], u.shape[1], A.shape[1])]
 
 
-def _setup(ctx, inputs, output):
-    u, dt, A, Bt, Ct, D, h0, grad = inputs
-    ctx.save_for_backward(u, dt, A, Bt, Ct, D, output[2])
+def _save(inputs, outputs):
+    u, dt, A, Bt, Ct, D, _h0, _grad = inputs
+    return (u, dt, A, Bt, Ct, D, outputs[2]), ()
 
 
-def _scan_backward(ctx, gout, gh_last, _gsaved):
-    u, dt, A, Bt, Ct, D, saved = ctx.saved_tensors
-    if saved.shape[2] == 0:
-        raise RuntimeError("the numba scan ran without saving states (no grad was needed then)")
-    gout = torch.zeros_like(u) if gout is None else gout
-    gh_last = u.new_zeros(u.shape[0], u.shape[1], A.shape[1]) if gh_last is None else gh_last
-    return (*_scan_backward_op(gout, gh_last, u, dt, A, Bt, Ct, D, saved), None)
-
-
-_scan_op.register_autograd(_scan_backward, setup_context=_setup)
+# torch.compile traces a mixer through the custom op without a graph break
+_SCAN = KernelOp("mambadyn::numba_scan", forward=_scan_forward, forward_fake=_scan_forward_fake, save=_save,
+                 backward=_scan_backward, backward_fake=_scan_backward_fake, n_outputs=2)
 
 
 def selective_scan_numba(
@@ -259,7 +252,7 @@ def selective_scan_numba(
     # Δ is made contiguous first: a strided Δ through the bias add broke the compiled backward (a view error
     # under torch.compile, tests/test_numba_scan.py)
     delta = prepare_delta(prep(delta), delta_bias, delta_softplus)
-    y, h_last, _ = _scan_op(
+    y, h_last = _SCAN(
         prep(u), delta.contiguous(), prep(A), prep(B.transpose(1, 2)), prep(C.transpose(1, 2)),  # time-major, once
         u.new_zeros(d, dtype=dt) if D is None else prep(D), h0, grad)
     out = finish(y, u, None, z, u.dtype)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from ..kernel_op import KernelOp
 from .launch import cdiv
 from .layout import is_dense, is_matrix_view
 from .triton_kernels import bwd_kernel, fwd_kernel
@@ -108,15 +109,6 @@ def scan_backward(dout, dlast, u, delta, A, B, C, D, z, bias, states, softplus: 
     return du, ddelta, dA, dB, dC, dD, dz, dbias, g0
 
 
-def scan_op_grads(grads, like) -> list[torch.Tensor]:
-    """``grads`` as a backward custom op returns them: each in its input's dtype (``like``), as the op's fake
-    promises; a copy where it views a buffer shared with others (the summed gradients are views of one, and
-    a custom op's outputs may not share storage); an empty tensor where it is None (the output list holds no
-    None)."""
-    return [like[0].new_empty(0) if g is None else g.to(t.dtype) if g.dtype != t.dtype else
-            g.clone() if g._base is not None else g for g, t in zip(grads, like)]
-
-
 def _aligned(ints, tensors) -> bool:
     # what Triton specializes a launch on: 16-byte-aligned pointers, integers that are multiples of 16
     return all(i % 16 == 0 for i in ints) and all(t is None or t.data_ptr() % 16 == 0 for t in tensors)
@@ -129,96 +121,67 @@ def _initial_state_grad(g0, delta, A, bias, h0, softplus: bool):
     return (torch.exp(dl0[..., None] * A.float()) * g0).to(h0.dtype)
 
 
-class _TritonScan(torch.autograd.Function):
-    """The eager path: autograd.Function costs less CPU per call than a custom op's dispatch."""
-
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, bias, h0, softplus, fwd, bwd):
-        need_grad = any(ctx.needs_input_grad)
-        out, last, saved = scan_forward(u, delta, A, B, C, D, z, bias, h0, softplus, fwd, bwd, need_grad)
-        if need_grad:
-            ctx.save_for_backward(*saved)
-            ctx.softplus, ctx.tuning = softplus, bwd
-        # an unused output's gradient arrives as None rather than a zero tensor made and filled for it
-        ctx.set_materialize_grads(False)
-        return out, last
-
-    @staticmethod
-    def backward(ctx, dout, dlast):
-        u, delta, A, B, C, D, z, bias, h0, states = ctx.saved_tensors
-        *grads, g0 = scan_backward(dout, dlast, u, delta, A, B, C, D, z, bias, states, ctx.softplus, ctx.tuning)
-        dh0 = _initial_state_grad(g0, delta, A, bias, h0, ctx.softplus) \
-            if h0 is not None and ctx.needs_input_grad[8] else None
-        return (*grads, dh0, None, None, None)
+def _tuning(t) -> Tuning:
+    # eager calls hand the Tuning through; the custom op's schema carries it as a list of ints
+    return t if isinstance(t, Tuning) else Tuning(*t)
 
 
-# The same launches as torch.library custom ops with fake implementations, for torch.compile: the compiled
-# graph sees one opaque node with known output shapes instead of a Python autograd.Function it must break at.
-# Optional inputs that are absent arrive as None; absent gradients leave as empty tensors (a custom op's
-# list output holds no None).
-
-@torch.library.custom_op("mambadyn::triton_scan", mutates_args=())
-def _scan_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+def _forward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
              D: torch.Tensor | None, z: torch.Tensor | None, bias: torch.Tensor | None, h0: torch.Tensor | None,
-             softplus: bool, fwd: list[int], bwd: list[int], save_states: bool
+             softplus: bool, fwd: list[int], bwd: list[int], save: bool
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """-> out (batch, d, L), the last state (batch, d, n) float32, the saved states (n_chunks, batch, d, n)
-    float32 (empty without ``save_states``)."""
-    # contiguous, as the fake implementation promises
-    u, delta, B, C = (t.contiguous() for t in (u, delta, B, C))
-    z = None if z is None else z.contiguous()
-    out, last, saved = scan_forward(u, delta, A, B, C, D, z, bias, h0, softplus, Tuning(*fwd), Tuning(*bwd), save_states)
-    states = saved[-1] if save_states else u.new_empty(0, dtype=torch.float32)
-    return out, last, states
+    """-> out (batch, d, L), the last state (batch, d, n) float32, the states the backward starts its chunks
+    from (n_chunks, batch, d, n) float32 (empty without ``save``)."""
+    out, last, saved = scan_forward(u, delta, A, B, C, D, z, bias, h0, softplus, _tuning(fwd), _tuning(bwd), save)
+    return out, last, saved[-1] if save else last.new_empty(0)
 
 
-@_scan_op.register_fake
-def _(u, delta, A, B, C, D, z, bias, h0, softplus, fwd, bwd, save_states):
+def _forward_fake(u, delta, A, B, C, D, z, bias, h0, softplus, fwd, bwd, save):
+    u, *_ = _layouts(u, delta, z, B, C)  # strides only: the fake's out has the real one's layout
     batch, d, L = u.shape
     n = A.shape[1]
     f32 = dict(device=u.device, dtype=torch.float32)
-    states = u.new_empty(cdiv(L, bwd[1]), batch, d, n, **f32) if save_states else u.new_empty(0, **f32)
-    # contiguous like the real outputs (the inputs are made contiguous before the launch)
-    return u.new_empty(u.shape), u.new_empty(batch, d, n, **f32), states
+    states = u.new_empty(cdiv(L, bwd[1]), batch, d, n, **f32) if save else u.new_empty(0, **f32)
+    return torch.empty_like(u), u.new_empty(batch, d, n, **f32), states
 
 
-@torch.library.custom_op("mambadyn::triton_scan_backward", mutates_args=())
-def _scan_backward_op(dout: torch.Tensor, dlast: torch.Tensor | None, u: torch.Tensor, delta: torch.Tensor,
-                      A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None,
-                      z: torch.Tensor | None, bias: torch.Tensor | None, states: torch.Tensor, softplus: bool,
-                      bwd: list[int]) -> list[torch.Tensor]:
-    """-> du, ddelta, dA, dB, dC, dD, dz, dbias (empty where the input is None), g0."""
-    u, delta, A, B, C = (t.contiguous() for t in (u, delta, A, B, C))
-    D, z, bias = (None if t is None else t.contiguous() for t in (D, z, bias))
-    grads = scan_backward(dout, dlast, u, delta, A, B, C, D, z, bias, states, softplus, Tuning(*bwd))
-    return scan_op_grads(grads[:-1], (u, delta, A, B, C, D, z, bias)) + [grads[-1]]
+def _save(inputs, outputs):
+    u, delta, A, B, C, D, z, bias, h0, softplus, _fwd, bwd, _save = inputs
+    return (u, delta, A, B, C, D, z, bias, h0, outputs[2]), (softplus, bwd)
 
 
-@_scan_backward_op.register_fake
-def _(dout, dlast, u, delta, A, B, C, D, z, bias, states, softplus, bwd):
-    like = [u, delta, A, B, C, D, z, bias]
-    return ([u.new_empty(0) if t is None else t.new_empty(t.shape) for t in like]
-            + [u.new_empty(u.shape[0], u.shape[1], A.shape[1], dtype=torch.float32)])
+def _cast(g, like):
+    return g if g is None or g.dtype == like.dtype else g.to(like.dtype)
 
 
-def _op_setup(ctx, inputs, output):
-    u, delta, A, B, C, D, z, bias, h0, softplus, fwd, bwd, save_states = inputs
-    ctx.save_for_backward(u, delta, A, B, C, D, z, bias, h0, output[2])
-    ctx.softplus, ctx.bwd = softplus, bwd
+def _launched(u, delta, A, B, C, D, z, bias):
+    # the inputs as scan_forward launched them (the backward kernel reads them in the same layout)
+    u, delta, z, B, C = _layouts(u, delta, z, B, C)
+    return (u, delta, A.contiguous(), B, C, *(None if t is None else t.contiguous() for t in (D, z, bias)))
 
 
-def _op_backward(ctx, dout, dlast, _dstates):
-    u, delta, A, B, C, D, z, bias, h0, states = ctx.saved_tensors
+def _backward(dout: torch.Tensor | None, dlast: torch.Tensor | None, u: torch.Tensor, delta: torch.Tensor,
+              A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None,
+              bias: torch.Tensor | None, h0: torch.Tensor | None, states: torch.Tensor, softplus: bool,
+              bwd: list[int]) -> list[torch.Tensor | None]:
+    """-> du, ddelta, dA, dB, dC, dD, dz, dbias, dh0, each in its input's dtype (None where it is None)."""
     if states.numel() == 0:
         raise RuntimeError("the Triton scan ran without saving states (no grad was needed then)")
-    dout = torch.zeros_like(u) if dout is None else dout
-    *grads, g0 = _scan_backward_op(dout, dlast, u, delta, A, B, C, D, z, bias, states, ctx.softplus, ctx.bwd)
-    grads = [g if t is not None else None for g, t in zip(grads, (u, delta, A, B, C, D, z, bias))]
-    dh0 = _initial_state_grad(g0, delta, A, bias, h0, ctx.softplus) if h0 is not None else None
-    return (*grads, dh0, None, None, None, None)
+    inputs = (u, delta, A, B, C, D, z, bias)
+    *grads, g0 = scan_backward(dout, dlast, *_launched(*inputs), states, softplus, _tuning(bwd))
+    dh0 = None if h0 is None else _initial_state_grad(g0, delta, A, bias, h0, softplus)
+    return [_cast(g, t) for g, t in zip(grads, inputs)] + [dh0]
 
 
-_scan_op.register_autograd(_op_backward, setup_context=_op_setup)
+def _backward_fake(dout, dlast, u, delta, A, B, C, D, z, bias, h0, states, softplus, bwd):
+    launched = _launched(u, delta, A, B, C, D, z, bias)
+    grads = [u.new_empty(0) if t is None else torch.empty_like(t, dtype=like.dtype)
+             for t, like in zip(launched, (u, delta, A, B, C, D, z, bias))]
+    return grads + [u.new_empty(0) if h0 is None else torch.empty_like(h0)]
+
+
+_SCAN = KernelOp("mambadyn::triton_scan", forward=_forward, forward_fake=_forward_fake, save=_save,
+                 backward=_backward, backward_fake=_backward_fake, n_outputs=2)
 
 
 def selective_scan_triton(
@@ -254,14 +217,9 @@ def selective_scan_triton(
                             num_warps=num_warps, bwd_block_d=bwd_block_d, bwd_chunk=bwd_chunk,
                             bwd_num_warps=bwd_num_warps, bwd_g_in_memory=bwd_g_in_memory, wide=wide, maxnreg=maxnreg,
                             bwd_maxnreg=bwd_maxnreg, bwd_flip_runs=bwd_flip_runs)
-    softplus = bool(delta_softplus)
-    if torch.compiler.is_compiling():  # one graph node, no break (the eager paths below cost less per call)
-        out, last, _ = _scan_op(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, as_ints(fwd),
-                                as_ints(bwd), need_grad)
-    elif need_grad:
-        out, last = _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, fwd, bwd)
-    else:  # inference skips autograd's bookkeeping, a visible share of a short call's host time
-        out, last, _ = scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, fwd, bwd, False)
+    if torch.compiler.is_compiling():
+        fwd, bwd = as_ints(fwd), as_ints(bwd)
+    out, last = _SCAN(u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus), fwd, bwd, need_grad)
     return (out, last) if return_last_state else out
 
 
