@@ -11,48 +11,7 @@ pytest.importorskip("triton")
 
 from tests.support.triton_interpret import run_script
 
-SCRIPT = """
-import copy, json
-import torch
-from mambadyn.nn import MambaConfig, MambaLM
-interpret = os.environ.get("TRITON_INTERPRET") == "1"
-dev = "cuda" if torch.cuda.is_available() and not interpret else "cpu"
-worst, paths = {}, {}
-cases = [dict(d_model=18, n_layer=2, d_state=5, bias=False, conv_bias=True, residual_in_fp32=True, L=37, b=2),
-         dict(d_model=12, n_layer=1, d_state=4, bias=True, conv_bias=False, residual_in_fp32=False, L=9, b=1),
-         # L and the strides multiples of 16: the compiled 16-bit backward flips by lane shuffles
-         dict(d_model=16, n_layer=1, d_state=16, bias=False, conv_bias=True, residual_in_fp32=True, L=64, b=2)]
-for dtype in (torch.float32, torch.bfloat16):
-    for i, c in enumerate(cases):
-        c = dict(c)
-        L, b = c.pop("L"), c.pop("b")
-        torch.manual_seed(i)
-        fused = MambaLM(MambaConfig(vocab_size=23, scan_backend="triton", **c)).to(dev)
-        ref = copy.deepcopy(fused).double()
-        for layer in ref.backbone.layers:
-            layer.mixer.scan_backend = "reference"
-        fused = fused.to(dtype)
-        # in bfloat16 the per-op path's own error is the yardstick: the fused one must not be much worse
-        plain = copy.deepcopy(fused)
-        for layer in plain.backbone.layers:
-            layer.mixer.fused = False
-        paths[str(i)] = fused.backbone.layers[0].mixer.uses_fused_kernels(torch.zeros(1, device=dev))
-        ids = torch.randint(0, 23, (b, L), device=dev)
-        w = torch.randn(b, L, 23, device=dev, dtype=torch.float64)
-        out_ref = ref(ids)
-        (out_ref * w).sum().backward()
-        for tag, model in (("fused", fused), ("plain", plain)) if dtype != torch.float32 else (("fused", fused),):
-            out = model(ids)
-            (out.double() * w).sum().backward()
-            errs = {"logits": (out.double(), out_ref)}
-            for (name, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
-                errs["d:" + ".".join(name.split(".")[-2:])] = (p.grad.double(), q.grad)
-            for name, (a, r) in errs.items():  # relative in norm: a max over a few dozen bf16 roundings is noise
-                e = ((a - r).norm() / r.norm().clamp_min(1e-12)).item()
-                key = f"{tag}-{str(dtype)[6:]}-{name}"
-                worst[key] = max(worst.get(key, 0.0), e)
-print(json.dumps({"worst": worst, "fused": paths}))
-"""
+SCRIPT = "mixer"
 
 
 def _check(interpret: bool):
@@ -125,35 +84,7 @@ def test_the_fused_layer_records_no_more_than_its_products_and_functions(monkeyp
     assert type(y.grad_fn).__name__ == "RmsNormAddBackward" and y.grad_fn is r.grad_fn
 
 
-COMPILE_SCRIPT = """
-import json
-import torch
-from tests.support.compile_check import compile_and_compare
-from mambadyn.nn import MambaConfig, MambaLM
-torch.manual_seed(0)
-device = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
-m = MambaLM(MambaConfig(vocab_size=20, d_model=16, n_layer=2, d_state=4, scan_backend="triton", bias=True)).to(device)
-x = torch.randint(0, 20, (2, 9), device=device)
-result = compile_and_compare(m, x)
-g = torch.Generator().manual_seed(1)
-r = lambda *s: torch.randn(*s, generator=g).to(device)
-b, d, L, n, R, Dm = 2, 6, 5, 3, 2, 4
-xz = r(2 * d, b * L).view(2 * d, b, L).transpose(0, 1)
-mixer = (xz, r(d, 4), r(d), r(R + 2 * n, d), r(d, R), r(Dm, d), None, -torch.rand(d, n, generator=g).to(device), r(d),
-         r(d), [2, 8, 1], [2, 8, 1], True)
-torch.library.opcheck(torch.ops.mambadyn.mixer_inner, mixer)
-torch.library.opcheck(torch.ops.mambadyn.rms_norm_add, (r(7, Dm), r(7, Dm), r(Dm), 1e-5, True))
-torch.library.opcheck(torch.ops.mambadyn.rms_norm_add, (r(2, 7, Dm), None, r(Dm), 1e-5, False))
-# the scan op alone (the per-op path's): plain inputs, then in the fused mixer's layout (views of matrices)
-A = -torch.rand(d, n, generator=g).to(device)
-plain = (r(b, d, L), r(b, d, L), A, r(b, n, L), r(b, n, L), r(d), r(b, d, L), r(d), r(b, d, n), True, [2, 8, 1],
-         [2, 8, 1], True)
-torch.library.opcheck(torch.ops.mambadyn.triton_scan, plain)
-view = lambda c: r(c, b * L).view(c, b, L).transpose(0, 1)
-torch.library.opcheck(torch.ops.mambadyn.triton_scan, (view(d), view(d), A, view(n), view(n), None, None, None, None,
-                                                       False, [2, 8, 1], [2, 8, 1], True))
-print(json.dumps(result))
-"""
+COMPILE_SCRIPT = "mixer_compile"
 
 
 def _compile_check(interpret: bool):

@@ -24,16 +24,7 @@ INTERPRETED = [
     Case(1, 3, 21, 4, last_state=True, forward_only=True),       # no grad: no states saved
 ]
 
-SCRIPT = """
-import json, sys
-from mambadyn.scan.verify import Case, compare_with_reference
-cases = [Case(**c) for c in json.loads(sys.argv[1])]
-# several forward chunks per backward chunk, several of those per sequence; the backward's adjoint
-# carried between chunks in registers and in memory
-opts = dict(block_d=4, chunk=8, bwd_block_d=2, bwd_chunk=16)
-print(json.dumps([compare_with_reference("triton", c, bwd_g_in_memory=g, **opts)
-                  for c in cases for g in (False, True)]))
-"""
+SCRIPT = "scan"
 
 
 def assert_close(result):
@@ -42,13 +33,7 @@ def assert_close(result):
     assert not bad, f"{result['case']}: errors above {result['tolerance']}: {bad}"
 
 
-WIDE_SCRIPT = """
-import json, sys
-from mambadyn.scan.verify import Case, compare_with_reference
-cases = [Case(2, 5, 37, 4, initial_state=True, last_state=True), Case(1, 3, 21, 4, forward_only=True)]
-opts = dict(block_d=4, chunk=8, bwd_block_d=2, bwd_chunk=16, wide=True, maxnreg=168, bwd_maxnreg=168)
-print(json.dumps([compare_with_reference("triton", c, **opts) for c in cases]))
-"""
+WIDE_SCRIPT = "scan_wide"
 
 
 def test_wide_float32_forward_matches_reference_in_the_interpreter():
@@ -154,31 +139,7 @@ def test_knobs_override_the_tables_and_reach_the_launch():
     assert not fwd_meta(*_tunings(2, wide=True), 2, 16, True, False)["WIDE"]  # 16-bit tiles are wide already
 
 
-UNUSED_OUTPUT_SCRIPT = """
-import json
-import torch
-from mambadyn.scan import selective_scan
-from mambadyn.scan.reference import selective_scan_ref
-g = torch.Generator().manual_seed(0)
-b, d, L, n = 1, 3, 20, 4
-mk = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
-inputs = (mk(b, d, L), mk(b, d, L) * 0.5 - 1, -torch.exp(mk(d, n) * 0.5), mk(b, n, L), mk(b, n, L), mk(d),
-          mk(b, d, L), mk(d) * 0.1)
-worst = {}
-for use in ("out", "last"):  # the other output's gradient reaches the backward as None
-    grads = []
-    for backend, dt in (("reference", torch.float64), ("triton", torch.float32)):
-        xs = [t.detach().to(dt).clone().requires_grad_(True) for t in inputs]
-        out, last = selective_scan(*xs[:5], D=xs[5], z=xs[6], delta_bias=xs[7], delta_softplus=True,
-                                   return_last_state=True, backend=backend,
-                                   **(dict(block_d=4, chunk=8) if backend == "triton" else {}))
-        (out if use == "out" else last).sum().backward()
-        grads.append([torch.zeros(x.shape, dtype=torch.float64) if x.grad is None else x.grad.double()
-                      for x in xs])
-    ref, ours = grads
-    worst[use] = max(((a - r).abs().max() / r.abs().max().clamp_min(1e-3)).item() for a, r in zip(ours, ref))
-print(json.dumps(worst))
-"""
+UNUSED_OUTPUT_SCRIPT = "scan_unused_output"
 
 
 def test_an_unused_output_needs_no_gradient_in_the_interpreter():
@@ -271,26 +232,7 @@ def test_auto_picks_triton_on_cuda():
     assert get_backend("auto", torch.zeros(1, 1, 1, device="cuda", dtype=torch.float64)).name != "triton"
 
 
-COMPILE_SCRIPT = """
-import json
-import torch
-from tests.support.compile_check import compile_and_compare
-from mambadyn.nn import MambaConfig, MambaLM
-torch.manual_seed(0)
-device = "cuda" if torch.cuda.is_available() else "cpu"
-# fused=False: eager then runs the per-op path that compiles (the fused kernels step aside under compile), so
-# the two compute the same thing in the same order
-m = MambaLM(MambaConfig(vocab_size=20, d_model=16, n_layer=2, d_state=4, scan_backend="triton",
-                        fused=False)).to(device)
-x = torch.randint(0, 20, (2, 9), device=device)
-result = compile_and_compare(m, x)
-g = torch.Generator().manual_seed(1)
-r = lambda *s: torch.randn(*s, generator=g).to(device)
-args = (r(1, 3, 6), r(1, 3, 6), -torch.rand(3, 4, generator=g).to(device), r(1, 4, 6), r(1, 4, 6), r(3), r(1, 3, 6),
-        r(3), r(1, 3, 4), True, [2, 8, 1], [2, 8, 1], True)
-torch.library.opcheck(torch.ops.mambadyn.triton_scan, args)
-print(json.dumps(result))
-"""
+COMPILE_SCRIPT = "scan_compile"
 
 
 def _compile_check(interpret: bool):

@@ -3,8 +3,8 @@
 
 Triton 3.6's interpreter turns scalar tensors into Python ints with ``int(array)``, which NumPy >= 2.4
 refuses for the 1-element arrays it uses; this wraps that one conversion. Import it before the
-kernels, with TRITON_INTERPRET=1 already set. ``run_script`` runs a test's script in a fresh process,
-interpreted or compiled."""
+kernels, with TRITON_INTERPRET=1 already set. ``run_script`` runs one of the scripts in tests/scripts in a
+fresh process, interpreted or compiled."""
 
 from __future__ import annotations
 
@@ -31,22 +31,26 @@ def enable() -> None:
     interpreter._mambadyn_patched = True
 
 
+def enable_if_asked() -> None:
+    """The first thing a script under tests/scripts does: patch the interpreter where the run asks for it."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        enable()
+
+
 ROOT = Path(__file__).resolve().parents[2]  # the repository
-_PRELUDE = ("import os\n"
-            "if os.environ.get('TRITON_INTERPRET') == '1':\n"
-            "    from tests.support.triton_interpret import enable; enable()\n")
+SCRIPTS = ROOT / "tests" / "scripts"
 
 
-def run_script(script: str, interpret: bool, args: tuple[str, ...] = (), timeout: float = 900):
-    """Run ``script`` in a fresh Python with the repository on its path, in Triton's interpreter if
-    ``interpret`` (it must be on before triton compiles anything, hence the fresh process), and return the
-    JSON its last printed line holds. A failure raises with the end of its stderr."""
+def run_script(name: str, interpret: bool, args: tuple[str, ...] = (), timeout: float = 900):
+    """Run ``tests/scripts/<name>.py`` in a fresh Python with the repository on its path, in Triton's
+    interpreter if ``interpret`` (it must be on before triton compiles anything, hence the fresh process),
+    and return the JSON its last printed line holds. A failure raises with the end of its stderr."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     if interpret:
         env["TRITON_INTERPRET"] = "1"
     else:
         env.pop("TRITON_INTERPRET", None)
-    proc = subprocess.run([sys.executable, "-c", _PRELUDE + script, *args], capture_output=True, text=True, env=env,
+    proc = subprocess.run([sys.executable, str(SCRIPTS / f"{name}.py"), *args], capture_output=True, text=True, env=env,
                           cwd=ROOT, timeout=timeout)
     if proc.returncode != 0:
         raise AssertionError(f"the script failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
