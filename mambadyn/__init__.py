@@ -7,9 +7,9 @@ checkpoint's layers do; a top-level function of that name would hide the subpack
 
 __version__ = "0.1.0"
 
+from . import probe  # noqa: E402,F401  (the subpackage; its door is probe.probe)
 from .dynamics import Outcome, TokenSystem, classify, simulate  # noqa: E402
 from .nn import ClassifierConfig, MambaClassifier, MambaConfig, MambaLM  # noqa: E402
-from . import probe  # noqa: E402,F401  (the subpackage; its door is probe.probe)
 from .refine import constrain_eigenvalues  # noqa: E402
 from .refine.modes import EigenMode  # noqa: E402
 from .scan import available_backends, selective_scan  # noqa: E402

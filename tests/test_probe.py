@@ -142,7 +142,7 @@ def test_bad_checkpoints_and_inputs_get_one_clear_line_and_write_nothing(tmp_pat
     _fails(["probe", str(folder), "--text", str(oov), "--out", str(out)], capsys, "cannot encode")
     cfg = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**cfg, "model_type": "gpt2"}))
-    _fails(["probe", str(folder), "--out", str(out)], capsys, "Mamba-1")
+    _fails(["probe", str(folder), "--out", str(out)], capsys, "model_type 'gpt2' has no selective-SSM layers; mambadyn probes")
     (folder / "config.json").write_text(json.dumps({**cfg, "state_size": 8}))
     _fails(["probe", str(folder), "--out", str(out)], capsys, "x_proj.weight")
     (folder / "config.json").write_text(json.dumps(cfg))

@@ -11,7 +11,12 @@ import torch
 
 from .classify import classify
 from .outcome import describe_tokens
-from .rates import convergence_constants, fitted_convergence_exponent, fitted_log_growth_exponent, slow_divergence_ratios
+from .rates import (
+    convergence_constants,
+    fitted_convergence_exponent,
+    fitted_log_growth_exponent,
+    slow_divergence_ratios,
+)
 from .simulation import Trajectory, simulate
 from .system import TokenSystem
 

@@ -18,7 +18,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from ..outputs import write_file
 from .stats import holm, one_sample, paired
 

@@ -4,7 +4,8 @@ ids file into the checkpoint's token ids (``token_ids``: the one path, for the p
 Accepted: a Hugging Face Mamba folder (config.json + model.safetensors or a sharded index, as
 transformers' ``save_pretrained`` writes it), a mamba-ssm folder (config.json with d_model / n_layer /
 ssm_cfg + pytorch_model.bin, read with ``torch.load(weights_only=True)`` only), a hub id (online), a
-``mambadyn train lm`` run folder (its ``model/`` inside) and a MambaClassifier folder.
+``mambadyn train lm`` run folder (its ``model/`` inside) and a MambaClassifier folder. A transformers folder
+of another model_type (Mamba-2, Jamba, the hybrids) opens in transformers' own class.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch import nn
 
 from .classifier import ARCHITECTURE as CLASSIFIER
 from .classifier import MambaClassifier
+from .families import FAMILIES, not_a_family
 from .hf_io import CheckpointError, read_config_json, resolve_checkpoint
 from .lm import MambaLM
 
@@ -26,7 +28,8 @@ from .lm import MambaLM
 class Loaded:
     model: nn.Module
     kind: str  # "lm" | "classifier"
-    source: str  # what the folder was: "hf", "mamba_ssm", "mambadyn_run", "classifier"
+    source: str  # what the folder was: "hf", "mamba_ssm", "mambadyn_run", "classifier", "transformers" (another
+    # family than Mamba, in transformers' own class)
     folder: Path
     tokenizer_file: Path | None  # tokenizer.json beside the weights, if any
 
@@ -45,7 +48,32 @@ def _model_folder(path: Path) -> tuple[Path, str]:
         return path, "classifier"
     if "d_model" in raw and "hidden_size" not in raw:
         return path, "mamba_ssm"
+    model_type = raw.get("model_type", "mamba")
+    if model_type != "mamba":  # another family: transformers' own class reads it
+        if model_type not in FAMILIES:
+            raise CheckpointError(f"{path}: {not_a_family(model_type)}")
+        return path, "transformers"
     return path, "hf"
+
+
+def _transformers_model(folder: Path) -> nn.Module:
+    """A transformers causal LM from ``folder`` (safetensors only), refusing weights that do not match."""
+    import transformers
+
+    try:
+        # mismatched shapes are loaded past (and reported in ``info``) so that the error can name the tensor
+        model, info = transformers.AutoModelForCausalLM.from_pretrained(
+            folder, use_safetensors=True, output_loading_info=True, ignore_mismatched_sizes=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise CheckpointError(f"transformers cannot read {folder}: {e}") from e
+    bad = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if bad:
+        def name(x):  # mismatched keys come as (name, shape in the file, shape the config asks for)
+            return f"{x[0]} ({tuple(x[1])} in the file, {tuple(x[2])} by the config)" if isinstance(x, tuple) else x
+
+        what = "; ".join(f"{k.replace('_', ' ')}: {', '.join(name(x) for x in list(v)[:3])}" for k, v in bad.items())
+        raise CheckpointError(f"the weights in {folder} do not match its config.json ({what})")
+    return model
 
 
 def load_checkpoint(path: str | Path) -> Loaded:
@@ -55,6 +83,8 @@ def load_checkpoint(path: str | Path) -> Loaded:
     if source == "classifier":
         model: nn.Module = MambaClassifier.from_pretrained(weights_folder)
         kind = "classifier"
+    elif source == "transformers":
+        model, kind = _transformers_model(weights_folder), "lm"
     else:
         model = MambaLM.from_pretrained(weights_folder)
         kind = "lm"

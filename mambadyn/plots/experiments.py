@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 
 from .curves import mean_band  # noqa: E402
 
+
 def _grid_and_legend(axes, fontsize=None) -> None:
     for ax in axes:
         ax.grid(alpha=0.3)

@@ -38,10 +38,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..jsonio import write_json
+from ..nn.families import family_of
 from ..nn.load import Loaded, check_ids, load_checkpoint, token_ids
 from ..outputs import atomic_folder
 from ..refine.eigen import eigen_mode_of, find_mixers
 from ..typed import check_fields, positive
+from .hf_models import hf_layers, hf_source, is_transformers_model, trace_hf
 from .layer import LayerParams, depth_note, layer_params
 from .ode import OdeCheck, ode_check
 from .shares import gini, top_share
@@ -114,11 +116,17 @@ def probe(model_or_path: nn.Module | Loaded | str | Path, ids: torch.Tensor | No
     neither, an LM is probed on ``sample_text()``, a classifier on its parameters only."""
     config = config or ProbeConfig()
     loaded = None
+    if isinstance(model_or_path, nn.Module) and is_transformers_model(model_or_path):
+        return _probe_transformers(model_or_path, None, ids, text, tokenizer, config)
+    if not isinstance(model_or_path, (nn.Module, Loaded)):
+        model_or_path = load_checkpoint(model_or_path)
+    if isinstance(model_or_path, Loaded) and model_or_path.source == "transformers":
+        return _probe_transformers(model_or_path.model, model_or_path, ids, text, tokenizer, config)
     if isinstance(model_or_path, nn.Module):
         model, kind = model_or_path.eval(), ("lm" if hasattr(model_or_path, "backbone") else "classifier")
         fmt, path = "module", None
     else:
-        loaded = model_or_path if isinstance(model_or_path, Loaded) else load_checkpoint(model_or_path)
+        loaded = model_or_path
         model, kind, fmt, path = loaded.model, loaded.kind, loaded.source, loaded.folder
     _check_finite_weights(model)
     cfg = model.config
@@ -165,6 +173,27 @@ def probe(model_or_path: nn.Module | Loaded | str | Path, ids: torch.Tensor | No
     n = 0 if ids is None else (ids.numel() if kind == "lm" else int(ids.shape[0]))
     inp = {"tokens": n, "from": "parameters only" if ids is None else origin}
     return ProbeResult(source, inp, layers, tokens, ode)
+
+
+def _probe_transformers(model: nn.Module, loaded: Loaded | None, ids, text, tokenizer, config: ProbeConfig
+                        ) -> ProbeResult:
+    """The probe of a transformers model of any family in ``nn.families`` (``probe.hf_models``)."""
+    family = family_of(model)  # before any work: a model without SSM layers is refused here
+    model.eval()
+    _check_finite_weights(model)
+    source = hf_source(model, family, None if loaded is None else loaded.folder)
+    if loaded is not None:
+        ids, origin = token_ids(loaded, text, ids, tokenizer, default_text=sample_text())
+    elif ids is None:
+        raise ValueError("a model in memory brings no tokenizer: pass token ids")
+    else:
+        origin = "ids"
+    ids = torch.as_tensor(ids, dtype=torch.int64).flatten()[: config.max_tokens]
+    check_ids(ids, model.config.vocab_size)
+    tokens, got = trace_hf(model, family, ids)
+    inp = {"tokens": ids.numel(), "from": origin,
+           "ode": "not run: the layer ODE is the continuous-time model of mambadyn's Mamba-1 form"}
+    return ProbeResult(source, inp, hf_layers(model, family, got), tokens, [])
 
 
 def _check_finite_weights(model: nn.Module) -> None:

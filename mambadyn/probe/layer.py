@@ -58,6 +58,13 @@ class DeltaStats:
 def delta_statistics(mixer: nn.Module, u: torch.Tensor) -> DeltaStats:
     """Δ statistics of ``mixer`` on its scan inputs u (L, d_inner) (after in_proj, conv, SiLU)."""
     raw, b, _, _ = selective_params(mixer, u.float())
+    return delta_stats(raw, b)
+
+
+def delta_stats(raw: torch.Tensor, b: torch.Tensor) -> DeltaStats:
+    """Δ = softplus(raw + b) statistics: raw (L, channels) is Δ's data-dependent part on every position
+    (S_Δ u), b (channels,) its bias."""
+    raw, b = raw.float(), b.float()
     delta = F.softplus(raw + b)
     flat = delta.flatten()
     if flat.numel() > 1 << 24:  # torch.quantile's limit; an even subsample keeps the quantiles
@@ -88,6 +95,9 @@ class LayerParams:
     ode_horizon: float | None = None  # how far that ODE ran
     layers_remaining: int | None = None  # residual steps from this layer to the last (this one included)
     depth_note: str = ""
+    matrix: str = "S_C^T S_B"  # which interaction matrix the spectrum is of (nn.families)
+    matrix_note: str = ""  # how it relates to what the layer computes
+    group: int | None = None  # Mamba-2 kinds: the group of heads that shares this B and C
 
 
 def _sign_counts(ev: torch.Tensor, atol: float) -> tuple[int, int, int]:
@@ -100,28 +110,37 @@ def _sign_counts(ev: torch.Tensor, atol: float) -> tuple[int, int, int]:
 
 def layer_params(name: str, m: nn.Module, tokens: torch.Tensor | None = None, delta: DeltaStats | None = None,
                  tol: float = 1e-9) -> LayerParams:
-    """The spectrum and the (conjectural) scenario of one mixer. ``tokens`` (P, D): real scan inputs whose
-    S_Δ u signs split fast from slow (None: parameters only); ``delta``: the layer's Δ statistics."""
+    """The spectrum and the (conjectural) scenario of one mambadyn mixer. ``tokens`` (P, D): real scan inputs
+    whose S_Δ u signs split fast from slow (None: parameters only); ``delta``: the layer's Δ statistics."""
     mats = mixer_matrices(m)
-    SB, SC = mats["S_B"], mats["S_C"]
+    sdx_positive = None if tokens is None else bool(((tokens.double() @ mats["S_delta"].T) > 0).any())
+    lp = matrix_params(name, mats["S_B"], mats["S_C"], rank_rtol(m.x_proj.weight), sdx_positive, tol=tol)
+    if tokens is not None:
+        lp.reason += f" (on the {len(tokens)} leading real tokens; asymptotic sign, without Δ's bias)"
+    lp.delta = delta
+    return lp
+
+
+def matrix_params(name: str, SB: torch.Tensor, SC: torch.Tensor, rtol: float, sdx_positive: bool | None,
+                  matrix: str = "S_C^T S_B", note: str = "", group: int | None = None, tol: float = 1e-9
+                  ) -> LayerParams:
+    """The spectrum of K = S_C^T S_B given by its factors S_B, S_C (N, D), and the paper's (conjectural)
+    scenario with ``sdx_positive``: whether Δ's data-dependent part has a positive entry on the tokens
+    (None: no tokens). ``rtol``: the rank tolerance (``rank_rtol``); ``matrix``, ``note``: what K is."""
     n, D = SB.shape
-    ev, sym, rank = layer_spectrum(SB, SC, rank_rtol(m.x_proj.weight))
+    ev, sym, rank = layer_spectrum(SB, SC, rtol)
     atol = tol * max(float(ev.abs().max()) if ev.numel() else 1.0, 1e-300)  # relative to the spectrum's size
     pos, neg, cpx = _sign_counts(ev, atol)
     spos, sneg, _ = _sign_counts(sym, atol)
     forced = rank == 2 * n
-    note = (f"forced by linear algebra: U = [S_B; S_C] has full row rank 2N = {2 * n} <= D = {D}, so the symmetric "
-            f"part U^T K U has N positive and N negative eigenvalues for any weights (Sylvester's law of inertia)"
-            if forced else
-            f"not forced: U = [S_B; S_C] has rank {rank} < 2N = {2 * n} (a constrained eigen mode ties S_B to S_C), "
-            f"so the signs are the layer's own: {spos} positive, {sneg} negative")
-    sdx_positive = None if tokens is None else bool(((tokens.double() @ mats["S_delta"].T) > 0).any())
-    npos_real = int((ev.real > atol).sum())
-    guess, why = conjecture(npos_real, "S_C^T S_B", sdx_positive)
-    if tokens is not None:
-        why += f" (on the {len(tokens)} leading real tokens; asymptotic sign, without Δ's bias)"
+    sym_note = (f"forced by linear algebra: U = [S_B; S_C] has full row rank 2N = {2 * n} <= D = {D}, so the "
+                f"symmetric part U^T K U has N positive and N negative eigenvalues for any weights (Sylvester's law of "
+                f"inertia)" if forced else
+                f"not forced: U = [S_B; S_C] has rank {rank} < 2N = {2 * n} (a constrained eigen mode ties S_B to S_C), "
+                f"so the signs are the layer's own: {spos} positive, {sneg} negative")
+    guess, why = conjecture(int((ev.real > atol).sum()), matrix, sdx_positive)
     return LayerParams(name, [complex(v) for v in ev.tolist()], sym.tolist(), pos, neg, cpx, spos, sneg, forced,
-                       note, guess.value, True, why, delta)
+                       sym_note, guess.value, True, why, matrix=matrix, matrix_note=note, group=group)
 
 
 def depth_note(lp: LayerParams, stopped: bool = False) -> str:

@@ -5,24 +5,47 @@ from __future__ import annotations
 import statistics
 
 
+def _header(src: dict, inp: dict, loss) -> str:
+    what = (f"{src['kind']} ({src['format']}" + (f", family `{src['family']}`" if src.get("family") else "")
+            + f"), {src['n_layer']} layers, d_model {src['d_model']}, d_inner {src['d_inner']}, d_state "
+            f"{src['d_state']}" + ("" if src.get("family") else f", eigen_mode `{src['eigen_mode']}`") + ". ")
+    return (what + f"Input: {inp['tokens']} tokens ({inp['from']})"
+            + ("" if loss is None else f"; next-token loss {loss:.4f} nats/token") + ".")
+
+
+def _family_intro(src: dict, inp: dict, layers: list[dict]) -> list[str]:
+    kinds = src.get("layer_kinds") or []
+    runs = ", ".join(f"{i}: {k}" for i, k in enumerate(kinds))
+    notes = sorted({lp["matrix_note"] for lp in layers if lp.get("matrix_note")})
+    return [f"Decoder layers ({len(kinds)}; the residual-stream measures below cover all of them, the spectra only "
+            f"the SSM layers): {runs}.", "",
+            f"Interaction matrix: **{src['matrix']}**, its nonzero eigenvalues in float64 (mambadyn.nn.families "
+            "derives it per family). " + " ".join(n[0].upper() + n[1:] + "." for n in notes), "",
+            "The scenario applies the paper's criterion, proved in 1-D only for the Mamba-1 form, to this matrix: a "
+            "**conjecture** here, and for the Mamba-2 kinds an analogue. It reads the sign of Δ's data-dependent "
+            "part as the layer computed it on every position (before its bias). Δ is the layer's own "
+            "softplus(raw + dt_bias) on every position.", "",
+            f"Layer ODE: {inp.get('ode', 'not run')}.", ""]
+
+
 def markdown(d: dict) -> str:
     src, inp = d["source"], d["input"]
-    lines = [f"# Probe of {src.get('path') or 'a model'}", "",
-             f"{src['kind']} ({src['format']}), {src['n_layer']} layers, d_model {src['d_model']}, "
-             f"d_inner {src['d_inner']}, d_state {src['d_state']}, eigen_mode `{src['eigen_mode']}`. "
-             f"Input: {inp['tokens']} tokens ({inp['from']})"
-             + ("" if d["loss"] is None else f"; next-token loss {d['loss']:.4f} nats/token") + ".", "",
-             "## Spectrum and scenario by layer", "",
+    lines = [f"# Probe of {src.get('path') or 'a model'}", "", _header(src, inp, d["loss"]), "",
+             "## Spectrum and scenario by layer", ""]
+    if src.get("family"):
+        lines += _family_intro(src, inp, d["layers"])
+    else:
+        lines += [
              "Eigenvalues are the N nonzero eigenvalues of S_C^T S_B (computed as S_B S_C^T, float64). The scenario "
              "applies the paper's criterion, proved in 1-D only, to "
              f"D = {src['d_inner']}: it is a **conjecture** here (mambadyn.dynamics.classify.conjecture), and it "
              "reads the asymptotic sign of S_Δ u, without Δ's bias. Δ is what the layer computes, "
              "softplus(S_Δ u + dt_bias), on every position's real scan input. The last two columns set the first "
              "blow-up of the layer's own ODE (its bias included, seeded with its real tokens; one layer = one unit "
-             "of t) beside the layers that remain: a blow-up far beyond them is not something this model does.", "",
-             "| layer | + | - | complex pairs | conjecture | Δ median [5%, 95%] | S_Δu > 0 | S_Δu + b > 0 | "
-             "first blow-up of its ODE (layer steps) | layers remaining |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "of t) beside the layers that remain: a blow-up far beyond them is not something this model does.", ""]
+    lines += ["| layer | + | - | complex pairs | conjecture | Δ median [5%, 95%] | S_Δu > 0 | S_Δu + b > 0 | "
+              "first blow-up of its ODE (layer steps) | layers remaining |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for lp in d["layers"]:
         dl = lp.get("delta")
         dtxt = ("" if dl is None else f"{dl['quantiles']['q50']:.3g} [{dl['quantiles']['q05']:.3g}, "

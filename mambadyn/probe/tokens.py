@@ -33,6 +33,16 @@ class TokenTrace:
     delta: list[DeltaStats] = field(default_factory=list)  # per layer, Δ on every position (delta_statistics)
 
 
+def growth_fit(norms: list[torch.Tensor]) -> tuple[list[float], list[int]]:
+    """Per position, the least-squares slope of log ||h_l[p]|| against l over the layer boundaries ``norms``
+    (each (L,)); and the positions ordered fastest first."""
+    logn = torch.stack(norms).double().clamp_min(1e-300).log()  # (layers + 1, L)
+    depth = torch.arange(logn.shape[0], dtype=torch.float64)[:, None]
+    dc = depth - depth.mean()
+    slope = ((dc * (logn - logn.mean(0))).sum(0) / (dc**2).sum()).tolist()
+    return slope, sorted(range(len(slope)), key=lambda p: -slope[p])
+
+
 def _lm_blocks(model) -> list[nn.Module]:
     if hasattr(model, "backbone"):
         return list(model.backbone.layers)
@@ -93,10 +103,6 @@ def trace_tokens(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor | Non
     norms = [s.detach()[0].norm(dim=-1).cpu() for s in streams]  # (L,) each
     grads = [s.grad[0].norm(dim=-1).cpu() if s.grad is not None else torch.zeros(s.shape[1]) for s in streams]
     shares = [(g / g.sum().clamp_min(1e-300)).tolist() for g in grads]
-    logn = torch.stack(norms).double().clamp_min(1e-300).log()  # (layers + 1, L)
-    depth = torch.arange(logn.shape[0], dtype=torch.float64)[:, None]
-    dc = depth - depth.mean()
-    slope = ((dc * (logn - logn.mean(0))).sum(0) / (dc**2).sum()).tolist()
-    order = sorted(range(len(slope)), key=lambda p: -slope[p])
+    slope, order = growth_fit(norms)
     return TokenTrace([n.tolist() for n in norms], [m[0].norm(dim=-1).tolist() for m in mixer_in], shares, slope,
                       order[:10], [x.cpu() for x in scan_in], loss.item(), deltas)

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import torch
 
-
 SPLIT = (0.6, 0.2)  # train, validation; the rest is the test split
 
 

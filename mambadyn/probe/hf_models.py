@@ -1,0 +1,125 @@
+"""The probe on a transformers model of any family in ``nn.families``: transformers' own classes run, the
+scan inputs are captured at each family's scan seam, and the residual stream is read at every decoder
+layer (SSM, attention, MLP or MoE alike).
+
+Per SSM layer: the spectrum of the family's interaction matrix (per group for the Mamba-2 kinds), the
+paper's scenario as a conjecture (an analogue for the Mamba-2 kinds), and the statistics of the Δ the
+layer computed on every position. Per decoder layer: residual norms, the loss gradient's share per
+position, fitted growth. The layer ODE (``probe.ode``) is the continuous-time model of mambadyn's
+Mamba-1 form and is not run here.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..nn.families import (
+    MAMBA1,
+    Family,
+    ScanInputs,
+    capture,
+    decoder_layers,
+    family_of,
+    interactions,
+    layer_kinds,
+    ssm_mixers,
+)
+from ..refine.spectrum import rank_rtol
+from .layer import LayerParams, delta_stats, matrix_params
+from .tokens import TokenTrace, growth_fit
+
+
+def is_transformers_model(model: nn.Module) -> bool:
+    """A transformers PreTrainedModel (mambadyn's own models are plain nn.Modules with their own config)."""
+    try:
+        from transformers import PreTrainedModel
+    except ImportError:
+        return False
+    return isinstance(model, PreTrainedModel)
+
+
+def trace_hf(model: nn.Module, family: Family, ids: torch.Tensor) -> tuple[TokenTrace, dict[str, ScanInputs]]:
+    """Run ``model`` on ids (L,), with the loss gradient at every decoder layer's output; returns the token
+    trace (residual norms per layer boundary, mixer-input norms per SSM layer, gradient shares, growth, Δ
+    statistics per SSM layer) and every SSM layer's captured scan inputs."""
+    layers = decoder_layers(model)
+    streams: list[torch.Tensor] = []
+
+    def first(_mod, args, kwargs):
+        if not streams:
+            h = args[0] if args else kwargs["hidden_states"]
+            h.retain_grad()
+            streams.append(h)
+
+    def after(_mod, _args, out):
+        h = out[0] if isinstance(out, tuple) else out
+        h.retain_grad()
+        streams.append(h)
+
+    handles = [layers[0].register_forward_pre_hook(first, with_kwargs=True)]
+    handles += [layer.register_forward_hook(after) for layer in layers]
+    try:
+        with capture(model, family) as got, torch.enable_grad():
+            logits = model(ids[None].to(model.device)).logits
+            loss = F.cross_entropy(logits[0, :-1].float(), ids[1:].to(logits.device))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"the model's loss on this input is {loss.item()}: non-finite activations")
+            loss.backward()
+    finally:
+        for h in handles:
+            h.remove()
+    mixers = ssm_mixers(model, family)
+    missing = [n for n, _ in mixers if n not in got]
+    if missing:
+        raise RuntimeError(f"the scan of {missing[:3]} was not captured: transformers' {family.model_type} no longer "
+                           f"calls {family.scan_function} (mambadyn supports the layout of transformers 5)")
+    norms = [s.detach()[0].float().norm(dim=-1).cpu() for s in streams]
+    grads = [s.grad[0].float().norm(dim=-1).cpu() if s.grad is not None else torch.zeros(s.shape[1]) for s in streams]
+    shares = [(g / g.sum().clamp_min(1e-300)).tolist() for g in grads]
+    slope, order = growth_fit(norms)
+    deltas = [delta_stats(got[n].dt_raw, _dt_bias(m, family)) for n, m in mixers]
+    trace = TokenTrace([n.tolist() for n in norms], [got[n].h.norm(dim=-1).tolist() for n, _ in mixers], shares,
+                       slope, order[:10], [], loss.item(), deltas)
+    return trace, got
+
+
+def _dt_bias(mixer: nn.Module, family: Family) -> torch.Tensor:
+    return (mixer.dt_proj.bias if family.kind == MAMBA1 else mixer.dt_bias).detach().float().cpu()
+
+
+def hf_layers(model: nn.Module, family: Family, got: dict[str, ScanInputs] | None) -> list[LayerParams]:
+    """The spectrum and conjectured scenario of every SSM layer (one entry per group for Mamba-2 kinds);
+    ``got``: captured scan inputs (None: parameters only)."""
+    out = []
+    for name, mixer in ssm_mixers(model, family):
+        rtol = rank_rtol(mixer.x_proj.weight if family.kind == MAMBA1 else mixer.in_proj.weight)
+        mats = interactions(mixer, family)
+        for k, it in enumerate(mats):
+            sdx = None
+            if got is not None:
+                raw = got[name].dt_raw
+                if it.group is not None:
+                    per = raw.shape[1] // len(mats)
+                    raw = raw[:, it.group * per:(it.group + 1) * per]
+                sdx = bool((raw > 0).any())
+            label = name if it.group is None or len(mats) == 1 else f"{name}[group {it.group}]"
+            lp = matrix_params(label, it.S_B, it.S_C, rtol, sdx, family.matrix, it.note, it.group)
+            if got is not None:
+                lp.reason += " (Δ's data-dependent part on every position, as the layer computed it)"
+                lp.delta = delta_stats(raw, it.dt_bias.float())
+            out.append(lp)
+    return out
+
+
+def hf_source(model: nn.Module, family: Family, path) -> dict:
+    mixer = ssm_mixers(model, family)[0][1]
+    cfg = model.config
+    return {"path": None if path is None else str(path), "kind": "lm", "format": "transformers",
+            "family": family.model_type, "matrix": family.matrix, "n_layer": len(decoder_layers(model)),
+            "layer_kinds": layer_kinds(model, family), "d_model": cfg.hidden_size,
+            "d_inner": int(mixer.intermediate_size), "d_state": int(mixer.ssm_state_size), "eigen_mode": None}
+
+
+__all__ = ["family_of", "hf_layers", "hf_source", "is_transformers_model", "trace_hf"]

@@ -1,0 +1,234 @@
+"""The probe on every selective-SSM family transformers ships (nn.families), on tiny random configs that
+transformers' own save_pretrained writes: what the capture records equals an explicit recomputation from
+the weights, the spectra equal dense eigenvalues, the residual norms equal output_hidden_states, and the
+folder probes end to end (CLI included). No network."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+transformers = pytest.importorskip("transformers")
+
+from mambadyn.nn.families import FAMILIES, MAMBA1, capture, family_of, interactions, ssm_mixers  # noqa: E402
+from mambadyn.probe import ProbeConfig, probe  # noqa: E402
+
+
+def tiny_config(model_type: str):
+    T = transformers
+    common = dict(vocab_size=40, hidden_size=16)
+    if model_type == "mamba":
+        return T.MambaConfig(num_hidden_layers=2, state_size=4, **common)
+    if model_type == "falcon_mamba":
+        return T.FalconMambaConfig(num_hidden_layers=2, state_size=4, **common)
+    if model_type == "jamba":
+        return T.JambaConfig(num_hidden_layers=2, mamba_d_state=4, num_attention_heads=2, num_key_value_heads=1,
+                             intermediate_size=32, attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2,
+                             expert_layer_offset=1, num_experts=2, **common)
+    if model_type == "mamba2":  # two groups of two heads
+        return T.Mamba2Config(num_hidden_layers=2, state_size=4, num_heads=4, head_dim=8, n_groups=2, expand=2,
+                              chunk_size=8, **common)
+    if model_type == "zamba2":
+        return T.Zamba2Config(num_hidden_layers=3, mamba_d_state=4, mamba_headdim=8, mamba_ngroups=1,
+                              num_attention_heads=2, num_key_value_heads=2, n_mamba_heads=4,
+                              layers_block_type=["mamba", "hybrid", "mamba"], intermediate_size=32,
+                              attention_head_dim=8, use_mem_rope=False, **common)
+    if model_type == "bamba":
+        return T.BambaConfig(num_hidden_layers=2, mamba_d_state=4, mamba_n_heads=4, mamba_d_head=8, mamba_n_groups=1,
+                             num_attention_heads=2, num_key_value_heads=1, intermediate_size=32, attn_layer_indices=[1],
+                             mamba_chunk_size=8, **common)
+    if model_type == "nemotron_h":
+        return T.NemotronHConfig(num_hidden_layers=3, ssm_state_size=4, mamba_num_heads=4, mamba_head_dim=8,
+                                 n_groups=1, num_attention_heads=2, num_key_value_heads=1, intermediate_size=32,
+                                 hybrid_override_pattern="M*-", chunk_size=8, **common)
+    if model_type == "granitemoehybrid":
+        return T.GraniteMoeHybridConfig(num_hidden_layers=2, mamba_d_state=4, mamba_n_heads=4, mamba_d_head=8,
+                                        mamba_n_groups=1, num_attention_heads=2, num_key_value_heads=1,
+                                        intermediate_size=32, layer_types=["mamba", "attention"], num_local_experts=2,
+                                        num_experts_per_tok=1, shared_intermediate_size=32, mamba_chunk_size=8,
+                                        **common)
+    if model_type == "falcon_h1":  # with non-trivial muP multipliers, which the interaction matrix must carry
+        return T.FalconH1Config(num_hidden_layers=2, mamba_d_state=4, mamba_n_heads=4, mamba_d_head=8,
+                                mamba_n_groups=1, mamba_d_ssm=32, num_attention_heads=2, num_key_value_heads=1,
+                                intermediate_size=32, mamba_chunk_size=8, head_dim=8, ssm_in_multiplier=0.7,
+                                ssm_multipliers=[1.0, 1.0, 1.3, 0.6, 1.0], **common)
+    raise KeyError(model_type)
+
+
+def tiny_model(model_type: str, seed: int = 0):
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(tiny_config(model_type)).eval()
+    with torch.no_grad():  # trained-looking norm weights, so a learned g_B * g_C is not all ones
+        for name, p in model.named_parameters():
+            if name.endswith(("b_layernorm.weight", "c_layernorm.weight", "dt_layernorm.weight")):
+                p.uniform_(0.5, 1.5)
+    return model
+
+
+@pytest.fixture(scope="module")
+def ids():
+    return torch.randint(0, 40, (13,), generator=torch.Generator().manual_seed(3))
+
+
+def _rms(x, eps, weight=None):
+    y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return y if weight is None else weight * y
+
+
+def _recompute(mixer, family, h):
+    """u, dt_raw, B, C of one mixer on its input h (L, d_model), from its weights, written out here."""
+    L = h.shape[0]
+    conv = mixer.conv1d
+    if family.kind == MAMBA1:
+        d, r, n = mixer.intermediate_size, mixer.time_step_rank, mixer.ssm_state_size
+        xz = h @ mixer.in_proj.weight.T
+        x = xz[:, :d].T[None]
+        u = F.silu(F.conv1d(x, conv.weight, conv.bias, padding=conv.kernel_size[0] - 1, groups=d)[..., :L])[0].T
+        dt, B, C = (u @ mixer.x_proj.weight.T).split([r, n, n], dim=-1)
+        if family.bc_norm != "none":
+            eps = getattr(mixer, "rms_eps", None) or mixer.b_layernorm.variance_epsilon
+            w = (lambda m: None) if family.bc_norm == "weightless" else (lambda m: m.weight)
+            dt, B, C = (_rms(dt, eps, w(mixer.dt_layernorm)), _rms(B, eps, w(mixer.b_layernorm)),
+                        _rms(C, eps, w(mixer.c_layernorm)))
+        return u, dt @ mixer.dt_proj.weight.T, B, C
+    d, G, n, H = mixer.intermediate_size, mixer.n_groups, mixer.ssm_state_size, mixer.num_heads
+    x = h * float(getattr(mixer, "ssm_in_multiplier", 1.0))
+    proj = x @ mixer.in_proj.weight.T
+    if hasattr(mixer, "mup_vector"):
+        proj = proj * mixer.mup_vector.flatten()
+    xbc = proj[:, d:2 * d + 2 * G * n].T[None]
+    xbc = F.silu(F.conv1d(xbc, conv.weight, conv.bias, padding=conv.kernel_size[0] - 1, groups=xbc.shape[1])[..., :L])
+    u, B, C = xbc[0].T.split([d, G * n, G * n], dim=-1)
+    return u, proj[:, 2 * d + 2 * G * n:2 * d + 2 * G * n + H], B, C
+
+
+@pytest.mark.parametrize("model_type", sorted(FAMILIES))
+def test_capture_equals_a_recomputation_from_the_weights(model_type, ids):
+    model = tiny_model(model_type)
+    family = family_of(model)
+    with torch.no_grad(), capture(model, family) as got:
+        model(ids[None])
+    mixers = ssm_mixers(model, family)
+    assert set(got) == {n for n, _ in mixers}
+    for name, mixer in mixers:
+        s = got[name]
+        with torch.no_grad():
+            u, dt, B, C = _recompute(mixer, family, s.h)
+        for what, a, b in (("u", s.u, u), ("dt", s.dt_raw, dt), ("B", s.B, B), ("C", s.C, C)):
+            assert a.shape == b.shape, (model_type, name, what, a.shape, b.shape)
+            assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), (model_type, name, what, (a - b).abs().max())
+
+
+def _dense_eigs(K: torch.Tensor, n: int) -> torch.Tensor:
+    ev = torch.linalg.eigvals(K)
+    return ev[ev.abs().argsort(descending=True)[:n]]
+
+
+def _close_sets(a: torch.Tensor, b: torch.Tensor, tol: float) -> bool:
+    # each eigenvalue of a matched to a distinct one of b
+    left = list(b)
+    for z in a:
+        k = min(range(len(left)), key=lambda i: abs(left[i] - z))
+        if abs(left[k] - z) > tol * max(1.0, abs(z)):
+            return False
+        left.pop(k)
+    return True
+
+
+@pytest.mark.parametrize("model_type", sorted(FAMILIES))
+def test_spectra_equal_dense_eigenvalues_and_residual_norms_equal_hidden_states(model_type, ids):
+    model = tiny_model(model_type)
+    family = family_of(model)
+    result = probe(model, ids, ProbeConfig(progress=False))
+    by_name = {lp.name: lp for lp in result.layers}
+    for name, mixer in ssm_mixers(model, family):
+        mats = interactions(mixer, family)
+        for it in mats:
+            # the matrix written out from the module's parameters, independently of families.interactions
+            if family.kind == MAMBA1:
+                w = mixer.x_proj.weight.double()
+                r, n = mixer.time_step_rank, mixer.ssm_state_size
+                g = torch.ones(n, dtype=torch.float64)
+                if family.bc_norm == "learned":
+                    g = (mixer.b_layernorm.weight * mixer.c_layernorm.weight).double()
+                K = w[r + n:r + 2 * n].T @ torch.diag(g) @ w[r:r + n]
+            else:
+                d, G, n = mixer.intermediate_size, mixer.n_groups, mixer.ssm_state_size
+                W = mixer.in_proj.weight.double()
+                if hasattr(mixer, "mup_vector"):
+                    W = mixer.mup_vector.double().flatten()[:, None] * W * mixer.ssm_in_multiplier
+                g0 = it.group
+                WB = W[2 * d + g0 * n:2 * d + (g0 + 1) * n]
+                WC = W[2 * d + G * n + g0 * n:2 * d + G * n + (g0 + 1) * n]
+                K = WC.T @ WB
+            label = name if len(mats) == 1 else f"{name}[group {it.group}]"
+            got = torch.tensor(by_name[label].eigenvalues, dtype=torch.complex128)
+            assert _close_sets(got, _dense_eigs(K.detach(), n), 1e-8), (model_type, label)
+    with torch.no_grad():
+        hs = model(ids[None], output_hidden_states=True).hidden_states
+        emb = model.get_input_embeddings()(ids[None])
+    norms = result.tokens.residual_norms
+    assert len(norms) == len(result.source["layer_kinds"]) + 1
+    assert torch.allclose(torch.tensor(norms[0]), emb[0].norm(dim=-1), rtol=1e-5)
+    # hidden_states holds each layer's output, after the embedding in most families (transformers 5's Mamba and
+    # FalconMamba leave the embedding out); the last entry is the final norm's output in some families
+    skip = 0 if torch.equal(hs[0], emb) else 1
+    for k in range(len(hs) - 1):
+        assert torch.allclose(torch.tensor(norms[k + skip]), hs[k][0].norm(dim=-1), rtol=1e-5), (model_type, k)
+
+
+@pytest.mark.parametrize("model_type", ["mamba2", "jamba", "falcon_h1"])
+def test_a_saved_folder_probes_end_to_end_with_the_cli(model_type, ids, tmp_path):
+    from typer.testing import CliRunner
+
+    from mambadyn.cli import app
+
+    tiny_model(model_type).save_pretrained(tmp_path / "ck")
+    (tmp_path / "ids.txt").write_text(" ".join(map(str, ids.tolist())))
+    res = CliRunner().invoke(app, ["probe", str(tmp_path / "ck"), "--ids", str(tmp_path / "ids.txt"),
+                                   "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    d = json.loads((tmp_path / "out" / "probe.json").read_text())
+    assert d["source"]["family"] == model_type and d["source"]["format"] == "transformers"
+    assert d["layers"] and all(lp["conjectural"] for lp in d["layers"])
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert FAMILIES[model_type].matrix in report and "Layer ODE: not run" in report
+
+
+def test_a_model_without_ssm_layers_is_refused_with_its_model_type(tmp_path):
+    cfg = transformers.GPT2Config(vocab_size=40, n_embd=16, n_layer=1, n_head=2, n_positions=32)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(ValueError, match=r"'gpt2' has no selective-SSM layers.*families: .*mamba2"):
+        probe(tmp_path / "gpt2", ids=torch.arange(5))
+
+
+def test_an_unknown_family_with_ssm_modules_is_refused():
+    class Mixer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.A_log = torch.nn.Parameter(torch.zeros(2))
+            self.in_proj = torch.nn.Linear(2, 2)
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = type("Cfg", (), {"model_type": "newssm"})()
+            self.mixer = Mixer()
+
+    with pytest.raises(ValueError, match="'newssm' has SSM-looking modules .*mixer"):
+        family_of(Model())
+
+
+def test_weights_that_do_not_match_the_config_are_named(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from mambadyn.nn.hf_io import CheckpointError
+
+    tiny_model("mamba2").save_pretrained(tmp_path / "ck")
+    f = tmp_path / "ck" / "model.safetensors"
+    weights = load_file(f)
+    weights["backbone.layers.1.mixer.in_proj.weight"] = weights["backbone.layers.1.mixer.in_proj.weight"][:-1]
+    save_file(weights, f, metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="backbone.layers.1.mixer.in_proj.weight"):
+        probe(tmp_path / "ck", ids=torch.arange(5))
