@@ -25,7 +25,7 @@ def test_the_attention_matrix_reproduces_the_layers_scan_in_float64():
     for k, s in capture_scan_inputs(m, ids).items():
         mixer = m.backbone.layers[k].mixer
         # the captured inputs are the layer's: the mixer's own scan (without the gate) on them
-        ref = selective_scan_ref(s.u.T[None], (s.delta.T)[None], s.A, s.B.T[None], s.C.T[None], s.D_skip,
+        ref = selective_scan_ref(s.u.T[None], (s.delta.T)[None], s.A, s.B[:, 0].T[None], s.C[:, 0].T[None], s.D_skip,
                                  delta_softplus=False)[0].T
         torch.testing.assert_close(s.scan_output(), ref, rtol=1e-12, atol=1e-12)
         D = s.u.shape[1]
@@ -58,7 +58,7 @@ def test_bad_layers_channels_and_sizes_are_one_clear_error():
     with pytest.raises(ValueError, match="out of the model's vocabulary"):
         hidden_attention(m, torch.tensor([1, 2, 99]))
     s = capture_scan_inputs(m, ids, [0])[0]
-    big = type(s)(torch.zeros(20000, 16, dtype=torch.float64), *[None] * 5)
+    big = type(s)(torch.zeros(20000, 16, dtype=torch.float64), torch.zeros(20000, 16), *[None] * 6)
     with pytest.raises(ValueError, match="GiB"):
         layer_attention(big, channels=list(range(16)))
 
@@ -94,3 +94,37 @@ def test_the_layers_own_output_is_the_attention_applied_mambadyn_and_transformer
     torch.manual_seed(3)
     hf = transformers.MambaForCausalLM(cfg).double().eval()
     _check_against_out_proj_input(hf, [layer.mixer for layer in hf.backbone.layers], ids)
+
+
+@pytest.mark.parametrize("model_type", ["mamba", "falcon_mamba", "jamba", "mamba2", "zamba2", "bamba", "nemotron_h",
+                                        "granitemoehybrid", "falcon_h1"])
+def test_every_family_s_own_scan_output_is_its_attention_applied(model_type):
+    """Σ_j M_lj u_j + D u_l equals the float64 recurrence on the layer's captured inputs to float64 precision,
+    per channel (Mamba-1 kinds) or per head (Mamba-2 kinds, two groups in Mamba2's), through blocks smaller
+    than L; and that recurrence equals the scan output the family's own forward pass computed, to the float32
+    in which the families' PyTorch paths compute (they form A, B and the chunk sums in float32 even for a
+    float64 model, and Jamba's MoE has no float64 kernel)."""
+    pytest.importorskip("transformers")
+    from mambadyn.probe.attention import family_scan_inputs
+    from tests.support.families import tiny_model
+
+    model = tiny_model(model_type)
+    ids = torch.randint(0, 40, (19,), generator=torch.Generator().manual_seed(4))
+    inputs, ys, gates = family_scan_inputs(model, ids)
+    assert inputs
+    for k, s in inputs.items():
+        ref = s.scan_output()
+        ours = ref if gates[k] is None else ref * torch.nn.functional.silu(gates[k])
+        assert ((ours - ys[k]).norm() / ys[k].norm()).item() < 1e-5, (model_type, k)
+        per_head = s.units != s.u.shape[1]
+        for block in (19, 4):
+            att = layer_attention(s, k, channels=list(range(s.units)), block=block, channel_block=3,
+                                  unit="head" if per_head else "channel")
+            y = torch.einsum("klj,jd->kld", att.M, s.u)[s.unit, :, torch.arange(s.u.shape[1])].T
+            torch.testing.assert_close(y + s.D_skip[s.unit] * s.u, ref, rtol=1e-10, atol=1e-12)
+    # the public door picks the unit: heads for Mamba-2 kinds, channels for Mamba-1 kinds
+    per_head = any(s.units != s.u.shape[1] for s in inputs.values())
+    att = hidden_attention(model, ids, layers=[0], **({"heads": [1]} if per_head else {"channels": [1]}))[0]
+    assert att.M.shape == (1, 19, 19) and att.unit == ("head" if per_head else "channel")
+    with pytest.raises(ValueError, match="pass heads" if per_head else "pass channels"):
+        hidden_attention(model, ids, **({"channels": [0]} if per_head else {"heads": [0]}))

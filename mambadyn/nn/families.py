@@ -140,45 +140,52 @@ def layer_kinds(model: nn.Module, family: Family) -> list[str]:
 
 
 @dataclass
-class ScanInputs:
-    """One SSM layer's scan inputs on batch 0, as its family computed them (float32, CPU).
+class Captured:
+    """One SSM layer's scan inputs and output on batch 0, as its family computed them (on the CPU, in
+    float64 where the model ran in it, else float32).
 
     Mamba-1 kinds: u (L, d_inner), dt_raw (L, d_inner) = W_dt (dt part) before bias and softplus, B, C
-    (L, N). Mamba-2 kinds: u = x (L, d_inner) after conv and SiLU, dt_raw (L, heads), B, C (L, groups N).
-    ``h``: the mixer's input (L, d_model)."""
+    (L, N), z (L, d_inner) the gate, y (L, d_inner) the scan's output (D skip and gate applied). Mamba-2
+    kinds: u = x (L, d_inner) after conv and SiLU, dt_raw (L, heads), B, C (L, groups N), z None, y (L,
+    d_inner) the scan's output with the D skip, before the gated norm. ``h``: the mixer's input (L, d_model)."""
 
     h: torch.Tensor
     u: torch.Tensor
     dt_raw: torch.Tensor
     B: torch.Tensor
     C: torch.Tensor
+    y: torch.Tensor
+    z: torch.Tensor | None = None
 
 
 @contextlib.contextmanager
 def capture(model: nn.Module, family: Family):
-    """Within the block, every forward pass records each SSM mixer's ScanInputs into the yielded dict
-    (mixer name -> ScanInputs; a later pass overwrites)."""
+    """Within the block, every forward pass records each SSM mixer's ``Captured`` into the yielded dict
+    (mixer name -> Captured; a later pass overwrites)."""
     names = {id(m): n for n, m in ssm_mixers(model, family)}
     mod = family.modeling()
     original = getattr(mod, family.scan_function)
-    got: dict[str, ScanInputs] = {}
+    got: dict[str, Captured] = {}
     inputs: dict[int, torch.Tensor] = {}
 
-    def keep(t):
-        return t[0].detach().float().cpu()
+    def keep(t):  # batch 0 on the CPU, float32 or float64 as the model ran
+        t = t[0].detach().cpu()
+        return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
     if family.kind == MAMBA1:
         def wrapped(module, hidden_states, time_step, B, C, gate, cache, **kw):
+            out = original(module, hidden_states, time_step, B, C, gate, cache, **kw)
             if id(module) in names:
-                got[names[id(module)]] = ScanInputs(inputs.get(id(module)), keep(hidden_states).T,
-                                                     keep(time_step).T, keep(B), keep(C))
-            return original(module, hidden_states, time_step, B, C, gate, cache, **kw)
+                got[names[id(module)]] = Captured(inputs.get(id(module)), keep(hidden_states).T, keep(time_step).T,
+                                                  keep(B), keep(C), keep(out).T, keep(gate).T)
+            return out
     else:
         def wrapped(module, hidden_states, B, C, dt, cache, **kw):
+            out = original(module, hidden_states, B, C, dt, cache, **kw)
             if id(module) in names:
-                got[names[id(module)]] = ScanInputs(inputs.get(id(module)), keep(hidden_states), keep(dt),
-                                                     keep(B), keep(C))
-            return original(module, hidden_states, B, C, dt, cache, **kw)
+                got[names[id(module)]] = Captured(inputs.get(id(module)), keep(hidden_states), keep(dt), keep(B),
+                                                  keep(C), keep(out))
+            return out
 
     def pre(module, args, kwargs):
         h = args[0] if args else kwargs["hidden_states"]

@@ -1,22 +1,26 @@
-"""Hidden attention of Mamba-1 layers: which earlier tokens each position of a layer reads.
+"""Hidden attention: which earlier tokens each position of an SSM layer reads.
 
 A selective-SSM layer is a data-dependent linear map of its scan inputs (Ali et al., "The Hidden Attention
-of Mamba Models", arXiv 2403.01590). Per channel d, with u the scan input (after in_proj, conv, SiLU),
-Δ = softplus(S_Δ u + b), B_j = S_B u_j, C_l = S_C u_l (in R^N), A_d in R^N (negative):
+of Mamba Models", arXiv 2403.01590). With u the scan input (after in_proj, conv, SiLU), per unit k with
+Δ^k its step, A_k its decay and B, C its group's input and output vectors (in R^N):
 
-    y_l^d = Σ_{j<=l} M_lj^d u_j^d + D_d u_l^d,
-    M_lj^d = Δ_j^d Σ_n C_{l,n} B_{j,n} exp(A_{d,n} (S_l^d - S_j^d)),   S_l^d = Σ_{k<=l} Δ_k^d,
+    y_l^d = Σ_{j<=l} M_lj^k u_j^d + D_k u_l^d,
+    M_lj^k = Δ_j^k Σ_n C_{l,n} B_{j,n} exp(A_{k,n} (S_l^k - S_j^k)),   S_l^k = Σ_{i<=l} Δ_i^k,
 
-which is the scan unrolled (the gate silu(z) multiplies y afterwards and is not part of M). The products
-of many decays are never formed: each entry takes one exp of A (S_l - S_j) <= 0, from cumulative sums in
-float64, so nothing underflows that the true product would not, and nothing overflows. Rows are computed
-in blocks, so memory is O(block x L) per channel in flight, not O(d_inner x L^2).
+for every channel d of unit k. Mamba-1 kinds: a unit is a channel (Δ and A per channel, one B and C).
+Mamba-2 kinds: a unit is a head (a scalar Δ and A per head, shared by its head_dim channels; B and C per
+group of heads). This is the scan unrolled: the gate (silu(z) in Mamba-1, the gated norm in Mamba-2) acts
+on y afterwards and is not part of M. The products of many decays are never formed: each entry takes one
+exp of A (S_l - S_j) <= 0, from cumulative sums in float64, so nothing underflows that the true product
+would not, and nothing overflows. Rows are computed in blocks, so memory is O(block x L) per unit in
+flight, not O(units x L^2).
 
-Views, per layer: ``M`` for the channels asked (channels, L, L); ``mean_abs`` = mean over all channels of
-|M_lj|; ``mean_rownorm`` = mean over channels of |M_lj| / Σ_j' |M_lj'| (each row a distribution over the
-positions it reads). Both views are (L, L), lower-triangular. The D skip is left out of M (it is the
-diagonal term D_d u_l, not a read of another token). Not yet compared with TransformerLens's
-``compute_ssm_effective_attention`` (issue 31).
+Views, per layer: ``M`` for the units asked (units, L, L); ``mean_abs`` = mean over all units of |M_lj|;
+``mean_rownorm`` = mean over units of |M_lj| / Σ_j' |M_lj'| (each row a distribution over the positions it
+reads). Both views are (L, L), lower-triangular. The D skip is left out of M (it is the diagonal term
+D u_l, not a read of another token). TransformerLens's ``compute_ssm_effective_attention`` builds the same
+per-head M for Mamba-2 (with Δ_j inside, as here); where it reports a mean over heads of the signed M, the
+views here average |M|, so that reads of opposite sign do not cancel.
 """
 
 from __future__ import annotations
@@ -36,8 +40,11 @@ MAX_FULL_BYTES = 2 * 2**30  # the largest per-channel M a call returns without b
 
 @dataclass
 class ScanInputs:
-    """One layer's scan, captured on real tokens (batch row 0): u, delta (L, D); B, C (L, N); A (D, N);
-    D_skip (D,). delta is softplus(S_Δ u + b), what the layer's scan uses."""
+    """One layer's scan, captured on real tokens (batch row 0), by unit: a unit is a channel (Mamba-1 kinds,
+    K = D) or a head (Mamba-2 kinds, K = heads, each over D / K channels).
+
+    u (L, D) the scan input; delta (L, K) the Δ the scan uses; B, C (L, G, N) per group of units; A (K, N);
+    D_skip (K,); unit (D,) the unit of each channel; group (K,) the group of each unit."""
 
     u: torch.Tensor
     delta: torch.Tensor
@@ -45,15 +52,30 @@ class ScanInputs:
     C: torch.Tensor
     A: torch.Tensor
     D_skip: torch.Tensor
+    unit: torch.Tensor
+    group: torch.Tensor
+
+    @classmethod
+    def per_channel(cls, u, delta, B, C, A, D_skip) -> "ScanInputs":
+        """Mamba-1: every channel its own unit, one group: B, C (L, N), A (D, N)."""
+        D = u.shape[1]
+        return cls(u, delta, B[:, None], C[:, None], A, D_skip, torch.arange(D), torch.zeros(D, dtype=torch.int64))
+
+    @property
+    def units(self) -> int:
+        return self.delta.shape[1]
 
     def scan_output(self) -> torch.Tensor:
-        """y (L, D) of the recurrence h_l = exp(Δ_l A) h_{l-1} + Δ_l u_l B_l, y_l = C_l h_l + D u_l (no gate)."""
+        """y (L, D) of the recurrence h_l = exp(Δ_l A) h_{l-1} + Δ_l u_l B_l, y_l = C_l h_l + D u_l (no gate),
+        per channel with its unit's Δ, A, D and its group's B, C."""
         L, D = self.u.shape
+        k, g = self.unit, self.group[self.unit]
+        dl, A, Dk = self.delta[:, k], self.A[k], self.D_skip[k]  # (L, D), (D, N), (D,)
         h = torch.zeros(D, self.A.shape[1], dtype=self.u.dtype)
         ys = []
         for l in range(L):
-            h = torch.exp(self.delta[l, :, None] * self.A) * h + (self.delta[l] * self.u[l])[:, None] * self.B[l]
-            ys.append(h @ self.C[l] + self.D_skip * self.u[l])
+            h = torch.exp(dl[l, :, None] * A) * h + (dl[l] * self.u[l])[:, None] * self.B[l, g]
+            ys.append((h * self.C[l, g]).sum(-1) + Dk * self.u[l])
         return torch.stack(ys)
 
 
@@ -65,10 +87,7 @@ def capture_scan_inputs(model: nn.Module, ids: torch.Tensor, layers: list[int] |
     mixers = [m for name, m in find_mixers(model) if not name.endswith("mixer_b")]
     if not mixers:
         raise ValueError("the model has no Mamba-1 mixer (a module with x_proj, dt_proj and A_log)")
-    layers = list(range(len(mixers))) if layers is None else list(layers)
-    bad = [k for k in layers if not 0 <= k < len(mixers)]
-    if bad:
-        raise ValueError(f"layers {bad} out of range: the model has {len(mixers)} mixer layers (0..{len(mixers) - 1})")
+    layers = _check_layers(layers, len(mixers))
     captured: dict[int, ScanInputs] = {}
 
     def hook(k: int, m: nn.Module):
@@ -80,7 +99,7 @@ def capture_scan_inputs(model: nn.Module, ids: torch.Tensor, layers: list[int] |
             b = None if m.conv1d.bias is None else m.conv1d.bias.detach().to(dtype)
             u = F.silu(F.conv1d(x[None], w, b, padding=w.shape[-1] - 1, groups=x.shape[0])[0, :, : x.shape[1]]).T
             raw, bias, B, C = selective_params(m, u)
-            captured[k] = ScanInputs(u, F.softplus(raw + bias), B, C, -torch.exp(m.A_log.detach().to(dtype)),
+            captured[k] = ScanInputs.per_channel(u, F.softplus(raw + bias), B, C, -torch.exp(m.A_log.detach().to(dtype)),
                                      m.D.detach().to(dtype))
         return run
 
@@ -107,70 +126,137 @@ def capture_scan_inputs(model: nn.Module, ids: torch.Tensor, layers: list[int] |
     return captured
 
 
-def attention_rows(s: ScanInputs, rows: slice, channels: torch.Tensor) -> torch.Tensor:
-    """M_lj for l in ``rows`` and every j (0 above the diagonal), for ``channels`` (c,): (c, rows, L)."""
+def attention_rows(s: ScanInputs, rows: slice, units: torch.Tensor) -> torch.Tensor:
+    """M_lj for l in ``rows`` and every j (0 above the diagonal), for ``units`` (c,): (c, rows, L)."""
     L = s.u.shape[0]
-    S = torch.cumsum(s.delta[:, channels], dim=0)  # (L, c)
+    S = torch.cumsum(s.delta[:, units], dim=0)  # (L, c)
     l_idx = torch.arange(L)[rows]
     diff = S[l_idx][:, None, :] - S[None, :, :]  # (r, L, c): S_l - S_j
     causal = (torch.arange(L)[None, :] <= l_idx[:, None])[..., None]  # (r, L, 1)
     diff = torch.where(causal, diff, 0.0)  # above the diagonal: masked below, kept finite here
-    A = s.A[channels]  # (c, N)
+    A, g = s.A[units], s.group[units]  # (c, N), (c,)
+    Cr, Bj = s.C[l_idx][:, g], s.B[:, g]  # (r, c, N), (L, c, N)
     acc = torch.zeros_like(diff)
     for n in range(A.shape[1]):  # one state at a time: memory stays (r, L, c)
-        acc += (s.C[l_idx, n][:, None, None] * s.B[:, n][None, :, None]) * torch.exp(diff * A[:, n])
-    M = acc * s.delta[:, channels][None] * causal
+        acc += (Cr[:, None, :, n] * Bj[None, :, :, n]) * torch.exp(diff * A[:, n])
+    M = acc * s.delta[:, units][None] * causal
     return M.permute(2, 0, 1)
 
 
 @dataclass
 class LayerAttention:
     layer: int
-    channels: list[int]
-    M: torch.Tensor | None  # (len(channels), L, L) for the channels asked, None if none were
-    mean_abs: torch.Tensor  # (L, L): mean over every channel of |M|
-    mean_rownorm: torch.Tensor  # (L, L): mean over every channel of |M| normalised per row
+    channels: list[int]  # the units asked for: channels (Mamba-1 kinds) or heads (Mamba-2 kinds)
+    M: torch.Tensor | None  # (len(channels), L, L) for the units asked, None if none were
+    mean_abs: torch.Tensor  # (L, L): mean over every unit of |M|
+    mean_rownorm: torch.Tensor  # (L, L): mean over every unit of |M| normalised per row
+    unit: str = "channel"  # "channel" | "head"
 
 
 def layer_attention(s: ScanInputs, layer: int = 0, channels: list[int] | None = None, block: int = 256,
-                    channel_block: int = 64) -> LayerAttention:
+                    channel_block: int = 64, unit: str = "channel") -> LayerAttention:
     """The hidden attention of one layer from its scan inputs, computed ``block`` rows and ``channel_block``
-    channels at a time: M for ``channels`` (if any), and the two aggregated views over every channel."""
-    L, D = s.u.shape
+    units at a time: M for ``channels`` (the units asked: channels or heads, ``unit``), and the two
+    aggregated views over every unit."""
+    L, K = s.u.shape[0], s.units
     if block < 1 or channel_block < 1:
         raise ValueError(f"block and channel_block must be >= 1, got {block}, {channel_block}")
     channels = [] if channels is None else list(channels)
-    bad = [c for c in channels if not 0 <= c < D]
+    bad = [c for c in channels if not 0 <= c < K]
     if bad:
-        raise ValueError(f"channels {bad} out of range: the layer has {D} channels (0..{D - 1})")
+        raise ValueError(f"{unit}s {bad} out of range: the layer has {K} {unit}s (0..{K - 1})")
     need = len(channels) * L * L * s.u.element_size()
     if need > MAX_FULL_BYTES:
-        raise ValueError(f"M for {len(channels)} channels at L = {L} takes {need / 2**30:.1f} GiB (limit "
-                         f"{MAX_FULL_BYTES / 2**30:g} GiB): ask for fewer channels, or use the aggregated views")
+        raise ValueError(f"M for {len(channels)} {unit}s at L = {L} takes {need / 2**30:.1f} GiB (limit "
+                         f"{MAX_FULL_BYTES / 2**30:g} GiB): ask for fewer {unit}s, or use the aggregated views")
     full = torch.zeros(len(channels), L, L, dtype=s.u.dtype) if channels else None
     mean_abs = torch.zeros(L, L, dtype=s.u.dtype)
     mean_rownorm = torch.zeros(L, L, dtype=s.u.dtype)
     want = {c: i for i, c in enumerate(channels)}
-    for c0 in range(0, D, channel_block):
-        chans = torch.arange(c0, min(D, c0 + channel_block))
+    for c0 in range(0, K, channel_block):
+        chans = torch.arange(c0, min(K, c0 + channel_block))
         for r0 in range(0, L, block):
             rows = slice(r0, min(L, r0 + block))
             M = attention_rows(s, rows, chans)  # (c, r, L)
             a = M.abs()
-            mean_abs[rows] += a.sum(0) / D
-            mean_rownorm[rows] += (a / a.sum(-1, keepdim=True).clamp_min(1e-300)).sum(0) / D
+            mean_abs[rows] += a.sum(0) / K
+            mean_rownorm[rows] += (a / a.sum(-1, keepdim=True).clamp_min(1e-300)).sum(0) / K
             for k, c in enumerate(chans.tolist()):
                 if c in want:
                     full[want[c], rows] = M[k]
-    return LayerAttention(layer, channels, full, mean_abs, mean_rownorm)
+    return LayerAttention(layer, channels, full, mean_abs, mean_rownorm, unit)
+
+
+def family_scan_inputs(model: nn.Module, ids: torch.Tensor, layers: list[int] | None = None,
+                       dtype: torch.dtype = torch.float64
+                       ) -> tuple[dict[int, ScanInputs], dict[int, torch.Tensor], dict[int, torch.Tensor | None]]:
+    """For a transformers model of any family in ``nn.families``: each asked SSM layer's scan inputs (by SSM
+    layer index) from the family's own forward pass; the scan output the family computed, y (L, D), and the
+    gate z (L, D) its scan applied (Mamba-1 kinds: y = (Σ_j M_lj u_j + D u_l) silu(z_l); None for the Mamba-2
+    kinds, whose gate comes later), to check M against."""
+    from ..nn.families import MAMBA1, capture, family_of, ssm_mixers
+
+    family = family_of(model)
+    mixers = ssm_mixers(model, family)
+    layers = _check_layers(layers, len(mixers))
+    ids = torch.as_tensor(ids, dtype=torch.int64).flatten()
+    check_ids(ids, model.config.vocab_size)
+    with torch.no_grad(), capture(model, family) as got:
+        model(ids[None].to(model.device))
+    out, ys, gates = {}, {}, {}
+    for k in layers:
+        name, m = mixers[k]
+        c = got[name]
+        A = -torch.exp(m.A_log.detach().float()).to(dtype)  # the families form A in float32, whatever the model
+        if family.kind == MAMBA1:
+            delta = F.softplus(c.dt_raw.to(dtype) + m.dt_proj.bias.detach().to(dtype))
+            out[k] = ScanInputs.per_channel(c.u.to(dtype), delta, c.B.to(dtype), c.C.to(dtype), A,
+                                            m.D.detach().to(dtype))
+            ys[k], gates[k] = c.y.to(dtype), c.z.to(dtype)
+            continue
+        delta = F.softplus(c.dt_raw.to(dtype) + m.dt_bias.detach().to(dtype))
+        lo, hi = getattr(m, "time_step_limit", (0.0, float("inf")))
+        delta = delta.clamp(lo, hi)
+        H, G, n = m.num_heads, m.n_groups, m.ssm_state_size
+        L, D = c.u.shape
+        out[k] = ScanInputs(c.u.to(dtype), delta, c.B.to(dtype).view(L, G, n), c.C.to(dtype).view(L, G, n),
+                            A[:, None].expand(H, n).contiguous(), m.D.detach().to(dtype),
+                            torch.arange(D) // (D // H), torch.arange(H) // (H // G))
+        ys[k], gates[k] = c.y.to(dtype), None
+    return out, ys, gates
+
+
+def _check_layers(layers, n: int) -> list[int]:
+    layers = list(range(n)) if layers is None else list(layers)
+    bad = [k for k in layers if not 0 <= k < n]
+    if bad:
+        raise ValueError(f"layers {bad} out of range: the model has {n} SSM layers (0..{n - 1})")
+    return layers
 
 
 def hidden_attention(model: nn.Module, ids: torch.Tensor, layers: list[int] | None = None,
-                     channels: list[int] | None = None, block: int = 256) -> list[LayerAttention]:
-    """The hidden attention of ``model``'s Mamba-1 layers on ids (L,): per layer asked (default all), M for
-    ``channels`` and the aggregated views (see the module docstring). Computed in float64."""
-    inputs = capture_scan_inputs(model, ids, layers)
-    return [layer_attention(s, k, channels, block) for k, s in sorted(inputs.items())]
+                     channels: list[int] | None = None, heads: list[int] | None = None,
+                     block: int = 256) -> list[LayerAttention]:
+    """The hidden attention of ``model``'s SSM layers on ids (L,): per layer asked (by SSM layer index,
+    default all), M for the ``channels`` (Mamba-1 kinds) or ``heads`` (Mamba-2 kinds) asked and the aggregated
+    views (see the module docstring). A mambadyn model or any transformers family in ``nn.families``;
+    computed in float64."""
+    from .hf_models import is_transformers_model
+
+    if channels is not None and heads is not None:
+        raise ValueError("give channels (Mamba-1 kinds) or heads (Mamba-2 kinds), not both")
+    if is_transformers_model(model):
+        inputs = family_scan_inputs(model, ids, layers)[0]
+    else:
+        inputs = capture_scan_inputs(model, ids, layers)
+    per_head = any(s.units != s.u.shape[1] for s in inputs.values())
+    if per_head and channels is not None:
+        raise ValueError("this model's SSM layers are Mamba-2 kinds: their hidden attention is per head; pass heads")
+    if not per_head and heads is not None:
+        raise ValueError("this model's SSM layers are Mamba-1 kinds: their hidden attention is per channel; "
+                         "pass channels")
+    unit = "head" if per_head else "channel"
+    return [layer_attention(s, k, heads if per_head else channels, block, unit=unit) for k, s in sorted(inputs.items())]
 
 
 def distance_profile(view: torch.Tensor) -> torch.Tensor:

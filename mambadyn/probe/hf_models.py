@@ -17,8 +17,8 @@ from torch import nn
 
 from ..nn.families import (
     MAMBA1,
+    Captured,
     Family,
-    ScanInputs,
     capture,
     decoder_layers,
     family_of,
@@ -40,7 +40,7 @@ def is_transformers_model(model: nn.Module) -> bool:
     return isinstance(model, PreTrainedModel)
 
 
-def trace_hf(model: nn.Module, family: Family, ids: torch.Tensor) -> tuple[TokenTrace, dict[str, ScanInputs]]:
+def trace_hf(model: nn.Module, family: Family, ids: torch.Tensor) -> tuple[TokenTrace, dict[str, Captured]]:
     """Run ``model`` on ids (L,), with the loss gradient at every decoder layer's output; returns the token
     trace (residual norms per layer boundary, mixer-input norms per SSM layer, gradient shares, growth, Δ
     statistics per SSM layer) and every SSM layer's captured scan inputs."""
@@ -89,7 +89,7 @@ def _dt_bias(mixer: nn.Module, family: Family) -> torch.Tensor:
     return (mixer.dt_proj.bias if family.kind == MAMBA1 else mixer.dt_bias).detach().float().cpu()
 
 
-def hf_layers(model: nn.Module, family: Family, got: dict[str, ScanInputs] | None) -> list[LayerParams]:
+def hf_layers(model: nn.Module, family: Family, got: dict[str, Captured] | None) -> list[LayerParams]:
     """The spectrum and conjectured scenario of every SSM layer (one entry per group for Mamba-2 kinds);
     ``got``: captured scan inputs (None: parameters only)."""
     out = []
