@@ -18,9 +18,9 @@ flight, not O(units x L^2).
 Views, per layer: ``M`` for the units asked (units, L, L); ``mean_abs`` = mean over all units of |M_lj|;
 ``mean_rownorm`` = mean over units of |M_lj| / Σ_j' |M_lj'| (each row a distribution over the positions it
 reads). Both views are (L, L), lower-triangular. The D skip is left out of M (it is the diagonal term
-D u_l, not a read of another token). TransformerLens's ``compute_ssm_effective_attention`` builds the same
-per-head M for Mamba-2 (with Δ_j inside, as here); where it reports a mean over heads of the signed M, the
-views here average |M|, so that reads of opposite sign do not cancel.
+D u_l, not a read of another token). The views average |M|, so that reads of opposite sign do not cancel.
+Not yet compared with TransformerLens's ``compute_ssm_effective_attention`` (issue 31): its conventions are
+not stated here until a test checks them.
 """
 
 from __future__ import annotations
