@@ -46,7 +46,8 @@ def test_the_views_have_their_documented_normalisation():
     full = attention_rows(s, slice(0, 15), torch.arange(s.u.shape[1]))
     torch.testing.assert_close(att.mean_abs, full.abs().mean(0), rtol=1e-12, atol=1e-14)
     prof = distance_profile(att.mean_rownorm)
-    assert prof.shape == (15,) and torch.isfinite(prof).all()
+    naive = torch.stack([torch.diagonal(att.mean_rownorm, offset=-k).mean() for k in range(15)])
+    torch.testing.assert_close(prof, naive, rtol=1e-12, atol=1e-15)
 
 
 def test_bad_layers_channels_and_sizes_are_one_clear_error():
@@ -128,3 +129,40 @@ def test_every_family_s_own_scan_output_is_its_attention_applied(model_type):
     assert att.M.shape == (1, 19, 19) and att.unit == ("head" if per_head else "channel")
     with pytest.raises(ValueError, match="pass heads" if per_head else "pass channels"):
         hidden_attention(model, ids, **({"channels": [0]} if per_head else {"heads": [0]}))
+
+
+@pytest.mark.parametrize("kind", ["mambadyn", "mamba2"])
+def test_probe_attention_adds_its_section_figures_and_numbers(kind, tmp_path, capsys):
+    import json
+
+    from typer.testing import CliRunner
+
+    from mambadyn.cli import app
+
+    if kind == "mambadyn":
+        m = MambaLM(MambaConfig(vocab_size=17, d_model=8, n_layer=3, d_state=3))
+        m.save_pretrained(tmp_path / "ck")
+    else:
+        pytest.importorskip("transformers")
+        from tests.support.families import tiny_model
+
+        tiny_model("mamba2").save_pretrained(tmp_path / "ck")
+    (tmp_path / "ids.txt").write_text(" ".join(str(i % 17) for i in range(40)))
+    args = ["probe", str(tmp_path / "ck"), "--ids", str(tmp_path / "ids.txt"), "--ode-positions", "0"]
+    res = CliRunner().invoke(app, args + ["--attention", "layers=0,1", "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "out"
+    d = json.loads((out / "probe.json").read_text())
+    assert [a["layer"] for a in d["attention"]] == [0, 1]
+    for a in d["attention"]:
+        assert len(a["distance_profile"]) == 40 and len(a["received"]) == 40
+        assert 0 <= a["first_token_mass"] <= 1 and a["spearman_grad"] is not None
+        assert abs(sum(a["received"][j] * (40 - j) for j in range(40)) - 40) < 1e-6  # every row sums to 1
+    assert (out / "attention.png").is_file() and (out / "attention_distance.png").is_file()
+    assert "hidden attention" in (out / "report.md").read_text()
+    from mambadyn.cli import run
+
+    capsys.readouterr()
+    assert run(args + ["--attention", "7", "--out", str(tmp_path / "out2")]) == 2
+    assert "attention layers [7] out of range" in capsys.readouterr().err
+    assert not (tmp_path / "out2").exists()

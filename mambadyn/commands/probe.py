@@ -20,10 +20,14 @@ def probe_cmd(path: str = typer.Argument(..., help="checkpoint folder, mambadyn 
                                                         "in layer steps (default: the layers that remain)"),
               ode_layers: str = typer.Option("", "--ode-layers", help="layers whose ODE runs: 'all', or e.g. "
                                              "0,8,16 (default: up to 8, evenly spaced)"),
+              attention: str = typer.Option("", "--attention", help="SSM layers whose hidden attention the report "
+                                            "shows, e.g. 0,12,23 or layers=0,12,23 (default: none)"),
               out: Path = typer.Option(Path("out/probe"), "--out", "-o", help="folder for probe.json, report.md, PNGs"),
               ) -> None:
-    """Probe a Mamba checkpoint layer by layer (HF folder, mamba-ssm folder, hub id, mambadyn run): spectrum
-    of S_C^T S_B, scenario, token norms, gradient shares and the layer's own ODE."""
+    """Probe a selective-SSM checkpoint layer by layer (Mamba, Mamba-2, FalconMamba, Jamba and the hybrids in
+    transformers' format; mamba-ssm folder, hub id, mambadyn run): the spectrum of the layer's interaction
+    matrix, the scenario, token norms, gradient shares, the layer's own ODE (Mamba-1) and, with --attention,
+    which earlier tokens chosen layers read."""
     from ..nn.load import read_ids, read_text
     from ..outputs import check_output
     from ..probe import ProbeConfig, load_checkpoint, probe, write_outputs
@@ -37,8 +41,13 @@ def probe_cmd(path: str = typer.Argument(..., help="checkpoint folder, mambadyn 
             layers = [int(x) for x in ode_layers.split(",") if x.strip()]
         except ValueError:
             raise typer.BadParameter(f"--ode-layers takes 'all' or comma-separated layers, got {ode_layers!r}") from None
+    att = attention.removeprefix("layers=")
+    try:
+        att_layers = [int(x) for x in att.split(",") if x.strip()] or None
+    except ValueError:
+        raise typer.BadParameter(f"--attention takes comma-separated SSM layers, got {attention!r}") from None
     cfg = ProbeConfig(max_tokens=tokens, ode_positions=ode_positions, ode_t_end=ode_t_end,
-                      ode_layers=layers, all_ode_layers=ode_layers == "all")
+                      ode_layers=layers, all_ode_layers=ode_layers == "all", attention_layers=att_layers)
     loaded = load_checkpoint(path)
     if loaded.kind != "lm" and (text is not None or ids is not None):
         raise typer.BadParameter("a MambaClassifier reads images: the CLI probes its parameters only")

@@ -120,3 +120,48 @@ def grad_shares(d: dict, path: str | Path) -> Path:
     fig.savefig(path, dpi=130)
     plt.close(fig)
     return Path(path)
+
+
+def attention_maps(d: dict, maps: dict, path: str | Path) -> Path:
+    """One heatmap per layer of its row-normalised hidden attention (``maps``: "layer<k>" -> a block-averaged
+    (m, m) view), log colour scale: row = the reading position, column = the position read."""
+    atts = d["attention"]
+    fig, axes = plt.subplots(1, len(atts), figsize=(4.2 * len(atts), 4), squeeze=False)
+    L = d["input"]["tokens"]
+    for ax, a in zip(axes[0], atts):
+        v = np.asarray(maps[f"layer{a['layer']}"], dtype=float)
+        pos = v[v > 0]
+        lo = max(pos.min(initial=1e-12), pos.max(initial=1.0) * 1e-6)
+        im = ax.imshow(np.where(v > 0, v, np.nan), norm=LogNorm(vmin=lo, vmax=pos.max(initial=1.0)),
+                       cmap="viridis", extent=(0, L, L, 0), interpolation="nearest")
+        ax.set(title=f"SSM layer {a['layer']} (mean over {a['unit']}s)", xlabel="position read (j)",
+               ylabel="reading position (l)")
+        fig.colorbar(im, ax=ax, fraction=0.046, label="share of the row's |M|")
+    fig.suptitle("hidden attention, row-normalised" + (" (block-averaged)" if atts and atts[0]["map_size"] < L
+                                                       else ""), fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def distance_profiles(d: dict, path: str | Path) -> Path:
+    """How far back each layer reads: the mean row-normalised mass at distance l - j, one line per layer
+    (log-log; distance 0 is the token itself, drawn at 0.5)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    cmap = plt.get_cmap("viridis")
+    atts = d["attention"]
+    for i, a in enumerate(atts):
+        prof = np.asarray(a["distance_profile"], dtype=float)
+        k = np.arange(len(prof), dtype=float)
+        k[0] = 0.5
+        ax.plot(k, np.where(prof > 0, prof, np.nan), color=cmap(i / max(1, len(atts) - 1)), lw=1.2,
+                label=f"layer {a['layer']}")
+    ax.set(xscale="log", yscale="log", xlabel="distance l - j (0 drawn at 0.5)", ylabel="mean share of the row",
+           title="how far back each layer reads")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return Path(path)

@@ -29,7 +29,7 @@ report.md says the same in words; spectrum.png, token_norms.png, grad_share.png 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -38,11 +38,19 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..jsonio import write_json
-from ..nn.families import family_of
+from ..nn.families import family_of, ssm_mixers
 from ..nn.load import Loaded, check_ids, load_checkpoint, token_ids
 from ..outputs import atomic_folder
 from ..refine.eigen import eigen_mode_of, find_mixers
 from ..typed import check_fields, positive
+from .attention import (
+    AttentionSummary,
+    block_average,
+    capture_scan_inputs,
+    family_scan_inputs,
+    layer_attention,
+    summarize,
+)
 from .hf_models import hf_layers, hf_source, is_transformers_model, trace_hf
 from .layer import LayerParams, depth_note, layer_params
 from .ode import OdeCheck, ode_check
@@ -71,6 +79,7 @@ class ProbeConfig:
     ode_t_end: float | None = None  # the ODE's comparison horizon in layer steps; None: the layers that remain
     ode_layers: list[int] | None = None  # None: up to DEFAULT_ODE_LAYERS evenly spaced, first and last included
     all_ode_layers: bool = False  # every layer's ODE (ignores ode_layers)
+    attention_layers: list[int] | None = None  # SSM layers whose hidden attention the report shows (None: none)
     progress: bool = True
 
     def __post_init__(self):
@@ -88,13 +97,16 @@ class ProbeResult:
     layers: list[LayerParams]
     tokens: TokenTrace | None
     ode: list[OdeCheck]
+    attention: list[AttentionSummary] = field(default_factory=list)
+    attention_maps: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)  # block-averaged views
 
     def to_dict(self) -> dict:
         d = {"version": 2, "source": self.source, "input": self.input,
              "loss": None if self.tokens is None else self.tokens.loss,
              "layers": [{**asdict(lp), "eigenvalues": [[z.real, z.imag] for z in lp.eigenvalues]}
                         for lp in self.layers],
-             "tokens": None, "ode": [asdict(o) for o in self.ode]}
+             "tokens": None, "ode": [asdict(o) for o in self.ode],
+             "attention": [asdict(a) for a in self.attention]}
         if self.tokens is not None:
             t = self.tokens
             shares = torch.tensor(t.grad_shares)
@@ -149,6 +161,10 @@ def probe(model_or_path: nn.Module | Loaded | str | Path, ids: torch.Tensor | No
     bad = [w for w in (config.ode_layers or []) if not 0 <= w < len(fwd)]
     if bad:  # before any work: a probe of a large model takes a while
         raise ValueError(f"ode_layers {bad} out of range for {len(fwd)} layers (0..{len(fwd) - 1})")
+    bad = [w for w in (config.attention_layers or []) if not 0 <= w < len(fwd)]
+    if bad:
+        raise ValueError(f"attention layers {bad} out of range: the model has {len(fwd)} SSM layers "
+                         f"(0..{len(fwd) - 1})")
     tokens = None
     if ids is not None:
         tokens = trace_tokens(model, ids, labels, keep_scan_inputs=config.ode_positions)
@@ -172,7 +188,24 @@ def probe(model_or_path: nn.Module | Loaded | str | Path, ids: torch.Tensor | No
             lp.depth_note = depth_note(lp, stopped=o.solver is not None)
     n = 0 if ids is None else (ids.numel() if kind == "lm" else int(ids.shape[0]))
     inp = {"tokens": n, "from": "parameters only" if ids is None else origin}
-    return ProbeResult(source, inp, layers, tokens, ode)
+    result = ProbeResult(source, inp, layers, tokens, ode)
+    if config.attention_layers:
+        if kind != "lm" or tokens is None:
+            raise ValueError("hidden attention reads an LM's tokens: a classifier or a parameters-only probe has none")
+        inputs = capture_scan_inputs(model, ids, config.attention_layers)
+        _attend(result, inputs, list(range(len(fwd))), config)
+    return result
+
+
+def _attend(result: ProbeResult, inputs: dict, stream_index: list[int], config: ProbeConfig) -> None:
+    """The hidden attention of the asked SSM layers (their scan inputs ``inputs``, by SSM layer index), set
+    beside the gradient share at the layer's input (``stream_index``: SSM layer -> residual-stream index)."""
+    t = result.tokens
+    for k in tqdm(sorted(inputs), desc="hidden attention", disable=not config.progress, leave=False):
+        s = inputs[k]
+        att = layer_attention(s, k, unit="head" if s.units != s.u.shape[1] else "channel")
+        result.attention.append(summarize(att, t.grad_shares[stream_index[k]], t.growth_per_layer))
+        result.attention_maps[k] = block_average(att.mean_rownorm).float()
 
 
 def _probe_transformers(model: nn.Module, loaded: Loaded | None, ids, text, tokenizer, config: ProbeConfig
@@ -190,10 +223,19 @@ def _probe_transformers(model: nn.Module, loaded: Loaded | None, ids, text, toke
         origin = "ids"
     ids = torch.as_tensor(ids, dtype=torch.int64).flatten()[: config.max_tokens]
     check_ids(ids, model.config.vocab_size)
+    n_ssm = len(ssm_mixers(model, family))
+    bad = [k for k in config.attention_layers or [] if not 0 <= k < n_ssm]
+    if bad:
+        raise ValueError(f"attention layers {bad} out of range: the model has {n_ssm} SSM layers (0..{n_ssm - 1})")
     tokens, got = trace_hf(model, family, ids)
     inp = {"tokens": ids.numel(), "from": origin,
            "ode": "not run: the layer ODE is the continuous-time model of mambadyn's Mamba-1 form"}
-    return ProbeResult(source, inp, hf_layers(model, family, got), tokens, [])
+    result = ProbeResult(source, inp, hf_layers(model, family, got), tokens, [])
+    if config.attention_layers:
+        inputs = family_scan_inputs(model, ids, config.attention_layers)[0]
+        stream = [i for i, kind in enumerate(source["layer_kinds"]) if "ssm" in kind.split("+")]
+        _attend(result, inputs, stream, config)
+    return result
 
 
 def _check_finite_weights(model: nn.Module) -> None:
@@ -205,7 +247,9 @@ def _check_finite_weights(model: nn.Module) -> None:
 def write_outputs(result: ProbeResult, out: str | Path) -> Path:
     """probe.json, report.md and the figures into ``out``; written in a temporary folder beside it and
     moved into place, so an interrupted probe leaves no half-written folder."""
-    from ..plots.probe import grad_shares, spectrum, token_norms
+    from safetensors.torch import save_file
+
+    from ..plots.probe import attention_maps, distance_profiles, grad_shares, spectrum, token_norms
     from .report import markdown
 
     with atomic_folder(out, "probe") as tmp:
@@ -215,5 +259,10 @@ def write_outputs(result: ProbeResult, out: str | Path) -> Path:
         if d["tokens"] is not None:
             token_norms(d, tmp / "token_norms.png")
             grad_shares(d, tmp / "grad_share.png")
+        if result.attention:
+            maps = {f"layer{k}": v.contiguous() for k, v in result.attention_maps.items()}
+            save_file(maps, tmp / "attention.safetensors")  # the heatmaps' data: they redraw from it
+            attention_maps(d, maps, tmp / "attention.png")
+            distance_profiles(d, tmp / "attention_distance.png")
         (tmp / "report.md").write_text(markdown(d))
     return Path(out)

@@ -262,7 +262,59 @@ def hidden_attention(model: nn.Module, ids: torch.Tensor, layers: list[int] | No
 def distance_profile(view: torch.Tensor) -> torch.Tensor:
     """How far back a layer reads: the mean over rows l of view[l, l - k], for k = 0..L-1 (L,)."""
     L = view.shape[0]
-    out = torch.zeros(L, dtype=view.dtype)
-    for k in range(L):
-        out[k] = torch.diagonal(view, offset=-k).mean()
-    return out
+    # row l, column j sits at distance l - j: sum each distance with one scatter, then divide by its count
+    dist = (torch.arange(L)[:, None] - torch.arange(L)[None, :]).clamp_min(0)
+    lower = torch.ones(L, L, dtype=torch.bool).tril()
+    sums = torch.zeros(L, dtype=view.dtype).index_add_(0, dist[lower], view[lower])
+    return sums / torch.arange(L, 0, -1, dtype=view.dtype)
+
+
+@dataclass
+class AttentionSummary:
+    """What one layer's hidden attention says, from its row-normalised view (every row a distribution over
+    the positions the row reads)."""
+
+    layer: int  # SSM layer index
+    unit: str
+    distance_profile: list[float]  # mean over rows l of the mass at l - k, k = 0..L-1
+    first_token_mass: float  # mean over rows l >= 1 of the mass on position 0
+    received: list[float]  # per position j: mean over rows l >= j of the mass on j
+    spearman_grad: float | None  # rank correlation over positions of received mass and gradient share
+    spearman_growth: float | None  # ... and of received mass and fitted growth across depth
+    map_size: int  # side of the block-averaged view kept for the heatmap
+
+
+def _spearman(a: list[float], b: list[float]) -> float | None:
+    from scipy.stats import spearmanr
+
+    if len(a) < 3 or len(set(a)) < 2 or len(set(b)) < 2:
+        return None
+    return float(spearmanr(a, b).statistic)
+
+
+def summarize(att: LayerAttention, grad_share: list[float] | None = None,
+              growth: list[float] | None = None) -> AttentionSummary:
+    """The distance profile, the first token's mass, the mass each position receives and its rank
+    correlation with the position's gradient share and growth (None where those are not given)."""
+    view = att.mean_rownorm
+    L = view.shape[0]
+    rows_reading = torch.arange(L, 0, -1, dtype=view.dtype)  # rows l >= j: L - j of them
+    received = (view.sum(0) / rows_reading).tolist()
+    first = float(view[1:, 0].mean()) if L > 1 else float("nan")
+    return AttentionSummary(att.layer, att.unit, distance_profile(view).tolist(), first, received,
+                            None if grad_share is None else _spearman(received, grad_share),
+                            None if growth is None else _spearman(received, growth), min(L, MAP_SIDE))
+
+
+MAP_SIDE = 512  # the heatmap keeps a block-averaged view at most this wide
+
+
+def block_average(view: torch.Tensor, side: int = MAP_SIDE) -> torch.Tensor:
+    """view (L, L) averaged over blocks to at most (side, side), for a heatmap."""
+    L = view.shape[0]
+    if L <= side:
+        return view.clone()
+    f = -(-L // side)
+    pad = f * side - L
+    v = F.pad(view, (0, pad, 0, pad))
+    return v.reshape(side, f, side, f).mean((1, 3))

@@ -28,6 +28,42 @@ def _family_intro(src: dict, inp: dict, layers: list[dict]) -> list[str]:
             f"Layer ODE: {inp.get('ode', 'not run')}.", ""]
 
 
+def _attention_section(d: dict) -> list[str]:
+    L = d["input"]["tokens"]
+    lines = ["## Which earlier tokens each layer reads (hidden attention)", "",
+             "Each SSM layer is a data-dependent linear map of its scan inputs, y_l = Σ_j M_lj u_j + D u_l "
+             "(mambadyn.probe.attention; per channel or per head). Below, each row of |M| is normalised to a "
+             "distribution over the positions it reads and averaged over channels or heads. The distance profile "
+             "is the mean share at distance l - j over the rows that reach that far; half-mass distance: the "
+             "smallest k at which the profile summed over distances 0..k reaches half its sum; first token: the "
+             "mean share of a row spent on position 0 (uniform reading would give about ln(L)/L averaged over rows, "
+             f"{statistics.mean(1 / (l + 1) for l in range(1, L)):.3g} here); the last two columns are Spearman "
+             "rank correlations over positions between the mass a position receives and its gradient share at "
+             "the layer's input, and its fitted growth across depth.", "",
+             "| SSM layer | half-mass distance | mass on the first token | ρ(received, gradient share) | "
+             "ρ(received, growth) |", "|---|---|---|---|---|"]
+    for a in d["attention"]:
+        prof = a["distance_profile"]
+        half = _half_mass(prof)
+
+        def rho(v):
+            return "n/a" if v is None else f"{v:+.2f}"
+        lines.append(f"| {a['layer']} | {half} | {a['first_token_mass']:.3g} | {rho(a['spearman_grad'])} | "
+                     f"{rho(a['spearman_growth'])} |")
+    return lines + ["", "![hidden attention](attention.png)", "", "![distance profiles](attention_distance.png)", ""]
+
+
+def _half_mass(profile: list[float]) -> int:
+    # the smallest distance k whose cumulative mean mass (over distances 0..k) reaches half of the total
+    total = sum(profile)
+    run = 0.0
+    for k, v in enumerate(profile):
+        run += v
+        if run >= total / 2:
+            return k
+    return len(profile) - 1
+
+
 def markdown(d: dict) -> str:
     src, inp = d["source"], d["input"]
     lines = [f"# Probe of {src.get('path') or 'a model'}", "", _header(src, inp, d["loss"]), "",
@@ -89,6 +125,8 @@ def markdown(d: dict) -> str:
               f"{min(t['grad_share_gini']):.3f} .. {max(t['grad_share_gini']):.3f} (0 = equal shares). "
               "(In a causal LM a position feeds every later loss term, which by itself tilts shares toward early positions.)", "",
               "![gradient shares](grad_share.png)", ""]
+    if d.get("attention"):
+        lines += _attention_section(d)
     if d["ode"]:
         lines += ["## The continuous-time model seeded from each layer", "",
                   "Each layer's ODE (shared weights, its dt bias; no conv, gate, D skip or norm) starts from that "
