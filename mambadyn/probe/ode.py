@@ -56,7 +56,7 @@ class OdeCheck:
 
 def layer_system(mixer: nn.Module) -> TokenSystem:
     """The continuous-time token system of one Mamba-1 mixer, its dt bias included."""
-    mats = mixer_matrices(mixer)
+    mats = {k: v.cpu() for k, v in mixer_matrices(mixer).items()}  # the ODE runs on the CPU, where its tokens are
     return TokenSystem(mats["S_B"][None], mats["S_C"][None], mats["S_delta"][None], mats["A"][None],
                        mats["dt_bias"][None])
 

@@ -85,14 +85,15 @@ def trace_tokens(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor | Non
         handles.append(b.norm.register_forward_hook(norm_hook))
         handles.append(b.mixer.conv1d.register_forward_hook(conv_hook(b.mixer)))
     try:
+        dev = next(model.parameters()).device  # the model may sit on a GPU; the ids come from the CPU
+        ids = ids.to(dev)
         with torch.enable_grad():
             if labels is None:
-                x = ids[None]
-                logits = model(x)
+                logits = model(ids[None])
                 loss = F.cross_entropy(logits[0, :-1].float(), ids[1:])
             else:
                 logits = model(ids)
-                loss = F.cross_entropy(logits.float(), labels)
+                loss = F.cross_entropy(logits.float(), labels.to(dev))
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"the model's loss on this input is {loss.item()}: non-finite activations")
             loss.backward()

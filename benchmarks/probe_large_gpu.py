@@ -1,0 +1,72 @@
+"""Time the whole probe (spectra, token norms, gradients, Δ statistics; the ODE of up to 8 layers where the
+family has one) on large random-weight models on one GPU: a 2.8B-shaped Mamba-1 (mambadyn's MambaLM,
+d_model 2560, 64 layers) and a 2.7B-shaped Mamba-2 (transformers' Mamba2ForCausalLM, d_model 2560, 64
+layers, 80 heads of 64, state 128), on 2048 tokens.
+
+    python benchmarks/probe_large_gpu.py [--tokens 2048] [--only mamba1,mamba2] [--out results/probe_large_gpu.json]
+
+Prints one line per model (probe seconds, first run, after a warm-up probe of a 2-layer model of the same
+family) and writes JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+
+def mamba1(n_layer: int):
+    from mambadyn.nn import MambaConfig, MambaLM
+
+    return MambaLM(MambaConfig(vocab_size=50280, d_model=2560, n_layer=n_layer))
+
+
+def mamba2(n_layer: int):
+    import transformers
+
+    cfg = transformers.Mamba2Config(vocab_size=50280, hidden_size=2560, num_hidden_layers=n_layer, state_size=128,
+                                    num_heads=80, head_dim=64, n_groups=1, expand=2, chunk_size=256)
+    return transformers.Mamba2ForCausalLM(cfg)
+
+
+def main() -> None:
+    from mambadyn.probe import ProbeConfig, probe
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, default=2048)
+    ap.add_argument("--only", default="mamba1,mamba2")
+    ap.add_argument("--out", default="results/probe_large_gpu.json")
+    args = ap.parse_args()
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    ids = torch.randint(0, 50280, (args.tokens,), generator=torch.Generator().manual_seed(0))
+    rows = []
+    for name in args.only.split(","):
+        build = {"mamba1": mamba1, "mamba2": mamba2}[name]
+        torch.manual_seed(0)
+        probe(build(2).to(dev), ids[:64], ProbeConfig(progress=False))  # warm-up: kernels compile, caches fill
+        model = build(64).to(dev)
+        if dev == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        result = probe(model, ids, ProbeConfig(progress=False))
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        peak = torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else float("nan")
+        rows.append({"model": name, "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu",
+                     "tokens": args.tokens, "probe_s": dt, "peak_gib": peak, "layers": len(result.layers),
+                     "ode_layers": len(result.ode)})
+        print(f"{name:8s} {rows[-1]['device']}: probe {dt:6.1f} s on {args.tokens} tokens, peak {peak:.1f} GiB, "
+              f"{len(result.layers)} spectra, {len(result.ode)} layer ODEs", flush=True)
+        del model, result
+        if dev == "cuda":
+            torch.cuda.empty_cache()
+    with open(args.out, "w") as f:
+        json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
