@@ -25,6 +25,7 @@ not stated here until a test checks them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -126,21 +127,66 @@ def capture_scan_inputs(model: nn.Module, ids: torch.Tensor, layers: list[int] |
     return captured
 
 
+class _Units:
+    """M for a set of units, row block by row block (blocks of ``block`` rows starting at multiples of it).
+
+    Entry (l, j) needs exp(A (S_l - S_j)) <= 0 in the exponent. Columns are grouped in blocks of the same
+    size; for column j in block J (last step e_J) the factor exp(A (S_e_J - S_j)) <= 1 is taken once, and
+    a row block starting at r0 (b = r0 - 1) multiplies it by exp(A (S_b - S_e_J)) <= 1 per column block and
+    its rows by exp(A (S_l - S_b)) <= 1: no exponent is positive, so nothing overflows, and a factor that
+    underflows stands for an entry that small. The row block's own columns take exp(A (S_b - S_j)) >= 1 where
+    A (S_l - S_b) stays within the dtype's exponent range (one product for the whole block), else one exp
+    per entry."""
+
+    def __init__(self, s: ScanInputs, units: torch.Tensor, block: int):
+        self.dtype, self.block = s.u.dtype, block
+        L = s.u.shape[0]
+        # unit-major layouts, so that every product below reads contiguous rows: S (c, L), C and Δ B (c, L, N),
+        # R (c, N, L)
+        self.S = torch.cumsum(s.delta[:, units], dim=0).T.contiguous()  # S_l = Σ_{i<=l} Δ_i
+        g = s.group[units]
+        self.A = s.A[units]  # (c, N)
+        self.C = s.C[:, g].transpose(0, 1).contiguous()
+        self.dB = (s.B[:, g] * s.delta[:, units, None]).transpose(0, 1).contiguous()
+        ends = ((torch.arange(L, device=s.u.device) // block + 1) * block - 1).clamp_max(L - 1)  # the last step of j's column block
+        decay = torch.exp(self.A[:, None, :] * (self.S[:, ends] - self.S)[..., None])  # (c, L, N), <= 1
+        self.R = (self.dB * decay).transpose(1, 2).contiguous()
+        # exp(x) and exp(-x) stay normal numbers for x below this
+        self.safe = 0.9 * min(-math.log(torch.finfo(self.dtype).tiny), math.log(torch.finfo(self.dtype).max))
+
+    def rows(self, r0: int, r1: int) -> torch.Tensor:
+        """(c, r1 - r0, r1): M for rows r0..r1-1 and columns 0..r1-1 (the later columns are 0)."""
+        S, A = self.S, self.A
+        c, N = A.shape
+        Sb = S[:, r0 - 1] if r0 > 0 else torch.zeros_like(S[:, 0])  # (c,)
+        left = self.C[:, r0:r1] * torch.exp(A[:, None, :] * (S[:, r0:r1] - Sb[:, None])[..., None])  # (c, r, N)
+        M = torch.empty(c, r1 - r0, r1, dtype=self.dtype, device=S.device)
+        if r0 > 0:
+            # per column block J < this one: exp(A (S_b - S_e_J)), one (c, N) factor for its columns
+            nJ = r0 // self.block
+            scale = torch.exp(A[:, :, None] * (Sb[:, None] - S[:, self.block - 1:r0:self.block])[:, None, :])
+            right = (self.R[:, :, :r0].reshape(c, N, nJ, self.block) * scale[..., None]).view(c, N, r0)
+            torch.bmm(left, right, out=M[:, :, :r0])
+        span = (A.abs() * (S[:, r1 - 1] - Sb)[:, None]).max()
+        tril = torch.ones(r1 - r0, r1 - r0, dtype=torch.bool, device=S.device).tril()
+        if span < self.safe:  # one product: exp(A (S_b - S_j)) >= 1 stays finite here
+            right = self.dB[:, r0:r1] * torch.exp(A[:, None, :] * (Sb[:, None] - S[:, r0:r1])[..., None])
+            diag = torch.bmm(left, right.transpose(1, 2))  # (c, r, r)
+        else:  # a large step inside the block: one exp per entry
+            diff = torch.where(tril, S[:, r0:r1, None] - S[:, None, r0:r1], 0.0)  # (c, r, r)
+            diag = torch.zeros_like(diff)
+            for n in range(N):
+                diag += (self.C[:, r0:r1, None, n] * self.dB[:, None, r0:r1, n]) * torch.exp(diff * A[:, n, None, None])
+        M[:, :, r0:r1] = diag * tril
+        return M
+
+
 def attention_rows(s: ScanInputs, rows: slice, units: torch.Tensor) -> torch.Tensor:
-    """M_lj for l in ``rows`` and every j (0 above the diagonal), for ``units`` (c,): (c, rows, L)."""
+    """M_lj for l in ``rows`` and j up to the block's last row (every later column is 0), for ``units`` (c,):
+    (c, rows, rows.stop)."""
     L = s.u.shape[0]
-    S = torch.cumsum(s.delta[:, units], dim=0)  # (L, c)
-    l_idx = torch.arange(L)[rows]
-    diff = S[l_idx][:, None, :] - S[None, :, :]  # (r, L, c): S_l - S_j
-    causal = (torch.arange(L)[None, :] <= l_idx[:, None])[..., None]  # (r, L, 1)
-    diff = torch.where(causal, diff, 0.0)  # above the diagonal: masked below, kept finite here
-    A, g = s.A[units], s.group[units]  # (c, N), (c,)
-    Cr, Bj = s.C[l_idx][:, g], s.B[:, g]  # (r, c, N), (L, c, N)
-    acc = torch.zeros_like(diff)
-    for n in range(A.shape[1]):  # one state at a time: memory stays (r, L, c)
-        acc += (Cr[:, None, :, n] * Bj[None, :, :, n]) * torch.exp(diff * A[:, n])
-    M = acc * s.delta[:, units][None] * causal
-    return M.permute(2, 0, 1)
+    r0, r1 = rows.start or 0, min(rows.stop, L)
+    return _Units(s, units, max(1, r1 - r0)).rows(r0, r1)
 
 
 @dataclass
@@ -169,21 +215,27 @@ def layer_attention(s: ScanInputs, layer: int = 0, channels: list[int] | None = 
     if need > MAX_FULL_BYTES:
         raise ValueError(f"M for {len(channels)} {unit}s at L = {L} takes {need / 2**30:.1f} GiB (limit "
                          f"{MAX_FULL_BYTES / 2**30:g} GiB): ask for fewer {unit}s, or use the aggregated views")
-    full = torch.zeros(len(channels), L, L, dtype=s.u.dtype) if channels else None
-    mean_abs = torch.zeros(L, L, dtype=s.u.dtype)
-    mean_rownorm = torch.zeros(L, L, dtype=s.u.dtype)
+    like = {"dtype": s.u.dtype, "device": s.u.device}
+    full = torch.zeros(len(channels), L, L, **like) if channels else None
+    mean_abs = torch.zeros(L, L, **like)
+    mean_rownorm = torch.zeros(L, L, **like)
     want = {c: i for i, c in enumerate(channels)}
+    tiny = torch.finfo(s.u.dtype).tiny
     for c0 in range(0, K, channel_block):
-        chans = torch.arange(c0, min(K, c0 + channel_block))
+        chans = torch.arange(c0, min(K, c0 + channel_block), device=s.u.device)
+        keep = [(k, want[c]) for k, c in enumerate(chans.tolist()) if c in want]
+        unit_block = _Units(s, chans, block)
         for r0 in range(0, L, block):
             rows = slice(r0, min(L, r0 + block))
-            M = attention_rows(s, rows, chans)  # (c, r, L)
-            a = M.abs()
-            mean_abs[rows] += a.sum(0) / K
-            mean_rownorm[rows] += (a / a.sum(-1, keepdim=True).clamp_min(1e-300)).sum(0) / K
-            for k, c in enumerate(chans.tolist()):
-                if c in want:
-                    full[want[c], rows] = M[k]
+            M = unit_block.rows(r0, rows.stop)  # (c, r, r1): the columns after r1 are 0
+            r1 = M.shape[2]
+            for k, i in keep:
+                full[i, rows, :r1] = M[k]
+            a = M.abs_()
+            inv = 1 / a.sum(-1).clamp_min(tiny)  # (c, r): each row's total |M|
+            mean_abs[rows, :r1] += a.sum(0) / K
+            # Σ_c a[c, l, j] inv[c, l] as one batched product over rows (einsum takes a slower route here)
+            mean_rownorm[rows, :r1] += torch.bmm(inv.T[:, None, :], a.transpose(0, 1)).squeeze(1) / K
     return LayerAttention(layer, channels, full, mean_abs, mean_rownorm, unit)
 
 
