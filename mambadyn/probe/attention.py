@@ -62,6 +62,11 @@ class ScanInputs:
         D = u.shape[1]
         return cls(u, delta, B[:, None], C[:, None], A, D_skip, torch.arange(D), torch.zeros(D, dtype=torch.int64))
 
+    def to(self, dtype: torch.dtype | None = None, device=None) -> "ScanInputs":
+        """The same inputs in another float dtype and/or on another device (the index maps keep theirs)."""
+        return ScanInputs(*(t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+                            for t in (self.u, self.delta, self.B, self.C, self.A, self.D_skip, self.unit, self.group)))
+
     @property
     def units(self) -> int:
         return self.delta.shape[1]
