@@ -166,3 +166,32 @@ def test_probe_attention_adds_its_section_figures_and_numbers(kind, tmp_path, ca
     assert run(args + ["--attention", "7", "--out", str(tmp_path / "out2")]) == 2
     assert "attention layers [7] out of range" in capsys.readouterr().err
     assert not (tmp_path / "out2").exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_blocked_products_equal_the_entrywise_formula_with_steps_large_enough_to_overflow_a_factor(dtype):
+    """Some blocks hold a step so large that exp(A (S_b - S_j)) would overflow: those take the entrywise path,
+    the rest the factored products; every entry equals Δ_j Σ_n C_ln B_jn exp(A_n (S_l - S_j)) written out."""
+    from mambadyn.probe.attention import ScanInputs
+
+    g = torch.Generator().manual_seed(5)
+    L, D, N = 24, 3, 4
+    delta = torch.nn.functional.softplus(torch.randn(L, D, generator=g, dtype=torch.float64) - 3)
+    delta[13, 1] = 60.0  # |A| x 60 is past float64's exponent range for the block holding step 13
+    delta[5, 0] = 9.0  # and past float32's for channel 0
+    s = ScanInputs.per_channel(torch.randn(L, D, generator=g, dtype=torch.float64), delta,
+                               torch.randn(L, N, generator=g, dtype=torch.float64),
+                               torch.randn(L, N, generator=g, dtype=torch.float64),
+                               -torch.rand(D, N, generator=g, dtype=torch.float64) * 16 - 0.5,
+                               torch.ones(D, dtype=torch.float64))
+    S = torch.cumsum(s.delta, 0)
+    naive = torch.zeros(D, L, L, dtype=torch.float64)
+    for d in range(D):
+        for l in range(L):
+            for j in range(l + 1):
+                naive[d, l, j] = s.delta[j, d] * (s.C[l, 0] * s.B[j, 0] * torch.exp(s.A[d] * (S[l, d] - S[j, d]))).sum()
+    att = layer_attention(s.to(dtype), channels=list(range(D)), block=8, channel_block=2)
+    # float32: S is a float32 cumulative sum, so a step of 60 leaves ~1e-5 of rounding in A (S_l - S_j)
+    tol = dict(rtol=1e-10, atol=1e-14) if dtype == torch.float64 else dict(rtol=2e-4, atol=1e-6)
+    torch.testing.assert_close(att.M.double(), naive, **tol)
+    assert torch.isfinite(att.mean_rownorm).all()
