@@ -123,7 +123,7 @@ def test_logarithmic_growth_reads_as_growth_at_any_horizon_and_mu_zero_stays():
 
 def test_phase_diagram_rows_add_up_and_one_seed_claims_no_interval():
     from mambadyn.dynamics.phase import PhaseConfig, phase_diagram
-    from mambadyn.experiments.stats import fmt_summary, summarize
+    from mambadyn.stats import fmt_summary, summarize
 
     rows = phase_diagram(PhaseConfig(dims=(2,), systems=6, L=3, t_end=50.0), progress=False)
     for r in rows:

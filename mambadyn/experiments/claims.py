@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..outputs import write_file
-from .stats import holm, one_sample, paired
+from ..stats import holm, one_sample, paired
 
 ALPHA = 0.05
 

@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..jsonio import write_json
+from ..stats import compare_to, fmt_summary, summarize
 from ..train.config import ImageTrainConfig, apply_overrides
 from ..typed import check_fields
 from .grid import check_grid, run_grid
-from .stats import compare_to, fmt_summary, summarize
 
 _REORDER = ["model.reorder_layers=[0]"]
 VARIANTS = {"none": [], "soft": _REORDER, "hard": _REORDER + ["model.reorder_hard=true"],

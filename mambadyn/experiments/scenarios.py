@@ -16,9 +16,9 @@ from pathlib import Path
 
 from ..jsonio import write_json
 from ..refine.modes import MODES
+from ..stats import compare_to, fmt_summary, summarize
 from ..typed import check_fields
 from .grid import Run, check_grid, run_grid
-from .stats import compare_to, fmt_summary, summarize
 
 PRESETS = {
     "smoke": ["model.d_model=16", "model.n_layer=2", "model.d_state=4", "data.seq_len=32", "optim.batch_size=4",

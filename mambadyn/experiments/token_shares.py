@@ -31,8 +31,8 @@ from ..jsonio import write_json
 from ..outputs import atomic_folder
 from ..plots.experiments import token_share_curves
 from ..probe.shares import gini
+from ..stats import holm, one_sample, paired, summarize
 from ..typed import check_fields, positive
-from .stats import holm, one_sample, paired, summarize
 
 
 @dataclass
