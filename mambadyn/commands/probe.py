@@ -22,6 +22,9 @@ def probe_cmd(path: str = typer.Argument(..., help="checkpoint folder, mambadyn 
                                              "0,8,16 (default: up to 8, evenly spaced)"),
               attention: str = typer.Option("", "--attention", help="SSM layers whose hidden attention the report "
                                             "shows, e.g. 0,12,23 or layers=0,12,23 (default: none)"),
+              windows: int = typer.Option(1, "--windows", min=1, help="probe this many disjoint windows of the "
+                                          "text and give every per-layer statistic a 95%% interval over them"),
+              window_len: int = typer.Option(512, "--window-len", min=2, help="tokens per window (with --windows)"),
               out: Path = typer.Option(Path("out/probe"), "--out", "-o", help="folder for probe.json, report.md, PNGs"),
               ) -> None:
     """Probe a selective-SSM checkpoint layer by layer (Mamba, Mamba-2, FalconMamba, Jamba and the hybrids in
@@ -51,8 +54,15 @@ def probe_cmd(path: str = typer.Argument(..., help="checkpoint folder, mambadyn 
     loaded = load_checkpoint(path)
     if loaded.kind != "lm" and (text is not None or ids is not None):
         raise typer.BadParameter("a MambaClassifier reads images: the CLI probes its parameters only")
-    result = probe(loaded, read_ids(ids, None) if ids is not None else None, cfg,
-                   text=read_text(text) if text is not None else None, tokenizer=tokenizer)
+    id_tensor = read_ids(ids, None) if ids is not None else None
+    body = read_text(text) if text is not None else None
+    if windows > 1:
+        from ..probe import probe_windows
+
+        result = probe_windows(loaded, id_tensor, cfg, text=body, tokenizer=tokenizer, windows=windows,
+                               window_len=window_len)
+    else:
+        result = probe(loaded, id_tensor, cfg, text=body, tokenizer=tokenizer)
     write_outputs(result, out)
     for lp in result.layers:
         line = (f"{lp.name:28s} +{lp.positive:<3d} -{lp.negative:<3d} complex pairs {lp.complex_pairs:<3d} "

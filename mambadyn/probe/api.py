@@ -99,6 +99,7 @@ class ProbeResult:
     ode: list[OdeCheck]
     attention: list[AttentionSummary] = field(default_factory=list)
     attention_maps: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)  # block-averaged views
+    windows: dict | None = None  # summaries over many windows (probe.windows), None for one window
 
     def to_dict(self) -> dict:
         d = {"version": 2, "source": self.source, "input": self.input,
@@ -106,7 +107,7 @@ class ProbeResult:
              "layers": [{**asdict(lp), "eigenvalues": [[z.real, z.imag] for z in lp.eigenvalues]}
                         for lp in self.layers],
              "tokens": None, "ode": [asdict(o) for o in self.ode],
-             "attention": [asdict(a) for a in self.attention]}
+             "attention": [asdict(a) for a in self.attention], "windows": self.windows}
         if self.tokens is not None:
             t = self.tokens
             shares = torch.tensor(t.grad_shares)

@@ -28,6 +28,32 @@ def _family_intro(src: dict, inp: dict, layers: list[dict]) -> list[str]:
             f"Layer ODE: {inp.get('ode', 'not run')}.", ""]
 
 
+def _ci(s: dict | None, digits: int = 3) -> str:
+    if s is None:
+        return "n/a"
+    if s["n"] < 2:
+        return f"{s['mean']:.{digits}g}"
+    return f"{s['mean']:.{digits}g} [{s['ci95_low']:.{digits}g}, {s['ci95_high']:.{digits}g}]"
+
+
+def _windows_section(w: dict) -> list[str]:
+    lines = ["## Over windows", "",
+             f"{w['n']} disjoint windows of {w['len']} tokens, each probed on its own; mean [Student-t 95% interval "
+             f"over windows]. The tables above show the first window. Next-token loss {_ci(w['loss'])}; median "
+             f"fitted growth per layer {_ci(w['growth_median'])}.", "",
+             "| SSM layer | scenarios (windows) | share of S_Δu > 0 | Δ median |", "|---|---|---|---|"]
+    for lp in w["layers"]:
+        scen = ", ".join(f"{k} {v}" for k, v in sorted(lp["scenarios"].items()))
+        lines.append(f"| {lp['name']} | {scen} | {_ci(lp['frac_sdx_positive'])} | {_ci(lp['delta_median'])} |")
+    lines += ["", "| residual boundary | gradient-share Gini | top-10% share |", "|---|---|---|"]
+    for i, (g, t) in enumerate(zip(w["grad_share_gini"], w["grad_share_top10pct"])):
+        lines.append(f"| {i} | {_ci(g)} | {_ci(t)} |")
+    if w.get("ode_agreement"):
+        lines += ["", "ODE agreement with the real stack, per simulated layer: "
+                  + "; ".join(f"layer {k}: {_ci(v)}" for k, v in w["ode_agreement"].items()) + "."]
+    return lines + [""]
+
+
 def _attention_section(d: dict) -> list[str]:
     L = d["input"]["tokens"]
     lines = ["## Which earlier tokens each layer reads (hidden attention)", "",
@@ -125,6 +151,8 @@ def markdown(d: dict) -> str:
               f"{min(t['grad_share_gini']):.3f} .. {max(t['grad_share_gini']):.3f} (0 = equal shares). "
               "(In a causal LM a position feeds every later loss term, which by itself tilts shares toward early positions.)", "",
               "![gradient shares](grad_share.png)", ""]
+    if d.get("windows"):
+        lines += _windows_section(d["windows"])
     if d.get("attention"):
         lines += _attention_section(d)
     if d["ode"]:

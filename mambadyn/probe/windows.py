@@ -1,0 +1,88 @@
+"""The probe over many windows of a text, with every per-layer statistic given as a mean and a Student-t
+95% interval over the windows (``mambadyn probe --windows N --window-len L``).
+
+The windows are consecutive, disjoint stretches of L tokens from the start of the text, so no window is
+padded. Each is probed on its own (the spectra, which depend on the weights alone, are the same in all);
+the first window's probe is the one the report and figures show in full, and ``windows`` in probe.json
+summarises all of them: the loss, per residual-stream boundary the gradient share's Gini and top-10% share,
+per SSM layer the share of Δ's data-dependent part that is positive and Δ's median, the scenario each
+window gave, and per simulated layer the ODE's agreement with the real stack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..nn.load import Loaded, load_checkpoint, token_ids
+from ..stats import summarize
+from .api import ProbeConfig, ProbeResult, probe, sample_text
+from .hf_models import is_transformers_model
+
+
+def _summary(values: list) -> dict | None:
+    v = [x for x in values if x is not None]
+    return asdict(summarize(v)) if v else None
+
+
+def probe_windows(model_or_path: nn.Module | Loaded | str | Path, ids: torch.Tensor | None = None,
+                  config: ProbeConfig | None = None, text: str | None = None, tokenizer: str | Path | None = None,
+                  windows: int = 4, window_len: int = 512) -> ProbeResult:
+    """Probe ``windows`` disjoint windows of ``window_len`` tokens (from ids (L,), or text encoded as
+    ``probe`` does) and return the first window's result with ``windows`` set to the summaries over all."""
+    config = config or ProbeConfig()
+    if windows < 1 or window_len < 2:
+        raise ValueError(f"need windows >= 1 and window_len >= 2, got {windows} and {window_len}")
+    target = model_or_path
+    if not isinstance(target, (nn.Module, Loaded)):
+        target = load_checkpoint(target)
+    if isinstance(target, Loaded):
+        ids, _ = token_ids(target, text, ids, tokenizer, default_text=sample_text())
+    elif ids is None:
+        raise ValueError("a model in memory brings no tokenizer: pass token ids")
+    ids = torch.as_tensor(ids, dtype=torch.int64).flatten()
+    need = windows * window_len
+    if ids.numel() < need:
+        raise ValueError(f"the input has {ids.numel()} tokens; {windows} windows of {window_len} need {need}: "
+                         "ask for fewer or shorter windows, or give a longer text")
+    if not isinstance(target, Loaded) and not is_transformers_model(target) and not hasattr(target, "backbone"):
+        raise ValueError("windows are for language models")
+    cfg = replace(config, max_tokens=window_len, progress=False)
+    results = []
+    for w in tqdm(range(windows), desc="windows", disable=not config.progress):
+        results.append(probe(target, ids[w * window_len:(w + 1) * window_len], cfg))
+    first = results[0]
+    first.windows = summarize_windows(results, window_len)
+    first.input["windows"] = {"n": windows, "len": window_len}
+    return first
+
+
+def summarize_windows(results: list[ProbeResult], window_len: int) -> dict:
+    """Mean and 95% interval over the windows' probes of every per-layer statistic that varies with the input."""
+    dicts = [r.to_dict() for r in results]
+    n_layers = len(dicts[0]["layers"])
+    n_stream = len(dicts[0]["tokens"]["grad_share_gini"])
+    out = {"n": len(results), "len": window_len,
+           "loss": _summary([d["loss"] for d in dicts]),
+           "grad_share_gini": [_summary([d["tokens"]["grad_share_gini"][i] for d in dicts]) for i in range(n_stream)],
+           "grad_share_top10pct": [_summary([d["tokens"]["grad_share_top10pct"][i] for d in dicts])
+                                   for i in range(n_stream)],
+           "growth_median": _summary([float(torch.tensor(d["tokens"]["growth_per_layer"]).median()) for d in dicts]),
+           "layers": []}
+    for i in range(n_layers):
+        per = [d["layers"][i] for d in dicts]
+        scen: dict[str, int] = {}
+        for lp in per:
+            scen[lp["scenario"]] = scen.get(lp["scenario"], 0) + 1
+        out["layers"].append({
+            "name": per[0]["name"], "scenarios": scen,
+            "frac_sdx_positive": _summary([lp["delta"]["frac_sdx_positive"] if lp.get("delta") else None for lp in per]),
+            "delta_median": _summary([lp["delta"]["quantiles"]["q50"] if lp.get("delta") else None for lp in per])})
+    out["ode_agreement"] = {str(o["layer"]): _summary([next((p["agreement"] for p in d["ode"] if p["layer"] == o["layer"]),
+                                                          None) for d in dicts])
+                            for o in dicts[0]["ode"]}
+    return out

@@ -1,0 +1,58 @@
+"""probe --windows N --window-len L: every per-layer statistic as a mean with a 95% interval over disjoint
+windows, checked against the single-window probes it summarises."""
+
+import json
+
+import pytest
+import torch
+
+from mambadyn.nn import MambaConfig, MambaLM
+from mambadyn.probe import ProbeConfig, probe, probe_windows
+from mambadyn.stats import summarize
+
+
+def _model():
+    torch.manual_seed(0)
+    return MambaLM(MambaConfig(vocab_size=17, d_model=8, n_layer=3, d_state=3))
+
+
+def test_window_summaries_are_the_mean_and_interval_of_the_single_window_probes():
+    m = _model()
+    ids = torch.randint(0, 17, (100,), generator=torch.Generator().manual_seed(1))
+    cfg = ProbeConfig(progress=False, ode_positions=4)
+    r = probe_windows(m, ids, cfg, windows=3, window_len=30)
+    singles = [probe(m, ids[w * 30:(w + 1) * 30], ProbeConfig(progress=False, ode_positions=4, max_tokens=30))
+               for w in range(3)]
+    w = r.windows
+    assert w["n"] == 3 and w["len"] == 30 and r.input["tokens"] == 30
+    want = summarize([s.tokens.loss for s in singles])
+    assert w["loss"]["mean"] == pytest.approx(want.mean) and w["loss"]["ci95_low"] == pytest.approx(want.ci95_low)
+    gini = summarize([s.to_dict()["tokens"]["grad_share_gini"][2] for s in singles])
+    assert w["grad_share_gini"][2]["ci95_high"] == pytest.approx(gini.ci95_high)
+    assert sum(w["layers"][0]["scenarios"].values()) == 3
+    assert set(w["ode_agreement"]) == {str(o.layer) for o in singles[0].ode}
+
+
+def test_the_cli_writes_the_windows_section_and_refuses_too_few_tokens(tmp_path, capsys):
+    from mambadyn.cli import run
+
+    _model().save_pretrained(tmp_path / "ck")
+    (tmp_path / "ids.txt").write_text(" ".join(str(i % 17) for i in range(64)))
+    args = ["probe", str(tmp_path / "ck"), "--ids", str(tmp_path / "ids.txt"), "--ode-positions", "0"]
+    assert run(args + ["--windows", "4", "--window-len", "16", "--out", str(tmp_path / "out")]) == 0
+    d = json.loads((tmp_path / "out" / "probe.json").read_text())
+    assert d["windows"]["n"] == 4 and d["input"]["windows"] == {"n": 4, "len": 16}
+    assert "## Over windows" in (tmp_path / "out" / "report.md").read_text()
+    capsys.readouterr()
+    assert run(args + ["--windows", "5", "--window-len", "16", "--out", str(tmp_path / "out2")]) == 2
+    assert "5 windows of 16 need 80" in capsys.readouterr().err
+    assert not (tmp_path / "out2").exists()
+
+
+def test_windows_work_for_a_transformers_family():
+    pytest.importorskip("transformers")
+    from tests.support.families import tiny_model
+
+    r = probe_windows(tiny_model("bamba"), torch.arange(60) % 40, ProbeConfig(progress=False), windows=3,
+                      window_len=20)
+    assert r.windows["n"] == 3 and r.windows["layers"][0]["delta_median"]["n"] == 3
