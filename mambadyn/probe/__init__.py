@@ -5,7 +5,8 @@ the gradient, the layer's own ODE (Mamba-1), which earlier tokens it reads, over
 from ..nn.load import load_checkpoint
 from .api import ProbeConfig, ProbeResult, probe, sample_text, write_outputs
 from .attention import capture_scan_inputs, hidden_attention
+from .capture import capture
 from .windows import probe_windows
 
-__all__ = ["ProbeConfig", "ProbeResult", "capture_scan_inputs", "hidden_attention", "load_checkpoint", "probe",
+__all__ = ["ProbeConfig", "ProbeResult", "capture", "capture_scan_inputs", "hidden_attention", "load_checkpoint", "probe",
            "probe_windows", "sample_text", "write_outputs"]

@@ -1,0 +1,44 @@
+"""probe.capture: the named tensors per layer; states equal the reference scan's, outputs follow from them,
+the residual stream chains from layer to layer; for mambadyn models and a transformers family."""
+
+import pytest
+import torch
+
+from mambadyn.nn import MambaConfig, MambaLM
+from mambadyn.probe.capture import NAMES, capture
+from mambadyn.scan.reference import selective_scan_ref
+
+
+def test_states_outputs_and_residuals_of_a_mambadyn_model():
+    torch.manual_seed(0)
+    m = MambaLM(MambaConfig(vocab_size=17, d_model=8, n_layer=2, d_state=3)).double()
+    ids = torch.randint(0, 17, (21,), generator=torch.Generator().manual_seed(1))
+    got = capture(m, ids, NAMES, channels=[0, 3, 7])
+    for k in (0, 1):
+        u, dt, B, C = got["ssm_input"][k], got["ssm_dt"][k], got["ssm_B"][k][:, 0], got["ssm_C"][k][:, 0]
+        A = -torch.exp(m.backbone.layers[k].mixer.A_log.detach())
+        y, last = selective_scan_ref(u.T[None], dt.T[None], A, B.T[None], C.T[None], None, return_last_state=True)
+        h = got["ssm_state"][k]  # (L, 3, N) for channels 0, 3, 7
+        torch.testing.assert_close(h[-1], last[0, [0, 3, 7]], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close((h * C[:, None, :]).sum(-1), y[0].T[:, [0, 3, 7]], rtol=1e-12, atol=1e-12)
+        D = m.backbone.layers[k].mixer.D.detach()
+        torch.testing.assert_close(got["ssm_output"][k], y[0].T + D * u, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got["resid_post"][0], got["resid_pre"][1])
+    torch.testing.assert_close(got["resid_pre"][0], m.backbone.embeddings(ids).float())
+
+
+def test_a_transformers_family_and_bad_names():
+    pytest.importorskip("transformers")
+    from mambadyn.probe.attention import family_scan_inputs
+    from tests.support.families import tiny_model
+
+    model = tiny_model("mamba2")
+    ids = torch.arange(15) % 40
+    got = capture(model, ids, ["ssm_output", "ssm_state", "resid_post"], layers=[1], channels=[0, 9])
+    _, ys, _ = family_scan_inputs(model, ids, [1])
+    assert ((got["ssm_output"][1] - ys[1]).norm() / ys[1].norm()) < 1e-5
+    assert got["ssm_state"][1].shape == (15, 2, 4) and got["resid_post"][1].shape == (15, 16)
+    with pytest.raises(ValueError, match="unknown capture names \\['hook_x'\\]"):
+        capture(model, ids, ["hook_x"])
+    with pytest.raises(ValueError, match="channels \\[99\\] out of range"):
+        capture(model, ids, ["ssm_state"], layers=[0], channels=[99])
