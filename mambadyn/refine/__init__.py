@@ -1,7 +1,7 @@
 """The paper's refinements: eigenvalue-sign parametrizations of S_C^T S_B, its spectrum, and
 importance-based token reordering (SoftSort)."""
 
-from .eigen import EigenSign, constrain_eigenvalues, eigen_mode_of, find_mixers
+from .eigen import EigenSign, bake, constrain_eigenvalues, eigen_mode_of, find_mixers
 from .modes import MODES, EigenMode
 from .spectrum import layer_spectrum, mixer_matrices, spectrum
 
@@ -9,6 +9,7 @@ __all__ = [
     "MODES",
     "EigenMode",
     "EigenSign",
+    "bake",
     "constrain_eigenvalues",
     "eigen_mode_of",
     "find_mixers",

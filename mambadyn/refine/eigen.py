@@ -29,10 +29,16 @@ def _inv_softplus(y: torch.Tensor) -> torch.Tensor:
 
 
 class EigenSign(nn.Module):
-    """Parametrization of an x_proj weight (r + 2N, D) so that S_C^T S_B has eigenvalues of one sign."""
+    """Parametrization of an x_proj weight (r + 2N, D) so that S_C^T S_B has eigenvalues of one sign; with
+    ``groups``, ``b_start`` and ``c_start``, of a Mamba-2 in_proj weight, per group g (B_g at rows
+    b_start + g N, C_g at c_start + g N; every other row passes through)."""
 
-    def __init__(self, dt_rank: int, d_state: int, mode: str, threshold: float = 0.7):
+    def __init__(self, dt_rank: int, d_state: int, mode: str, threshold: float = 0.7, groups: int = 1,
+                 b_start: int | None = None, c_start: int | None = None):
         super().__init__()
+        self.groups = groups
+        self.b_start = dt_rank if b_start is None else b_start
+        self.c_start = dt_rank + d_state if c_start is None else c_start
         if not EigenMode.parse(mode).constrained:
             raise ValueError(f"EigenSign mode must be one of {CONSTRAINED}, got {mode!r}")
         mode = EigenMode.parse(mode)
@@ -48,36 +54,67 @@ class EigenSign(nn.Module):
             s[math.ceil(self.n / 2):] = -1
         return s
 
-    def delta(self, W: torch.Tensor) -> torch.Tensor:
-        """The N diagonal factors δ (their signs are the eigenvalue signs)."""
-        mag = F.softplus(W[self.r + self.n :, 0])
+    def _rows(self, g: int) -> tuple[slice, slice]:
+        n = self.n
+        return slice(self.b_start + g * n, self.b_start + (g + 1) * n), slice(self.c_start + g * n, self.c_start + (g + 1) * n)
+
+    def delta(self, W: torch.Tensor, g: int = 0) -> torch.Tensor:
+        """The N diagonal factors δ of group g (their signs are the eigenvalue signs)."""
+        mag = F.softplus(W[self._rows(g)[1], 0])
         if self.mode is not EigenMode.MIXED:
             mag = mag + self.threshold
         return self.signs(W.device, W.dtype) * mag
 
-    def factor(self, W: torch.Tensor) -> torch.Tensor:
-        """U (N, D): unit-diagonal upper-triangular."""
-        r, n = self.r, self.n
-        return torch.triu(W[r : r + n], diagonal=1) + torch.eye(n, W.shape[1], device=W.device, dtype=W.dtype)
+    def factor(self, W: torch.Tensor, g: int = 0) -> torch.Tensor:
+        """U (N, D) of group g: unit-diagonal upper-triangular."""
+        rows = W[self._rows(g)[0]]
+        return torch.triu(rows, diagonal=1) + torch.eye(self.n, W.shape[1], device=W.device, dtype=W.dtype)
 
     def forward(self, W: torch.Tensor) -> torch.Tensor:
-        U = self.factor(W)
-        return torch.cat([W[: self.r], self.delta(W)[:, None] * U, U], dim=0)
+        if self.groups == 1 and self.b_start == self.r and W.shape[0] == self.r + 2 * self.n:  # x_proj: one cat
+            U = self.factor(W)
+            return torch.cat([W[: self.r], self.delta(W)[:, None] * U, U], dim=0)
+        out = W.clone()
+        for g in range(self.groups):
+            U = self.factor(W, g)
+            b, c = self._rows(g)
+            out[b] = self.delta(W, g)[:, None] * U
+            out[c] = U
+        return out
 
     @torch.no_grad()
     def right_inverse(self, W_eff: torch.Tensor) -> torch.Tensor:
         """A raw weight whose forward gives ``W_eff`` when W_eff is in the constrained family; otherwise
         the nearest member in the sense of keeping S_C's strict upper triangle and S_B's diagonal
         (magnitudes clamped to the admissible range)."""
-        r, n = self.r, self.n
-        raw = torch.zeros_like(W_eff)
-        raw[:r] = W_eff[:r]
-        raw[r : r + n] = W_eff[r + n :]  # S_C = U: its strict upper triangle is U's
-        diag = torch.diagonal(W_eff[r : r + n, :n])  # S_B = diag(δ) U has δ on its diagonal
+        n = self.n
+        raw = W_eff.clone()
         floor = 0.0 if self.mode is EigenMode.MIXED else self.threshold
-        mag = (diag * self.signs(W_eff.device, W_eff.dtype) - floor).clamp_min(1e-4)
-        raw[r + n :, 0] = _inv_softplus(mag)
+        for g in range(self.groups):
+            b, c = self._rows(g)
+            raw[b] = W_eff[c]  # S_C = U: its strict upper triangle is U's
+            raw[c] = 0.0
+            diag = torch.diagonal(W_eff[b, :n])  # S_B = diag(δ) U has δ on its diagonal
+            mag = (diag * self.signs(W_eff.device, W_eff.dtype) - floor).clamp_min(1e-4)
+            raw[c, 0] = _inv_softplus(mag)
         return raw
+
+
+def find_mamba2_mixers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Mamba-2 mixers of transformers' families (in_proj holding x, B, C and dt; per-head A_log)."""
+    return [(name, m) for name, m in model.named_modules()
+            if hasattr(m, "in_proj") and hasattr(m, "A_log") and hasattr(m, "n_groups") and m.A_log.dim() == 1]
+
+
+def _mamba2_sign(m: nn.Module, mode, threshold: float) -> EigenSign:
+    d, G, n = m.intermediate_size, m.n_groups, m.ssm_state_size
+    if n > m.in_proj.in_features:
+        raise ValueError(f"state size {n} exceeds the model width {m.in_proj.in_features}: U cannot have rank N")
+    return EigenSign(0, n, mode, threshold, groups=G, b_start=2 * d, c_start=2 * d + G * n)
+
+
+def _proj(m: nn.Module) -> nn.Module:
+    return m.x_proj if hasattr(m, "x_proj") else m.in_proj
 
 
 def find_mixers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -100,31 +137,49 @@ def constrain_eigenvalues(model: nn.Module, mode: str, threshold: float = 0.7, i
     mode = EigenMode.parse(mode)
     if init not in ("project", "keep"):
         raise ValueError(f"init must be 'project' or 'keep', got {init!r}")
-    mixers = find_mixers(model)
+    mixers = find_mixers(model) + find_mamba2_mixers(model)
     if not mixers:
-        raise ValueError("no Mamba mixer (a module with x_proj, dt_proj and A_log) found in the model")
+        raise ValueError("no Mamba mixer (a module with x_proj, dt_proj and A_log, or a Mamba-2 in_proj with "
+                         "n_groups and A_log) found in the model")
     for _, m in mixers:
-        if parametrize.is_parametrized(m.x_proj, "weight"):
-            parametrize.remove_parametrizations(m.x_proj, "weight", leave_parametrized=True)
+        proj = _proj(m)
+        if parametrize.is_parametrized(proj, "weight"):
+            parametrize.remove_parametrizations(proj, "weight", leave_parametrized=True)
         if not mode.constrained:
             continue
-        dt_rank, n = m.dt_proj.in_features, m.A_log.shape[1]
-        if n > m.x_proj.in_features:
-            raise ValueError(f"d_state {n} exceeds the mixer width {m.x_proj.in_features}: U cannot have rank N")
-        raw = m.x_proj.weight.detach().clone()
-        parametrize.register_parametrization(m.x_proj, "weight", EigenSign(dt_rank, n, mode, threshold))
+        if hasattr(m, "x_proj"):
+            dt_rank, n = m.dt_proj.in_features, m.A_log.shape[1]
+            if n > m.x_proj.in_features:
+                raise ValueError(f"d_state {n} exceeds the mixer width {m.x_proj.in_features}: U cannot have rank N")
+            sign = EigenSign(dt_rank, n, mode, threshold)
+        else:  # Mamba-2: per group, W_C^(g)T W_B^(g) = U^T diag(δ) U
+            sign = _mamba2_sign(m, mode, threshold)
+        raw = proj.weight.detach().clone()
+        parametrize.register_parametrization(proj, "weight", sign)
         if init == "keep":
             with torch.no_grad():
-                m.x_proj.parametrizations.weight.original.copy_(raw)
+                proj.parametrizations.weight.original.copy_(raw)
+    return model
+
+
+def bake(model: nn.Module) -> nn.Module:
+    """Replace every eigen-sign parametrization by the weight it gives (in place), so that the model saves
+    and loads as a plain checkpoint of its family (transformers' save_pretrained / from_pretrained); the
+    constraint holds for the saved weights, and ``constrain_eigenvalues(model, mode)`` after loading
+    restores it for training (exactly: the weights are in the family). Returns the model."""
+    for _, m in find_mixers(model) + find_mamba2_mixers(model):
+        proj = _proj(m)
+        if parametrize.is_parametrized(proj, "weight"):
+            parametrize.remove_parametrizations(proj, "weight", leave_parametrized=True)
     return model
 
 
 def eigen_mode_of(model: nn.Module) -> str:
     """The constraint on the model's mixers ("free" if none); raises if layers disagree."""
     modes = set()
-    for _, m in find_mixers(model):
-        if parametrize.is_parametrized(m.x_proj, "weight"):
-            modes.update(p.mode.value for p in m.x_proj.parametrizations.weight if isinstance(p, EigenSign))
+    for _, m in find_mixers(model) + find_mamba2_mixers(model):
+        if parametrize.is_parametrized(_proj(m), "weight"):
+            modes.update(p.mode.value for p in _proj(m).parametrizations.weight if isinstance(p, EigenSign))
         else:
             modes.add(EigenMode.FREE.value)
     if len(modes) > 1:
