@@ -115,6 +115,7 @@ class ProbeResult:
                                                      "growth_per_layer", "fastest_positions")}
             d["tokens"]["grad_share_top10pct"] = top_share(shares, 0.1).tolist()
             d["tokens"]["grad_share_gini"] = gini(shares).tolist()
+            d["tokens"]["clustering"] = [asdict(c) for c in t.clustering]
         return d
 
 

@@ -28,6 +28,22 @@ def _family_intro(src: dict, inp: dict, layers: list[dict]) -> list[str]:
             f"Layer ODE: {inp.get('ode', 'not run')}.", ""]
 
 
+def _clustering_section(cl: list[dict]) -> list[str]:
+    taus = list(cl[0]["clusters"])
+    lines = ["## Do the tokens cluster? (mambadyn.probe.clusters)", "",
+             "Directions of the residual stream at each layer boundary (0: the embedding): the mean pairwise cosine "
+             "(1 = one direction), the mean cosine to the first token, and the number of clusters when tokens "
+             "whose cosine reaches τ are joined (single linkage; the count depends on τ, so several are shown).", "",
+             "| boundary | mean cosine | cosine to the first token | " + " | ".join(f"clusters (τ = {t})" for t in taus)
+             + " |", "|---|---|---|" + "---|" * len(taus)]
+    step = max(1, len(cl) // 12)  # about a dozen rows; the first and the last always
+    for i in sorted(set(range(0, len(cl), step)) | {len(cl) - 1}):
+        c = cl[i]
+        lines.append(f"| {i} | {c['mean_cosine']:.3f} | {c['cosine_to_first']:.3f} | "
+                     + " | ".join(str(c["clusters"][t]) for t in taus) + " |")
+    return lines + ["", "All boundaries are in probe.json (tokens.clustering).", ""]
+
+
 def _ci(s: dict | None, digits: int = 3) -> str:
     if s is None:
         return "n/a"
@@ -151,6 +167,8 @@ def markdown(d: dict) -> str:
               f"{min(t['grad_share_gini']):.3f} .. {max(t['grad_share_gini']):.3f} (0 = equal shares). "
               "(In a causal LM a position feeds every later loss term, which by itself tilts shares toward early positions.)", "",
               "![gradient shares](grad_share.png)", ""]
+    if t.get("clustering"):
+        lines += _clustering_section(t["clustering"])
     if d.get("windows"):
         lines += _windows_section(d["windows"])
     if d.get("attention"):

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .clusters import Clustering, clustering
 from .layer import DeltaStats, delta_statistics
 
 
@@ -31,6 +32,7 @@ class TokenTrace:
     scan_inputs: list[torch.Tensor] = field(repr=False, default_factory=list)  # per layer (P, d_inner)
     loss: float = math.nan
     delta: list[DeltaStats] = field(default_factory=list)  # per layer, Δ on every position (delta_statistics)
+    clustering: list[Clustering] = field(default_factory=list)  # per layer boundary, the tokens' directions
 
 
 def growth_fit(norms: list[torch.Tensor]) -> tuple[list[float], list[int]]:
@@ -105,5 +107,6 @@ def trace_tokens(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor | Non
     grads = [s.grad[0].norm(dim=-1).cpu() if s.grad is not None else torch.zeros(s.shape[1]) for s in streams]
     shares = [(g / g.sum().clamp_min(1e-300)).tolist() for g in grads]
     slope, order = growth_fit(norms)
+    clusters = [clustering(s.detach()[0].cpu()) for s in streams] if labels is None else []
     return TokenTrace([n.tolist() for n in norms], [m[0].norm(dim=-1).tolist() for m in mixer_in], shares, slope,
-                      order[:10], [x.cpu() for x in scan_in], loss.item(), deltas)
+                      order[:10], [x.cpu() for x in scan_in], loss.item(), deltas, clusters)

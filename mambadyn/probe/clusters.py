@@ -1,0 +1,44 @@
+"""Do the tokens cluster across depth? Measures of the residual stream's directions at one layer boundary,
+the quantities the follow-up work ("Token Dynamics on Spheres in Mamba Models") speaks of:
+
+    x̂_p = h_p / ||h_p||                                   (a token's direction; zero tokens are left out)
+    mean pairwise cosine = (||Σ_p x̂_p||^2 - L) / (L (L - 1))   (1: all directions equal; about 0: spread)
+    cosine to the first token = mean over p >= 1 of x̂_p · x̂_0
+    clusters at threshold τ = the connected components of the graph joining p and q where x̂_p · x̂_q >= τ
+                              (single linkage; reported for several τ, since the count depends on it)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+THRESHOLDS = (0.5, 0.9, 0.99)
+
+
+@dataclass
+class Clustering:
+    mean_cosine: float
+    cosine_to_first: float
+    clusters: dict[str, int]  # "0.9" -> the number of clusters at that threshold
+    tokens: int  # nonzero tokens measured
+
+
+def clustering(h: torch.Tensor, thresholds: tuple[float, ...] = THRESHOLDS) -> Clustering:
+    """The measures above for the tokens h (L, D) of one layer boundary."""
+    from scipy.sparse.csgraph import connected_components
+
+    h = h.detach().double()
+    norms = h.norm(dim=-1)
+    keep = norms > 0
+    x = h[keep] / norms[keep, None]
+    L = x.shape[0]
+    if L < 2:
+        return Clustering(float("nan"), float("nan"), {str(t): L for t in thresholds}, L)
+    s = x.sum(0)
+    mean_cos = float((s @ s - L) / (L * (L - 1)))
+    first = float((x[1:] @ x[0]).mean())
+    cos = (x @ x.T).numpy()
+    counts = {str(t): int(connected_components(cos >= t, directed=False)[0]) for t in thresholds}
+    return Clustering(mean_cos, first, counts, L)
