@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -64,14 +65,14 @@ def delta_statistics(mixer: nn.Module, u: torch.Tensor) -> DeltaStats:
 def delta_stats(raw: torch.Tensor, b: torch.Tensor) -> DeltaStats:
     """Δ = softplus(raw + b) statistics: raw (L, channels) is Δ's data-dependent part on every position
     (S_Δ u), b (channels,) its bias."""
-    raw, b = raw.float(), b.float()
-    delta = F.softplus(raw + b)
-    flat = delta.flatten()
-    if flat.numel() > 1 << 24:  # torch.quantile's limit; an even subsample keeps the quantiles
-        flat = flat[:: -(-flat.numel() // (1 << 24))]
-    q = torch.quantile(flat, torch.tensor(QUANTILES))
-    return DeltaStats(int(delta.numel()), {f"q{round(100 * p):02d}": float(v) for p, v in zip(QUANTILES, q)},
-                      float(delta.max()), float((raw > 0).double().mean()), float((raw + b > 0).double().mean()),
+    raw, b = raw.detach().float().cpu(), b.detach().float().cpu()
+    active = raw + b
+    delta = F.softplus(active)
+    n = delta.numel()
+    # numpy's quantile selects by partition, O(n); torch.quantile sorts (5x slower at a 130M layer's 3M entries)
+    q = np.quantile(delta.numpy().ravel(), QUANTILES)
+    return DeltaStats(int(n), {f"q{round(100 * p):02d}": float(v) for p, v in zip(QUANTILES, q)},
+                      float(delta.max()), int((raw > 0).sum()) / n, int((active > 0).sum()) / n,
                       {"min": float(b.min()), "median": float(b.median()), "max": float(b.max())})
 
 
