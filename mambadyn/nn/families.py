@@ -60,7 +60,16 @@ class Family:
         return "S_C^T diag(g_C g_B) S_B" if self.bc_norm == "learned" else "S_C^T S_B"
 
     def modeling(self):
-        return importlib.import_module(f"transformers.models.{self.module}.modeling_{self.module}")
+        try:
+            mod = importlib.import_module(f"transformers.models.{self.module}.modeling_{self.module}")
+        except ImportError as e:
+            raise RuntimeError(f"the {self.model_type} family needs transformers (pip install 'mambadyn[hf]'): {e}") from e
+        if not hasattr(mod, self.scan_function):
+            import transformers
+
+            raise RuntimeError(f"transformers {transformers.__version__} has no {self.scan_function} in its "
+                               f"{self.model_type} model, the seam mambadyn captures at: install transformers>=5.25,<6")
+        return mod
 
 
 FAMILIES = {f.model_type: f for f in (

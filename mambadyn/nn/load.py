@@ -58,7 +58,11 @@ def _model_folder(path: Path) -> tuple[Path, str]:
 
 def _transformers_model(folder: Path) -> nn.Module:
     """A transformers causal LM from ``folder`` (safetensors only), refusing weights that do not match."""
-    import transformers
+    try:
+        import transformers
+    except ImportError:
+        raise CheckpointError(f"{folder} is a transformers checkpoint of another family than Mamba: reading it "
+                              "needs transformers (pip install 'mambadyn[hf]')") from None
 
     try:
         # mismatched shapes are loaded past (and reported in ``info``) so that the error can name the tensor
