@@ -29,7 +29,9 @@ def spectrum(d: dict, path: str | Path) -> Path:
     """Real parts of the nonzero eigenvalues of S_C^T S_B per layer (symlog), coloured by sign, with its
     symmetric part's beside them."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharex=True)
-    for ax, key, title in ((axes[0], "eigenvalues", "eigenvalues of $S_C^T S_B$ (real part)"),
+    src = d["source"]
+    matrix = "$S_C^T S_B$" if not src.get("family") else "the interaction matrix"
+    for ax, key, title in ((axes[0], "eigenvalues", f"eigenvalues of {matrix} (real part)"),
                            (axes[1], "symmetric_eigenvalues", "eigenvalues of its symmetric part")):
         for i, layer in enumerate(d["layers"]):
             ev = np.array([v[0] if isinstance(v, list) else v for v in layer[key]])
@@ -44,14 +46,15 @@ def spectrum(d: dict, path: str | Path) -> Path:
         _symlog_ticks(ax, lin, float(values.max(initial=lin)))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.axhline(0, color="k", lw=0.6)
-        ax.set(title=title, xlabel="layer", ylabel="eigenvalue (symlog)")
+        ax.set(title=title, xlabel="entry (SSM layers in order, each group its own)" if src.get("family") else "layer",
+               ylabel="eigenvalue (symlog)")
         ax.grid(alpha=0.3)
     handles = [plt.Line2D([], [], ls="", marker="o", color=c, label=t) for c, t in
                (("tab:blue", "positive"), ("tab:red", "negative"), ("tab:purple", "complex pair (real part)"))]
     axes[0].legend(handles=handles, loc="best", fontsize=8)  # complex pairs occur in S_C^T S_B, not in sym
-    src = d["source"]
-    fig.suptitle(f"spectrum by layer: {src.get('path') or 'model'} ({src['n_layer']} layers, "
-                 f"eigen_mode {src['eigen_mode']})", fontsize=10)
+    what = (f"family {src['family']}: {src['matrix']}" if src.get("family") else f"eigen_mode {src['eigen_mode']}")
+    fig.suptitle(f"spectrum by layer: {src.get('path') or 'model'} ({len(d['layers'])} SSM entries, {what})",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
