@@ -45,3 +45,20 @@ def test_the_probe_reports_clustering_at_every_boundary():
     assert len(cl) == 4
     want = clustering(m.backbone.embeddings(ids))
     assert cl[0]["mean_cosine"] == pytest.approx(want.mean_cosine) and cl[0]["clusters"] == want.clusters
+
+
+def test_cluster_counts_equal_scipys_connected_components_on_random_mixtures():
+    from scipy.sparse import csr_array
+    from scipy.sparse.csgraph import connected_components
+
+    g = torch.Generator().manual_seed(3)
+    for k, spread in ((3, 0.05), (6, 0.3), (1, 1.0)):
+        centres = torch.randn(k, 16, generator=g, dtype=torch.float64)
+        h = centres[torch.randint(0, k, (90,), generator=g)] + spread * torch.randn(90, 16, generator=g,
+                                                                                     dtype=torch.float64)
+        x = h / h.norm(dim=-1, keepdim=True)
+        cos = (x @ x.T).numpy()
+        taus = (0.2, 0.5, 0.8, 0.95)
+        got = clustering(h, taus).clusters
+        for t in taus:
+            assert got[str(t)] == connected_components(csr_array(cos >= t), directed=False)[0], (k, spread, t)

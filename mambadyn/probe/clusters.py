@@ -5,16 +5,36 @@ the quantities the follow-up work ("Token Dynamics on Spheres in Mamba Models") 
     mean pairwise cosine = (||Σ_p x̂_p||^2 - L) / (L (L - 1))   (1: all directions equal; about 0: spread)
     cosine to the first token = mean over p >= 1 of x̂_p · x̂_0
     clusters at threshold τ = the connected components of the graph joining p and q where x̂_p · x̂_q >= τ
-                              (single linkage; reported for several τ, since the count depends on it)
+                              (single linkage; reported for several τ, since the count depends on it;
+                              counted from one maximum spanning tree)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 THRESHOLDS = (0.5, 0.9, 0.99)
+
+
+def _tree_cosines(cos: np.ndarray) -> np.ndarray:
+    """The L - 1 edge weights of a maximum spanning tree of the complete graph weighted by cosine (Prim's
+    algorithm, O(L^2)). The graph joining tokens whose cosine reaches τ has 1 + #{tree edges below τ}
+    connected components: single linkage cut at τ, for every τ from one tree."""
+    L = cos.shape[0]
+    in_tree = np.zeros(L, dtype=bool)
+    in_tree[0] = True
+    best = cos[0].copy()
+    links = np.empty(L - 1)
+    for i in range(L - 1):
+        best[in_tree] = -np.inf
+        k = int(best.argmax())
+        links[i] = best[k]
+        in_tree[k] = True
+        np.maximum(best, cos[k], out=best)
+    return links
 
 
 @dataclass
@@ -27,8 +47,6 @@ class Clustering:
 
 def clustering(h: torch.Tensor, thresholds: tuple[float, ...] = THRESHOLDS) -> Clustering:
     """The measures above for the tokens h (L, D) of one layer boundary."""
-    from scipy.sparse.csgraph import connected_components
-
     h = h.detach().double()
     norms = h.norm(dim=-1)
     keep = norms > 0
@@ -39,6 +57,6 @@ def clustering(h: torch.Tensor, thresholds: tuple[float, ...] = THRESHOLDS) -> C
     s = x.sum(0)
     mean_cos = float((s @ s - L) / (L * (L - 1)))
     first = float((x[1:] @ x[0]).mean())
-    cos = (x @ x.T).numpy()
-    counts = {str(t): int(connected_components(cos >= t, directed=False)[0]) for t in thresholds}
+    links = _tree_cosines((x @ x.T).numpy())
+    counts = {str(t): 1 + int((links < t).sum()) for t in thresholds}
     return Clustering(mean_cos, first, counts, L)
