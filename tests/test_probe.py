@@ -166,3 +166,20 @@ def test_probe_of_a_classifier_reads_its_parameters(tmp_path):
     res = probe(tmp_path / "c", config=FAST)
     assert res.tokens is None and len(res.layers) == 2  # forward and backward mixer
     assert all(lp.scenario == "converges" for lp in res.layers)
+
+
+def test_a_short_text_labels_the_attention_heatmaps_with_its_tokens(tmp_path):
+    _, folder = _char_folder(tmp_path)
+    text = tmp_path / "t.txt"
+    text.write_text("the tokens read")
+    out = tmp_path / "out"
+    assert run(["probe", str(folder), "--text", str(text), "--attention", "0", "--ode-positions", "0",
+                "--out", str(out)]) == 0
+    d = json.loads((out / "probe.json").read_text())
+    assert "".join(d["input"]["token_text"]) == "the tokens read"
+    assert (out / "attention.png").is_file()
+    ids = tmp_path / "ids.txt"  # ids given directly: no text to show
+    ids.write_text("1 2 3 4 5")
+    assert run(["probe", str(folder), "--ids", str(ids), "--attention", "0", "--ode-positions", "0",
+                "--out", str(tmp_path / "out2")]) == 0
+    assert "token_text" not in json.loads((tmp_path / "out2" / "probe.json").read_text())["input"]

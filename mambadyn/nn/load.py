@@ -120,6 +120,14 @@ def encode_text(text: str, tokenizer_file: Path | str, vocab_size: int) -> torch
     return ids
 
 
+def decode_tokens(tokenizer_file: Path | str, ids: torch.Tensor) -> list[str]:
+    """Each id of ids (L,) decoded on its own with a tokenizers tokenizer.json: labels for figures."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_file))
+    return [tok.decode([int(i)]) for i in ids.tolist()]
+
+
 def read_text(file: Path | str) -> str:
     """A UTF-8 text file's contents; a missing or binary file is a one-line error naming it."""
     p = Path(file)

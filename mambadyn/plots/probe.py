@@ -139,6 +139,12 @@ def attention_maps(d: dict, maps: dict, path: str | Path) -> Path:
                        cmap="viridis", extent=(0, L, L, 0), interpolation="nearest")
         ax.set(title=f"SSM layer {a['layer']} (mean over {a['unit']}s)", xlabel="position read (j)",
                ylabel="reading position (l)")
+        labels = d["input"].get("token_text")
+        if labels and v.shape[0] == len(labels):  # a short text: its tokens on both axes
+            ticks = np.arange(len(labels)) + 0.5
+            shown = [repr(t)[1:-1] for t in labels]
+            ax.set_xticks(ticks, shown, rotation=90, fontsize=5)
+            ax.set_yticks(ticks, shown, fontsize=5)
         fig.colorbar(im, ax=ax, fraction=0.046, label="share of the row's |M|")
     fig.suptitle("hidden attention, row-normalised" + (" (block-averaged)" if atts and atts[0]["map_size"] < L
                                                        else ""), fontsize=10)

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from ..jsonio import write_json
 from ..nn.families import family_of, ssm_mixers
-from ..nn.load import Loaded, check_ids, load_checkpoint, token_ids
+from ..nn.load import Loaded, check_ids, decode_tokens, load_checkpoint, token_ids
 from ..outputs import atomic_folder
 from ..refine.eigen import eigen_mode_of, find_mixers
 from ..typed import check_fields, positive
@@ -190,6 +190,8 @@ def probe(model_or_path: nn.Module | Loaded | str | Path, ids: torch.Tensor | No
             lp.depth_note = depth_note(lp, stopped=o.solver is not None)
     n = 0 if ids is None else (ids.numel() if kind == "lm" else int(ids.shape[0]))
     inp = {"tokens": n, "from": "parameters only" if ids is None else origin}
+    if config.attention_layers and kind == "lm":
+        _label_tokens(inp, loaded, tokenizer, ids, origin)
     result = ProbeResult(source, inp, layers, tokens, ode)
     if config.attention_layers:
         if kind != "lm" or tokens is None:
@@ -197,6 +199,16 @@ def probe(model_or_path: nn.Module | Loaded | str | Path, ids: torch.Tensor | No
         inputs = capture_scan_inputs(model, ids, config.attention_layers)
         _attend(result, inputs, list(range(len(fwd))), config, next(model.parameters()).device)
     return result
+
+
+LABELLED = 64  # inputs up to this long get their tokens as the heatmaps' tick labels
+
+
+def _label_tokens(inp: dict, loaded: Loaded | None, tokenizer, ids: torch.Tensor, origin: str) -> None:
+    # the tokens of a short text input, as the heatmaps' labels (ids given directly have no text to show)
+    tok = tokenizer or (loaded.tokenizer_file if loaded is not None else None)
+    if origin != "ids" and tok is not None and ids.numel() <= LABELLED:
+        inp["token_text"] = decode_tokens(tok, ids)
 
 
 def _attend(result: ProbeResult, inputs: dict, stream_index: list[int], config: ProbeConfig, device) -> None:
@@ -236,6 +248,7 @@ def _probe_transformers(model: nn.Module, loaded: Loaded | None, ids, text, toke
            "ode": "not run: the layer ODE is the continuous-time model of mambadyn's Mamba-1 form"}
     result = ProbeResult(source, inp, hf_layers(model, family, got), tokens, [])
     if config.attention_layers:
+        _label_tokens(inp, loaded, tokenizer, ids, origin)
         inputs = family_scan_inputs(model, ids, config.attention_layers)[0]
         stream = [i for i, kind in enumerate(source["layer_kinds"]) if "ssm" in kind.split("+")]
         _attend(result, inputs, stream, config, model.device)
