@@ -29,7 +29,7 @@ from ..nn.families import (
 from ..refine.spectrum import rank_rtol
 from .clusters import clustering
 from .layer import LayerParams, delta_stats, matrix_params
-from .tokens import TokenTrace, growth_fit
+from .tokens import TokenTrace, backward_finite, growth_fit
 
 
 def is_transformers_model(model: nn.Module) -> bool:
@@ -65,9 +65,7 @@ def trace_hf(model: nn.Module, family: Family, ids: torch.Tensor) -> tuple[Token
         with capture(model, family) as got, torch.enable_grad():
             logits = model(ids[None].to(model.device)).logits
             loss = F.cross_entropy(logits[0, :-1].float(), ids[1:].to(logits.device))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"the model's loss on this input is {loss.item()}: non-finite activations")
-            loss.backward()
+            backward_finite(loss)
     finally:
         for h in handles:
             h.remove()

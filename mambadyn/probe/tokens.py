@@ -35,6 +35,13 @@ class TokenTrace:
     clustering: list[Clustering] = field(default_factory=list)  # per layer boundary, the tokens' directions
 
 
+def backward_finite(loss: torch.Tensor) -> None:
+    """loss.backward(), refusing a non-finite loss with a clear error (its gradients would be NaN)."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"the model's loss on this input is {loss.item()}: non-finite activations")
+    loss.backward()
+
+
 def growth_fit(norms: list[torch.Tensor]) -> tuple[list[float], list[int]]:
     """Per position, the least-squares slope of log ||h_l[p]|| against l over the layer boundaries ``norms``
     (each (L,)); and the positions ordered fastest first."""
@@ -96,9 +103,7 @@ def trace_tokens(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor | Non
             else:
                 logits = model(ids)
                 loss = F.cross_entropy(logits.float(), labels.to(dev))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"the model's loss on this input is {loss.item()}: non-finite activations")
-            loss.backward()
+            backward_finite(loss)
     finally:
         for h in handles:
             h.remove()
