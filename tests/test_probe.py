@@ -183,3 +183,21 @@ def test_a_short_text_labels_the_attention_heatmaps_with_its_tokens(tmp_path):
     assert run(["probe", str(folder), "--ids", str(ids), "--attention", "0", "--ode-positions", "0",
                 "--out", str(tmp_path / "out2")]) == 0
     assert "token_text" not in json.loads((tmp_path / "out2" / "probe.json").read_text())["input"]
+
+
+def test_the_probe_s_captures_run_the_per_op_path_and_restore_the_setting():
+    # on a GPU the fused path runs the mixer and the add+norm as kernels that no module hook sees, so the
+    # traces switch it off while they run (on this CPU it is off anyway: what is checked is the switch)
+    from mambadyn.probe.attention import capture_scan_inputs
+    from mambadyn.probe.tokens import trace_tokens
+
+    m = _lm(17)
+    mixer = m.backbone.layers[0].mixer
+    assert mixer.fused
+    seen = []
+    h = mixer.register_forward_pre_hook(lambda mod, args: seen.append(mod.fused))
+    ids = torch.arange(9) % 17
+    trace_tokens(m, ids)
+    capture_scan_inputs(m, ids)
+    h.remove()
+    assert seen == [False, False] and mixer.fused

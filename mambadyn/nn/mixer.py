@@ -19,6 +19,7 @@ rather than ignored. The per-op path serves CPU, float64, reordering and recurre
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -28,6 +29,21 @@ from torch import nn
 from .. import fused as fused_path
 from ..scan import selective_scan
 from .config import MambaConfig
+
+
+@contextlib.contextmanager
+def per_op_path(model: nn.Module):
+    """Within the block, every MambaMixer of ``model`` takes the per-op path (module calls that hooks see:
+    the norms, conv1d, in_proj), whatever ``config.fused`` says; the setting is restored after. What the
+    probe's captures need: the fused path runs the mixer and the add+norm as kernels no module hook sees."""
+    mixers = [m for m in model.modules() if isinstance(m, MambaMixer) and m.fused]
+    for m in mixers:
+        m.fused = False
+    try:
+        yield model
+    finally:
+        for m in mixers:
+            m.fused = True
 
 
 class MambaMixer(nn.Module):

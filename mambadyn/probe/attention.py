@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.load import check_ids
+from ..nn.mixer import per_op_path
 from ..refine.eigen import find_mixers
 from ..refine.spectrum import selective_params
 
@@ -115,17 +116,12 @@ def capture_scan_inputs(model: nn.Module, ids: torch.Tensor, layers: list[int] |
         check_ids(ids, vocab)
     handles = [mixers[k].in_proj.register_forward_hook(hook(k, mixers[k])) for k in layers]
     # the fused CUDA path multiplies by in_proj's weight itself, where no module hook sees it: per-op here
-    fused = [(m, m.fused) for m in mixers if getattr(m, "fused", False)]
-    for m, _ in fused:
-        m.fused = False
     try:
-        with torch.no_grad():
+        with torch.no_grad(), per_op_path(model):
             model(ids[None].to(next(model.parameters()).device))
     finally:
         for h in handles:
             h.remove()
-        for m, was in fused:
-            m.fused = was
     missing = [k for k in layers if k not in captured]
     if missing:
         raise ValueError(f"layers {missing} ran without calling their in_proj module: nothing was captured")

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..nn.mixer import per_op_path
 from .clusters import Clustering, clustering
 from .layer import DeltaStats, delta_statistics
 
@@ -96,7 +97,8 @@ def trace_tokens(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor | Non
     try:
         dev = next(model.parameters()).device  # the model may sit on a GPU; the ids come from the CPU
         ids = ids.to(dev)
-        with torch.enable_grad():
+        # the hooks above see module calls: on a GPU the fused path would run past all of them
+        with torch.enable_grad(), per_op_path(model):
             if labels is None:
                 logits = model(ids[None])
                 loss = F.cross_entropy(logits[0, :-1].float(), ids[1:])
