@@ -47,7 +47,7 @@ from .attention import (
     AttentionSummary,
     block_average,
     capture_scan_inputs,
-    family_scan_inputs,
+    captured_scan_inputs,
     layer_attention,
     summarize,
 )
@@ -249,7 +249,10 @@ def _probe_transformers(model: nn.Module, loaded: Loaded | None, ids, text, toke
     result = ProbeResult(source, inp, hf_layers(model, family, got), tokens, [])
     if config.attention_layers:
         _label_tokens(inp, loaded, tokenizer, ids, origin)
-        inputs = family_scan_inputs(model, ids, config.attention_layers)[0]
+        # from the trace's own capture: no second forward pass
+        mixers = ssm_mixers(model, family)
+        inputs = {k: captured_scan_inputs(got[mixers[k][0]], mixers[k][1], family)
+                  for k in config.attention_layers}
         stream = [i for i, kind in enumerate(source["layer_kinds"]) if "ssm" in kind.split("+")]
         _attend(result, inputs, stream, config, model.device)
     return result

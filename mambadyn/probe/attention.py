@@ -247,7 +247,7 @@ def family_scan_inputs(model: nn.Module, ids: torch.Tensor, layers: list[int] | 
     layer index) from the family's own forward pass; the scan output the family computed, y (L, D), and the
     gate z (L, D) its scan applied (Mamba-1 kinds: y = (Σ_j M_lj u_j + D u_l) silu(z_l); None for the Mamba-2
     kinds, whose gate comes later), to check M against."""
-    from ..nn.families import MAMBA1, capture, family_of, ssm_mixers
+    from ..nn.families import capture, family_of, ssm_mixers
 
     family = family_of(model)
     mixers = ssm_mixers(model, family)
@@ -259,24 +259,28 @@ def family_scan_inputs(model: nn.Module, ids: torch.Tensor, layers: list[int] | 
     out, ys, gates = {}, {}, {}
     for k in layers:
         name, m = mixers[k]
-        c = got[name]
-        A = -torch.exp(m.A_log.detach().float()).to(dtype)  # the families form A in float32, whatever the model
-        if family.kind == MAMBA1:
-            delta = F.softplus(c.dt_raw.to(dtype) + m.dt_proj.bias.detach().to(dtype))
-            out[k] = ScanInputs.per_channel(c.u.to(dtype), delta, c.B.to(dtype), c.C.to(dtype), A,
-                                            m.D.detach().to(dtype))
-            ys[k], gates[k] = c.y.to(dtype), c.z.to(dtype)
-            continue
-        delta = F.softplus(c.dt_raw.to(dtype) + m.dt_bias.detach().to(dtype))
-        lo, hi = getattr(m, "time_step_limit", (0.0, float("inf")))
-        delta = delta.clamp(lo, hi)
-        H, G, n = m.num_heads, m.n_groups, m.ssm_state_size
-        L, D = c.u.shape
-        out[k] = ScanInputs(c.u.to(dtype), delta, c.B.to(dtype).view(L, G, n), c.C.to(dtype).view(L, G, n),
-                            A[:, None].expand(H, n).contiguous(), m.D.detach().to(dtype),
-                            torch.arange(D) // (D // H), torch.arange(H) // (H // G))
-        ys[k], gates[k] = c.y.to(dtype), None
+        out[k] = captured_scan_inputs(got[name], m, family, dtype)
+        ys[k], gates[k] = got[name].y.to(dtype), None if got[name].z is None else got[name].z.to(dtype)
     return out, ys, gates
+
+
+def captured_scan_inputs(c, m: nn.Module, family, dtype: torch.dtype = torch.float64) -> ScanInputs:
+    """The ScanInputs of one SSM layer of a transformers family from what ``nn.families.capture`` recorded
+    (``c``, a Captured) and the mixer ``m``: Δ as the layer's scan forms it, A as the family forms it."""
+    from ..nn.families import MAMBA1
+
+    A = -torch.exp(m.A_log.detach().float()).to(dtype)  # the families form A in float32, whatever the model
+    if family.kind == MAMBA1:
+        delta = F.softplus(c.dt_raw.to(dtype) + m.dt_proj.bias.detach().to(dtype))
+        return ScanInputs.per_channel(c.u.to(dtype), delta, c.B.to(dtype), c.C.to(dtype), A, m.D.detach().to(dtype))
+    delta = F.softplus(c.dt_raw.to(dtype) + m.dt_bias.detach().to(dtype))
+    lo, hi = getattr(m, "time_step_limit", (0.0, float("inf")))
+    delta = delta.clamp(lo, hi)
+    H, G, n = m.num_heads, m.n_groups, m.ssm_state_size
+    L, D = c.u.shape
+    return ScanInputs(c.u.to(dtype), delta, c.B.to(dtype).view(L, G, n), c.C.to(dtype).view(L, G, n),
+                      A[:, None].expand(H, n).contiguous(), m.D.detach().to(dtype),
+                      torch.arange(D) // (D // H), torch.arange(H) // (H // G))
 
 
 def _check_layers(layers, n: int) -> list[int]:
