@@ -195,3 +195,16 @@ def test_blocked_products_equal_the_entrywise_formula_with_steps_large_enough_to
     tol = dict(rtol=1e-10, atol=1e-14) if dtype == torch.float64 else dict(rtol=2e-4, atol=1e-6)
     torch.testing.assert_close(att.M.double(), naive, **tol)
     assert torch.isfinite(att.mean_rownorm).all()
+
+
+def test_a_length_whose_views_would_not_fit_is_refused_with_its_size_before_any_work():
+    from mambadyn.probe import ProbeConfig, probe
+    from mambadyn.probe.attention import check_view_size
+
+    check_view_size(4096)  # 128 MiB in float32: fine
+    with pytest.raises(ValueError, match="at L = 20000 tokens needs 3.0 GiB .* probe fewer tokens"):
+        check_view_size(20000)
+    m = _model()
+    ids = torch.arange(20000) % 17
+    with pytest.raises(ValueError, match="at L = 20000 tokens needs"):
+        probe(m, ids, ProbeConfig(progress=False, max_tokens=20000, attention_layers=[0]))

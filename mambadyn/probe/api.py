@@ -48,6 +48,7 @@ from .attention import (
     block_average,
     capture_scan_inputs,
     captured_scan_inputs,
+    check_view_size,
     layer_attention,
     summarize,
 )
@@ -167,6 +168,8 @@ def probe(model_or_path: nn.Module | Loaded | str | Path, ids: torch.Tensor | No
     if bad:
         raise ValueError(f"attention layers {bad} out of range: the model has {len(fwd)} SSM layers "
                          f"(0..{len(fwd) - 1})")
+    if config.attention_layers and ids is not None:
+        check_view_size(ids.numel())  # before the trace: the views are made in float32
     tokens = None
     if ids is not None:
         tokens = trace_tokens(model, ids, labels, keep_scan_inputs=config.ode_positions)
@@ -243,6 +246,8 @@ def _probe_transformers(model: nn.Module, loaded: Loaded | None, ids, text, toke
     bad = [k for k in config.attention_layers or [] if not 0 <= k < n_ssm]
     if bad:
         raise ValueError(f"attention layers {bad} out of range: the model has {n_ssm} SSM layers (0..{n_ssm - 1})")
+    if config.attention_layers:
+        check_view_size(ids.numel())
     tokens, got = trace_hf(model, family, ids)
     inp = {"tokens": ids.numel(), "from": origin,
            "ode": "not run: the layer ODE is the continuous-time model of mambadyn's Mamba-1 form"}

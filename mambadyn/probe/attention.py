@@ -190,6 +190,14 @@ def attention_rows(s: ScanInputs, rows: slice, units: torch.Tensor) -> torch.Ten
     return _Units(s, units, max(1, r1 - r0)).rows(r0, r1)
 
 
+def check_view_size(L: int, dtype: torch.dtype = torch.float32, unit: str = "channel") -> None:
+    """Refuse, with the size, an L whose two aggregated (L, L) views would exceed MAX_FULL_BYTES."""
+    need = 2 * L * L * torch.finfo(dtype).bits // 8
+    if need > MAX_FULL_BYTES:
+        raise ValueError(f"hidden attention at L = {L} tokens needs {need / 2**30:.1f} GiB for its two (L, L) views "
+                         f"(limit {MAX_FULL_BYTES / 2**30:g} GiB): probe fewer tokens (--tokens)")
+
+
 @dataclass
 class LayerAttention:
     layer: int
@@ -212,6 +220,7 @@ def layer_attention(s: ScanInputs, layer: int = 0, channels: list[int] | None = 
     bad = [c for c in channels if not 0 <= c < K]
     if bad:
         raise ValueError(f"{unit}s {bad} out of range: the layer has {K} {unit}s (0..{K - 1})")
+    check_view_size(L, s.u.dtype, unit)
     need = len(channels) * L * L * s.u.element_size()
     if need > MAX_FULL_BYTES:
         raise ValueError(f"M for {len(channels)} {unit}s at L = {L} takes {need / 2**30:.1f} GiB (limit "
