@@ -42,3 +42,15 @@ def test_a_transformers_family_and_bad_names():
         capture(model, ids, ["hook_x"])
     with pytest.raises(ValueError, match="channels \\[99\\] out of range"):
         capture(model, ids, ["ssm_state"], layers=[0], channels=[99])
+
+
+def test_one_forward_pass_serves_every_name():
+    torch.manual_seed(0)
+    m = MambaLM(MambaConfig(vocab_size=17, d_model=8, n_layer=2, d_state=3))
+    calls = []
+    h = m.backbone.layers[0].register_forward_pre_hook(lambda mod, args: calls.append(1))
+    got = capture(m, torch.arange(9) % 17, NAMES, channels=[0])
+    assert len(calls) == 1 and set(got) == set(NAMES)
+    capture(m, torch.arange(9) % 17, ["resid_pre"])
+    h.remove()
+    assert len(calls) == 2

@@ -20,9 +20,12 @@ recurrence on them, computed in chunks of positions so that only the asked chann
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
+from ..nn.mixer import per_op_path
 from .attention import ScanInputs, capture_scan_inputs, family_scan_inputs
 from .hf_models import is_transformers_model
 
@@ -48,7 +51,10 @@ def states(s: ScanInputs, channels: list[int] | None = None) -> torch.Tensor:
     return out
 
 
-def _residuals(model: nn.Module, ids: torch.Tensor, layers: list[int] | None) -> dict[str, dict[int, torch.Tensor]]:
+@contextlib.contextmanager
+def _residual_hooks(model: nn.Module, layers: list[int] | None):
+    """Within the block, forward passes record resid_pre and resid_post of the decoder ``layers`` (default
+    all) into the yielded dict."""
     from ..nn.families import decoder_layers
 
     blocks = decoder_layers(model) if is_transformers_model(model) else list(model.backbone.layers)
@@ -68,12 +74,10 @@ def _residuals(model: nn.Module, ids: torch.Tensor, layers: list[int] | None) ->
             got["resid_post"][k] = h[0].detach().float().cpu()
         handles += [blocks[k].register_forward_pre_hook(pre, with_kwargs=True), blocks[k].register_forward_hook(post)]
     try:
-        with torch.no_grad():
-            model(ids[None].to(next(model.parameters()).device))
+        yield got
     finally:
         for h in handles:
             h.remove()
-    return got
 
 
 def capture(model: nn.Module, ids: torch.Tensor, names: list[str] | tuple[str, ...] = SSM_NAMES[:-1] + RESID_NAMES,
@@ -86,18 +90,21 @@ def capture(model: nn.Module, ids: torch.Tensor, names: list[str] | tuple[str, .
         raise ValueError(f"unknown capture names {unknown}; known: {', '.join(NAMES)}")
     ids = torch.as_tensor(ids, dtype=torch.int64).flatten()
     out: dict[str, dict[int, torch.Tensor]] = {}
-    if any(n in SSM_NAMES for n in names):
-        if is_transformers_model(model):
-            inputs = family_scan_inputs(model, ids, layers)[0]
-        else:
-            inputs = capture_scan_inputs(model, ids, layers)
-        for n in names:
-            if n not in SSM_NAMES:
-                continue
-            out[n] = {k: {"ssm_input": lambda s: s.u, "ssm_dt": lambda s: s.delta, "ssm_B": lambda s: s.B,
-                          "ssm_C": lambda s: s.C, "ssm_output": ScanInputs.scan_output,
-                          "ssm_state": lambda s: states(s, channels)}[n](s) for k, s in inputs.items()}
-    if any(n in RESID_NAMES for n in names):
-        res = _residuals(model, ids, layers)
+    with contextlib.ExitStack() as stack:
+        # one forward pass for everything asked: the residual hooks ride on the scan capture's pass
+        res = stack.enter_context(_residual_hooks(model, layers)) if any(n in RESID_NAMES for n in names) else None
+        if any(n in SSM_NAMES for n in names):
+            inputs = (family_scan_inputs(model, ids, layers)[0] if is_transformers_model(model)
+                      else capture_scan_inputs(model, ids, layers))
+            for n in names:
+                if n not in SSM_NAMES:
+                    continue
+                out[n] = {k: {"ssm_input": lambda s: s.u, "ssm_dt": lambda s: s.delta, "ssm_B": lambda s: s.B,
+                              "ssm_C": lambda s: s.C, "ssm_output": ScanInputs.scan_output,
+                              "ssm_state": lambda s: states(s, channels)}[n](s) for k, s in inputs.items()}
+        else:  # residuals alone; the block hooks see module calls only (per_op_path)
+            with torch.no_grad(), per_op_path(model):
+                model(ids[None].to(next(model.parameters()).device))
+    if res is not None:
         out.update({n: res[n] for n in names if n in RESID_NAMES})
     return out
