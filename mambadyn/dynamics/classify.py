@@ -37,7 +37,13 @@ semi-definite whenever N < D, and there rounding must not decide. In the semi-de
 increases, but token 1 may settle at a nonzero point of the kernel (an x_1(0) in the kernel is an exact
 equilibrium), so it is ``undetermined``. Every other token, and every other D > 1 system, is ``undetermined``. The
 system-level scenario the paper's experiments suggest (at least one positive eigenvalue -> divergence)
-is reported separately as ``conjecture`` and is never stated as a result.
+is reported separately as ``conjecture`` and is never stated as a result. A token that starts at 0
+stays there in every D (its velocity C_l . h_l vanishes with C_l = S_C x_l, and the equation is Lipschitz in
+x_l), while the solution exists.
+
+The normalised system (the update reads RMSNorm(x)) has its own statements, proved in
+``mambadyn.dynamics.normalised``: bounded speed for every token, hence no blow-up; token 1's fate when the
+norm's weights are positive and sym(M) is definite.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import normalised
 from .outcome import Outcome, system_outcome
 from .rates import own_blowup_bound
 from .system import TokenSystem
@@ -158,6 +165,8 @@ def classify(system: TokenSystem, x0: torch.Tensor, criterion: str = "matrix") -
     if criterion not in ("matrix", "symmetric"):
         raise ValueError(f"criterion must be 'matrix' or 'symmetric', got {criterion!r}")
     X = system.check_state(x0)
+    if system.normalised:
+        return _normalised(system, X)
     out = []
     if system.D == 1:
         mu = system.io_matrix()[:, 0, 0]
@@ -193,9 +202,38 @@ def classify(system: TokenSystem, x0: torch.Tensor, criterion: str = "matrix") -
                 "kernel: an equilibrium if exactly so" if in_kernel else
                 "the symmetric part of S_C^T S_B is only negative semi-definite: |x_1| never increases, but it "
                 "may settle at a nonzero point of the kernel"), NONE)
-        fates = [first] + [undetermined] * (X.shape[1] - 1)
+        fates = [first] + [_ZERO if X[i, l].abs().sum() == 0 else undetermined for l in range(1, X.shape[1])]
         guess, why = conjecture(k, which, bool((sdx[i] > 0).any()))
         scenario = system_outcome(f.outcome for f in fates)
         out.append(Classification(scenario, f"D > 1: no theorem decides the system; the paper's 2-D experiments "
                                   f"suggest {guess.paper_name} ({why}), a conjecture", True, fates, None, guess))
+    return out
+
+
+_ZERO = TokenFate(Outcome.STAYS, "x_l(0) = 0 and x_l' = C_l . h_l with C_l = S_C x_l: it stays 0 while the "
+                  "solution exists", THEOREM)
+
+
+def _normalised(system: TokenSystem, X: torch.Tensor) -> list[Classification]:
+    M = system.io_matrix()
+    sym_ev = torch.linalg.eigvalsh((M + M.transpose(1, 2)) / 2)
+    tol = definite_tol(sym_ev)
+    K = normalised.speed_bounds(system, X.shape[1])
+    zero = TokenFate(Outcome.STAYS, "x_l(0) = 0: C_l = S_C n(x_l) vanishes with x_l, so it stays 0", THEOREM)
+    out = []
+    for i in range(system.batch):
+        fates = []
+        for l in range(X.shape[1]):
+            if X[i, l].abs().sum() == 0:
+                fates.append(zero)
+            elif l == 0:
+                fates.append(TokenFate(*normalised.first_token(system, X, i, float(K[i, 0]), float(tol[i]), sym_ev)))
+            else:
+                fates.append(TokenFate(Outcome.UNDETERMINED, f"the update reads RMSNorm(x), so |x_{l + 1}'| <= "
+                                       f"{float(K[i, l]):.4g}: no blow-up, growth at most linear; its fate is not "
+                                       "decided", NONE))
+        scenario = system_outcome(f.outcome for f in fates)
+        reason = next(f.reason for f in fates if f.outcome == scenario)
+        out.append(Classification(scenario, f"normalised system: no token blows up (bounded speed); {reason}; "
+                                  f"{normalised.FOLLOW_UP}", scenario == Outcome.UNDETERMINED, fates))
     return out

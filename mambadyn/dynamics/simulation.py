@@ -157,7 +157,8 @@ def _finish_one(system: TokenSystem, i: int, t0: float, x: torch.Tensor, alive: 
                 reached: torch.Tensor,
                 config: SimConfig) -> None:
     """Continue system i from (t0, x) with LSODA, writing its results into the batch's tensors in place."""
-    F = rhs_numpy(*(p[i].cpu().numpy() for p in system.params))
+    w = None if system.norm_weight is None else system.norm_weight[i].cpu().numpy()
+    F = rhs_numpy(*(p[i].cpu().numpy() for p in system.params), norm_weight=w, norm_eps=system.norm_eps)
     one = solve_one(F, x.cpu().numpy(), t.cpu().numpy(), rtol=config.rtol, atol=config.atol,
                     blowup_threshold=config.blowup_threshold, t0=t0, alive=alive.cpu().numpy(), max_steps=config.stiff_max_steps)
     later = t > t0
@@ -220,7 +221,7 @@ def simulate(system: TokenSystem, x0: torch.Tensor, t_end: float | None = None,
 
     def f(idx):
         p_i, mask = [p[idx] for p in params], alive[idx][..., None]
-        return lambda Y: token_rhs(*p_i, Y) * mask
+        return lambda Y: token_rhs(*p_i, system.reads(Y, idx)) * mask
 
     def on_step(idx, t_new, Y, F):
         r, n = _rel_rate(F, Y), Y.norm(dim=-1)

@@ -31,13 +31,15 @@ class OneSystem:
     reached: bool
 
 
-def rhs_numpy(S_B: np.ndarray, S_C: np.ndarray, S_delta: np.ndarray, A: np.ndarray, dt_bias: np.ndarray
-              ) -> Callable[[np.ndarray], np.ndarray]:
+def rhs_numpy(S_B: np.ndarray, S_C: np.ndarray, S_delta: np.ndarray, A: np.ndarray, dt_bias: np.ndarray,
+              norm_weight: np.ndarray | None = None, norm_eps: float = 1e-5) -> Callable[[np.ndarray], np.ndarray]:
     """One system's right-hand side X (L, D) -> dX/dt (L, D) in NumPy, for scipy's per-call loop (a torch
-    call costs ~6x more at these sizes). S_B, S_C (N, D); S_delta (D, D); A (D, N); dt_bias (D,). Same recurrence as
-    ``system.token_rhs``, which the tests hold it to."""
+    call costs ~6x more at these sizes). S_B, S_C (N, D); S_delta (D, D); A (D, N); dt_bias (D,); norm_weight
+    (D,) or None. Same recurrence as ``system.token_rhs`` (after ``rms_norm``), which the tests hold it to."""
 
     def F(X: np.ndarray) -> np.ndarray:
+        if norm_weight is not None:
+            X = X / np.sqrt(np.mean(X * X, axis=-1, keepdims=True) + norm_eps) * norm_weight
         B, C = X @ S_B.T, X @ S_C.T
         delta = np.logaddexp(0.0, X @ S_delta.T + dt_bias)
         decay = np.exp(delta[:, :, None] * A)

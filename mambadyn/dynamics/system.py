@@ -6,7 +6,13 @@ x_1..x_L in R^D (paper.md A1-A2):
     dx_l^d/dt = Σ_{j<=l} Σ_n C_{l,n} B_{j,n} exp(A_{d,n} Σ_{k=j+1..l} Δ_k^d) Δ_j^d x_j^d
     B_j = S_B x_j,  C_l = S_C x_l  (in R^N),   Δ_j = softplus(S_Δ x_j + b)  (in R^D),  A_{d,n} < 0
 
-i.e. dX/dt is exactly one S6 layer's output (no conv, gate, norm or D skip). The paper has no bias
+i.e. dX/dt is exactly one S6 layer's output (no conv, gate, norm or D skip). The normalised variant
+(``norm_weight`` set) keeps the block's RMSNorm in front of the update, as every Mamba block has it:
+
+    dx_l/dt = S6(n(x_1), ..., n(x_L))_l,   n(x) = w * x / sqrt(|x|^2 / D + eps)
+
+the continuous limit of x <- x + h S6(RMSNorm(x)). The tokens are not normalised; only what the
+update reads is, so the update is bounded and no token blows up (``classify`` proves it). The paper has no bias
 (b = 0); every real Mamba layer has one (dt_proj.bias, about -6.9 to -2.3 at initialisation), so the
 system carries it, zero by default, and a probed layer's system is the layer's own. With A = -a (one decay
 for all d, n) the kernel factors through the scalar x_l^T S_C^T S_B x_j; in 1-D (D = 1) it is
@@ -18,6 +24,7 @@ Every tensor carries a leading batch dimension: one system per batch element.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -32,21 +39,26 @@ def _as_batch(v, dtype, device=None) -> torch.Tensor:
 @dataclass
 class TokenSystem:
     """A batch of token systems. Shapes: S_B, S_C (batch, N, D); S_delta (batch, D, D); A (batch, D, N) < 0;
-    dt_bias (batch, D), Δ's bias b (None: zeros, the paper's model)."""
+    dt_bias (batch, D), Δ's bias b (None: zeros, the paper's model); norm_weight (batch, D), the RMSNorm
+    weight w the update reads its tokens through (None: no norm, the paper's model), with ``norm_eps`` > 0
+    (Mamba's 1e-5; it keeps n smooth at x = 0, so solutions are unique there)."""
 
     S_B: torch.Tensor
     S_C: torch.Tensor
     S_delta: torch.Tensor
     A: torch.Tensor
     dt_bias: torch.Tensor | None = None
+    norm_weight: torch.Tensor | None = None
+    norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
         if self.dt_bias is None:
             self.dt_bias = torch.zeros(self.S_B.shape[0], self.S_B.shape[-1], dtype=self.S_B.dtype,
                                        device=self.S_B.device)
-        for name in ("S_B", "S_C", "S_delta", "A", "dt_bias"):
+        names = ("S_B", "S_C", "S_delta", "A", "dt_bias") + (() if self.norm_weight is None else ("norm_weight",))
+        for name in names:
             t = getattr(self, name)
-            dims = 2 if name == "dt_bias" else 3
+            dims = 2 if name in ("dt_bias", "norm_weight") else 3
             if not isinstance(t, torch.Tensor) or t.dim() != dims:
                 raise ValueError(f"TokenSystem.{name} must be a {dims}-D tensor (batch, {'., .' if dims == 3 else 'D'}), "
                                  f"got {getattr(t, 'shape', t)}")
@@ -56,6 +68,11 @@ class TokenSystem:
                 raise ValueError(f"TokenSystem.{name} has non-finite entries")
         b, N, D = self.S_B.shape
         expect = {"S_C": (b, N, D), "S_delta": (b, D, D), "A": (b, D, N), "dt_bias": (b, D)}
+        if self.norm_weight is not None:
+            expect["norm_weight"] = (b, D)
+            if not (isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0 and math.isfinite(self.norm_eps)):
+                raise ValueError(f"TokenSystem.norm_eps must be a finite float > 0 (at 0, n(x) = x / |x| has no "
+                                 f"value at x = 0 and solutions through it are not unique), got {self.norm_eps!r}")
         for name, shape in expect.items():
             if tuple(getattr(self, name).shape) != shape:
                 raise ValueError(f"TokenSystem.{name} must have shape {shape} to match S_B {(b, N, D)}, "
@@ -124,9 +141,23 @@ class TokenSystem:
         """S_C^T S_B (batch, D, D); in 1-D its single entry is mu."""
         return self.S_C.transpose(1, 2) @ self.S_B
 
+    @property
+    def normalised(self) -> bool:
+        """Whether the update reads its tokens through an RMSNorm."""
+        return self.norm_weight is not None
+
+    def with_norm(self, weight=1.0, eps: float = 1e-5) -> "TokenSystem":
+        """The same system with the update reading n(x) = w x / sqrt(|x|^2 / D + eps); ``weight`` a float,
+        (D,) or (batch, D)."""
+        w = torch.as_tensor(weight, dtype=self.S_B.dtype, device=self.S_B.device)
+        w = w.expand(self.batch, self.D) if w.dim() <= 1 else w
+        return TokenSystem(self.S_B, self.S_C, self.S_delta, self.A, self.dt_bias, w.contiguous(), eps)
+
     def select(self, idx) -> "TokenSystem":
         """The sub-batch ``idx`` (an index tensor, slice or boolean mask)."""
-        return TokenSystem(self.S_B[idx], self.S_C[idx], self.S_delta[idx], self.A[idx], self.dt_bias[idx])
+        w = None if self.norm_weight is None else self.norm_weight[idx]
+        return TokenSystem(self.S_B[idx], self.S_C[idx], self.S_delta[idx], self.A[idx], self.dt_bias[idx], w,
+                           self.norm_eps)
 
     def check_state(self, X: torch.Tensor) -> torch.Tensor:
         """Validate tokens X (batch, L, D) against the system; returns X in the system's dtype."""
@@ -147,12 +178,21 @@ class TokenSystem:
     # --- dynamics ---------------------------------------------------------------------------------
     def rhs(self, X: torch.Tensor) -> torch.Tensor:
         """dX/dt for tokens X (batch, L, D) -> (batch, L, D)."""
-        return token_rhs(self.S_B, self.S_C, self.S_delta, self.A, self.dt_bias, X)
+        return token_rhs(*self.params, self.reads(X))
+
+    def reads(self, X: torch.Tensor, idx=slice(None)) -> torch.Tensor:
+        """What the update reads from tokens X (b, L, D) of the sub-batch ``idx``: X itself, or n(X)."""
+        return X if self.norm_weight is None else rms_norm(X, self.norm_weight[idx], self.norm_eps)
 
     @property
     def params(self) -> tuple[torch.Tensor, ...]:
         """(S_B, S_C, S_delta, A, dt_bias): the arguments ``token_rhs`` takes before X."""
         return self.S_B, self.S_C, self.S_delta, self.A, self.dt_bias
+
+
+def rms_norm(X: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """n(x) = w x / sqrt(|x|^2 / D + eps) per token: X (b, L, D), weight (b, D) -> (b, L, D)."""
+    return X * torch.rsqrt(X.square().mean(-1, keepdim=True) + eps) * weight[:, None, :]
 
 
 def token_rhs(S_B, S_C, S_delta, A, dt_bias, X) -> torch.Tensor:
