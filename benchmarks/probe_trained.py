@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mambadyn.experiments.scenarios import PRESETS
 from mambadyn.probe import ProbeConfig, probe, write_outputs
+from mambadyn.probe.windows import probe_windows
 from mambadyn.train import LMTask, LMTrainConfig, apply_overrides, train
 
 
@@ -25,6 +26,10 @@ def main() -> None:
     ap.add_argument("--big-steps", type=int, default=1500, help="steps of the 130M-shaped model (0: skip it)")
     ap.add_argument("--tokens", type=int, default=2048, help="tokens the probe runs on")
     ap.add_argument("--big-ode-layers", default="", help="layers whose ODE the 130M-shaped probe runs (default all)")
+    ap.add_argument("--windows", type=int, default=0, help="probe this many disjoint windows of --window-len tokens "
+                    "too, for intervals over windows (0: one window of --tokens)")
+    ap.add_argument("--window-len", type=int, default=1024)
+    ap.add_argument("--big-windows", type=int, default=0, help="--windows for the 130M-shaped model")
     args = ap.parse_args()
     jobs = {f"scenario-{m}": PRESETS["gpu"] + [f"model.eigen_mode={m}"] for m in args.modes.split(",") if m}
     if args.big_steps:
@@ -42,8 +47,13 @@ def main() -> None:
         t_train = time.perf_counter() - t0
         t0 = time.perf_counter()
         ode_layers = [int(x) for x in args.big_ode_layers.split(",") if x] if name.startswith("mamba-130m") else []
-        result = probe(args.out / "runs" / name, text=held_out,
-                       config=ProbeConfig(max_tokens=args.tokens, ode_layers=ode_layers or None, progress=False))
+        pc = ProbeConfig(max_tokens=args.tokens, ode_layers=ode_layers or None, progress=False)
+        n_windows = args.big_windows if name.startswith("mamba-130m") else args.windows
+        if n_windows:
+            result = probe_windows(args.out / "runs" / name, text=held_out, config=pc, windows=n_windows,
+                                   window_len=args.window_len)
+        else:
+            result = probe(args.out / "runs" / name, text=held_out, config=pc)
         t_probe = time.perf_counter() - t0
         write_outputs(result, args.out / name)
         counts = {}
@@ -53,6 +63,8 @@ def main() -> None:
                          "positive": [lp.positive for lp in result.layers], "negative": [lp.negative for lp in result.layers],
                          "complex_pairs": [lp.complex_pairs for lp in result.layers],
                          "ode_agreement": [o.agreement for o in result.ode],
+                         "normalised_ode_agreement": [o.normalised.agreement if o.normalised else None
+                                                      for o in result.ode],
                          "grad_top10": result.to_dict()["tokens"]["grad_share_top10pct"]}
         print(f"{name:20s} val {final.get('val_loss', float('nan')):.4f}  train {t_train:6.1f}s  probe {t_probe:6.1f}s  "
               f"scenarios {counts}", flush=True)

@@ -108,3 +108,35 @@ def test_ode_layers_out_of_range_are_refused_before_any_work(monkeypatch):
     monkeypatch.setattr(api, "trace_tokens", lambda *a, **kw: pytest.fail("traced before checking ode_layers"))
     with pytest.raises(ValueError, match=r"ode_layers \[9\] out of range for 2 layers"):
         probe(_lm(), torch.arange(10), ProbeConfig(ode_layers=[9], progress=False))
+
+
+def test_both_models_are_set_beside_the_stream_norms_and_cosines():
+    """The paper's and the normalised model each get a norm and a cosine verdict; the agreements are counted
+    against a stream whose changes are constructed here (positions 1, 3 move towards token 1, 2, 4 away)."""
+    from mambadyn.dynamics import TokenSystem, simulate
+    from mambadyn.probe.ode import _cosines, layer_system
+
+    m = _lm()
+    mixer = m.backbone.layers[0].mixer
+    g = torch.Generator().manual_seed(3)
+    u = torch.randn(5, mixer.x_proj.in_features, generator=g, dtype=torch.float64)
+    norms = [[1.0] * 5, [2.0] * 5, [1.0, 3.0, 0.5, 3.0, 0.5]]
+    cos = [[1.0, 0.2, 0.2, 0.2, 0.2], [1.0] * 5, [1.0, 0.5, 0.1, 0.5, 0.1]]
+    o = ode_check(1, mixer, u, norms, t_end=2.0, first_cosines=cos)
+    assert o.observed_cosine_change[0] is None
+    assert o.observed_cosine_change[1:] == pytest.approx([0.5 - 1.0, 0.1 - 1.0, -0.5, -0.9])
+    assert o.normalised is not None and o.normalised.model == "normalised"
+    # recompute the normalised model's verdicts from its own definition
+    s = float(u.square().mean(-1).sqrt().median())
+    system = layer_system(mixer).with_norm(s, 1e-5 * s**2)
+    tr = simulate(system, u[None], t_out=torch.linspace(0, 2.0, 5, dtype=torch.float64))
+    ratio = (tr.x[-1, 0].norm(dim=-1) / u.norm(dim=-1)).tolist()
+    assert o.normalised.predicted_ratio == pytest.approx(ratio, rel=1e-4)
+    obs_up = [r > 1 for r in (torch.tensor(norms[2]) / torch.tensor(norms[1])).tolist()]
+    assert o.normalised.agreement == pytest.approx(sum((r > 1) == up for r, up in zip(ratio, obs_up)) / 5)
+    dcos = (_cosines(tr.x[-1, 0]) - _cosines(u)).tolist()
+    want = sum((dcos[p] > 0) == (o.observed_cosine_change[p] > 0) for p in range(1, 5)) / 4
+    assert o.normalised.cosine_agreement == pytest.approx(want)
+    assert o.normalised.cosine_decided == 4
+    # the normalised model never blows up
+    assert "blows_up" not in o.normalised.predicted

@@ -185,7 +185,8 @@ def probe(model_or_path: nn.Module | Loaded | str | Path, ids: torch.Tensor | No
                  if config.ode_layers is not None else spread(len(fwd), DEFAULT_ODE_LAYERS))
         by_mixer = {id(m): lp for (_, m), lp in zip(mixers, layers)}
         for w in tqdm(which, desc="layer ODEs", disable=not config.progress, leave=False):
-            o = ode_check(w, fwd[w], tokens.scan_inputs[w], tokens.residual_norms, config.ode_t_end)
+            o = ode_check(w, fwd[w], tokens.scan_inputs[w], tokens.residual_norms, config.ode_t_end,
+                          tokens.first_cosines)
             ode.append(o)
             lp = by_mixer[id(fwd[w])]
             lp.first_blowup, lp.ode_horizon = o.first_blowup, o.horizon

@@ -37,6 +37,12 @@ def _tree_cosines(cos: np.ndarray) -> np.ndarray:
     return links
 
 
+def cosine_to_first(h: torch.Tensor) -> torch.Tensor:
+    """Each token's cosine to token 0: h (L, D) -> (L,) float64 (0 where a token is 0)."""
+    x = h.detach().double()
+    return (x @ x[0]) / (x.norm(dim=-1) * x[0].norm()).clamp_min(1e-300)
+
+
 @dataclass
 class Clustering:
     mean_cosine: float

@@ -64,7 +64,15 @@ def _windows_section(w: dict) -> list[str]:
     lines += ["", "| residual boundary | gradient-share Gini | top-10% share |", "|---|---|---|"]
     for i, (g, t) in enumerate(zip(w["grad_share_gini"], w["grad_share_top10pct"])):
         lines.append(f"| {i} | {_ci(g)} | {_ci(t)} |")
-    if w.get("ode_agreement"):
+    if w.get("ode"):
+        lines += ["", "Each continuous-time model's agreement with the real stack, per simulated layer: the direction of "
+                  "each position's norm change and of its cosine to the first token (fractions of decided positions).",
+                  "", "| layer | paper: norm | paper: cosine | normalised: norm | normalised: cosine |",
+                  "|---|---|---|---|---|"]
+        for k, v in w["ode"].items():
+            lines.append(f"| {k} | {_ci(v['paper']['agreement'])} | {_ci(v['paper']['cosine_agreement'])} | "
+                         f"{_ci(v['normalised']['agreement'])} | {_ci(v['normalised']['cosine_agreement'])} |")
+    elif w.get("ode_agreement"):
         lines += ["", "ODE agreement with the real stack, per simulated layer: "
                   + "; ".join(f"layer {k}: {_ci(v)}" for k, v in w["ode_agreement"].items()) + "."]
     return lines + [""]
@@ -174,26 +182,40 @@ def markdown(d: dict) -> str:
     if d.get("attention"):
         lines += _attention_section(d)
     if d["ode"]:
-        lines += ["## The continuous-time model seeded from each layer", "",
-                  "Each layer's ODE (shared weights, its dt bias; no conv, gate, D skip or norm) starts from that "
-                  "layer's real scan inputs at the first positions and runs to t = T (by default the layers that "
-                  "remain); each position's fate by T is set beside the residual-stream norm ratio from that layer "
-                  "to the last. Unfinished: the solver stopped before T, so no fate is reported. Agreement: the "
-                  "fraction of decided positions whose direction (grow / shrink) matches; Spearman: rank correlation "
-                  "of predicted and observed growth over decided positions.",
-                  "", "| layer | T | blows_up | grows | shrinks | unfinished | agreement | Spearman |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for o in d["ode"]:
-            p = o["predicted"]
-            rho = "n/a" if o["spearman"] is None else f"{o['spearman']:+.2f}"
-            agree = "n/a" if o["agreement"] is None else f"{o['agreement']:.2f}"
-            lines.append(f"| {o['layer']} | {o['t_end']:g} | {p.count('blows_up')} | {p.count('grows')} | "
-                         f"{p.count('shrinks')} | {p.count('unfinished')} | {agree} | {rho} |")
-        agreements = [o["agreement"] for o in d["ode"] if o["agreement"] is not None]
-        if agreements:
-            lines += ["", f"Mean agreement over the {len(agreements)} layers with decided positions: "
-                      f"{statistics.mean(agreements):.2f} (0.5 is what a coin would give when both directions are "
-                      "equally common).", ""]
-        else:
-            lines += ["", "No layer's ODE decided any position: no agreement is reported.", ""]
+        lines += _ode_section(d["ode"])
     return "\n".join(lines)
+
+
+def _fraction(v) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
+
+
+def _ode_section(odes: list[dict]) -> list[str]:
+    lines = ["## The continuous-time models seeded from each layer", "",
+             "Two ODEs start from each layer's real scan inputs at the first positions and run to t = T (by default "
+             "the layers that remain), with shared weights and the layer's dt bias, and without conv, gate or D skip: "
+             "the paper's (the update reads x) and the normalised one (the update reads RMSNorm(x), at the scale of "
+             "the real scan inputs; no blow-up is possible there). Each position's norm change by T is set beside the "
+             "residual-stream norm ratio from that layer to the last, and for positions after the first the change "
+             "of its cosine to the first token beside the stream's. Unfinished: the solver stopped before T, so no "
+             "fate is reported. Agreement: the fraction of decided positions whose direction (up / down) matches; "
+             "0.5 is what a coin gives when both directions are equally common.",
+             "", "| layer | T | paper: blows_up / grows / shrinks / unfinished | paper: norm | paper: cosine | "
+             "normalised: grows / shrinks / unfinished | normalised: norm | normalised: cosine |",
+             "|---|---|---|---|---|---|---|---|"]
+    for o in odes:
+        p = o["predicted"]
+        n = o.get("normalised") or {}
+        q = n.get("predicted", [])
+        lines.append(f"| {o['layer']} | {o['t_end']:g} | {p.count('blows_up')} / {p.count('grows')} / "
+                     f"{p.count('shrinks')} / {p.count('unfinished')} | {_fraction(o['agreement'])} | "
+                     f"{_fraction(o.get('cosine_agreement'))} | "
+                     + (f"{q.count('grows')} / {q.count('shrinks')} / {q.count('unfinished')}" if q else "n/a")
+                     + f" | {_fraction(n.get('agreement'))} | {_fraction(n.get('cosine_agreement'))} |")
+    for label, get in (("paper", lambda o: o["agreement"]),
+                       ("normalised", lambda o: (o.get("normalised") or {}).get("agreement"))):
+        vals = [get(o) for o in odes if get(o) is not None]
+        lines += ["", f"Mean norm-direction agreement of the {label} model over the {len(vals)} layers with decided "
+                  f"positions: {statistics.mean(vals):.2f}." if vals else
+                  f"No layer's {label} ODE decided any position: no agreement is reported."]
+    return lines + [""]

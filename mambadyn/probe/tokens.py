@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.mixer import per_op_path
-from .clusters import Clustering, clustering
+from .clusters import Clustering, clustering, cosine_to_first
 from .layer import DeltaStats, delta_statistics
 
 
@@ -34,6 +34,8 @@ class TokenTrace:
     loss: float = math.nan
     delta: list[DeltaStats] = field(default_factory=list)  # per layer, Δ on every position (delta_statistics)
     clustering: list[Clustering] = field(default_factory=list)  # per layer boundary, the tokens' directions
+    # per layer boundary, each position's cosine to position 0 in the residual stream (L,)
+    first_cosines: list[list[float]] = field(default_factory=list)
 
 
 def backward_finite(loss: torch.Tensor) -> None:
@@ -116,4 +118,5 @@ def trace_tokens(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor | Non
     slope, order = growth_fit(norms)
     clusters = [clustering(s.detach()[0].cpu()) for s in streams] if labels is None else []
     return TokenTrace([n.tolist() for n in norms], [m[0].norm(dim=-1).tolist() for m in mixer_in], shares, slope,
-                      order[:10], [x.cpu() for x in scan_in], loss.item(), deltas, clusters)
+                      order[:10], [x.cpu() for x in scan_in], loss.item(), deltas, clusters,
+                      [cosine_to_first(s.detach()[0].cpu()).tolist() for s in streams])

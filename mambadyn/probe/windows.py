@@ -82,7 +82,16 @@ def summarize_windows(results: list[ProbeResult], window_len: int) -> dict:
             "name": per[0]["name"], "scenarios": scen,
             "frac_sdx_positive": _summary([lp["delta"]["frac_sdx_positive"] if lp.get("delta") else None for lp in per]),
             "delta_median": _summary([lp["delta"]["quantiles"]["q50"] if lp.get("delta") else None for lp in per])})
-    out["ode_agreement"] = {str(o["layer"]): _summary([next((p["agreement"] for p in d["ode"] if p["layer"] == o["layer"]),
-                                                          None) for d in dicts])
-                            for o in dicts[0]["ode"]}
+    def ode_stat(layer, model, key):
+        got = []
+        for d in dicts:
+            o = next((p for p in d["ode"] if p["layer"] == layer), None)
+            fit = o if o is None or model == "paper" else o.get("normalised")
+            got.append(None if fit is None else fit.get(key))
+        return _summary(got)
+
+    keys = ("agreement", "spearman", "cosine_agreement", "cosine_spearman")
+    out["ode_agreement"] = {str(o["layer"]): ode_stat(o["layer"], "paper", "agreement") for o in dicts[0]["ode"]}
+    out["ode"] = {str(o["layer"]): {m: {k: ode_stat(o["layer"], m, k) for k in keys} for m in ("paper", "normalised")}
+                  for o in dicts[0]["ode"]}
     return out
