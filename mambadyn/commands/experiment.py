@@ -92,6 +92,23 @@ def token_shares(runs: str = typer.Option(..., help="a scenario experiment's run
     typer.echo((Path(out) / "report.md").read_text())
 
 
+@app.command("dynamics-vs-stack")
+def dynamics_vs_stack(probes: list[Path] = typer.Argument(..., help="probe folders (or probe.json files) made "
+                                                         "with --windows N"),
+                      out: str = typer.Option("results/dynamics_vs_stack.md", "--out", "-o")) -> None:
+    """Per model and layer, which continuous-time model (the paper's, the normalised one) predicts the direction
+    of the real stack's norm and cosine changes, with intervals over windows."""
+    from ..experiments.dynamics_vs_stack import write_report
+
+    try:
+        described = write_report(probes, out)
+    except (FileNotFoundError, ValueError) as e:
+        raise typer.BadParameter(str(e)) from e
+    for name, layers in described.items():
+        typer.echo(f"{name}: " + "; ".join(f"layer {k}: {v}" for k, v in layers.items()))
+    typer.echo(f"written: {out}")
+
+
 @app.command()
 def claims(results: str = typer.Option("results/paper_claims", help="folder of the claims' experiment folders"),
            out: str = typer.Option("results/paper_claims.md", "--out", "-o")) -> None:
