@@ -28,6 +28,24 @@ def test_dynamics_scenarios_writes_figure_and_numbers(tmp_path):
     assert len(list(tmp_path.glob("trajectory_*.csv"))) == 4
 
 
+def test_dynamics_scenarios_and_portrait_of_the_normalised_system(tmp_path):
+    r = runner.invoke(app, ["dynamics", "scenarios", "--norm", "--out", str(tmp_path / "s"), "-L", "4", "--t-end", "50"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "s" / "scenarios.json").read_text())
+    # with the norm nothing blows up: the paper's fast cases grow, token 1 provably so (linearly)
+    assert [s["observed"] for s in summary][1:] == ["grows", "grows", "grows"]
+    assert summary[0]["tokens"][0]["observed"] == "converges"  # later tokens stall near 0 (the eps scale)
+    assert [s["tokens"][0]["predicted"] for s in summary] == ["converges"] + ["diverges_slowly"] * 3
+    assert "linearly" in summary[2]["tokens"][0]["why"] and "limit_of_sqrt_t_times_x" not in summary[0]
+    assert all(t["end_time"] is None for s in summary for t in s["tokens"])  # inf: no blow-up (JSON null)
+    r = runner.invoke(app, ["dynamics", "portrait", "--norm", "--out", str(tmp_path / "p"), "-L", "3", "--t-end", "5",
+                            "--horizon", "50"])
+    assert r.exit_code == 0, r.output
+    portraits = json.loads((tmp_path / "p" / "portraits.json").read_text())
+    assert all(p["normalised"] for p in portraits)
+    assert portraits[0]["tokens_observed"] == ["grows"] * 3 and "blows_up" not in str(portraits)
+
+
 def test_dynamics_portrait_and_phase_diagram(tmp_path):
     r = runner.invoke(app, ["dynamics", "portrait", "--out", str(tmp_path / "p"), "-L", "3", "--t-end", "10"])
     assert r.exit_code == 0, r.output

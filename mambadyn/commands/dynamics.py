@@ -29,7 +29,9 @@ MAX_HORIZON = 1e12  # where a portrait's run-until-decided loop stops growing it
 @app.command()
 def scenarios(out: Path = _out("out/dynamics", "PNG, CSV and JSON outputs"), tokens: int = typer.Option(8, "--tokens", "-L", min=2),
               t_end: float = typer.Option(1e4, help="final time (continuous depth)"),
-              seed: int = 0) -> None:
+              seed: int = 0,
+              norm: bool = typer.Option(False, "--norm", help="the normalised system: the update reads RMSNorm(x) "
+                                        "(weight 1, eps 1e-5), as in a Mamba block")) -> None:
     """The 1-D scenarios: token norms against t, per-token fates (predicted and observed), blow-up times,
     the asymptotic constants."""
     from mambadyn.dynamics.scenarios import run_scenarios
@@ -38,7 +40,7 @@ def scenarios(out: Path = _out("out/dynamics", "PNG, CSV and JSON outputs"), tok
     if not math.isfinite(t_end) or t_end <= 0:
         raise typer.BadParameter(f"--t-end must be a finite time > 0, got {t_end}")
     check_output(out, "dynamics scenarios")
-    runs = run_scenarios(tokens, t_end, seed, progress=True)
+    runs = run_scenarios(tokens, t_end, seed, progress=True, norm=norm)
     summary = [r.row for r in runs.values()]
     with on_interrupt(KEPT), atomic_folder(out, "dynamics scenarios") as tmp:
         for name, r in runs.items():
@@ -55,7 +57,9 @@ def scenarios(out: Path = _out("out/dynamics", "PNG, CSV and JSON outputs"), tok
 def portrait(out: Path = _out("out/portrait", "PNG and JSON outputs"), tokens: int = typer.Option(6, "--tokens", "-L", min=1),
              t_end: float = typer.Option(50.0, help="first horizon; runs 10x longer until every token's fate "
                                          "is decided"),
-             horizon: float = typer.Option(1e5, help="the longest run"), seed: int = 0) -> None:
+             horizon: float = typer.Option(1e5, help="the longest run"), seed: int = 0,
+             norm: bool = typer.Option(False, "--norm", help="the normalised system: the update reads RMSNorm(x) "
+                                       "(weight 1, eps 1e-5)")) -> None:
     """2-D phase portraits for S_C^T S_B with two positive, one positive and two negative eigenvalues.
     Each runs until every token has blown up, converges or stays (or the horizon)."""
     from mambadyn.dynamics import TokenSystem, classify
@@ -78,12 +82,14 @@ def portrait(out: Path = _out("out/portrait", "PNG and JSON outputs"), tokens: i
                      ("two negative eigenvalues", (-1.0, -0.5))):
         M = Q @ torch.diag(torch.tensor(ev, dtype=torch.float64)) @ Q.T  # S_C^T S_B with S_C = I
         system = TokenSystem.from_matrices(M, torch.eye(2), S_delta, a=1.0)
+        if norm:
+            system = system.with_norm(1.0, 1e-5)
         tr = simulate_until_decided(system, x0, t_end, horizon, n_points=300)
         c = classify(system, x0)[0]
         observed = tr.token_outcomes()[0]
         words = describe_tokens(observed, tr.blowup_time[0].tolist())
-        trajs[f"{name} {ev}, to t = {float(tr.t[-1]):g}\nobserved: {words}"] = tr
-        summary.append({"case": name, "eigenvalues": ev, "t_end": float(tr.t[-1]),
+        trajs[f"{'normalised, ' if norm else ''}{name} {ev}, to t = {float(tr.t[-1]):g}\nobserved: {words}"] = tr
+        summary.append({"case": name, "normalised": norm, "eigenvalues": ev, "t_end": float(tr.t[-1]),
                         "predicted": c.scenario.value, "prediction": c.reason,
                         "paper_conjecture": c.conjecture.value if c.conjecture else None,
                         "tokens_predicted": [f.outcome.value for f in c.tokens],

@@ -45,13 +45,18 @@ class ScenarioRun:
     table: list[list]
 
 
-def run_scenarios(tokens: int = 8, t_end: float = 1e4, seed: int = 0, progress: bool = False) -> dict[str, ScenarioRun]:
+def run_scenarios(tokens: int = 8, t_end: float = 1e4, seed: int = 0, progress: bool = False,
+                  norm: bool = False) -> dict[str, ScenarioRun]:
     """Every case of ``one_dim_cases``, predicted and simulated to ``t_end``; where tokens blow up, simulated
-    again on output times that crowd towards each blow-up, so the power law there shows."""
+    again on output times that crowd towards each blow-up, so the power law there shows. ``norm``: the same
+    parameters in the normalised system (the update reads RMSNorm(x), weight 1, eps 1e-5), whose cases keep
+    the paper's names for their parameters, not for what they do."""
     if not math.isfinite(t_end) or t_end <= 0:
         raise ValueError(f"t_end must be a finite time > 0, got {t_end}")
     out = {}
     for name, (params, system, x0) in one_dim_cases(tokens, seed).items():
+        if norm:
+            system, params = system.with_norm(1.0, 1e-5), params + ", RMSNorm"
         c = classify(system, x0)[0]
         tr = simulate(system, x0, t_end, n_points=300, progress=progress)
         ends = sorted({float(v) for v in tr.blowup_time[0] if math.isfinite(v)})
@@ -72,14 +77,14 @@ def run_scenarios(tokens: int = 8, t_end: float = 1e4, seed: int = 0, progress: 
             "fitted_convergence_exponent": {"window": window, "values": fitted_convergence_exponent(tr)[0].tolist()},
             "fitted_log_growth_exponent": {"window": window, "values": fitted_log_growth_exponent(tr)[0].tolist()},
         }
-        if name == "convergent":
+        if name == "convergent" and not norm:  # the paper's constants are for the paper's model
             row["sqrt_t_times_x_at_t_end"] = (tr.norms()[-1, 0] * tr.t[-1].sqrt()).tolist()
             row["limit_of_sqrt_t_times_x"] = convergence_constants(-1.0, 1.0, tokens, (x0[0] != 0).tolist()).tolist()
-        if name == "slow_divergence":
+        if name == "slow_divergence" and not norm:
             row["measured_ratio_to_running_min"] = slow_divergence_ratios(tr)[0].tolist()
         table = [["t"] + [f"x{l + 1}" for l in range(tokens)]] + [
             [t] + [v if o else "" for v, o in zip(xs, ok)]
             for t, xs, ok in zip(tr.t.tolist(), tr.x[:, 0, :, 0].tolist(), tr.valid[:, 0].tolist())]
-        title = f"{name.replace('_', ' ')} ({params})\npredicted: {describe_tokens([f.outcome for f in c.tokens])}"
+        title = f"{'normalised, ' if norm else ''}{name.replace('_', ' ')} ({params})\npredicted: {describe_tokens([f.outcome for f in c.tokens])}"
         out[name] = ScenarioRun(title, tr, row, table)
     return out
