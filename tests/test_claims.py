@@ -190,13 +190,15 @@ def test_claim_experiments_smoke(tmp_path, shared_data):
 
     ro = tmp_path / "reorder"
     r = CliRunner().invoke(app, ["experiment", "reorder", "--preset", "causal-smoke", "--variants",
-                                 "none,soft,hard,soft-paper,hard-paper", "--seeds", "0", "--out", str(ro)])
+                                 "none,soft,hard,soft-paper,hard-paper,random", "--seeds", "0", "--out", str(ro)])
     assert r.exit_code == 0, r.output
     res = json.loads((ro / "results.json").read_text())
     assert res["causal"] and res["selection"] == "best validation accuracy"
     assert all("val_acc" in v and "train_loss" in v for v in res["variants"].values())
     run_cfg = json.loads((ro / "runs" / "hard-paper-s0" / "config.json").read_text())
     assert run_cfg["model"]["reorder_restore"] is False and run_cfg["model"]["pool"] == "last"
+    rand_cfg = json.loads((ro / "runs" / "random-s0" / "config.json").read_text())
+    assert rand_cfg["model"]["random_order"] is True and rand_cfg["model"]["reorder_layers"] == []
 
 
 def _write(folder, name, res):
@@ -232,7 +234,9 @@ def test_claim_verdicts_follow_the_rule(tmp_path):
     assert decided["b-syn"]["verdict"] == "not reproduced"  # MQAR goes against it, beyond the paper's claim
     assert decided["d"]["verdict"] == "inconclusive"  # no difference
     assert "c" not in decided  # no token_shares folder: the claim is not decided
+    assert "e" not in decided
     text = out.read_text()
+    assert "| (c) " in text and "| (e) " in text and text.count("**not run**") == 2
     assert "How these were run." in text and "A note on (a)." in text
     assert "[mqar](mqar/report.md)" in text and "against the claim" in text
     (tmp_path / "mqar" / "report.md").write_text("# MQAR\n")
@@ -242,6 +246,14 @@ def test_claim_verdicts_follow_the_rule(tmp_path):
     assert report.startswith("# MQAR") and report.count("## Verdicts") == 1 and "**not reproduced**" in report
     with pytest.raises(FileNotFoundError, match="none of the experiments"):
         write_claims(tmp_path / "fmnist_patches196", out)
+    # the follow-up's random reordering, in the same experiment, is claim (e), on accuracy alone
+    res = json.loads((tmp_path / "fmnist_patches196" / "results.json").read_text())
+    res["variants"]["random"] = {"per_seed": arm(0.95, 4), "curves": curves}
+    (tmp_path / "fmnist_patches196" / "results.json").write_text(json.dumps(res))
+    decided = write_claims(tmp_path, out)
+    assert decided["e"]["verdict"] == "reproduced"
+    assert [c["label"] for c in decided["e"]["comparisons"]] == ["196 tokens, test accuracy: random vs none"]
+    assert all("random" not in c["label"] for c in decided["d"]["comparisons"])
 
 
 def test_offline_wikitext_makes_no_network_call(monkeypatch, tmp_path):

@@ -24,7 +24,8 @@ from .grid import check_grid, run_grid
 _REORDER = ["model.reorder_layers=[0]"]
 VARIANTS = {"none": [], "soft": _REORDER, "hard": _REORDER + ["model.reorder_hard=true"],
             "soft-paper": _REORDER + ["model.reorder_restore=false"],
-            "hard-paper": _REORDER + ["model.reorder_hard=true", "model.reorder_restore=false"]}
+            "hard-paper": _REORDER + ["model.reorder_hard=true", "model.reorder_restore=false"],
+            "random": ["model.random_order=true"]}  # the follow-up's: a fresh random order per training batch
 TRAIN_IMAGES = 60000
 _CAUSAL = ["model.bidirectional=false", "model.pool=last"]
 

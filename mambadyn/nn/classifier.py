@@ -10,6 +10,10 @@ style, where the order of the patches matters most).
 
 Token reordering (``reorder_layers``) attaches a ``TokenReorder`` to every mixer of those blocks;
 it is what the paper's importance-based reordering does in the first block of each stage.
+``random_order`` is the follow-up's random reordering (Token Dynamics on Spheres in Mamba Models): the
+whole stack reads the tokens, position embeddings included, in a fresh random order for every training
+batch and in their own order at evaluation. The follow-up's abstract says only "randomly reordering
+tokens during training"; where the permutation sits and how often it is drawn are mambadyn's choices.
 """
 
 from __future__ import annotations
@@ -88,6 +92,9 @@ class MambaClassifier(nn.Module):
         if not images.is_floating_point():
             raise TypeError(f"images must be a floating-point tensor, got {images.dtype}")
         h = self.patch_embed(images.to(self.patch_embed.weight.dtype)).flatten(2).transpose(1, 2) + self.pos_embed
+        if c.random_order and self.training:
+            # one permutation for the batch, drawn from torch's generator (saved and restored with a run)
+            h = h[:, torch.randperm(h.shape[1], device=h.device)]
         for layer in self.layers:
             h = layer(h)
         h = self.norm_f(h)

@@ -191,6 +191,9 @@ class ClassifierConfig:
     reorder_tau: float = 1.0
     reorder_hard: bool = False
     reorder_restore: bool = True
+    # the follow-up's random reordering: in training, the tokens (after the position embedding) in a fresh
+    # random order for every batch; at evaluation, in their own order
+    random_order: bool = False
     eigen_mode: str = "free"
     eigen_threshold: float = 0.7
     scan_backend: str = "auto"
