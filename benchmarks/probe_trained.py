@@ -23,6 +23,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--modes", default="free,positive,mixed,negative")
+    ap.add_argument("--preset", default="gpu", choices=sorted(PRESETS), help="the scenario experiment's preset "
+                    "for the four eigen-mode models (small: minutes on a CPU)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="a training override for the four "
+                    "eigen-mode models (section.key=value), after the preset's")
     ap.add_argument("--big-steps", type=int, default=1500, help="steps of the 130M-shaped model (0: skip it)")
     ap.add_argument("--tokens", type=int, default=2048, help="tokens the probe runs on")
     ap.add_argument("--big-ode-layers", default="", help="layers whose ODE the 130M-shaped probe runs (default all)")
@@ -31,7 +35,7 @@ def main() -> None:
     ap.add_argument("--window-len", type=int, default=1024)
     ap.add_argument("--big-windows", type=int, default=0, help="--windows for the 130M-shaped model")
     args = ap.parse_args()
-    jobs = {f"scenario-{m}": PRESETS["gpu"] + [f"model.eigen_mode={m}"] for m in args.modes.split(",") if m}
+    jobs = {f"scenario-{m}": PRESETS[args.preset] + args.sets + [f"model.eigen_mode={m}"] for m in args.modes.split(",") if m}
     if args.big_steps:
         jobs["mamba-130m-shape"] = ["model.d_model=768", "model.n_layer=24", "data.seq_len=512", "optim.batch_size=16",
                                     f"optim.steps={args.big_steps}", "optim.warmup_steps=100", "optim.lr=1e-3",

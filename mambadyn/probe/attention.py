@@ -19,8 +19,12 @@ Views, per layer: ``M`` for the units asked (units, L, L); ``mean_abs`` = mean o
 ``mean_rownorm`` = mean over units of |M_lj| / Σ_j' |M_lj'| (each row a distribution over the positions it
 reads). Both views are (L, L), lower-triangular. The D skip is left out of M (it is the diagonal term
 D u_l, not a read of another token). The views average |M|, so that reads of opposite sign do not cancel.
-Not yet compared with TransformerLens's ``compute_ssm_effective_attention`` (issue 31): its conventions are
-not stated here until a test checks them.
+TransformerLens 4 (``compute_effective_attention`` of its Mamba and Mamba-2 mixer bridges) returns by default
+the attention-like form without Δ_j, Σ_n C_{l,n} B_{j,n} exp(...); its ``include_dt_scaling=True`` form is M
+above, and equals mambadyn's to float32 precision on the same tiny Mamba-1 (per channel) and Mamba-2 (per head)
+models (``tests/test_transformerlens.py``, which runs where TransformerLens is installed: 4.3.0 with
+transformers 5.25 passes it). TransformerLens materialises the (units, N, L, L) decay tensor; here it is never
+formed.
 """
 
 from __future__ import annotations
