@@ -55,7 +55,7 @@ def main() -> None:
         rows.append({"L": args.L, "d_inner": args.d, "N": args.n, "dtype": name, "device": args.device,
                      "threads": torch.get_num_threads(), "seconds": dt, "load_avg_1min": load,
                      "block": args.block, "channel_block": args.channel_block,
-                     "row_sums_ok": bool(torch.allclose(att.mean_rownorm.sum(-1).double(),
+                     "row_sums_ok": bool(torch.allclose(att.mean_rownorm.sum(-1).double().cpu(),
                                                         torch.ones(args.L, dtype=torch.float64), atol=1e-4))})
         print(f"L {args.L} d_inner {args.d} N {args.n} {name:8s} on {args.device} ({torch.get_num_threads()} threads, "
               f"load {load:.2f}): {dt:7.2f} s", flush=True)

@@ -201,3 +201,18 @@ def test_the_probe_s_captures_run_the_per_op_path_and_restore_the_setting():
     capture_scan_inputs(m, ids)
     h.remove()
     assert seen == [False, False] and mixer.fused
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the probe of a model on a GPU")
+def test_probe_of_a_model_on_cuda_matches_the_cpu_probe():
+    """A model on the GPU is probed where it is (a GPU run once failed here: the scan inputs came back to
+    the CPU while the layer's matrices stayed on the GPU)."""
+    m = _lm(32)
+    ids = torch.randint(0, 32, (48,), generator=torch.Generator().manual_seed(0))
+    cfg = ProbeConfig(max_tokens=64, ode_positions=4, progress=False, attention_layers=[0])
+    cpu = probe(m, ids, cfg)
+    gpu = probe(m.cuda(), ids, cfg)
+    assert [lp.scenario for lp in gpu.layers] == [lp.scenario for lp in cpu.layers]
+    torch.testing.assert_close(torch.tensor(gpu.tokens.residual_norms), torch.tensor(cpu.tokens.residual_norms),
+                               rtol=1e-4, atol=1e-5)
+    assert gpu.attention[0].first_token_mass == pytest.approx(cpu.attention[0].first_token_mass, rel=1e-3)

@@ -113,7 +113,7 @@ def layer_params(name: str, m: nn.Module, tokens: torch.Tensor | None = None, de
                  tol: float = 1e-9) -> LayerParams:
     """The spectrum and the (conjectural) scenario of one mambadyn mixer. ``tokens`` (P, D): real scan inputs
     whose S_Δ u signs split fast from slow (None: parameters only); ``delta``: the layer's Δ statistics."""
-    mats = mixer_matrices(m)
+    mats = {k: v.cpu() for k, v in mixer_matrices(m).items()}  # the tokens and the spectra live on the CPU
     sdx_positive = None if tokens is None else bool(((tokens.double() @ mats["S_delta"].T) > 0).any())
     lp = matrix_params(name, mats["S_B"], mats["S_C"], rank_rtol(m.x_proj.weight), sdx_positive, tol=tol)
     if tokens is not None:
