@@ -55,3 +55,15 @@ def test_cli_writes_the_table_and_refuses_probes_without_windows(tmp_path):
     r = CliRunner().invoke(app, ["experiment", "dynamics-vs-stack", str(tmp_path / "nothing"), "--out",
                                  str(tmp_path / "y.md")])
     assert r.exit_code != 0 and "no probe.json" in flat(r.output)
+
+
+def test_probes_of_the_same_name_keep_their_parent(tmp_path):
+    from mambadyn.experiments.dynamics_vs_stack import load_probes
+
+    for parent in ("gpu", "cpu"):
+        (tmp_path / parent / "free").mkdir(parents=True)
+        (tmp_path / parent / "free" / "probe.json").write_text("{}")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "probe.json").write_text("{}")
+    got = load_probes([tmp_path / "gpu" / "free", tmp_path / "cpu" / "free", tmp_path / "other"])
+    assert list(got) == ["gpu/free", "cpu/free", "other"]

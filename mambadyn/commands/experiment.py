@@ -95,13 +95,15 @@ def token_shares(runs: str = typer.Option(..., help="a scenario experiment's run
 @app.command("dynamics-vs-stack")
 def dynamics_vs_stack(probes: list[Path] = typer.Argument(..., help="probe folders (or probe.json files) made "
                                                          "with --windows N"),
-                      out: str = typer.Option("results/dynamics_vs_stack.md", "--out", "-o")) -> None:
+                      out: str = typer.Option("results/dynamics_vs_stack.md", "--out", "-o"),
+                      notes: Optional[Path] = typer.Option(None, help="markdown to put after the table (what the "
+                                                           "probes are, what the table says)")) -> None:
     """Per model and layer, which continuous-time model (the paper's, the normalised one) predicts the direction
     of the real stack's norm and cosine changes, with intervals over windows."""
     from ..experiments.dynamics_vs_stack import write_report
 
     try:
-        described = write_report(probes, out)
+        described = write_report(probes, out, notes)
     except (FileNotFoundError, ValueError) as e:
         raise typer.BadParameter(str(e)) from e
     for name, layers in described.items():

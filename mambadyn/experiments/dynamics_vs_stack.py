@@ -72,23 +72,35 @@ def table(probes: dict[str, dict]) -> str:
 
 
 def load_probes(paths: list[Path]) -> dict[str, dict]:
-    """name (the probe folder's name) -> probe.json, for probe folders or probe.json files."""
-    out = {}
+    """name -> probe.json, for probe folders or probe.json files; the name is the probe folder's, with its
+    parent's in front where two folders share a name."""
+    files = []
     for p in paths:
         f = p / "probe.json" if p.is_dir() else p
         if not f.is_file():
             raise FileNotFoundError(f"{p}: no probe.json there")
-        out[f.parent.name] = json.loads(f.read_text())
-    return out
+        files.append(f)
+    short = [f.parent.name for f in files]
+    names = [f"{f.parent.parent.name}/{f.parent.name}" if short.count(n) > 1 else n for f, n in zip(files, short)]
+    if len(set(names)) < len(names):
+        raise ValueError(f"two probes would share a name in the table: {names}")
+    return {n: json.loads(f.read_text()) for n, f in zip(names, files)}
 
 
-def write_report(paths: list[Path], out: str | Path) -> dict[str, dict[str, str]]:
-    """Write the markdown table (with this module's method) for the probes at ``paths`` to ``out``; returns
-    model -> layer -> the model(s) that describe it."""
+def write_report(paths: list[Path], out: str | Path, notes: str | Path | None = None) -> dict[str, dict[str, str]]:
+    """Write the markdown table (with this module's method, and the text of ``notes`` after it: what the
+    probes are, what the table says) for the probes at ``paths`` to ``out``; returns model -> layer -> the
+    model(s) that describe it."""
     from ..outputs import write_file
 
     probes = load_probes([Path(p) for p in paths])
     doc = __doc__.split("\n\n", 1)[1].strip()
-    text = "\n".join(["# Which continuous-time model describes each trained layer", "", doc, "", table(probes), ""])
+    extra = []
+    if notes is not None:
+        if not Path(notes).is_file():
+            raise FileNotFoundError(f"--notes {notes}: no such file")
+        extra = [Path(notes).read_text().strip(), ""]
+    text = "\n".join(["# Which continuous-time model describes each trained layer", "", doc, "", table(probes), ""]
+                     + extra)
     write_file(out, text, "experiment dynamics-vs-stack")
     return {name: {k: describes(v) for k, v in d["windows"]["ode"].items()} for name, d in probes.items()}
