@@ -54,3 +54,17 @@ def test_one_forward_pass_serves_every_name():
     capture(m, torch.arange(9) % 17, ["resid_pre"])
     h.remove()
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("names", [["ssm_input", "resid_post"], ["resid_pre"]])
+def test_capture_stops_before_the_output_head(names):
+    """The head is a fifth of a 130M model's CPU forward and nothing captured needs it: it never runs, and the
+    model is left as it was (the next forward runs it and returns logits)."""
+    torch.manual_seed(0)
+    m = MambaLM(MambaConfig(vocab_size=17, d_model=8, n_layer=2, d_state=3))
+    calls = []
+    m.lm_head.register_forward_hook(lambda *_: calls.append(1))
+    ids = torch.randint(0, 17, (9,))
+    got = capture(m, ids, names)
+    assert calls == [] and all(len(got[n]) == 2 for n in names)
+    assert m(ids[None]).shape == (1, 9, 17) and calls == [1]

@@ -29,6 +29,7 @@ formed.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -40,6 +41,31 @@ from ..nn.load import check_ids
 from ..nn.mixer import per_op_path
 from ..refine.eigen import find_mixers
 from ..refine.spectrum import selective_params
+
+
+class _HeadReached(Exception):
+    """Raised at the output head by ``until_head``: everything a capture reads lies before it."""
+
+
+@contextlib.contextmanager
+def until_head(model: nn.Module, enabled: bool = True):
+    """Within the block, a forward pass of ``model`` stops where its ``lm_head`` would run (at vocabulary 50280
+    the head is a fifth of a 130M model's forward on a CPU); no logits come out. Nothing is skipped where the
+    model has no ``lm_head`` or ``enabled`` is False."""
+    head = getattr(model, "lm_head", None) if enabled else None
+
+    def stop(*_):
+        raise _HeadReached
+
+    handle = None if not isinstance(head, nn.Module) else head.register_forward_pre_hook(stop)
+    try:
+        yield
+    except _HeadReached:
+        pass
+    finally:
+        if handle is not None:
+            handle.remove()
+
 
 MAX_FULL_BYTES = 2 * 2**30  # the largest per-channel M a call returns without being asked for blocks
 
@@ -78,23 +104,27 @@ class ScanInputs:
 
     def scan_output(self) -> torch.Tensor:
         """y (L, D) of the recurrence h_l = exp(Δ_l A) h_{l-1} + Δ_l u_l B_l, y_l = C_l h_l + D u_l (no gate),
-        per channel with its unit's Δ, A, D and its group's B, C."""
+        per channel with its unit's Δ, A, D and its group's B, C: the library's selective scan, one call per
+        group of units (the numba kernel on a CPU, float64 included)."""
+        from ..scan import selective_scan
+
         L, D = self.u.shape
-        k, g = self.unit, self.group[self.unit]
-        dl, A, Dk = self.delta[:, k], self.A[k], self.D_skip[k]  # (L, D), (D, N), (D,)
-        h = torch.zeros(D, self.A.shape[1], dtype=self.u.dtype)
-        ys = []
-        for l in range(L):
-            h = torch.exp(dl[l, :, None] * A) * h + (dl[l] * self.u[l])[:, None] * self.B[l, g]
-            ys.append((h * self.C[l, g]).sum(-1) + Dk * self.u[l])
-        return torch.stack(ys)
+        y = torch.empty_like(self.u)
+        owner = self.group[self.unit]  # (D,): the group of each channel
+        for g in owner.unique().tolist():
+            ch = torch.nonzero(owner == g).flatten()
+            k = self.unit[ch]
+            col = lambda t: t.T[None].contiguous()  # noqa: E731  (L, c) -> (1, c, L)
+            y[:, ch] = selective_scan(col(self.u[:, ch]), col(self.delta[:, k]), self.A[k], col(self.B[:, g]),
+                                      col(self.C[:, g]), self.D_skip[k])[0].T
+        return y
 
 
 def capture_scan_inputs(model: nn.Module, ids: torch.Tensor, layers: list[int] | None = None,
-                        dtype: torch.dtype = torch.float64) -> dict[int, ScanInputs]:
+                        dtype: torch.dtype = torch.float64, skip_head: bool = False) -> dict[int, ScanInputs]:
     """Run ``model`` (a MambaLM, or transformers' MambaForCausalLM: any model whose Mamba-1 mixers carry
     in_proj, conv1d, x_proj, dt_proj, A_log and D) on ids (L,) and return each asked layer's scan inputs, in
-    ``dtype``."""
+    ``dtype``; ``skip_head``: stop the pass before the output head (``until_head``)."""
     mixers = [m for name, m in find_mixers(model) if not name.endswith("mixer_b")]
     if not mixers:
         raise ValueError("the model has no Mamba-1 mixer (a module with x_proj, dt_proj and A_log)")
@@ -121,7 +151,7 @@ def capture_scan_inputs(model: nn.Module, ids: torch.Tensor, layers: list[int] |
     handles = [mixers[k].in_proj.register_forward_hook(hook(k, mixers[k])) for k in layers]
     # the fused CUDA path multiplies by in_proj's weight itself, where no module hook sees it: per-op here
     try:
-        with torch.no_grad(), per_op_path(model):
+        with torch.no_grad(), per_op_path(model), until_head(model, skip_head):
             model(ids[None].to(next(model.parameters()).device))
     finally:
         for h in handles:
@@ -254,7 +284,7 @@ def layer_attention(s: ScanInputs, layer: int = 0, channels: list[int] | None = 
 
 
 def family_scan_inputs(model: nn.Module, ids: torch.Tensor, layers: list[int] | None = None,
-                       dtype: torch.dtype = torch.float64
+                       dtype: torch.dtype = torch.float64, skip_head: bool = False
                        ) -> tuple[dict[int, ScanInputs], dict[int, torch.Tensor], dict[int, torch.Tensor | None]]:
     """For a transformers model of any family in ``nn.families``: each asked SSM layer's scan inputs (by SSM
     layer index) from the family's own forward pass; the scan output the family computed, y (L, D), and the
@@ -267,7 +297,7 @@ def family_scan_inputs(model: nn.Module, ids: torch.Tensor, layers: list[int] | 
     layers = _check_layers(layers, len(mixers))
     ids = torch.as_tensor(ids, dtype=torch.int64).flatten()
     check_ids(ids, model.config.vocab_size)
-    with torch.no_grad(), capture(model, family) as got:
+    with torch.no_grad(), capture(model, family) as got, until_head(model, skip_head):
         model(ids[None].to(model.device))
     out, ys, gates = {}, {}, {}
     for k in layers:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..nn.mixer import per_op_path
-from .attention import ScanInputs, capture_scan_inputs, family_scan_inputs
+from .attention import ScanInputs, capture_scan_inputs, family_scan_inputs, until_head
 from .hf_models import is_transformers_model
 
 SSM_NAMES = ("ssm_input", "ssm_dt", "ssm_B", "ssm_C", "ssm_output", "ssm_state")
@@ -94,8 +94,8 @@ def capture(model: nn.Module, ids: torch.Tensor, names: list[str] | tuple[str, .
         # one forward pass for everything asked: the residual hooks ride on the scan capture's pass
         res = stack.enter_context(_residual_hooks(model, layers)) if any(n in RESID_NAMES for n in names) else None
         if any(n in SSM_NAMES for n in names):
-            inputs = (family_scan_inputs(model, ids, layers)[0] if is_transformers_model(model)
-                      else capture_scan_inputs(model, ids, layers))
+            inputs = (family_scan_inputs(model, ids, layers, skip_head=True)[0] if is_transformers_model(model)
+                      else capture_scan_inputs(model, ids, layers, skip_head=True))
             for n in names:
                 if n not in SSM_NAMES:
                     continue
@@ -103,7 +103,7 @@ def capture(model: nn.Module, ids: torch.Tensor, names: list[str] | tuple[str, .
                               "ssm_C": lambda s: s.C, "ssm_output": ScanInputs.scan_output,
                               "ssm_state": lambda s: states(s, channels)}[n](s) for k, s in inputs.items()}
         else:  # residuals alone; the block hooks see module calls only (per_op_path)
-            with torch.no_grad(), per_op_path(model):
+            with torch.no_grad(), per_op_path(model), until_head(model):
                 model(ids[None].to(next(model.parameters()).device))
     if res is not None:
         out.update({n: res[n] for n in names if n in RESID_NAMES})
