@@ -2,6 +2,11 @@
 preset) and one 130M-shaped LM (d_model 768, 24 layers), then probe each; on the GPU machine.
 
     MAMBADYN_DATA=.devdata MAMBADYN_OFFLINE=1 python benchmarks/probe_trained.py --out OUT [--big-steps N]
+        [--windows 6 --window-len 1024] [--jobs 5]
+
+With ``--windows`` each probe runs both continuous-time models on every window, on the CPU: about 4 minutes
+for a `gpu`-preset model on the GPU machine's CPU. ``--jobs`` trains and probes that many models at once,
+each in its own process (a rerun resumes interrupted trainings and redoes only their probes).
 
 Writes OUT/<model>/ (the probe's probe.json, report.md, figures), OUT/summary.json (per model: layers by
 scenario, sign counts, train time, probe time) and prints a table. The training runs stay in OUT/runs."""
@@ -10,8 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import time
 from pathlib import Path
+
+import torch
 
 from mambadyn.experiments.scenarios import PRESETS
 from mambadyn.probe import ProbeConfig, probe, write_outputs
@@ -34,45 +43,63 @@ def main() -> None:
                     "too, for intervals over windows (0: one window of --tokens)")
     ap.add_argument("--window-len", type=int, default=1024)
     ap.add_argument("--big-windows", type=int, default=0, help="--windows for the 130M-shaped model")
+    ap.add_argument("--jobs", type=int, default=1, help="models trained and probed at a time, each in its own "
+                    "process (the probes' ODEs run on the CPU, one core each)")
     args = ap.parse_args()
     jobs = {f"scenario-{m}": PRESETS[args.preset] + args.sets + [f"model.eigen_mode={m}"] for m in args.modes.split(",") if m}
     if args.big_steps:
         jobs["mamba-130m-shape"] = ["model.d_model=768", "model.n_layer=24", "data.seq_len=512", "optim.batch_size=16",
                                     f"optim.steps={args.big_steps}", "optim.warmup_steps=100", "optim.lr=1e-3",
                                     "run.eval_every=500", "run.eval_batches=10", "run.ckpt_every=500", "run.log_every=50"]
-    text = Path(__import__("os").environ.get("MAMBADYN_DATA", ".")) / "tiny-shakespeare" / "input.txt"
+    text = Path(os.environ.get("MAMBADYN_DATA", ".")) / "tiny-shakespeare" / "input.txt"
     # the probe reads held-out text: the last 10% of the corpus, which no run trained on
     held_out = text.read_text()[-30_000:]
     summary = {}
+    if args.jobs > 1:
+        # each model in its own process: training shares the GPU, the probes' ODEs (single-threaded Python
+        # loops) run side by side on the machine's cores
+        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(args.jobs, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+            for name, row in pool.imap_unordered(_one, [(name, sets, args, held_out) for name, sets in jobs.items()]):
+                summary[name] = row
+                (args.out / "summary.json").write_text(json.dumps(summary, indent=1))  # after each model
+        return
     for name, sets in jobs.items():
-        cfg = apply_overrides(LMTrainConfig(), sets + [f"run.out_dir={args.out / 'runs' / name}", "run.progress=false"])
-        t0 = time.perf_counter()
-        final = train(LMTask, cfg, resume=(args.out / "runs" / name / "latest").exists())
-        t_train = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        ode_layers = [int(x) for x in args.big_ode_layers.split(",") if x] if name.startswith("mamba-130m") else []
-        pc = ProbeConfig(max_tokens=args.tokens, ode_layers=ode_layers or None, progress=False)
-        n_windows = args.big_windows if name.startswith("mamba-130m") else args.windows
-        if n_windows:
-            result = probe_windows(args.out / "runs" / name, text=held_out, config=pc, windows=n_windows,
-                                   window_len=args.window_len)
-        else:
-            result = probe(args.out / "runs" / name, text=held_out, config=pc)
-        t_probe = time.perf_counter() - t0
-        write_outputs(result, args.out / name)
-        counts = {}
-        for lp in result.layers:
-            counts[lp.scenario] = counts.get(lp.scenario, 0) + 1
-        summary[name] = {"final": final, "train_s": t_train, "probe_s": t_probe, "scenarios": counts,
-                         "positive": [lp.positive for lp in result.layers], "negative": [lp.negative for lp in result.layers],
-                         "complex_pairs": [lp.complex_pairs for lp in result.layers],
-                         "ode_agreement": [o.agreement for o in result.ode],
-                         "normalised_ode_agreement": [o.normalised.agreement if o.normalised else None
-                                                      for o in result.ode],
-                         "grad_top10": result.to_dict()["tokens"]["grad_share_top10pct"]}
-        print(f"{name:20s} val {final.get('val_loss', float('nan')):.4f}  train {t_train:6.1f}s  probe {t_probe:6.1f}s  "
-              f"scenarios {counts}", flush=True)
+        summary[name] = _one((name, sets, args, held_out))[1]
         (args.out / "summary.json").write_text(json.dumps(summary, indent=1))  # after each model: nothing lost
+
+
+def _one(job) -> tuple[str, dict]:
+    """Train one model (resuming an interrupted run), probe it, write its outputs; its summary row."""
+    name, sets, args, held_out = job
+    cfg = apply_overrides(LMTrainConfig(), sets + [f"run.out_dir={args.out / 'runs' / name}", "run.progress=false"])
+    t0 = time.perf_counter()
+    final = train(LMTask, cfg, resume=(args.out / "runs" / name / "latest").exists())
+    t_train = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ode_layers = [int(x) for x in args.big_ode_layers.split(",") if x] if name.startswith("mamba-130m") else []
+    pc = ProbeConfig(max_tokens=args.tokens, ode_layers=ode_layers or None, progress=False)
+    n_windows = args.big_windows if name.startswith("mamba-130m") else args.windows
+    if n_windows:
+        result = probe_windows(args.out / "runs" / name, text=held_out, config=pc, windows=n_windows,
+                               window_len=args.window_len)
+    else:
+        result = probe(args.out / "runs" / name, text=held_out, config=pc)
+    t_probe = time.perf_counter() - t0
+    write_outputs(result, args.out / name)
+    counts = {}
+    for lp in result.layers:
+        counts[lp.scenario] = counts.get(lp.scenario, 0) + 1
+    row = {"final": final, "train_s": t_train, "probe_s": t_probe, "scenarios": counts,
+           "positive": [lp.positive for lp in result.layers], "negative": [lp.negative for lp in result.layers],
+           "complex_pairs": [lp.complex_pairs for lp in result.layers],
+           "ode_agreement": [o.agreement for o in result.ode],
+           "normalised_ode_agreement": [o.normalised.agreement if o.normalised else None for o in result.ode],
+           "grad_top10": result.to_dict()["tokens"]["grad_share_top10pct"]}
+    print(f"{name:20s} val {final.get('val_loss', float('nan')):.4f}  train {t_train:6.1f}s  probe {t_probe:6.1f}s  "
+          f"scenarios {counts}", flush=True)
+    return name, row
 
 
 if __name__ == "__main__":
