@@ -208,3 +208,23 @@ def test_a_length_whose_views_would_not_fit_is_refused_with_its_size_before_any_
     ids = torch.arange(20000) % 17
     with pytest.raises(ValueError, match="at L = 20000 tokens needs"):
         probe(m, ids, ProbeConfig(progress=False, max_tokens=20000, attention_layers=[0]))
+
+
+def test_the_probe_reads_attention_from_its_own_trace_in_one_pass():
+    """probe --attention on a mambadyn model: one forward pass (the trace's), and the maps it draws are the
+    views hidden_attention computes in its own pass (up to the float32 the probe's views use)."""
+    from mambadyn.nn import MambaConfig, MambaLM
+    from mambadyn.probe import ProbeConfig, probe
+    from mambadyn.probe.attention import block_average, hidden_attention
+
+    torch.manual_seed(0)
+    m = MambaLM(MambaConfig(vocab_size=29, d_model=16, n_layer=3, d_state=4))
+    ids = torch.randint(0, 29, (40,), generator=torch.Generator().manual_seed(2))
+    calls = []
+    handle = m.backbone.register_forward_hook(lambda *_: calls.append(1))
+    res = probe(m, ids, ProbeConfig(max_tokens=64, ode_positions=0, progress=False, attention_layers=[0, 2]))
+    handle.remove()
+    assert calls == [1]
+    for k in (0, 2):
+        want = block_average(hidden_attention(m, ids, layers=[k])[0].mean_rownorm).float()
+        torch.testing.assert_close(res.attention_maps[k], want, rtol=1e-4, atol=1e-6)

@@ -46,7 +46,6 @@ from ..typed import check_fields, positive
 from .attention import (
     AttentionSummary,
     block_average,
-    capture_scan_inputs,
     captured_scan_inputs,
     check_view_size,
     layer_attention,
@@ -172,7 +171,8 @@ def probe(model_or_path: nn.Module | Loaded | str | Path, ids: torch.Tensor | No
         check_view_size(ids.numel())  # before the trace: the views are made in float32
     tokens = None
     if ids is not None:
-        tokens = trace_tokens(model, ids, labels, keep_scan_inputs=config.ode_positions)
+        tokens = trace_tokens(model, ids, labels, keep_scan_inputs=config.ode_positions,
+                              attention_layers=config.attention_layers if kind == "lm" else None)
     layers = []
     for name, m in tqdm(mixers, desc="spectra", disable=not config.progress, leave=False):
         k = fwd_index.get(id(m))
@@ -200,8 +200,8 @@ def probe(model_or_path: nn.Module | Loaded | str | Path, ids: torch.Tensor | No
     if config.attention_layers:
         if kind != "lm" or tokens is None:
             raise ValueError("hidden attention reads an LM's tokens: a classifier or a parameters-only probe has none")
-        inputs = capture_scan_inputs(model, ids, config.attention_layers)
-        _attend(result, inputs, list(range(len(fwd))), config, next(model.parameters()).device)
+        # the trace kept these layers' scan inputs: no second pass
+        _attend(result, tokens.attention_inputs, list(range(len(fwd))), config, next(model.parameters()).device)
     return result
 
 

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.mixer import per_op_path
+from ..refine.spectrum import selective_params
+from .attention import ScanInputs
 from .clusters import Clustering, clustering, cosine_to_first
 from .layer import DeltaStats, delta_statistics
 
@@ -36,6 +38,8 @@ class TokenTrace:
     clustering: list[Clustering] = field(default_factory=list)  # per layer boundary, the tokens' directions
     # per layer boundary, each position's cosine to position 0 in the residual stream (L,)
     first_cosines: list[list[float]] = field(default_factory=list)
+    # per SSM layer asked for hidden attention: its scan inputs on every position (float64), from the same pass
+    attention_inputs: dict = field(default_factory=dict, repr=False)
 
 
 def backward_finite(loss: torch.Tensor) -> None:
@@ -62,11 +66,13 @@ def _lm_blocks(model) -> list[nn.Module]:
 
 
 def trace_tokens(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor | None = None,
-                 keep_scan_inputs: int = 0) -> TokenTrace:
+                 keep_scan_inputs: int = 0, attention_layers: list[int] | None = None) -> TokenTrace:
     """Run ``model`` on ``ids`` (L,) token ids (an LM) or (1, C, H, W) images (a classifier with
     ``labels`` (1,)), record the residual stream, mixer inputs and scan inputs of each layer, the
     statistics of each layer's effective Δ over every position, and the loss gradient at every position.
-    ``keep_scan_inputs``: how many leading positions' scan inputs (batch 0) to keep for the ODE."""
+    ``keep_scan_inputs``: how many leading positions' scan inputs (batch 0) to keep for the ODE;
+    ``attention_layers``: the layers whose whole scan inputs (``attention.ScanInputs``) to keep for the
+    hidden attention, so that it needs no second pass."""
     blocks = _lm_blocks(model)
     streams: list[torch.Tensor] = []
     mixer_in: list[torch.Tensor] = []
@@ -83,19 +89,28 @@ def trace_tokens(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor | Non
     def norm_hook(_mod, _args, out):
         mixer_in.append(out.detach())
 
-    def conv_hook(mixer):
+    attend = set(attention_layers or [])
+    attention_inputs: dict[int, ScanInputs] = {}
+
+    def conv_hook(k, mixer):
         def hook(_mod, args, out):  # the mixer's u = silu(conv(x)) over the first L steps
             u = F.silu(out[..., : args[0].shape[-1]]).detach()[0].T  # (L, d_inner)
             deltas.append(delta_statistics(mixer, u))
             if keep_scan_inputs:
                 scan_in.append(u[:keep_scan_inputs].double())
+            if k in attend:
+                u64 = u.double()
+                raw, bias, B, C = selective_params(mixer, u64)
+                attention_inputs[k] = ScanInputs.per_channel(u64, F.softplus(raw + bias), B, C,
+                                                             -torch.exp(mixer.A_log.detach().double()),
+                                                             mixer.D.detach().double())
         return hook
 
     handles = []
-    for b in blocks:
+    for k, b in enumerate(blocks):
         handles.append(b.register_forward_hook(block_hook))
         handles.append(b.norm.register_forward_hook(norm_hook))
-        handles.append(b.mixer.conv1d.register_forward_hook(conv_hook(b.mixer)))
+        handles.append(b.mixer.conv1d.register_forward_hook(conv_hook(k, b.mixer)))
     try:
         dev = next(model.parameters()).device  # the model may sit on a GPU; the ids come from the CPU
         ids = ids.to(dev)
@@ -119,4 +134,4 @@ def trace_tokens(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor | Non
     clusters = [clustering(s.detach()[0].cpu()) for s in streams] if labels is None else []
     return TokenTrace([n.tolist() for n in norms], [m[0].norm(dim=-1).tolist() for m in mixer_in], shares, slope,
                       order[:10], [x.cpu() for x in scan_in], loss.item(), deltas, clusters,
-                      [cosine_to_first(s.detach()[0].cpu()).tolist() for s in streams])
+                      [cosine_to_first(s.detach()[0].cpu()).tolist() for s in streams], attention_inputs)
