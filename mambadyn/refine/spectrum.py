@@ -44,7 +44,7 @@ def selective_params(mixer: nn.Module, u: torch.Tensor) -> tuple[torch.Tensor, t
     p = u @ W.T
     raw = p[:, :r] @ mixer.dt_proj.weight.detach().to(u.dtype).T
     bias = mixer.dt_proj.bias
-    b = torch.zeros(raw.shape[1], dtype=u.dtype) if bias is None else bias.detach().to(u.dtype)
+    b = torch.zeros(raw.shape[1], dtype=u.dtype, device=u.device) if bias is None else bias.detach().to(u.dtype)
     return raw, b, p[:, r: r + n], p[:, r + n:]
 
 
