@@ -62,3 +62,11 @@ def test_cluster_counts_equal_scipys_connected_components_on_random_mixtures():
         got = clustering(h, taus).clusters
         for t in taus:
             assert got[str(t)] == connected_components(csr_array(cos >= t), directed=False)[0], (k, spread, t)
+
+
+def test_cosine_to_first_on_known_tokens():
+    from mambadyn.probe.clusters import cosine_to_first
+
+    h = torch.tensor([[2.0, 0.0], [5.0, 0.0], [0.0, 3.0], [-1.0, 0.0], [0.0, 0.0], [1.0, 1.0]])
+    torch.testing.assert_close(cosine_to_first(h), torch.tensor([1.0, 1.0, 0.0, -1.0, 0.0, 0.5**0.5],
+                                                                 dtype=torch.float64))
