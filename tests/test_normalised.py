@@ -195,3 +195,27 @@ def test_one_dim_normalised_signs():
         tr = simulate(s, x0, t_out=torch.linspace(0, 2, 5, dtype=f64))
         n = tr.x[:, 0, 0, 0].abs()
         assert (n[1:] < n[:-1]).all() if mu < 0 else (n[1:] > n[:-1]).all()
+
+
+@pytest.mark.parametrize("norm", [False, True])
+def test_low_rank_s_delta_gives_the_dense_systems_right_hand_side_and_trajectory(norm):
+    """S_Δ = U V kept as factors (a real layer's dt_proj @ x_proj[:r]) computes Δ through the low rank: the same
+    right-hand side and trajectory as the dense S_Δ, also for a sub-batch and the normalised system."""
+    g = torch.Generator().manual_seed(40)
+    b, D, N, r = 3, 6, 2, 2
+    U, V = torch.randn(b, D, r, generator=g, dtype=f64), torch.randn(b, r, D, generator=g, dtype=f64) / D
+    S_B, S_C = torch.randn(b, N, D, generator=g, dtype=f64) / D, torch.randn(b, N, D, generator=g, dtype=f64) / D
+    dense = TokenSystem.from_matrices(S_B, S_C, U @ V, a=0.5, dt_bias=torch.full((b, D), -1.0, dtype=f64))
+    low = TokenSystem(dense.S_B, dense.S_C, dense.S_delta, dense.A, dense.dt_bias, S_delta_factors=(U, V))
+    if norm:
+        dense, low = dense.with_norm(1.3), low.with_norm(1.3)
+    X = torch.randn(b, 5, D, generator=g, dtype=f64)
+    torch.testing.assert_close(low.rhs(X), dense.rhs(X), rtol=1e-12, atol=1e-14)
+    t = torch.tensor([0.0, 0.3, 1.0, 3.0], dtype=f64)
+    torch.testing.assert_close(simulate(low, X, t_out=t).x, simulate(dense, X, t_out=t).x, rtol=1e-9, atol=1e-12)
+    sub = low.select(torch.tensor([2, 0]))
+    torch.testing.assert_close(sub.rhs(X[[2, 0]]), dense.rhs(X)[[2, 0]], rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="differs from S_delta"):
+        TokenSystem(dense.S_B, dense.S_C, dense.S_delta, dense.A, dense.dt_bias, S_delta_factors=(U, V + 1))
+    with pytest.raises(ValueError, match="S_delta_factors must be"):
+        TokenSystem(dense.S_B, dense.S_C, dense.S_delta, dense.A, dense.dt_bias, S_delta_factors=(U[0], V))

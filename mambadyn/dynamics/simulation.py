@@ -221,7 +221,8 @@ def simulate(system: TokenSystem, x0: torch.Tensor, t_end: float | None = None,
 
     def f(idx):
         p_i, mask = [p[idx] for p in params], alive[idx][..., None]
-        return lambda Y: token_rhs(*p_i, system.reads(Y, idx)) * mask
+        low = None if system.S_delta_factors is None else tuple(t[idx] for t in system.S_delta_factors)
+        return lambda Y: token_rhs(*p_i, system.reads(Y, idx), low) * mask
 
     def on_step(idx, t_new, Y, F):
         r, n = _rel_rate(F, Y), Y.norm(dim=-1)

@@ -50,6 +50,9 @@ class TokenSystem:
     dt_bias: torch.Tensor | None = None
     norm_weight: torch.Tensor | None = None
     norm_eps: float = 1e-5
+    # S_Δ = U V with U (batch, D, r), V (batch, r, D), r << D, as every Mamba layer has it (dt_proj @ x_proj[:r]);
+    # the right-hand side then costs L D r for Δ instead of L D^2 (None: use S_delta as it is)
+    S_delta_factors: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         if self.dt_bias is None:
@@ -79,6 +82,14 @@ class TokenSystem:
                                  f"got {tuple(getattr(self, name).shape)}")
         if (self.A >= 0).any():
             raise ValueError("TokenSystem.A must be negative everywhere (decay a > 0)")
+        if self.S_delta_factors is not None:
+            U, V = self.S_delta_factors
+            if U.dim() != 3 or V.dim() != 3 or U.shape[:2] != (b, D) or V.shape != (b, U.shape[2], D):
+                raise ValueError(f"TokenSystem.S_delta_factors must be (U (batch, D, r), V (batch, r, D)) with "
+                                 f"batch {b}, D {D}, got {tuple(U.shape)} and {tuple(V.shape)}")
+            err = (U @ V - self.S_delta).abs().max()
+            if not err <= 1e-9 * self.S_delta.abs().max().clamp_min(1e-300):
+                raise ValueError(f"TokenSystem.S_delta_factors: U V differs from S_delta by {float(err):.3g}")
 
     # --- constructors ----------------------------------------------------------------------------
     @classmethod
@@ -151,13 +162,15 @@ class TokenSystem:
         (D,) or (batch, D)."""
         w = torch.as_tensor(weight, dtype=self.S_B.dtype, device=self.S_B.device)
         w = w.expand(self.batch, self.D) if w.dim() <= 1 else w
-        return TokenSystem(self.S_B, self.S_C, self.S_delta, self.A, self.dt_bias, w.contiguous(), eps)
+        return TokenSystem(self.S_B, self.S_C, self.S_delta, self.A, self.dt_bias, w.contiguous(), eps,
+                           self.S_delta_factors)
 
     def select(self, idx) -> "TokenSystem":
         """The sub-batch ``idx`` (an index tensor, slice or boolean mask)."""
         w = None if self.norm_weight is None else self.norm_weight[idx]
+        f = None if self.S_delta_factors is None else tuple(t[idx] for t in self.S_delta_factors)
         return TokenSystem(self.S_B[idx], self.S_C[idx], self.S_delta[idx], self.A[idx], self.dt_bias[idx], w,
-                           self.norm_eps)
+                           self.norm_eps, f)
 
     def check_state(self, X: torch.Tensor) -> torch.Tensor:
         """Validate tokens X (batch, L, D) against the system; returns X in the system's dtype."""
@@ -178,7 +191,7 @@ class TokenSystem:
     # --- dynamics ---------------------------------------------------------------------------------
     def rhs(self, X: torch.Tensor) -> torch.Tensor:
         """dX/dt for tokens X (batch, L, D) -> (batch, L, D)."""
-        return token_rhs(*self.params, self.reads(X))
+        return token_rhs(*self.params, self.reads(X), self.S_delta_factors)
 
     def reads(self, X: torch.Tensor, idx=slice(None)) -> torch.Tensor:
         """What the update reads from tokens X (b, L, D) of the sub-batch ``idx``: X itself, or n(X)."""
@@ -195,7 +208,7 @@ def rms_norm(X: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return X * torch.rsqrt(X.square().mean(-1, keepdim=True) + eps) * weight[:, None, :]
 
 
-def token_rhs(S_B, S_C, S_delta, A, dt_bias, X) -> torch.Tensor:
+def token_rhs(S_B, S_C, S_delta, A, dt_bias, X, S_delta_factors=None) -> torch.Tensor:
     """The system's right-hand side on raw tensors (no validation; see ``TokenSystem``).
 
     Evaluated as the S6 recurrence h_l = exp(A Δ_l) h_{l-1} + Δ_l x_l B_l^T, dx_l = h_l C_l: O(L D N)
@@ -206,7 +219,12 @@ def token_rhs(S_B, S_C, S_delta, A, dt_bias, X) -> torch.Tensor:
     # token-major (L, b, ...) so each step reads and writes contiguous slices
     B = torch.einsum("bnd,bld->lbn", S_B, X)
     C = torch.einsum("bnd,bld->lbn", S_C, X)
-    delta = F.softplus(torch.einsum("bed,bld->lbe", S_delta, X) + dt_bias)
+    if S_delta_factors is None:
+        pre = torch.einsum("bed,bld->lbe", S_delta, X)
+    else:  # through the low rank: (X V^T) U^T
+        U, V = S_delta_factors
+        pre = torch.einsum("ber,blr->lbe", U, torch.einsum("brd,bld->blr", V, X))
+    delta = F.softplus(pre + dt_bias)
     decay = torch.exp(A * delta[..., None])  # (L, b, D, N)
     inject = (delta * X.transpose(0, 1))[..., None] * B[:, :, None, :]
     H = [inject[0]]
