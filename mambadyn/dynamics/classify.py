@@ -53,12 +53,9 @@ from dataclasses import dataclass, field
 import torch
 
 from . import normalised
-from .outcome import Outcome, system_outcome
+from .outcome import NONE, THEOREM, Outcome, system_outcome
 from .rates import own_blowup_bound
 from .system import TokenSystem
-
-THEOREM = "theorem"  # the paper's, or a short argument written in this module's docstring
-NONE = "none"  # no theorem applies
 
 
 @dataclass(frozen=True)
@@ -219,6 +216,7 @@ def _normalised(system: TokenSystem, X: torch.Tensor) -> list[Classification]:
     sym_ev = torch.linalg.eigvalsh((M + M.transpose(1, 2)) / 2)
     tol = definite_tol(sym_ev)
     K = normalised.speed_bounds(system, X.shape[1])
+    d_min = normalised.delta_range(system)[1].amin(-1)  # (batch,)
     zero = TokenFate(Outcome.STAYS, "x_l(0) = 0: C_l = S_C n(x_l) vanishes with x_l, so it stays 0", THEOREM)
     out = []
     for i in range(system.batch):
@@ -227,7 +225,8 @@ def _normalised(system: TokenSystem, X: torch.Tensor) -> list[Classification]:
             if X[i, l].abs().sum() == 0:
                 fates.append(zero)
             elif l == 0:
-                fates.append(TokenFate(*normalised.first_token(system, X, i, float(K[i, 0]), float(tol[i]), sym_ev)))
+                fates.append(TokenFate(*normalised.first_token(system, X, i, float(K[i, 0]), float(tol[i]), sym_ev,
+                                                               float(d_min[i]))))
             else:
                 fates.append(TokenFate(Outcome.UNDETERMINED, f"the update reads RMSNorm(x), so |x_{l + 1}'| <= "
                                        f"{float(K[i, l]):.4g}: no blow-up, growth at most linear; its fate is not "

@@ -40,12 +40,18 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .outcome import Outcome
+from .outcome import NONE, THEOREM, Outcome
 
-THEOREM = "theorem"
-NONE = "none"
 FOLLOW_UP = ("the follow-up (Token Dynamics on Spheres in Mamba Models, OpenReview 466gVY2sBQ) states that the "
              "first token's limit point attracts the others; a conjecture here, not proved in this code")
+
+
+def delta_range(system) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rho (batch,), Δ_min (batch, D), Δ_max (batch, D)) of the normalised ``system``: |n(x)| <= rho and
+    Δ_min <= Δ <= Δ_max for every x (the notation above)."""
+    rho = system.norm_weight.abs().amax(-1) * math.sqrt(system.D)
+    reach = system.S_delta.norm(dim=-1) * rho[:, None]  # (b, D): |S_Δ[d]| rho
+    return rho, F.softplus(system.dt_bias - reach), F.softplus(system.dt_bias + reach)
 
 
 def speed_bounds(system, L: int) -> torch.Tensor:
@@ -55,12 +61,9 @@ def speed_bounds(system, L: int) -> torch.Tensor:
         raise ValueError("speed_bounds: the system has no norm (its speed is unbounded); use with_norm()")
     D = system.D
     w = system.norm_weight
-    rho = w.abs().amax(-1) * math.sqrt(D)  # (b,)
+    rho, d_min, d_max = delta_range(system)
     sB = torch.linalg.matrix_norm(system.S_B, ord=2)
     sC = torch.linalg.matrix_norm(system.S_C, ord=2)
-    reach = system.S_delta.norm(dim=-1) * rho[:, None]  # (b, D): |S_Δ[d]| rho
-    d_max = F.softplus(system.dt_bias + reach)
-    d_min = F.softplus(system.dt_bias - reach)
     a = (-system.A).amin(-1)  # (b, D)
     memory = 1.0 / -torch.expm1(-a * d_min)  # (b, D): Σ_m e^(-a m Δ_min)
     ls = torch.arange(1, L + 1, dtype=w.dtype, device=w.device)
@@ -69,17 +72,15 @@ def speed_bounds(system, L: int) -> torch.Tensor:
     return (per[:, None, :] * factor).norm(dim=-1)
 
 
-def first_token(system, X: torch.Tensor, i: int, K1: float, tol: float, sym_ev: torch.Tensor):
-    """(Outcome, reason, basis) for token 1 of system i (statement 3)."""
+def first_token(system, X: torch.Tensor, i: int, K1: float, tol: float, sym_ev: torch.Tensor,
+                d_min: float) -> tuple[Outcome, str, str]:
+    """(Outcome, reason, basis) for token 1 of system i (statement 3); ``d_min``: min over d of its Δ^d_min."""
     x = X[i, 0]
     w = system.norm_weight[i]
     if bool((w <= 0).any()):
         return (Outcome.UNDETERMINED, f"some RMSNorm weights are <= 0 (min {float(w.min()):.3g}): coordinates of "
                 f"token 1 need not move together; its speed is at most {K1:.4g}", NONE)
     D, eps = system.D, system.norm_eps
-    rho = float(w.abs().max()) * math.sqrt(D)
-    reach = system.S_delta[i].norm(dim=-1) * rho
-    d_min = float(F.softplus(system.dt_bias[i] - reach).min())
     w_min = float(w.min())
     top, low = float(sym_ev[i].max()), float(sym_ev[i].min())
     x0 = float(x.norm())

@@ -29,6 +29,10 @@ class Outcome(str, Enum):
         return _PAPER.get(self, self.value.replace("_", " "))
 
 
+# what a predicted fate rests on (``classify.TokenFate.basis``)
+THEOREM = "theorem"  # the paper's, or a short argument written in the module that states it
+NONE = "none"  # no theorem applies
+
 _PAPER = {Outcome.CONVERGES: "convergent", Outcome.DIVERGES_SLOWLY: "slow divergence",
           Outcome.BLOWS_UP: "fast divergence"}
 

@@ -24,6 +24,7 @@ Every tensor carries a leading batch dimension: one system per batch element.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -162,8 +163,7 @@ class TokenSystem:
         (D,) or (batch, D)."""
         w = torch.as_tensor(weight, dtype=self.S_B.dtype, device=self.S_B.device)
         w = w.expand(self.batch, self.D) if w.dim() <= 1 else w
-        return TokenSystem(self.S_B, self.S_C, self.S_delta, self.A, self.dt_bias, w.contiguous(), eps,
-                           self.S_delta_factors)
+        return dataclasses.replace(self, norm_weight=w.contiguous(), norm_eps=eps)
 
     def select(self, idx) -> "TokenSystem":
         """The sub-batch ``idx`` (an index tensor, slice or boolean mask)."""
