@@ -113,8 +113,9 @@ def test_ode_layers_out_of_range_are_refused_before_any_work(monkeypatch):
 def test_both_models_are_set_beside_the_stream_norms_and_cosines():
     """The paper's and the normalised model each get a norm and a cosine verdict; the agreements are counted
     against a stream whose changes are constructed here (positions 1, 3 move towards token 1, 2, 4 away)."""
-    from mambadyn.dynamics import TokenSystem, simulate
-    from mambadyn.probe.ode import _cosines, layer_system
+    from mambadyn.dynamics import simulate
+    from mambadyn.probe.clusters import cosine_to_first
+    from mambadyn.probe.ode import layer_system
 
     m = _lm()
     mixer = m.backbone.layers[0].mixer
@@ -134,7 +135,7 @@ def test_both_models_are_set_beside_the_stream_norms_and_cosines():
     assert o.normalised.predicted_ratio == pytest.approx(ratio, rel=1e-4)
     obs_up = [r > 1 for r in (torch.tensor(norms[2]) / torch.tensor(norms[1])).tolist()]
     assert o.normalised.agreement == pytest.approx(sum((r > 1) == up for r, up in zip(ratio, obs_up)) / 5)
-    dcos = (_cosines(tr.x[-1, 0]) - _cosines(u)).tolist()
+    dcos = (cosine_to_first(tr.x[-1, 0]) - cosine_to_first(u)).tolist()
     want = sum((dcos[p] > 0) == (o.observed_cosine_change[p] > 0) for p in range(1, 5)) / 4
     assert o.normalised.cosine_agreement == pytest.approx(want)
     assert o.normalised.cosine_decided == 4

@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-MODELS = ("paper", "normalised")
+from ..probe.ode import MODELS
+
 QUANTITIES = (("agreement", "norm"), ("cosine_agreement", "cosine"))
 
 

@@ -93,6 +93,14 @@ class ScanInputs:
         D = u.shape[1]
         return cls(u, delta, B[:, None], C[:, None], A, D_skip, torch.arange(D), torch.zeros(D, dtype=torch.int64))
 
+    @classmethod
+    def of_mixer(cls, m: nn.Module, u: torch.Tensor) -> "ScanInputs":
+        """A mambadyn (or transformers Mamba-1) mixer's scan on its scan inputs u (L, D), in u's dtype: Δ, B and C
+        as the mixer forms them from u, its A and D."""
+        raw, bias, B, C = selective_params(m, u)
+        return cls.per_channel(u, F.softplus(raw + bias), B, C, -torch.exp(m.A_log.detach().to(u.dtype)),
+                               m.D.detach().to(u.dtype))
+
     def to(self, dtype: torch.dtype | None = None, device=None) -> "ScanInputs":
         """The same inputs in another float dtype and/or on another device (the index maps keep theirs)."""
         return ScanInputs(*(t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
@@ -139,9 +147,7 @@ def capture_scan_inputs(model: nn.Module, ids: torch.Tensor, layers: list[int] |
             w = m.conv1d.weight.detach().to(dtype)
             b = None if m.conv1d.bias is None else m.conv1d.bias.detach().to(dtype)
             u = F.silu(F.conv1d(x[None], w, b, padding=w.shape[-1] - 1, groups=x.shape[0])[0, :, : x.shape[1]]).T
-            raw, bias, B, C = selective_params(m, u)
-            captured[k] = ScanInputs.per_channel(u, F.softplus(raw + bias), B, C, -torch.exp(m.A_log.detach().to(dtype)),
-                                     m.D.detach().to(dtype))
+            captured[k] = ScanInputs.of_mixer(m, u)
         return run
 
     ids = torch.as_tensor(ids, dtype=torch.int64).flatten()

@@ -66,3 +66,10 @@ def clustering(h: torch.Tensor, thresholds: tuple[float, ...] = THRESHOLDS) -> C
     links = _tree_cosines((x @ x.T).numpy())
     counts = {str(t): 1 + int((links < t).sum()) for t in thresholds}
     return Clustering(mean_cos, first, counts, L)
+
+
+def stream_directions(streams: list[torch.Tensor], cluster: bool = True) -> tuple[list[Clustering], list[list[float]]]:
+    """For the residual stream at each layer boundary (each (batch, L, D); batch row 0 is measured): the
+    clustering measures (none when ``cluster`` is False) and each position's cosine to position 0."""
+    rows = [s.detach()[0].cpu() for s in streams]
+    return [clustering(h) for h in rows] if cluster else [], [cosine_to_first(h).tolist() for h in rows]

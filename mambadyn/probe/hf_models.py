@@ -27,7 +27,7 @@ from ..nn.families import (
     ssm_mixers,
 )
 from ..refine.spectrum import rank_rtol
-from .clusters import clustering, cosine_to_first
+from .clusters import stream_directions
 from .layer import LayerParams, delta_stats, matrix_params
 from .tokens import TokenTrace, backward_finite, growth_fit
 
@@ -80,8 +80,7 @@ def trace_hf(model: nn.Module, family: Family, ids: torch.Tensor) -> tuple[Token
     slope, order = growth_fit(norms)
     deltas = [delta_stats(got[n].dt_raw, _dt_bias(m, family)) for n, m in mixers]
     trace = TokenTrace([n.tolist() for n in norms], [got[n].h.norm(dim=-1).tolist() for n, _ in mixers], shares,
-                       slope, order[:10], [], loss.item(), deltas, [clustering(s.detach()[0].cpu()) for s in streams],
-                       [cosine_to_first(s.detach()[0].cpu()).tolist() for s in streams])
+                       slope, order[:10], [], loss.item(), deltas, *stream_directions(streams))
     return trace, got
 
 

@@ -41,9 +41,10 @@ from torch import nn
 from ..dynamics import TokenSystem, simulate
 from ..dynamics.outcome import Outcome
 from ..refine.spectrum import mixer_matrices
+from .clusters import cosine_to_first
 
 MAX_STEPS = 1000  # explicit steps per layer's ODE (about 2.6 ms of right-hand side each at d_inner 1536)
-MODELS = ("paper", "normalised")
+MODELS = ("paper", "normalised")  # the paper's fields sit at OdeCheck's top level, the others under their name
 
 
 @dataclass
@@ -117,11 +118,6 @@ def _agree(pred: list[bool | None], score: list[float], obs: list[float]) -> tup
     return len(idx), agree, rho
 
 
-def _cosines(X: torch.Tensor) -> torch.Tensor:
-    """cos(x_p, x_1) per position: X (P, D) -> (P,)."""
-    return (X @ X[0]) / (X.norm(dim=-1) * X[0].norm()).clamp_min(1e-300)
-
-
 def _fit(model: str, system: TokenSystem, x0: torch.Tensor, T: float, obs_ratio: list[float],
          obs_dcos: list[float | None]) -> tuple[ModelFit, object]:
     P = x0.shape[1]
@@ -152,7 +148,7 @@ def _fit(model: str, system: TokenSystem, x0: torch.Tensor, T: float, obs_ratio:
     decided, agree, rho = _agree(pred, score, [r - 1 for r in obs_ratio])
     # the cosine needs both tokens' values at T: none where either is frozen, unfinished or blown up
     valid = tr.valid[k, 0]
-    dcos = (_cosines(tr.x[k, 0]) - _cosines(x0[0])).tolist()
+    dcos = (cosine_to_first(tr.x[k, 0]) - cosine_to_first(x0[0])).tolist()
     dcos = [None if p == 0 or not (bool(valid[p]) and bool(valid[0])) else dcos[p] for p in range(P)]
     cpred = [None if v is None or v == 0 else v > 0 for v in dcos]
     c_dec, c_agree, c_rho = _agree(cpred, [0.0 if v is None else v for v in dcos], obs_dcos)

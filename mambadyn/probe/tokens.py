@@ -16,9 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.mixer import per_op_path
-from ..refine.spectrum import selective_params
 from .attention import ScanInputs
-from .clusters import Clustering, clustering, cosine_to_first
+from .clusters import Clustering, stream_directions
 from .layer import DeltaStats, delta_statistics
 
 
@@ -99,11 +98,7 @@ def trace_tokens(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor | Non
             if keep_scan_inputs:
                 scan_in.append(u[:keep_scan_inputs].double())
             if k in attend:
-                u64 = u.double()
-                raw, bias, B, C = selective_params(mixer, u64)
-                attention_inputs[k] = ScanInputs.per_channel(u64, F.softplus(raw + bias), B, C,
-                                                             -torch.exp(mixer.A_log.detach().double()),
-                                                             mixer.D.detach().double())
+                attention_inputs[k] = ScanInputs.of_mixer(mixer, u.double())
         return hook
 
     handles = []
@@ -131,7 +126,6 @@ def trace_tokens(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor | Non
     grads = [s.grad[0].norm(dim=-1).cpu() if s.grad is not None else torch.zeros(s.shape[1]) for s in streams]
     shares = [(g / g.sum().clamp_min(1e-300)).tolist() for g in grads]
     slope, order = growth_fit(norms)
-    clusters = [clustering(s.detach()[0].cpu()) for s in streams] if labels is None else []
+    clusters, first = stream_directions(streams, cluster=labels is None)
     return TokenTrace([n.tolist() for n in norms], [m[0].norm(dim=-1).tolist() for m in mixer_in], shares, slope,
-                      order[:10], [x.cpu() for x in scan_in], loss.item(), deltas, clusters,
-                      [cosine_to_first(s.detach()[0].cpu()).tolist() for s in streams], attention_inputs)
+                      order[:10], [x.cpu() for x in scan_in], loss.item(), deltas, clusters, first, attention_inputs)

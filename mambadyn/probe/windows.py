@@ -22,6 +22,7 @@ from ..nn.load import Loaded, load_checkpoint, token_ids
 from ..stats import summarize
 from .api import ProbeConfig, ProbeResult, probe, sample_text
 from .hf_models import is_transformers_model
+from .ode import MODELS
 
 
 def _summary(values: list) -> dict | None:
@@ -86,12 +87,12 @@ def summarize_windows(results: list[ProbeResult], window_len: int) -> dict:
         got = []
         for d in dicts:
             o = next((p for p in d["ode"] if p["layer"] == layer), None)
-            fit = o if o is None or model == "paper" else o.get("normalised")
+            fit = o if o is None or model == MODELS[0] else o.get(model)
             got.append(None if fit is None else fit.get(key))
         return _summary(got)
 
     keys = ("agreement", "spearman", "cosine_agreement", "cosine_spearman")
-    out["ode_agreement"] = {str(o["layer"]): ode_stat(o["layer"], "paper", "agreement") for o in dicts[0]["ode"]}
-    out["ode"] = {str(o["layer"]): {m: {k: ode_stat(o["layer"], m, k) for k in keys} for m in ("paper", "normalised")}
+    out["ode_agreement"] = {str(o["layer"]): ode_stat(o["layer"], MODELS[0], "agreement") for o in dicts[0]["ode"]}
+    out["ode"] = {str(o["layer"]): {m: {k: ode_stat(o["layer"], m, k) for k in keys} for m in MODELS}
                   for o in dicts[0]["ode"]}
     return out
