@@ -144,7 +144,7 @@ def write_file(path: str | Path, text: str, command: str) -> Path:
     path = Path(path)
     marker = file_marker(command)
     if path.is_dir():
-        raise OutputError(f"--out {path} is a folder: give a file path (e.g. {path / 'claims.md'})")
+        raise OutputError(f"--out {path} is a folder: give a file path (e.g. {path / 'report.md'})")
     if path.exists():
         with open(path, encoding="utf-8", errors="replace") as f:
             first = f.readline().rstrip("\n")

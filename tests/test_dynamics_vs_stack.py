@@ -67,3 +67,16 @@ def test_probes_of_the_same_name_keep_their_parent(tmp_path):
     (tmp_path / "other" / "probe.json").write_text("{}")
     got = load_probes([tmp_path / "gpu" / "free", tmp_path / "cpu" / "free", tmp_path / "other"])
     assert list(got) == ["gpu/free", "cpu/free", "other"]
+
+
+def test_a_file_that_is_not_a_probe_and_a_folder_for_notes_are_named(tmp_path):
+    (tmp_path / "mine.txt").write_text("not json")
+    r = CliRunner().invoke(app, ["experiment", "dynamics-vs-stack", str(tmp_path / "mine.txt"), "--out",
+                                 str(tmp_path / "x.md")])
+    assert r.exit_code != 0 and "is not a probe.json" in flat(r.output)
+    probe = {"windows": {"n": 2, "len": 8, "ode": {"0": layer(None, None, None, None)}}}
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "probe.json").write_text(json.dumps(probe))
+    r = CliRunner().invoke(app, ["experiment", "dynamics-vs-stack", str(tmp_path / "m"), "--out",
+                                 str(tmp_path / "x.md"), "--notes", str(tmp_path / "m")])
+    assert r.exit_code != 0 and "not a file" in flat(r.output) and not (tmp_path / "x.md").exists()

@@ -85,7 +85,13 @@ def load_probes(paths: list[Path]) -> dict[str, dict]:
     names = [f"{f.parent.parent.name}/{f.parent.name}" if short.count(n) > 1 else n for f, n in zip(files, short)]
     if len(set(names)) < len(names):
         raise ValueError(f"two probes would share a name in the table: {names}")
-    return {n: json.loads(f.read_text()) for n, f in zip(names, files)}
+    out = {}
+    for n, f in zip(names, files):
+        try:
+            out[n] = json.loads(f.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{f} is not a probe.json (not valid JSON: {e})") from None
+    return out
 
 
 def write_report(paths: list[Path], out: str | Path, notes: str | Path | None = None) -> dict[str, dict[str, str]]:
@@ -99,7 +105,8 @@ def write_report(paths: list[Path], out: str | Path, notes: str | Path | None = 
     extra = []
     if notes is not None:
         if not Path(notes).is_file():
-            raise FileNotFoundError(f"--notes {notes}: no such file")
+            raise FileNotFoundError(f"--notes {notes}: not a file" if Path(notes).exists() else
+                                    f"--notes {notes}: no such file")
         extra = [Path(notes).read_text().strip(), ""]
     text = "\n".join(["# Which continuous-time model describes each trained layer", "", doc, "", table(probes), ""]
                      + extra)
