@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import time
 
 import torch
@@ -41,24 +42,31 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=256)
     ap.add_argument("--channel-block", type=int, default=64)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--reps", type=int, default=1, help="calls per dtype: the first is reported as seconds, the "
+                    "median of the others (warm: CUDA kernels loaded, caches filled) as seconds_warm")
     ap.add_argument("--out", default="results/attention_speed.json")
     args = ap.parse_args()
     rows = []
     for name in args.dtype.split(","):
         s = inputs(args.L, args.d, args.n, getattr(torch, name), args.device)
         load = os.getloadavg()[0]
-        t0 = time.perf_counter()
-        att = layer_attention(s, block=args.block, channel_block=args.channel_block)
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
+        times = []
+        for _ in range(max(1, args.reps)):
+            t0 = time.perf_counter()
+            att = layer_attention(s, block=args.block, channel_block=args.channel_block)
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        dt = times[0]
+        warm = statistics.median(times[1:]) if len(times) > 1 else None
         rows.append({"L": args.L, "d_inner": args.d, "N": args.n, "dtype": name, "device": args.device,
-                     "threads": torch.get_num_threads(), "seconds": dt, "load_avg_1min": load,
+                     "threads": torch.get_num_threads(), "seconds": dt, "seconds_warm": warm, "reps": len(times),
+                     "load_avg_1min": load,
                      "block": args.block, "channel_block": args.channel_block,
                      "row_sums_ok": bool(torch.allclose(att.mean_rownorm.sum(-1).double().cpu(),
                                                         torch.ones(args.L, dtype=torch.float64), atol=1e-4))})
         print(f"L {args.L} d_inner {args.d} N {args.n} {name:8s} on {args.device} ({torch.get_num_threads()} threads, "
-              f"load {load:.2f}): {dt:7.2f} s", flush=True)
+              f"load {load:.2f}): {dt:7.2f} s" + ("" if warm is None else f", warm {warm:.2f} s"), flush=True)
     with open(args.out, "w") as f:
         json.dump(rows, f, indent=1)
 

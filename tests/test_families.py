@@ -128,6 +128,22 @@ def test_spectra_equal_dense_eigenvalues_and_residual_norms_equal_hidden_states(
         assert torch.allclose(torch.tensor(norms[k + skip]), hs[k][0].norm(dim=-1), rtol=1e-5), (model_type, k)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the probe of a transformers model on a GPU")
+@pytest.mark.parametrize("model_type", sorted(FAMILIES))
+def test_a_model_on_cuda_probes_like_its_cpu_copy(model_type, ids):
+    """The layer matrices come to the CPU wherever the model lives (a 2.7B-shaped Mamba-2 on an H100 once
+    failed here: in_proj's weight on the GPU, its scale on the CPU)."""
+    model = tiny_model(model_type)
+    cpu = probe(model, ids, ProbeConfig(progress=False))
+    gpu = probe(model.cuda(), ids, ProbeConfig(progress=False))
+    assert [lp.name for lp in gpu.layers] == [lp.name for lp in cpu.layers]
+    for a, b in zip(gpu.layers, cpu.layers):
+        assert _close_sets(torch.tensor(a.eigenvalues, dtype=torch.complex128),
+                           torch.tensor(b.eigenvalues, dtype=torch.complex128), 1e-8), (model_type, a.name)
+    torch.testing.assert_close(torch.tensor(gpu.tokens.residual_norms), torch.tensor(cpu.tokens.residual_norms),
+                               rtol=1e-3, atol=1e-4)
+
+
 @pytest.mark.parametrize("model_type", ["mamba2", "jamba", "falcon_h1"])
 def test_a_saved_folder_probes_end_to_end_with_the_cli(model_type, ids, tmp_path):
     from typer.testing import CliRunner

@@ -224,29 +224,34 @@ class Interaction:
     note: str
 
 
+def _f64(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to("cpu", torch.float64)
+
+
 def interactions(mixer: nn.Module, family: Family) -> list[Interaction]:
-    """The layer's interaction matrices in float64: one for a Mamba-1 kind, one per group for Mamba-2."""
-    A = -torch.exp(mixer.A_log.detach().double())
+    """The layer's interaction matrices in float64 on the CPU, wherever the model lives (the spectra and ODEs
+    that read them run there): one for a Mamba-1 kind, one per group for Mamba-2."""
+    A = -torch.exp(_f64(mixer.A_log))
     if family.kind == MAMBA1:
-        w = mixer.x_proj.weight.detach().double()
+        w = _f64(mixer.x_proj.weight)
         r, n = mixer.time_step_rank, mixer.ssm_state_size
         SB, SC = w[r:r + n], w[r + n:r + 2 * n]
-        S_delta = mixer.dt_proj.weight.detach().double() @ w[:r]
+        S_delta = _f64(mixer.dt_proj.weight) @ w[:r]
         note = "B_t = S_B u_t, C_t = S_C u_t (exact)"
         if family.bc_norm == "weightless":
             note = ("B and C pass a weightless RMSNorm: quadratic forms keep their signs, magnitudes are divided by "
                     "rms(S_C u_s) rms(S_B u_t); Δ's low rank passes one too, so S_Δ is its linear part before the norm")
         elif family.bc_norm == "learned":
-            g = (mixer.b_layernorm.weight.detach().double() * mixer.c_layernorm.weight.detach().double())
+            g = (_f64(mixer.b_layernorm.weight) * _f64(mixer.c_layernorm.weight))
             SB = g[:, None] * SB
             note = ("B and C pass RMSNorms with weights g_B, g_C: K = S_C^T diag(g_C g_B) S_B, magnitudes divided by "
                     "the two per-token norms; Δ's low rank passes an RMSNorm too, so S_Δ is its linear part before "
                     "the norm")
-        return [Interaction(SB, SC, S_delta, mixer.dt_proj.bias.detach().double(), A, None, note)]
-    w = mixer.in_proj.weight.detach().double()
+        return [Interaction(SB, SC, S_delta, _f64(mixer.dt_proj.bias), A, None, note)]
+    w = _f64(mixer.in_proj.weight)
     scale = torch.ones(w.shape[0], dtype=torch.float64)
     if hasattr(mixer, "mup_vector"):  # FalconH1: in_proj's rows scaled by mup_vector, its input by a scalar
-        scale = mixer.mup_vector.detach().double().flatten() * float(mixer.ssm_in_multiplier)
+        scale = _f64(mixer.mup_vector).flatten() * float(mixer.ssm_in_multiplier)
     w = scale[:, None] * w
     d, G, n, H = mixer.intermediate_size, mixer.n_groups, mixer.ssm_state_size, mixer.num_heads
     WB = w[2 * d:2 * d + G * n].reshape(G, n, -1)
@@ -255,5 +260,5 @@ def interactions(mixer: nn.Module, family: Family) -> list[Interaction]:
     per = H // G
     note = ("analogue: B_t = silu(conv(W_B h))_t, C likewise; K = W_C^T W_B on the mixer's input h ignores the conv "
             "and the SiLU")
-    return [Interaction(WB[g], WC[g], Wdt[g * per:(g + 1) * per], mixer.dt_bias.detach().double()[g * per:(g + 1) * per],
+    return [Interaction(WB[g], WC[g], Wdt[g * per:(g + 1) * per], _f64(mixer.dt_bias)[g * per:(g + 1) * per],
                         A[g * per:(g + 1) * per], g, note) for g in range(G)]
