@@ -254,6 +254,15 @@ def test_claim_verdicts_follow_the_rule(tmp_path):
     assert decided["e"]["verdict"] == "reproduced"
     assert [c["label"] for c in decided["e"]["comparisons"]] == ["196 tokens, test accuracy: random vs none"]
     assert all("random" not in c["label"] for c in decided["d"]["comparisons"])
+    # a reorder run made apart (its own none arm, other steps) is read too, paired within itself
+    del res["variants"]["random"]
+    (tmp_path / "fmnist_patches196" / "results.json").write_text(json.dumps(res))
+    _write(tmp_path, "fmnist_patches196_random", {"seq_len": 196, "variants": {
+        "none": {"per_seed": arm(0.86), "curves": curves}, "random": {"per_seed": arm(0.57, 2), "curves": curves}}})
+    decided = write_claims(tmp_path, out)
+    assert decided["e"]["verdict"] == "not reproduced"
+    assert [c["experiment"] for c in decided["e"]["comparisons"]] == ["fmnist_patches196_random"]
+    assert [c["experiment"] for c in decided["d"]["comparisons"]] == ["fmnist_patches196"] * 2
 
 
 def test_offline_wikitext_makes_no_network_call(monkeypatch, tmp_path):

@@ -87,7 +87,9 @@ def comparisons(results: Path) -> list[Comparison]:
                               "gradient share, two-sided against 0 (claim: linked; sign not claimed)", "rho", "0",
                               "rho", +1, 0,
                               one_sample=[v["rho_growth_share"] for v in r["trained"].values()]))
-    for name in ("fmnist_patches196", "fmnist_pixels784"):
+    # fmnist_patches196, fmnist_pixels784 and any other reorder run (say fmnist_patches196_random, run apart
+    # with its own none arm, so that every comparison stays paired within one run)
+    for name in sorted(p.name for p in results.glob("fmnist_*") if (p / "results.json").is_file()):
         ro = _load(results, name)
         if not ro:
             continue
@@ -205,7 +207,7 @@ def write_claims(results: str | Path, out: str | Path) -> dict:
                          "an experiment's own output?") from None
     if not comps:
         raise FileNotFoundError(f"{results} holds none of the experiments the claims need "
-                                "(lm_wikitext, selective_copy, mqar, token_shares, fmnist_patches196, fmnist_pixels784)")
+                                "(lm_wikitext, selective_copy, mqar, token_shares, fmnist_*)")
     decided = decide(comps)
     lines = ["# The paper's claims, decided", "", preamble.strip(), "",
              "| claim | verdict | comparisons (Holm within the claim) |", "|---|---|---|"]
@@ -234,5 +236,5 @@ def write_claims(results: str | Path, out: str | Path) -> dict:
     write_file(out, "\n".join(lines), "experiment claims")
     _mark_reports(results, decided, Path(out))
     return {k: {"verdict": d["verdict"], "comparisons": [
-        {"label": r["c"].label, "n": r["n"], "diff": r["diff"], "ci95": [r["low"], r["high"]], "p": r["p"],
+        {"experiment": r["c"].experiment, "label": r["c"].label, "n": r["n"], "diff": r["diff"], "ci95": [r["low"], r["high"]], "p": r["p"],
          "p_holm": r["p_holm"]} for r in d["rows"]]} for k, d in decided.items()}
