@@ -53,7 +53,8 @@ def scenarios(out: str = typer.Option("results/scenarios", "--out", "-o"),
 @app.command()
 def reorder(out: str = typer.Option("results/reorder", "--out", "-o"),
             preset: str = typer.Option("small", help="smoke | small (CPU, minutes) | gpu | causal-smoke | causal-gpu"),
-            variants: str = typer.Option("none,soft,hard", help="none, soft, hard, soft-paper, hard-paper"),
+            variants: str = typer.Option("none,soft,hard", help="none, soft, hard, soft-paper, hard-paper, "
+                                         "random (the follow-up's)"),
             seeds: str = typer.Option("0,1"),
             epochs: Optional[float] = typer.Option(None, help="default: the preset's"),
             evals_per_epoch: int = typer.Option(1),
