@@ -58,14 +58,26 @@ def main() -> None:
         peak = torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else float("nan")
         rows.append({"model": name, "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu",
                      "tokens": args.tokens, "probe_s": dt, "peak_gib": peak, "layers": len(result.layers),
-                     "ode_layers": len(result.ode)})
+                     "ode_layers": len(result.ode), "torch": torch.__version__,
+                     "transformers": _version("transformers"),
+                     # without them transformers' Mamba-2 runs its PyTorch reference scan, and says so
+                     "mamba_ssm": _version("mamba_ssm"), "causal_conv1d": _version("causal_conv1d")})
         print(f"{name:8s} {rows[-1]['device']}: probe {dt:6.1f} s on {args.tokens} tokens, peak {peak:.1f} GiB, "
               f"{len(result.layers)} spectra, {len(result.ode)} layer ODEs", flush=True)
+        with open(args.out, "w") as f:  # after each model: a run stopped at a limit keeps what it measured
+            json.dump(rows, f, indent=1)
         del model, result
         if dev == "cuda":
             torch.cuda.empty_cache()
-    with open(args.out, "w") as f:
-        json.dump(rows, f, indent=1)
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 if __name__ == "__main__":

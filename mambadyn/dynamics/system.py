@@ -24,7 +24,7 @@ Every tensor carries a leading batch dimension: one system per batch element.
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import math
 from dataclasses import dataclass
 
@@ -59,28 +59,13 @@ class TokenSystem:
         if self.dt_bias is None:
             self.dt_bias = torch.zeros(self.S_B.shape[0], self.S_B.shape[-1], dtype=self.S_B.dtype,
                                        device=self.S_B.device)
-        names = ("S_B", "S_C", "S_delta", "A", "dt_bias") + (() if self.norm_weight is None else ("norm_weight",))
-        for name in names:
-            t = getattr(self, name)
-            dims = 2 if name in ("dt_bias", "norm_weight") else 3
-            if not isinstance(t, torch.Tensor) or t.dim() != dims:
-                raise ValueError(f"TokenSystem.{name} must be a {dims}-D tensor (batch, {'., .' if dims == 3 else 'D'}), "
-                                 f"got {getattr(t, 'shape', t)}")
-            if not t.is_floating_point():
-                raise TypeError(f"TokenSystem.{name} must be floating point, got {t.dtype}")
-            if not torch.isfinite(t).all():
-                raise ValueError(f"TokenSystem.{name} has non-finite entries")
+        for name in ("S_B", "S_C", "S_delta", "A", "dt_bias"):
+            self._check_tensor(name)
         b, N, D = self.S_B.shape
-        expect = {"S_C": (b, N, D), "S_delta": (b, D, D), "A": (b, D, N), "dt_bias": (b, D)}
+        for name, shape in {"S_C": (b, N, D), "S_delta": (b, D, D), "A": (b, D, N), "dt_bias": (b, D)}.items():
+            self._check_shape(name, shape)
         if self.norm_weight is not None:
-            expect["norm_weight"] = (b, D)
-            if not (isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0 and math.isfinite(self.norm_eps)):
-                raise ValueError(f"TokenSystem.norm_eps must be a finite float > 0 (at 0, n(x) = x / |x| has no "
-                                 f"value at x = 0 and solutions through it are not unique), got {self.norm_eps!r}")
-        for name, shape in expect.items():
-            if tuple(getattr(self, name).shape) != shape:
-                raise ValueError(f"TokenSystem.{name} must have shape {shape} to match S_B {(b, N, D)}, "
-                                 f"got {tuple(getattr(self, name).shape)}")
+            self._check_norm()
         if (self.A >= 0).any():
             raise ValueError("TokenSystem.A must be negative everywhere (decay a > 0)")
         if self.S_delta_factors is not None:
@@ -91,6 +76,29 @@ class TokenSystem:
             err = (U @ V - self.S_delta).abs().max()
             if not err <= 1e-9 * self.S_delta.abs().max().clamp_min(1e-300):
                 raise ValueError(f"TokenSystem.S_delta_factors: U V differs from S_delta by {float(err):.3g}")
+
+    def _check_tensor(self, name: str) -> None:
+        t = getattr(self, name)
+        dims = 2 if name in ("dt_bias", "norm_weight") else 3
+        if not isinstance(t, torch.Tensor) or t.dim() != dims:
+            raise ValueError(f"TokenSystem.{name} must be a {dims}-D tensor (batch, {'., .' if dims == 3 else 'D'}), "
+                             f"got {getattr(t, 'shape', t)}")
+        if not t.is_floating_point():
+            raise TypeError(f"TokenSystem.{name} must be floating point, got {t.dtype}")
+        if not torch.isfinite(t).all():
+            raise ValueError(f"TokenSystem.{name} has non-finite entries")
+
+    def _check_shape(self, name: str, shape: tuple) -> None:
+        if tuple(getattr(self, name).shape) != shape:
+            raise ValueError(f"TokenSystem.{name} must have shape {shape} to match S_B {tuple(self.S_B.shape)}, "
+                             f"got {tuple(getattr(self, name).shape)}")
+
+    def _check_norm(self) -> None:
+        self._check_tensor("norm_weight")
+        self._check_shape("norm_weight", (self.batch, self.D))
+        if not (isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0 and math.isfinite(self.norm_eps)):
+            raise ValueError(f"TokenSystem.norm_eps must be a finite float > 0 (at 0, n(x) = x / |x| has no "
+                             f"value at x = 0 and solutions through it are not unique), got {self.norm_eps!r}")
 
     # --- constructors ----------------------------------------------------------------------------
     @classmethod
@@ -163,7 +171,12 @@ class TokenSystem:
         (D,) or (batch, D)."""
         w = torch.as_tensor(weight, dtype=self.S_B.dtype, device=self.S_B.device)
         w = w.expand(self.batch, self.D) if w.dim() <= 1 else w
-        return dataclasses.replace(self, norm_weight=w.contiguous(), norm_eps=eps)
+        # a shallow copy checks only what changed: validating S_Δ (D x D) and its factors again cost as much
+        # as the ODE itself at a 2.8B layer
+        new = copy.copy(self)
+        new.norm_weight, new.norm_eps = w.contiguous(), eps
+        new._check_norm()
+        return new
 
     def select(self, idx) -> "TokenSystem":
         """The sub-batch ``idx`` (an index tensor, slice or boolean mask)."""
