@@ -56,3 +56,13 @@ def test_windows_work_for_a_transformers_family():
     r = probe_windows(tiny_model("bamba"), torch.arange(60) % 40, ProbeConfig(progress=False), windows=3,
                       window_len=20)
     assert r.windows["n"] == 3 and r.windows["layers"][0]["delta_median"]["n"] == 3
+
+
+def test_a_fractions_interval_is_clipped_to_0_1_in_the_report():
+    """Three windows and a mean near 1 give a Student-t interval past 1 (a committed report once read
+    0.467 [-0.784, 1.72]); an agreement or a share cannot leave [0, 1]."""
+    from mambadyn.probe.report import _ci
+
+    wide = {"n": 3, "mean": 0.467, "ci95_low": -0.784, "ci95_high": 1.72}
+    assert _ci(wide, fraction=True) == "0.467 [0, 1]"
+    assert _ci(wide) == "0.467 [-0.784, 1.72]"  # a loss or a growth rate keeps its interval

@@ -44,37 +44,43 @@ def _clustering_section(cl: list[dict]) -> list[str]:
     return lines + ["", "All boundaries are in probe.json (tokens.clustering).", ""]
 
 
-def _ci(s: dict | None, digits: int = 3) -> str:
+def _ci(s: dict | None, digits: int = 3, fraction: bool = False) -> str:
+    """mean [interval]; a fraction's Student-t interval (few windows, a mean near 0 or 1) is clipped to [0, 1]."""
     if s is None:
         return "n/a"
     if s["n"] < 2:
         return f"{s['mean']:.{digits}g}"
-    return f"{s['mean']:.{digits}g} [{s['ci95_low']:.{digits}g}, {s['ci95_high']:.{digits}g}]"
+    lo, hi = s["ci95_low"], s["ci95_high"]
+    if fraction:
+        lo, hi = max(0.0, lo), min(1.0, hi)
+    return f"{s['mean']:.{digits}g} [{lo:.{digits}g}, {hi:.{digits}g}]"
 
 
 def _windows_section(w: dict) -> list[str]:
     lines = ["## Over windows", "",
              f"{w['n']} disjoint windows of {w['len']} tokens, each probed on its own; mean [Student-t 95% interval "
-             f"over windows]. The tables above show the first window. Next-token loss {_ci(w['loss'])}; median "
+             f"over windows; a fraction's clipped to [0, 1]]. The tables above show the first window. Next-token loss {_ci(w['loss'])}; median "
              f"fitted growth per layer {_ci(w['growth_median'])}.", "",
              "| SSM layer | scenarios (windows) | share of S_Δu > 0 | Δ median |", "|---|---|---|---|"]
     for lp in w["layers"]:
         scen = ", ".join(f"{k} {v}" for k, v in sorted(lp["scenarios"].items()))
-        lines.append(f"| {lp['name']} | {scen} | {_ci(lp['frac_sdx_positive'])} | {_ci(lp['delta_median'])} |")
+        lines.append(f"| {lp['name']} | {scen} | {_ci(lp['frac_sdx_positive'], fraction=True)} | "
+                     f"{_ci(lp['delta_median'])} |")
     lines += ["", "| residual boundary | gradient-share Gini | top-10% share |", "|---|---|---|"]
     for i, (g, t) in enumerate(zip(w["grad_share_gini"], w["grad_share_top10pct"])):
-        lines.append(f"| {i} | {_ci(g)} | {_ci(t)} |")
+        lines.append(f"| {i} | {_ci(g, fraction=True)} | {_ci(t, fraction=True)} |")
     if w.get("ode"):
         lines += ["", "Each continuous-time model's agreement with the real stack, per simulated layer: the direction of "
                   "each position's norm change and of its cosine to the first token (fractions of decided positions).",
                   "", "| layer | paper: norm | paper: cosine | normalised: norm | normalised: cosine |",
                   "|---|---|---|---|---|"]
         for k, v in w["ode"].items():
-            lines.append(f"| {k} | {_ci(v['paper']['agreement'])} | {_ci(v['paper']['cosine_agreement'])} | "
-                         f"{_ci(v['normalised']['agreement'])} | {_ci(v['normalised']['cosine_agreement'])} |")
+            agree = [_ci(v[m][q], fraction=True) for m in ("paper", "normalised")
+                     for q in ("agreement", "cosine_agreement")]
+            lines.append(f"| {k} | " + " | ".join(agree) + " |")
     elif w.get("ode_agreement"):
         lines += ["", "ODE agreement with the real stack, per simulated layer: "
-                  + "; ".join(f"layer {k}: {_ci(v)}" for k, v in w["ode_agreement"].items()) + "."]
+                  + "; ".join(f"layer {k}: {_ci(v, fraction=True)}" for k, v in w["ode_agreement"].items()) + "."]
     return lines + [""]
 
 
