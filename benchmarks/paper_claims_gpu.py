@@ -207,9 +207,11 @@ def pack(exp: Experiment, out: Path) -> None:
             tar.add(log, arcname=f"{exp.name}/driver.log")
 
 
-def prepare(shared: Path, data: Path) -> None:
-    """Copy Fashion-MNIST and split the offline WikiText-2 files into train / val / test texts."""
-    shutil.copytree(shared / "fashion-mnist", data / "fashion-mnist", dirs_exist_ok=True)
+def prepare(shared: Path, data: Path, fashion: bool = True) -> None:
+    """Copy Fashion-MNIST (unless ``fashion`` is False) and split the offline WikiText-2 files into
+    train / val / test texts."""
+    if fashion:
+        shutil.copytree(shared / "fashion-mnist", data / "fashion-mnist", dirs_exist_ok=True)
     src = shared / "wikitext-2-tokenized-valid-test"
     test = (src / "test.txt").read_text(encoding="utf-8")
     # articles begin with a top-level heading line " = Title = "

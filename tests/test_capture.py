@@ -68,3 +68,18 @@ def test_capture_stops_before_the_output_head(names):
     got = capture(m, ids, names)
     assert calls == [] and all(len(got[n]) == 2 for n in names)
     assert m(ids[None]).shape == (1, 9, 17) and calls == [1]
+
+
+@pytest.mark.parametrize("L,K,bias", [(37, 4, True), (3, 4, False), (1, 2, True)])
+def test_the_captures_causal_conv_equals_torchs_conv1d(L, K, bias):
+    """The scan inputs' convolution (shifted multiply-adds, since torch's float64 conv1d crawls on a CPU)
+    against F.conv1d with causal padding, in float64, including L < K."""
+    import torch.nn.functional as F
+
+    from mambadyn.probe.attention import causal_depthwise_conv
+
+    g = torch.Generator().manual_seed(L * K)
+    x, w = torch.randn(5, L, generator=g, dtype=torch.float64), torch.randn(5, K, generator=g, dtype=torch.float64)
+    b = torch.randn(5, generator=g, dtype=torch.float64) if bias else None
+    want = F.conv1d(x[None], w[:, None], b, padding=K - 1, groups=5)[0, :, :L]
+    torch.testing.assert_close(causal_depthwise_conv(x, w, b), want, rtol=1e-13, atol=1e-13)
