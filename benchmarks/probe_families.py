@@ -74,7 +74,7 @@ def evaluate(model, ids: torch.Tensor, seq_len: int, device: str, max_batches: i
 def train_one(name: str, splits, args) -> tuple[object, dict]:
     import transformers
 
-    from mambadyn import constrain_eigenvalues
+    from mambadyn.refine import bake, constrain_eigenvalues
 
     folder = args.out / "runs" / name
     if (folder / "config.json").is_file():  # trained in an earlier run: probe it again
@@ -107,7 +107,7 @@ def train_one(name: str, splits, args) -> tuple[object, dict]:
            "final_train_loss": sum(losses[-20:]) / len(losses[-20:]) if losses else None,
            "val_loss": evaluate(model, splits.val, args.seq_len, args.device),
            "parameters": sum(p.numel() for p in model.parameters())}
-    model.save_pretrained(folder)  # the constrained weights, as plain tensors
+    bake(model).save_pretrained(folder)  # the constrained weights as plain tensors, which from_pretrained reads
     splits.tokenizer.save(str(folder / "tokenizer.json"))
     (folder / "train.json").write_text(json.dumps(rec, indent=1))
     return model, rec

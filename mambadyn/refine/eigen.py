@@ -129,8 +129,10 @@ def constrain_eigenvalues(model: nn.Module, mode: str, threshold: float = 0.7, i
     """Register the eigenvalue-sign parametrization on every mixer's ``x_proj.weight`` (in place).
 
     mode: "positive" | "negative" | "mixed" | "free" ("free" removes any constraint, keeping the
-    current effective weight). init: "project" maps the current weight onto the constrained family
-    (exact for weights that are already in it, e.g. loaded from a constrained checkpoint);
+    current effective weight). Before transformers' ``save_pretrained``, call ``bake(model)``: a parametrized
+    weight is saved under ``parametrizations.weight.original``, a key ``from_pretrained`` does not read, so the
+    loaded model would start that projection afresh. init: "project" maps the current weight onto the
+    constrained family (exact for weights that are already in it, e.g. loaded from a constrained checkpoint);
     "keep" uses the current weight as the raw parameter, as the paper's code does at initialisation.
     Returns the model.
     """
