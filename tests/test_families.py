@@ -144,6 +144,21 @@ def test_a_model_on_cuda_probes_like_its_cpu_copy(model_type, ids):
                                rtol=1e-3, atol=1e-4)
 
 
+def test_a_constrained_model_saved_without_bake_is_refused_with_the_fix(tmp_path, capsys):
+    """save_pretrained on a constrained model writes in_proj's raw parameter, which from_pretrained does not
+    read (it would start in_proj afresh): the probe refuses the folder and says to bake first."""
+    from mambadyn.cli import run
+    from mambadyn.refine import constrain_eigenvalues
+
+    model = tiny_model("mamba2")
+    constrain_eigenvalues(model, "positive")
+    model.save_pretrained(tmp_path / "ck")
+    assert run(["probe", str(tmp_path / "ck"), "--out", str(tmp_path / "out")]) == 2
+    err = " ".join(capsys.readouterr().err.split())  # the CLI wraps its line
+    assert "mixer.in_proj.weight" in err and "bake(model) before save_pretrained" in err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("model_type", ["mamba2", "jamba", "falcon_h1"])
 def test_a_saved_folder_probes_end_to_end_with_the_cli(model_type, ids, tmp_path):
     from typer.testing import CliRunner

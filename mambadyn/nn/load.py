@@ -76,7 +76,12 @@ def _transformers_model(folder: Path) -> nn.Module:
             return f"{x[0]} ({tuple(x[1])} in the file, {tuple(x[2])} by the config)" if isinstance(x, tuple) else x
 
         what = "; ".join(f"{k.replace('_', ' ')}: {', '.join(name(x) for x in list(v)[:3])}" for k, v in bad.items())
-        raise CheckpointError(f"the weights in {folder} do not match its config.json ({what})")
+        hint = ""
+        if any("parametrizations." in str(k) for k in bad.get("unexpected_keys", ())):
+            # torch saves a parametrized weight under its raw parameter, which from_pretrained does not read
+            hint = (": it was saved from a model with a parametrized weight (say mambadyn's constrain_eigenvalues); "
+                    "call mambadyn.refine.bake(model) before save_pretrained")
+        raise CheckpointError(f"the weights in {folder} do not match its config.json ({what}){hint}")
     return model
 
 
