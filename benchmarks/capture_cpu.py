@@ -2,7 +2,7 @@
 stream before and after every layer) against one plain forward pass of the same model, side by side.
 
     python benchmarks/capture_cpu.py [--d-model 768] [--layers 24] [--L 2048] [--rounds 3]
-                                     [--names ssm_input,...] [--out results/capture_cpu.json]
+                                     [--names ssm_input,...] [--dtype float64|float32] [--out results/capture_cpu.json]
 
 A 130M-shaped MambaLM (d_model 768, 24 layers, vocabulary 50280) with random weights: the cost does not
 depend on what the weights learned. The two are interleaved round by round; the table gives each round's
@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--L", type=int, default=2048)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--names", default=",".join(SSM_NAMES[:-1] + RESID_NAMES))
+    ap.add_argument("--dtype", default="float64", choices=["float64", "float32"], help="the scan quantities' dtype")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     names = [n for n in args.names.split(",") if n]
@@ -47,7 +48,7 @@ def main() -> None:
             model(ids[None])
 
     def captured():
-        capture(model, ids, names)
+        capture(model, ids, names, dtype=getattr(torch, args.dtype))
 
     forward(), captured()  # warm-up: numba compiles, allocators settle
     rows = []
@@ -64,7 +65,7 @@ def main() -> None:
               f"{rows[-1]['ratio']:.2f}, load {rows[-1]['load']:.2f}", flush=True)
     ratios = [row["ratio"] for row in rows]
     summary = {"shape": {"d_model": args.d_model, "n_layer": args.layers, "vocab": args.vocab, "L": args.L},
-               "names": names, "threads": torch.get_num_threads(), "rounds": rows,
+               "names": names, "dtype": args.dtype, "threads": torch.get_num_threads(), "rounds": rows,
                "median_ratio": statistics.median(ratios), "min_ratio": min(ratios), "max_ratio": max(ratios)}
     print(f"capture / forward: median {summary['median_ratio']:.2f} [{min(ratios):.2f}, {max(ratios):.2f}] over "
           f"{len(rows)} paired rounds, {summary['threads']} threads")

@@ -83,3 +83,25 @@ def test_the_captures_causal_conv_equals_torchs_conv1d(L, K, bias):
     b = torch.randn(5, generator=g, dtype=torch.float64) if bias else None
     want = F.conv1d(x[None], w[:, None], b, padding=K - 1, groups=5)[0, :, :L]
     torch.testing.assert_close(causal_depthwise_conv(x, w, b), want, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("family", ["mambadyn", "mamba2"])
+def test_a_float32_capture_is_the_float64_one_rounded(family):
+    """dtype=torch.float32 (half the memory) gives every scan quantity within float32 rounding of the float64
+    capture, for a mambadyn model and a transformers family; other dtypes are refused."""
+    if family == "mambadyn":
+        torch.manual_seed(0)
+        model, ids = MambaLM(MambaConfig(vocab_size=17, d_model=8, n_layer=2, d_state=3)), torch.arange(23) % 17
+    else:
+        pytest.importorskip("transformers")
+        from tests.support.families import tiny_model
+
+        model, ids = tiny_model("mamba2"), torch.arange(23) % 40
+    names = ["ssm_input", "ssm_dt", "ssm_B", "ssm_C", "ssm_output", "ssm_state"]
+    hi, lo = capture(model, ids, names), capture(model, ids, names, dtype=torch.float32)
+    for n in names:
+        for k, t in hi[n].items():
+            assert t.dtype == torch.float64 and lo[n][k].dtype == torch.float32, n
+            torch.testing.assert_close(lo[n][k].double(), t, rtol=1e-4, atol=1e-5, msg=f"{family} {n} layer {k}")
+    with pytest.raises(ValueError, match="float32 or torch.float64"):
+        capture(model, ids, names, dtype=torch.float16)

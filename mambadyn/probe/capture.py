@@ -81,10 +81,13 @@ def _residual_hooks(model: nn.Module, layers: list[int] | None):
 
 
 def capture(model: nn.Module, ids: torch.Tensor, names: list[str] | tuple[str, ...] = SSM_NAMES[:-1] + RESID_NAMES,
-            layers: list[int] | None = None, channels: list[int] | None = None
-            ) -> dict[str, dict[int, torch.Tensor]]:
+            layers: list[int] | None = None, channels: list[int] | None = None,
+            dtype: torch.dtype = torch.float64) -> dict[str, dict[int, torch.Tensor]]:
     """name -> {layer: tensor} for the ``names`` asked (see the module docstring), on ids (L,), for ``layers``
-    (default all) and, for ssm_state, ``channels`` (default all). float64 for the scan quantities."""
+    (default all) and, for ssm_state, ``channels`` (default all). The scan quantities in ``dtype``: float64 by
+    default (what the equivalence tests hold to); float32 halves the memory and most of the extra time."""
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"capture dtype must be torch.float32 or torch.float64, got {dtype}")
     unknown = [n for n in names if n not in NAMES]
     if unknown:
         raise ValueError(f"unknown capture names {unknown}; known: {', '.join(NAMES)}")
@@ -94,8 +97,8 @@ def capture(model: nn.Module, ids: torch.Tensor, names: list[str] | tuple[str, .
         # one forward pass for everything asked: the residual hooks ride on the scan capture's pass
         res = stack.enter_context(_residual_hooks(model, layers)) if any(n in RESID_NAMES for n in names) else None
         if any(n in SSM_NAMES for n in names):
-            inputs = (family_scan_inputs(model, ids, layers, skip_head=True)[0] if is_transformers_model(model)
-                      else capture_scan_inputs(model, ids, layers, skip_head=True))
+            inputs = (family_scan_inputs(model, ids, layers, dtype, skip_head=True)[0] if is_transformers_model(model)
+                      else capture_scan_inputs(model, ids, layers, dtype, skip_head=True))
             for n in names:
                 if n not in SSM_NAMES:
                     continue
