@@ -77,7 +77,7 @@ def train_one(name: str, splits, args) -> tuple[object, dict]:
     from mambadyn.refine import bake, constrain_eigenvalues
 
     folder = args.out / "runs" / name
-    if (folder / "config.json").is_file():  # trained in an earlier run: probe it again
+    if (folder / "train.json").is_file():  # written last: trained and saved in an earlier run, probe it again
         model = transformers.AutoModelForCausalLM.from_pretrained(folder).to(args.device)
         return model, json.loads((folder / "train.json").read_text())
     torch.manual_seed(args.seed)

@@ -263,6 +263,9 @@ def test_claim_verdicts_follow_the_rule(tmp_path):
     assert decided["e"]["verdict"] == "not reproduced"
     assert [c["experiment"] for c in decided["e"]["comparisons"]] == ["fmnist_patches196_random"]
     assert [c["experiment"] for c in decided["d"]["comparisons"]] == ["fmnist_patches196"] * 2
+    _write(tmp_path, "fmnist_notes", {"seeds": [0, 1]})  # someone's folder that the fmnist_* glob reaches
+    with pytest.raises(ValueError, match="fmnist_notes/results.json is not the output of `mambadyn experiment"):
+        write_claims(tmp_path, out)
 
 
 def test_offline_wikitext_makes_no_network_call(monkeypatch, tmp_path):

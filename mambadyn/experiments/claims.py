@@ -93,6 +93,10 @@ def comparisons(results: Path) -> list[Comparison]:
         ro = _load(results, name)
         if not ro:
             continue
+        # the glob reaches any fmnist_* folder: one that is not a reorder run is named, not read past
+        if not (isinstance(ro, dict) and isinstance(ro.get("variants"), dict) and "none" in ro["variants"]):
+            raise ValueError(f"{results / name / 'results.json'} is not the output of `mambadyn experiment reorder` "
+                             "(no variants with a none arm): rerun it or move that folder out of the results")
         for v, r in ro["variants"].items():
             if v == "none":
                 continue
@@ -236,5 +240,6 @@ def write_claims(results: str | Path, out: str | Path) -> dict:
     write_file(out, "\n".join(lines), "experiment claims")
     _mark_reports(results, decided, Path(out))
     return {k: {"verdict": d["verdict"], "comparisons": [
-        {"experiment": r["c"].experiment, "label": r["c"].label, "n": r["n"], "diff": r["diff"], "ci95": [r["low"], r["high"]], "p": r["p"],
-         "p_holm": r["p_holm"]} for r in d["rows"]]} for k, d in decided.items()}
+        {"experiment": r["c"].experiment, "label": r["c"].label, "n": r["n"], "diff": r["diff"],
+         "ci95": [r["low"], r["high"]], "p": r["p"], "p_holm": r["p_holm"]} for r in d["rows"]]}
+        for k, d in decided.items()}
