@@ -4,6 +4,7 @@ d_model 2560, 64 layers) and a 2.7B-shaped Mamba-2 (transformers' Mamba2ForCausa
 layers, 80 heads of 64, state 128), on 2048 tokens.
 
     python benchmarks/probe_large_gpu.py [--tokens 2048] [--only mamba1,mamba2] [--out results/probe_large_gpu.json]
+        [--layers 64] [--d-model 2560]   (smaller values: a smoke run on a CPU)
 
 Prints one line per model (probe seconds, first run, after a warm-up probe of a 2-layer model of the same
 family) and writes JSON."""
@@ -17,17 +18,17 @@ import time
 import torch
 
 
-def mamba1(n_layer: int):
+def mamba1(n_layer: int, d_model: int):
     from mambadyn.nn import MambaConfig, MambaLM
 
-    return MambaLM(MambaConfig(vocab_size=50280, d_model=2560, n_layer=n_layer))
+    return MambaLM(MambaConfig(vocab_size=50280, d_model=d_model, n_layer=n_layer))
 
 
-def mamba2(n_layer: int):
+def mamba2(n_layer: int, d_model: int):
     import transformers
 
-    cfg = transformers.Mamba2Config(vocab_size=50280, hidden_size=2560, num_hidden_layers=n_layer, state_size=128,
-                                    num_heads=80, head_dim=64, n_groups=1, expand=2, chunk_size=256)
+    cfg = transformers.Mamba2Config(vocab_size=50280, hidden_size=d_model, num_hidden_layers=n_layer, state_size=128,
+                                    num_heads=2 * d_model // 64, head_dim=64, n_groups=1, expand=2, chunk_size=256)
     return transformers.Mamba2ForCausalLM(cfg)
 
 
@@ -38,6 +39,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=2048)
     ap.add_argument("--only", default="mamba1,mamba2")
     ap.add_argument("--out", default="results/probe_large_gpu.json")
+    ap.add_argument("--layers", type=int, default=64)
+    ap.add_argument("--d-model", type=int, default=2560)
     args = ap.parse_args()
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     ids = torch.randint(0, 50280, (args.tokens,), generator=torch.Generator().manual_seed(0))
@@ -45,8 +48,11 @@ def main() -> None:
     for name in args.only.split(","):
         build = {"mamba1": mamba1, "mamba2": mamba2}[name]
         torch.manual_seed(0)
-        probe(build(2).to(dev), ids[:64], ProbeConfig(progress=False))  # warm-up: kernels compile, caches fill
-        model = build(64).to(dev)
+        with torch.device(dev):  # initialised where it runs: 2.7B parameters take minutes to initialise on a CPU
+            probe(build(2, args.d_model), ids[:64], ProbeConfig(progress=False))  # warm-up: kernels, caches
+            t0 = time.perf_counter()
+            model = build(args.layers, args.d_model)
+        build_s = time.perf_counter() - t0
         if dev == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -55,9 +61,9 @@ def main() -> None:
         if dev == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
-        peak = torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else float("nan")
+        peak = torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else None
         rows.append({"model": name, "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu",
-                     "tokens": args.tokens, "probe_s": dt, "peak_gib": peak, "layers": len(result.layers),
+                     "tokens": args.tokens, "d_model": args.d_model, "probe_s": dt, "build_s": build_s, "peak_gib": peak, "layers": len(result.layers),
                      "ode_layers": len(result.ode), "torch": torch.__version__,
                      "transformers": _version("transformers"),
                      # without them transformers' Mamba-2 runs its PyTorch reference scan, and says so

@@ -128,6 +128,20 @@ def test_spectra_equal_dense_eigenvalues_and_residual_norms_equal_hidden_states(
         assert torch.allclose(torch.tensor(norms[k + skip]), hs[k][0].norm(dim=-1), rtol=1e-5), (model_type, k)
 
 
+@pytest.mark.parametrize("model_type", sorted(FAMILIES))
+def test_gradient_shares_equal_an_autograd_computation_and_leave_the_parameters_untouched(model_type, ids):
+    """The probe freezes the parameters and starts the graph at the embedding's output; the first stream's
+    shares must still count every path from it (Zamba2 carries a copy of the embedding to its hybrid layers)."""
+    model = tiny_model(model_type)
+    result = probe(model, ids, ProbeConfig(progress=False, ode_positions=0))
+    emb = model.get_input_embeddings()(ids[None]).detach().requires_grad_(True)
+    logits = model(inputs_embeds=emb).logits
+    (g,) = torch.autograd.grad(F.cross_entropy(logits[0, :-1].float(), ids[1:]), emb)
+    want = g[0].norm(dim=-1) / g[0].norm(dim=-1).sum()
+    assert torch.allclose(torch.tensor(result.tokens.grad_shares[0]), want, rtol=1e-4, atol=1e-7), model_type
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the probe of a transformers model on a GPU")
 @pytest.mark.parametrize("model_type", sorted(FAMILIES))
 def test_a_model_on_cuda_probes_like_its_cpu_copy(model_type, ids):

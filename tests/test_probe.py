@@ -95,6 +95,21 @@ def test_constrained_models_show_the_signs_their_parametrization_guarantees(mode
             assert (lp.positive, lp.negative) == (3, 3)
 
 
+def test_gradient_shares_equal_an_autograd_computation_and_leave_the_parameters_untouched():
+    model = _lm(40)
+    ids = torch.randint(0, 40, (24,), generator=torch.Generator().manual_seed(1))
+    result = probe(model, ids, FAST)
+    emb = model.backbone.embeddings(ids[None]).detach().requires_grad_(True)
+    h = emb
+    for block in model.backbone.layers:
+        h = block(h)
+    logits = model.lm_head(model.backbone.norm_f(h))
+    (g,) = torch.autograd.grad(torch.nn.functional.cross_entropy(logits[0, :-1], ids[1:]), emb)
+    want = g[0].norm(dim=-1) / g[0].norm(dim=-1).sum()
+    assert torch.allclose(torch.tensor(result.tokens.grad_shares[0]), want, rtol=1e-4, atol=1e-7)
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())
+
+
 def test_spectra_match_dense_eigenvalues():
     m = _lm(30, d_state=3)
     mixer = m.backbone.layers[0].mixer

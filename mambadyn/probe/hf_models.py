@@ -29,7 +29,7 @@ from ..nn.families import (
 from ..refine.spectrum import rank_rtol
 from .clusters import stream_directions
 from .layer import LayerParams, delta_stats, matrix_params
-from .tokens import TokenTrace, backward_finite, growth_fit
+from .tokens import TokenTrace, backward_finite, growth_fit, stream_gradients_only
 
 
 def is_transformers_model(model: nn.Module) -> bool:
@@ -54,15 +54,21 @@ def trace_hf(model: nn.Module, family: Family, ids: torch.Tensor) -> tuple[Token
             h.retain_grad()
             streams.append(h)
 
+    def leaf(_mod, _args, out):
+        # with the parameters frozen, the graph starts at the embedding's output (a hybrid may also carry a copy
+        # of it past the first layer, as Zamba2 does, so the first layer's input is not made the leaf)
+        return out.detach().requires_grad_(True)
+
     def after(_mod, _args, out):
         h = out[0] if isinstance(out, tuple) else out
         h.retain_grad()
         streams.append(h)
 
-    handles = [layers[0].register_forward_pre_hook(first, with_kwargs=True)]
+    handles = [layers[0].register_forward_pre_hook(first, with_kwargs=True),
+               model.get_input_embeddings().register_forward_hook(leaf)]
     handles += [layer.register_forward_hook(after) for layer in layers]
     try:
-        with capture(model, family) as got, torch.enable_grad():
+        with capture(model, family) as got, torch.enable_grad(), stream_gradients_only(model):
             logits = model(ids[None].to(model.device)).logits
             loss = F.cross_entropy(logits[0, :-1].float(), ids[1:].to(logits.device))
             backward_finite(loss)

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 
@@ -48,6 +49,31 @@ def backward_finite(loss: torch.Tensor) -> None:
     loss.backward()
 
 
+@contextlib.contextmanager
+def stream_gradients_only(model: nn.Module):
+    """Within the block the model's parameters do not require grad (restored after): the probe needs the loss
+    gradient at the residual stream only, and the parameters' gradients would cost a model's worth of memory
+    and a third of the backward pass. The first stream tensor must then be made a leaf (``leaf_input``)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def leaf_input(args: tuple, kwargs: dict) -> tuple[torch.Tensor, tuple, dict]:
+    """For a forward pre-hook: the block's first input (positional, or ``hidden_states``) detached as a leaf
+    that requires grad, and the (args, kwargs) that carry it in its place."""
+    if args:
+        h = args[0].detach().requires_grad_(True)
+        return h, (h, *args[1:]), kwargs
+    h = kwargs["hidden_states"].detach().requires_grad_(True)
+    return h, args, {**kwargs, "hidden_states": h}
+
+
 def growth_fit(norms: list[torch.Tensor]) -> tuple[list[float], list[int]]:
     """Per position, the least-squares slope of log ||h_l[p]|| against l over the layer boundaries ``norms``
     (each (L,)); and the positions ordered fastest first."""
@@ -78,10 +104,12 @@ def trace_tokens(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor | Non
     scan_in: list[torch.Tensor] = []
     deltas: list[DeltaStats] = []
 
+    def first_hook(_mod, args, kwargs):
+        h, args, kwargs = leaf_input(args, kwargs)
+        streams.append(h)
+        return args, kwargs
+
     def block_hook(_mod, args, out):
-        if not streams:
-            args[0].retain_grad()
-            streams.append(args[0])
         out.retain_grad()
         streams.append(out)
 
@@ -101,7 +129,7 @@ def trace_tokens(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor | Non
                 attention_inputs[k] = ScanInputs.of_mixer(mixer, u.double())
         return hook
 
-    handles = []
+    handles = [blocks[0].register_forward_pre_hook(first_hook, with_kwargs=True)]
     for k, b in enumerate(blocks):
         handles.append(b.register_forward_hook(block_hook))
         handles.append(b.norm.register_forward_hook(norm_hook))
@@ -110,7 +138,7 @@ def trace_tokens(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor | Non
         dev = next(model.parameters()).device  # the model may sit on a GPU; the ids come from the CPU
         ids = ids.to(dev)
         # the hooks above see module calls: on a GPU the fused path would run past all of them
-        with torch.enable_grad(), per_op_path(model):
+        with torch.enable_grad(), per_op_path(model), stream_gradients_only(model):
             if labels is None:
                 logits = model(ids[None])
                 loss = F.cross_entropy(logits[0, :-1].float(), ids[1:])
