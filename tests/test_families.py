@@ -188,7 +188,41 @@ def test_a_saved_folder_probes_end_to_end_with_the_cli(model_type, ids, tmp_path
     assert d["source"]["family"] == model_type and d["source"]["format"] == "transformers"
     assert d["layers"] and all(lp["conjectural"] for lp in d["layers"])
     report = (tmp_path / "out" / "report.md").read_text()
-    assert FAMILIES[model_type].matrix in report and "Layer ODE: not run" in report
+    assert FAMILIES[model_type].matrix in report
+    if FAMILIES[model_type].kind == MAMBA1:
+        assert d["ode"] and "leaves out the RMSNorms" in report
+    else:
+        assert not d["ode"] and "Layer ODE: not run" in report
+
+
+@pytest.mark.parametrize("model_type", ["mamba", "falcon_mamba", "jamba"])
+def test_the_mamba1_kinds_run_the_layer_ode_from_their_captured_scan_inputs(model_type, ids):
+    from mambadyn.probe.hf_models import ODE_NOTES
+    from mambadyn.probe.ode import interaction_system
+
+    model = tiny_model(model_type)
+    family = family_of(model)
+    result = probe(model, ids, ProbeConfig(progress=False, ode_positions=5))
+    mixers = ssm_mixers(model, family)
+    kinds = result.source["layer_kinds"]
+    stream = [i for i, k in enumerate(kinds) if "ssm" in k.split("+")]
+    assert [o.layer for o in result.ode] == list(range(len(mixers)))
+    for o in result.ode:
+        assert o.positions == 5 and o.t_end == len(kinds) - stream[o.layer] and o.note == ODE_NOTES[family.bc_norm]
+        assert result.layers[o.layer].layers_remaining == len(kinds) - stream[o.layer]
+    if model_type != "mamba":
+        return
+    # Mamba's B, C and Δ are linear in u: the system's right-hand side on the captured scan inputs is the scan
+    # transformers ran, before its D skip and gate
+    with torch.no_grad(), capture(model, family) as got:
+        model(ids[None])
+    for name, mixer in mixers:
+        (it,) = interactions(mixer, family)
+        r = mixer.time_step_rank
+        system = interaction_system(it, mixer.dt_proj.weight.detach(), mixer.x_proj.weight.detach()[:r])
+        c = got[name]
+        y = (system.rhs(c.u.double()[None])[0] + mixer.D.double() * c.u) * F.silu(c.z.double())
+        assert torch.allclose(y.float(), c.y, atol=1e-5, rtol=1e-4), (name, (y.float() - c.y).abs().max())
 
 
 def test_a_model_without_ssm_layers_is_refused_with_its_model_type(tmp_path):

@@ -38,7 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..jsonio import write_json
-from ..nn.families import family_of, ssm_mixers
+from ..nn.families import MAMBA1, family_of, ssm_mixers
 from ..nn.load import Loaded, check_ids, decode_tokens, load_checkpoint, token_ids
 from ..outputs import atomic_folder
 from ..refine.eigen import eigen_mode_of, find_mixers
@@ -51,7 +51,15 @@ from .attention import (
     layer_attention,
     summarize,
 )
-from .hf_models import hf_layers, hf_source, is_transformers_model, trace_hf
+from .hf_models import (
+    NO_ODE_MAMBA2,
+    ODE_NOTES,
+    hf_layers,
+    hf_ode_checks,
+    hf_source,
+    is_transformers_model,
+    trace_hf,
+)
 from .layer import LayerParams, depth_note, layer_params
 from .ode import OdeCheck, ode_check
 from .shares import gini, top_share
@@ -249,17 +257,30 @@ def _probe_transformers(model: nn.Module, loaded: Loaded | None, ids, text, toke
         raise ValueError(f"attention layers {bad} out of range: the model has {n_ssm} SSM layers (0..{n_ssm - 1})")
     if config.attention_layers:
         check_view_size(ids.numel())
+    ode_kind = family.kind == MAMBA1 and config.ode_positions > 0
+    bad = [k for k in config.ode_layers or [] if not 0 <= k < n_ssm]
+    if bad and ode_kind:
+        raise ValueError(f"ode_layers {bad} out of range for {n_ssm} SSM layers (0..{n_ssm - 1})")
     tokens, got = trace_hf(model, family, ids)
-    inp = {"tokens": ids.numel(), "from": origin,
-           "ode": "not run: the layer ODE is the continuous-time model of mambadyn's Mamba-1 form"}
-    result = ProbeResult(source, inp, hf_layers(model, family, got), tokens, [])
+    inp = {"tokens": ids.numel(), "from": origin}
+    stream = [i for i, kind in enumerate(source["layer_kinds"]) if "ssm" in kind.split("+")]
+    layers = hf_layers(model, family, got)
+    ode = []
+    if family.kind != MAMBA1:
+        inp["ode"] = NO_ODE_MAMBA2
+    elif ode_kind:
+        which = (list(range(n_ssm)) if config.all_ode_layers else config.ode_layers
+                 if config.ode_layers is not None else spread(n_ssm, DEFAULT_ODE_LAYERS))
+        ode = hf_ode_checks(model, family, got, tokens, which, stream, config.ode_positions, config.ode_t_end,
+                            layers, config.progress)
+        inp["ode"] = ODE_NOTES[family.bc_norm] or "the paper's system with each layer's own matrices and dt bias"
+    result = ProbeResult(source, inp, layers, tokens, ode)
     if config.attention_layers:
         _label_tokens(inp, loaded, tokenizer, ids, origin)
         # from the trace's own capture: no second forward pass
         mixers = ssm_mixers(model, family)
         inputs = {k: captured_scan_inputs(got[mixers[k][0]], mixers[k][1], family)
                   for k in config.attention_layers}
-        stream = [i for i, kind in enumerate(source["layer_kinds"]) if "ssm" in kind.split("+")]
         _attend(result, inputs, stream, config, model.device)
     return result
 

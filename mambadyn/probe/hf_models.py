@@ -5,8 +5,11 @@ layer (SSM, attention, MLP or MoE alike).
 Per SSM layer: the spectrum of the family's interaction matrix (per group for the Mamba-2 kinds), the
 paper's scenario as a conjecture (an analogue for the Mamba-2 kinds), and the statistics of the Δ the
 layer computed on every position. Per decoder layer: residual norms, the loss gradient's share per
-position, fitted growth. The layer ODE (``probe.ode``) is the continuous-time model of mambadyn's
-Mamba-1 form and is not run here.
+position, fitted growth. The layer ODE (``probe.ode``) runs for the Mamba-1 kinds, seeded from the
+captured scan inputs: exact in form for Mamba (B, C and Δ are linear in u, as in the paper), with the
+RMSNorms on B, C and Δ left out for FalconMamba and Jamba (each report says so). For the Mamba-2 kinds it
+is not run: x, B and C are separate projections there, and the output returns through out_proj, so the
+paper's one-space token system has no counterpart.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from ..nn.families import (
 )
 from ..refine.spectrum import rank_rtol
 from .clusters import stream_directions
-from .layer import LayerParams, delta_stats, matrix_params
+from .layer import LayerParams, delta_stats, depth_note, matrix_params
+from .ode import OdeCheck, interaction_system, ode_check
 from .tokens import TokenTrace, backward_finite, growth_fit, stream_gradients_only
 
 
@@ -115,6 +119,44 @@ def hf_layers(model: nn.Module, family: Family, got: dict[str, Captured] | None)
                 lp.reason += " (Δ's data-dependent part on every position, as the layer computed it)"
                 lp.delta = delta_stats(raw, it.dt_bias.float())
             out.append(lp)
+    return out
+
+
+ODE_NOTES = {
+    "none": None,
+    "weightless": "the ODE leaves out the weightless RMSNorms this family puts on B, C and Δ's low rank: it is the "
+                  "paper's system with this layer's matrices, not the layer's exact continuous-time limit",
+    "learned": "the ODE leaves out the RMSNorms this family puts on B, C and Δ's low rank (their weights g_B g_C "
+               "are kept in S_B): it is the paper's system with this layer's matrices, not the layer's exact "
+               "continuous-time limit",
+}
+NO_ODE_MAMBA2 = ("not run: in the Mamba-2 kinds x, B and C are separate projections of the mixer's input and the "
+                 "output returns through out_proj, so the paper's token system (one space, x read by B, C and Δ) "
+                 "has no counterpart here")
+
+
+def hf_ode_checks(model: nn.Module, family: Family, got: dict[str, Captured], trace: TokenTrace, which: list[int],
+                  stream: list[int], positions: int, t_end: float | None, layers: list[LayerParams],
+                  progress: bool = False) -> list[OdeCheck]:
+    """The layer ODE (``probe.ode``) of the SSM layers ``which`` of a Mamba-1-kind family, seeded from the first
+    ``positions`` captured scan inputs; ``stream``: SSM layer -> residual-stream boundary at its input. Sets each
+    layer's blow-up time and depth note in ``layers`` (one LayerParams per mixer for these kinds)."""
+    from tqdm.auto import tqdm
+
+    mixers = ssm_mixers(model, family)
+    out = []
+    for k in tqdm(which, desc="layer ODEs", disable=not progress, leave=False):
+        name, mixer = mixers[k]
+        (it,) = interactions(mixer, family)
+        r = mixer.time_step_rank
+        system = interaction_system(it, mixer.dt_proj.weight.detach(), mixer.x_proj.weight.detach()[:r])
+        o = ode_check(k, system, got[name].u[:positions].double(), trace.residual_norms, t_end,
+                      trace.first_cosines, stream=stream[k], note=ODE_NOTES[family.bc_norm])
+        out.append(o)
+        lp = layers[k]
+        lp.first_blowup, lp.ode_horizon = o.first_blowup, o.horizon
+        lp.layers_remaining = len(trace.residual_norms) - 1 - stream[k]
+        lp.depth_note = depth_note(lp, stopped=o.solver is not None)
     return out
 
 

@@ -89,6 +89,14 @@ class OdeCheck:
     cosine_spearman: float | None = None
     normalised: ModelFit | None = None
     norm_scale: float | None = None  # s, the normalised model's weight
+    note: str | None = None  # approximations beyond the module docstring's (a family's norms on B, C and Δ)
+
+
+def interaction_system(it, U: torch.Tensor, V: torch.Tensor) -> TokenSystem:
+    """The token system of one Mamba-1-kind layer of a transformers family from its ``nn.families.Interaction``
+    (float64, on the CPU) and S_Δ's factors U = dt_proj.weight (D, r), V = x_proj.weight[:r] (r, D)."""
+    return TokenSystem(it.S_B[None], it.S_C[None], it.S_delta[None], it.A[None], it.dt_bias[None],
+                       S_delta_factors=(U.double().cpu()[None], V.double().cpu()[None]))
 
 
 def layer_system(mixer: nn.Module) -> TokenSystem:
@@ -157,24 +165,28 @@ def _fit(model: str, system: TokenSystem, x0: torch.Tensor, T: float, obs_ratio:
     return fit, tr
 
 
-def ode_check(layer: int, mixer: nn.Module, scan_inputs: torch.Tensor, residual_norms: list[list[float]],
-              t_end: float | None = None, first_cosines: list[list[float]] | None = None) -> OdeCheck:
+def ode_check(layer: int, mixer: nn.Module | TokenSystem, scan_inputs: torch.Tensor, residual_norms: list[list[float]],
+              t_end: float | None = None, first_cosines: list[list[float]] | None = None, stream: int | None = None,
+              note: str | None = None) -> OdeCheck:
     """Simulate layer ``layer``'s continuous-time models (the paper's and the normalised one) from its real scan
     inputs (P, D) to ``t_end`` (default: the layers that remain, n_layer - layer) and compare the per-token fates
     there with the residual stream's norms (and, given ``first_cosines``, its cosines to the first token, per
-    layer boundary) from that layer to the last."""
-    remaining = len(residual_norms) - 1 - layer
+    layer boundary) from that layer to the last. ``mixer``: a mambadyn mixer or the layer's ``TokenSystem``;
+    ``stream``: the residual-stream boundary at the layer's input where it differs from ``layer`` (a hybrid's
+    SSM layers are not all its layers); ``note``: the approximations beyond the module docstring's."""
+    stream = layer if stream is None else stream
+    remaining = len(residual_norms) - 1 - stream
     T = float(t_end) if t_end is not None else float(max(remaining, 1))
-    system = layer_system(mixer)
+    system = mixer if isinstance(mixer, TokenSystem) else layer_system(mixer)
     x0 = scan_inputs.double()[None]  # (1, P, D)
     P = x0.shape[1]
-    first = torch.tensor(residual_norms[layer][:P])
+    first = torch.tensor(residual_norms[stream][:P])
     last = torch.tensor(residual_norms[-1][:P])
     obs_ratio = (last / first.clamp_min(1e-300)).tolist()
     observed = [Outcome.GROWS if r > 1 else Outcome.SHRINKS for r in obs_ratio]
     obs_dcos: list[float | None] = [None] * P
     if first_cosines is not None:
-        c0, c1 = first_cosines[layer][:P], first_cosines[-1][:P]
+        c0, c1 = first_cosines[stream][:P], first_cosines[-1][:P]
         obs_dcos = [None if p == 0 else c1[p] - c0[p] for p in range(P)]
     paper, tr = _fit("paper", system, x0, T, obs_ratio, obs_dcos)
     scale = float(x0[0].square().mean(-1).sqrt().median())
@@ -187,4 +199,4 @@ def ode_check(layer: int, mixer: nn.Module, scan_inputs: torch.Tensor, residual_
     return OdeCheck(layer, P, T, paper.horizon, paper.predicted, paper.predicted_ratio, blow,
                     None if not order else blow[order[0]], order, [o.value for o in observed], obs_ratio,
                     paper.decided, paper.agreement, paper.spearman, paper.solver, obs_dcos, paper.cosine_agreement,
-                    paper.cosine_spearman, norm, scale)
+                    paper.cosine_spearman, norm, scale, note)
