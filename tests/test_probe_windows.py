@@ -66,3 +66,53 @@ def test_a_fractions_interval_is_clipped_to_0_1_in_the_report():
     wide = {"n": 3, "mean": 0.467, "ci95_low": -0.784, "ci95_high": 1.72}
     assert _ci(wide, fraction=True) == "0.467 [0, 1]"
     assert _ci(wide) == "0.467 [-0.784, 1.72]"  # a loss or a growth rate keeps its interval
+
+
+def _close(a, b, path="") -> None:
+    """Every number of two probe.json dicts equal within float32 rounding (a batched pass sums in another order)."""
+    if isinstance(a, dict):
+        assert set(a) == set(b), path
+        for k in a:
+            _close(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _close(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) and isinstance(b, float):
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-6), path
+    else:
+        assert a == b, path
+
+
+@pytest.mark.parametrize("model_type", ["mambadyn", "mamba", "falcon_mamba", "jamba", "mamba2", "zamba2"])
+def test_windows_probed_in_one_pass_equal_each_window_probed_alone(model_type):
+    """probe_batch: W windows share one forward and one backward pass; every number of every window's probe
+    (norms, gradient shares, loss, Δ statistics, spectra, ODE fates) equals that window's probe alone."""
+    from mambadyn.probe.api import probe_batch
+
+    if model_type == "mambadyn":
+        m, vocab = _model(), 17
+    else:
+        pytest.importorskip("transformers")
+        from tests.support.families import tiny_model
+
+        m, vocab = tiny_model(model_type), 40
+    ids = torch.randint(0, vocab, (45,), generator=torch.Generator().manual_seed(2))
+    cfg = ProbeConfig(progress=False, ode_positions=3, max_tokens=15)
+    batched = probe_batch(m, ids, cfg, windows=3)
+    assert len(batched) == 3
+    for w, r in enumerate(batched):
+        alone = probe(m, ids[w * 15:(w + 1) * 15], cfg)
+        _close(r.to_dict(), alone.to_dict(), f"{model_type} window {w}")
+    if model_type not in ("mamba2", "zamba2"):  # the Mamba-2 kinds have no layer ODE
+        assert batched[0].ode, model_type  # the comparison covered the layer ODE
+
+
+def test_the_window_batch_size_does_not_change_the_summaries():
+    m = _model()
+    ids = torch.randint(0, 17, (100,), generator=torch.Generator().manual_seed(1))
+    cfg = ProbeConfig(progress=False, ode_positions=4, attention_layers=[0])
+    one = probe_windows(m, ids, cfg, windows=3, window_len=30, batch=1)
+    two = probe_windows(m, ids, cfg, windows=3, window_len=30, batch=2)
+    _close(one.to_dict(), two.to_dict())
+    assert len(one.attention) == 1 and torch.allclose(one.attention_maps[0], two.attention_maps[0])

@@ -25,6 +25,8 @@ def probe_cmd(path: str = typer.Argument(..., help="checkpoint folder, mambadyn 
               windows: int = typer.Option(1, "--windows", min=1, help="probe this many disjoint windows of the "
                                           "text and give every per-layer statistic a 95%% interval over them"),
               window_len: int = typer.Option(512, "--window-len", min=2, help="tokens per window (with --windows)"),
+              window_batch: int = typer.Option(8, "--window-batch", min=1, help="windows per forward and backward "
+                                               "pass (with --windows; fewer use less memory)"),
               out: Path = typer.Option(Path("out/probe"), "--out", "-o", help="folder for probe.json, report.md, PNGs"),
               ) -> None:
     """Probe a selective-SSM checkpoint layer by layer (Mamba, Mamba-2, FalconMamba, Jamba and the hybrids in
@@ -60,7 +62,7 @@ def probe_cmd(path: str = typer.Argument(..., help="checkpoint folder, mambadyn 
         from ..probe import probe_windows
 
         result = probe_windows(loaded, id_tensor, cfg, text=body, tokenizer=tokenizer, windows=windows,
-                               window_len=window_len)
+                               window_len=window_len, batch=window_batch)
     else:
         result = probe(loaded, id_tensor, cfg, text=body, tokenizer=tokenizer)
     write_outputs(result, out)

@@ -168,42 +168,49 @@ class Captured:
 
 
 @contextlib.contextmanager
-def capture(model: nn.Module, family: Family):
-    """Within the block, every forward pass records each SSM mixer's ``Captured`` into the yielded dict
-    (mixer name -> Captured; a later pass overwrites)."""
+def capture(model: nn.Module, family: Family, rows: bool = False):
+    """Within the block, every forward pass records each SSM mixer's ``Captured`` of batch row 0 into the
+    yielded dict (mixer name -> Captured; a later pass overwrites). ``rows``: yield instead a list with one
+    such dict per batch row, filled by the pass."""
     names = {id(m): n for n, m in ssm_mixers(model, family)}
     mod = family.modeling()
     original = getattr(mod, family.scan_function)
-    got: dict[str, Captured] = {}
+    per_row: list[dict[str, Captured]] = [{}]
     inputs: dict[int, torch.Tensor] = {}
 
-    def keep(t):  # batch 0 on the CPU, float32 or float64 as the model ran
-        t = t[0].detach().cpu()
+    def keep(t, b):  # batch row b on the CPU, float32 or float64 as the model ran
+        t = t[b].detach().cpu()
         return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+    def record(module, make):
+        if id(module) not in names:
+            return
+        n = inputs[id(module)].shape[0] if rows else 1
+        while len(per_row) < n:
+            per_row.append({})
+        for b in range(n):
+            h = inputs.get(id(module))
+            per_row[b][names[id(module)]] = make(lambda t: keep(t, b), None if h is None else keep(h, b))
 
     if family.kind == MAMBA1:
         def wrapped(module, hidden_states, time_step, B, C, gate, cache, **kw):
             out = original(module, hidden_states, time_step, B, C, gate, cache, **kw)
-            if id(module) in names:
-                got[names[id(module)]] = Captured(inputs.get(id(module)), keep(hidden_states).T, keep(time_step).T,
-                                                  keep(B), keep(C), keep(out).T, keep(gate).T)
+            record(module, lambda k, h: Captured(h, k(hidden_states).T, k(time_step).T, k(B), k(C), k(out).T,
+                                                 k(gate).T))
             return out
     else:
         def wrapped(module, hidden_states, B, C, dt, cache, **kw):
             out = original(module, hidden_states, B, C, dt, cache, **kw)
-            if id(module) in names:
-                got[names[id(module)]] = Captured(inputs.get(id(module)), keep(hidden_states), keep(dt), keep(B),
-                                                  keep(C), keep(out))
+            record(module, lambda k, h: Captured(h, k(hidden_states), k(dt), k(B), k(C), k(out)))
             return out
 
     def pre(module, args, kwargs):
-        h = args[0] if args else kwargs["hidden_states"]
-        inputs[id(module)] = keep(h)
+        inputs[id(module)] = (args[0] if args else kwargs["hidden_states"]).detach()
 
     handles = [m.register_forward_pre_hook(pre, with_kwargs=True) for _, m in ssm_mixers(model, family)]
     setattr(mod, family.scan_function, wrapped)
     try:
-        yield got
+        yield per_row if rows else per_row[0]
     finally:
         setattr(mod, family.scan_function, original)
         for h in handles:

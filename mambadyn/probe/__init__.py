@@ -3,10 +3,10 @@ spectrum of its interaction matrix, the (conjectural) scenario, what the tokens 
 the gradient, the layer's own ODE (Mamba-1), which earlier tokens it reads, over one window or many."""
 
 from ..nn.load import load_checkpoint
-from .api import ProbeConfig, ProbeResult, probe, sample_text, write_outputs
+from .api import ProbeConfig, ProbeResult, probe, probe_batch, sample_text, write_outputs
 from .attention import capture_scan_inputs, hidden_attention
 from .capture import capture
 from .windows import probe_windows
 
 __all__ = ["ProbeConfig", "ProbeResult", "capture", "capture_scan_inputs", "hidden_attention", "load_checkpoint", "probe",
-           "probe_windows", "sample_text", "write_outputs"]
+           "probe_batch", "probe_windows", "sample_text", "write_outputs"]

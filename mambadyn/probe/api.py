@@ -58,12 +58,12 @@ from .hf_models import (
     hf_ode_checks,
     hf_source,
     is_transformers_model,
-    trace_hf,
+    trace_hf_windows,
 )
 from .layer import LayerParams, depth_note, layer_params
 from .ode import OdeCheck, ode_check
 from .shares import gini, top_share
-from .tokens import TokenTrace, trace_tokens
+from .tokens import TokenTrace, trace_tokens, trace_windows
 
 DEFAULT_ODE_LAYERS = 8  # each layer's ODE costs up to seconds on a real model; eight show the trend over depth
 
@@ -136,20 +136,33 @@ def probe(model_or_path: nn.Module | Loaded | str | Path, ids: torch.Tensor | No
     opens. ids: (L,) token ids for an LM (or (1, C, H, W) images with ``labels`` (1,) for a classifier); or
     ``text``, encoded with ``tokenizer`` or the checkpoint's tokenizer.json (``nn.load.token_ids``); with
     neither, an LM is probed on ``sample_text()``, a classifier on its parameters only."""
+    return probe_batch(model_or_path, ids, config, labels, text, tokenizer)[0]
+
+
+def probe_batch(model_or_path: nn.Module | Loaded | str | Path, ids: torch.Tensor | None = None,
+                config: ProbeConfig | None = None, labels: torch.Tensor | None = None, text: str | None = None,
+                tokenizer: str | Path | None = None, windows: int = 1) -> list[ProbeResult]:
+    """``probe`` of an LM on ``windows`` disjoint windows of ``config.max_tokens`` tokens cut from the start of
+    its input, all in one forward and one backward pass: one result per window (each as ``probe`` of that
+    window alone would give it; the hidden attention is computed for the first window only)."""
     config = config or ProbeConfig()
-    loaded = None
+    if windows < 1:
+        raise ValueError(f"need windows >= 1, got {windows}")
     if isinstance(model_or_path, nn.Module) and is_transformers_model(model_or_path):
-        return _probe_transformers(model_or_path, None, ids, text, tokenizer, config)
+        return _probe_transformers(model_or_path, None, ids, text, tokenizer, config, windows)
     if not isinstance(model_or_path, (nn.Module, Loaded)):
         model_or_path = load_checkpoint(model_or_path)
     if isinstance(model_or_path, Loaded) and model_or_path.source == "transformers":
-        return _probe_transformers(model_or_path.model, model_or_path, ids, text, tokenizer, config)
+        return _probe_transformers(model_or_path.model, model_or_path, ids, text, tokenizer, config, windows)
+    loaded = None
     if isinstance(model_or_path, nn.Module):
         model, kind = model_or_path.eval(), ("lm" if hasattr(model_or_path, "backbone") else "classifier")
         fmt, path = "module", None
     else:
         loaded = model_or_path
         model, kind, fmt, path = loaded.model, loaded.kind, loaded.source, loaded.folder
+    if kind != "lm" and windows != 1:
+        raise ValueError("windows are for language models")
     _check_finite_weights(model)
     cfg = model.config
     source = {"path": None if path is None else str(path), "kind": kind, "format": fmt, "n_layer": cfg.n_layer,
@@ -163,7 +176,7 @@ def probe(model_or_path: nn.Module | Loaded | str | Path, ids: torch.Tensor | No
     elif kind != "lm" and text is not None:
         raise ValueError("a MambaClassifier reads images: pass them as ids with labels, not text")
     if kind == "lm":
-        ids = torch.as_tensor(ids, dtype=torch.int64).flatten()[: config.max_tokens]
+        ids = _cut(ids, config.max_tokens, windows)
         check_ids(ids, cfg.vocab_size)
     mixers = find_mixers(model)
     fwd = [m for name, m in mixers if not name.endswith("mixer_b")]
@@ -176,41 +189,58 @@ def probe(model_or_path: nn.Module | Loaded | str | Path, ids: torch.Tensor | No
         raise ValueError(f"attention layers {bad} out of range: the model has {len(fwd)} SSM layers "
                          f"(0..{len(fwd) - 1})")
     if config.attention_layers and ids is not None:
-        check_view_size(ids.numel())  # before the trace: the views are made in float32
-    tokens = None
-    if ids is not None:
-        tokens = trace_tokens(model, ids, labels, keep_scan_inputs=config.ode_positions,
-                              attention_layers=config.attention_layers if kind == "lm" else None)
-    layers = []
-    for name, m in tqdm(mixers, desc="spectra", disable=not config.progress, leave=False):
-        k = fwd_index.get(id(m))
-        u = tokens.scan_inputs[k] if tokens is not None and k is not None and k < len(tokens.scan_inputs) else None
-        delta = tokens.delta[k] if tokens is not None and k is not None and k < len(tokens.delta) else None
-        layers.append(layer_params(name, m, u, delta))
-    ode = []
-    if tokens is not None and config.ode_positions:
-        which = (list(range(len(fwd))) if config.all_ode_layers else config.ode_layers
-                 if config.ode_layers is not None else spread(len(fwd), DEFAULT_ODE_LAYERS))
-        by_mixer = {id(m): lp for (_, m), lp in zip(mixers, layers)}
-        for w in tqdm(which, desc="layer ODEs", disable=not config.progress, leave=False):
-            o = ode_check(w, fwd[w], tokens.scan_inputs[w], tokens.residual_norms, config.ode_t_end,
-                          tokens.first_cosines)
-            ode.append(o)
-            lp = by_mixer[id(fwd[w])]
-            lp.first_blowup, lp.ode_horizon = o.first_blowup, o.horizon
-            lp.layers_remaining = len(tokens.residual_norms) - 1 - w
-            lp.depth_note = depth_note(lp, stopped=o.solver is not None)
-    n = 0 if ids is None else (ids.numel() if kind == "lm" else int(ids.shape[0]))
-    inp = {"tokens": n, "from": "parameters only" if ids is None else origin}
+        check_view_size(ids.shape[-1])  # before the trace: the views are made in float32
+    if ids is None:
+        traces = [None]
+    elif kind == "lm":
+        traces = trace_windows(model, ids, config.ode_positions, config.attention_layers)
+    else:
+        traces = [trace_tokens(model, ids, labels, config.ode_positions)]
+    results = []
+    for w, tokens in enumerate(traces):
+        layers = []
+        for name, m in tqdm(mixers, desc="spectra", disable=not config.progress or w > 0, leave=False):
+            k = fwd_index.get(id(m))
+            u = tokens.scan_inputs[k] if tokens is not None and k is not None and k < len(tokens.scan_inputs) else None
+            delta = tokens.delta[k] if tokens is not None and k is not None and k < len(tokens.delta) else None
+            layers.append(layer_params(name, m, u, delta))
+        ode = []
+        if tokens is not None and config.ode_positions:
+            which = (list(range(len(fwd))) if config.all_ode_layers else config.ode_layers
+                     if config.ode_layers is not None else spread(len(fwd), DEFAULT_ODE_LAYERS))
+            by_mixer = {id(m): lp for (_, m), lp in zip(mixers, layers)}
+            for k in tqdm(which, desc="layer ODEs", disable=not config.progress, leave=False):
+                o = ode_check(k, fwd[k], tokens.scan_inputs[k], tokens.residual_norms, config.ode_t_end,
+                              tokens.first_cosines)
+                ode.append(o)
+                lp = by_mixer[id(fwd[k])]
+                lp.first_blowup, lp.ode_horizon = o.first_blowup, o.horizon
+                lp.layers_remaining = len(tokens.residual_norms) - 1 - k
+                lp.depth_note = depth_note(lp, stopped=o.solver is not None)
+        n = 0 if ids is None else (ids.shape[-1] if kind == "lm" else int(ids.shape[0]))
+        inp = {"tokens": n, "from": "parameters only" if ids is None else origin}
+        results.append(ProbeResult(source, inp, layers, tokens, ode))
+    first = results[0]
     if config.attention_layers and kind == "lm":
-        _label_tokens(inp, loaded, tokenizer, ids, origin)
-    result = ProbeResult(source, inp, layers, tokens, ode)
+        _label_tokens(first.input, loaded, tokenizer, ids[0], origin)
     if config.attention_layers:
-        if kind != "lm" or tokens is None:
+        if kind != "lm" or first.tokens is None:
             raise ValueError("hidden attention reads an LM's tokens: a classifier or a parameters-only probe has none")
         # the trace kept these layers' scan inputs: no second pass
-        _attend(result, tokens.attention_inputs, list(range(len(fwd))), config, next(model.parameters()).device)
-    return result
+        _attend(first, first.tokens.attention_inputs, list(range(len(fwd))), config, next(model.parameters()).device)
+    return results
+
+
+def _cut(ids, max_tokens: int, windows: int) -> torch.Tensor:
+    """Token ids (L,) -> (windows, max_tokens) disjoint windows from the start (one window: the first
+    max_tokens, or all of a shorter input)."""
+    ids = torch.as_tensor(ids, dtype=torch.int64).flatten()
+    if windows == 1:
+        return ids[:max_tokens][None]
+    need = windows * max_tokens
+    if ids.numel() < need:
+        raise ValueError(f"the input has {ids.numel()} tokens; {windows} windows of {max_tokens} need {need}")
+    return ids[:need].view(windows, max_tokens)
 
 
 LABELLED = 64  # inputs up to this long get their tokens as the heatmaps' tick labels
@@ -236,9 +266,10 @@ def _attend(result: ProbeResult, inputs: dict, stream_index: list[int], config: 
         result.attention_maps[k] = block_average(att.mean_rownorm.cpu()).float()
 
 
-def _probe_transformers(model: nn.Module, loaded: Loaded | None, ids, text, tokenizer, config: ProbeConfig
-                        ) -> ProbeResult:
-    """The probe of a transformers model of any family in ``nn.families`` (``probe.hf_models``)."""
+def _probe_transformers(model: nn.Module, loaded: Loaded | None, ids, text, tokenizer, config: ProbeConfig,
+                        windows: int = 1) -> list[ProbeResult]:
+    """The probe of a transformers model of any family in ``nn.families`` (``probe.hf_models``), one result
+    per window (``probe_batch``)."""
     family = family_of(model)  # before any work: a model without SSM layers is refused here
     model.eval()
     _check_finite_weights(model)
@@ -249,40 +280,43 @@ def _probe_transformers(model: nn.Module, loaded: Loaded | None, ids, text, toke
         raise ValueError("a model in memory brings no tokenizer: pass token ids")
     else:
         origin = "ids"
-    ids = torch.as_tensor(ids, dtype=torch.int64).flatten()[: config.max_tokens]
+    ids = _cut(ids, config.max_tokens, windows)
     check_ids(ids, model.config.vocab_size)
     n_ssm = len(ssm_mixers(model, family))
     bad = [k for k in config.attention_layers or [] if not 0 <= k < n_ssm]
     if bad:
         raise ValueError(f"attention layers {bad} out of range: the model has {n_ssm} SSM layers (0..{n_ssm - 1})")
     if config.attention_layers:
-        check_view_size(ids.numel())
+        check_view_size(ids.shape[-1])
     ode_kind = family.kind == MAMBA1 and config.ode_positions > 0
     bad = [k for k in config.ode_layers or [] if not 0 <= k < n_ssm]
     if bad and ode_kind:
         raise ValueError(f"ode_layers {bad} out of range for {n_ssm} SSM layers (0..{n_ssm - 1})")
-    tokens, got = trace_hf(model, family, ids)
-    inp = {"tokens": ids.numel(), "from": origin}
+    traces, gots = trace_hf_windows(model, family, ids)
     stream = [i for i, kind in enumerate(source["layer_kinds"]) if "ssm" in kind.split("+")]
-    layers = hf_layers(model, family, got)
-    ode = []
-    if family.kind != MAMBA1:
-        inp["ode"] = NO_ODE_MAMBA2
-    elif ode_kind:
-        which = (list(range(n_ssm)) if config.all_ode_layers else config.ode_layers
-                 if config.ode_layers is not None else spread(n_ssm, DEFAULT_ODE_LAYERS))
-        ode = hf_ode_checks(model, family, got, tokens, which, stream, config.ode_positions, config.ode_t_end,
-                            layers, config.progress)
-        inp["ode"] = ODE_NOTES[family.bc_norm] or "the paper's system with each layer's own matrices and dt bias"
-    result = ProbeResult(source, inp, layers, tokens, ode)
+    results = []
+    for w, (tokens, got) in enumerate(zip(traces, gots)):
+        inp = {"tokens": ids.shape[-1], "from": origin}
+        layers = hf_layers(model, family, got)
+        ode = []
+        if family.kind != MAMBA1:
+            inp["ode"] = NO_ODE_MAMBA2
+        elif ode_kind:
+            which = (list(range(n_ssm)) if config.all_ode_layers else config.ode_layers
+                     if config.ode_layers is not None else spread(n_ssm, DEFAULT_ODE_LAYERS))
+            ode = hf_ode_checks(model, family, got, tokens, which, stream, config.ode_positions, config.ode_t_end,
+                                layers, config.progress)
+            inp["ode"] = ODE_NOTES[family.bc_norm] or "the paper's system with each layer's own matrices and dt bias"
+        results.append(ProbeResult(source, inp, layers, tokens, ode))
+    first = results[0]
     if config.attention_layers:
-        _label_tokens(inp, loaded, tokenizer, ids, origin)
+        _label_tokens(first.input, loaded, tokenizer, ids[0], origin)
         # from the trace's own capture: no second forward pass
         mixers = ssm_mixers(model, family)
-        inputs = {k: captured_scan_inputs(got[mixers[k][0]], mixers[k][1], family)
+        inputs = {k: captured_scan_inputs(gots[0][mixers[k][0]], mixers[k][1], family)
                   for k in config.attention_layers}
-        _attend(result, inputs, stream, config, model.device)
-    return result
+        _attend(first, inputs, stream, config, model.device)
+    return results
 
 
 def _check_finite_weights(model: nn.Module) -> None:

@@ -49,6 +49,14 @@ def trace_hf(model: nn.Module, family: Family, ids: torch.Tensor) -> tuple[Token
     """Run ``model`` on ids (L,), with the loss gradient at every decoder layer's output; returns the token
     trace (residual norms per layer boundary, mixer-input norms per SSM layer, gradient shares, growth, Δ
     statistics per SSM layer) and every SSM layer's captured scan inputs."""
+    traces, got = trace_hf_windows(model, family, ids[None])
+    return traces[0], got[0]
+
+
+def trace_hf_windows(model: nn.Module, family: Family, ids: torch.Tensor
+                     ) -> tuple[list[TokenTrace], list[dict[str, Captured]]]:
+    """``trace_hf`` on W windows at once, ids (W, L): one forward and one backward pass, a trace and a capture
+    per window (the summed loss has each window's own gradient at its positions)."""
     layers = decoder_layers(model)
     streams: list[torch.Tensor] = []
 
@@ -71,27 +79,33 @@ def trace_hf(model: nn.Module, family: Family, ids: torch.Tensor) -> tuple[Token
     handles = [layers[0].register_forward_pre_hook(first, with_kwargs=True),
                model.get_input_embeddings().register_forward_hook(leaf)]
     handles += [layer.register_forward_hook(after) for layer in layers]
+    W = ids.shape[0]
     try:
-        with capture(model, family) as got, torch.enable_grad(), stream_gradients_only(model):
-            logits = model(ids[None].to(model.device)).logits
-            loss = F.cross_entropy(logits[0, :-1].float(), ids[1:].to(logits.device))
-            backward_finite(loss)
+        with capture(model, family, rows=True) as got, torch.enable_grad(), stream_gradients_only(model):
+            ids = ids.to(model.device)
+            logits = model(ids).logits
+            losses = [F.cross_entropy(logits[w, :-1].float(), ids[w, 1:]) for w in range(W)]
+            backward_finite(torch.stack(losses).sum())
     finally:
         for h in handles:
             h.remove()
     mixers = ssm_mixers(model, family)
-    missing = [n for n, _ in mixers if n not in got]
+    missing = [n for n, _ in mixers if n not in got[0]]
     if missing:
         raise RuntimeError(f"the scan of {missing[:3]} was not captured: transformers' {family.model_type} no longer "
                            f"calls {family.scan_function} (mambadyn supports the layout of transformers 5)")
-    norms = [s.detach()[0].float().norm(dim=-1).cpu() for s in streams]
-    grads = [s.grad[0].float().norm(dim=-1).cpu() if s.grad is not None else torch.zeros(s.shape[1]) for s in streams]
-    shares = [(g / g.sum().clamp_min(1e-300)).tolist() for g in grads]
-    slope, order = growth_fit(norms)
-    deltas = [delta_stats(got[n].dt_raw, _dt_bias(m, family)) for n, m in mixers]
-    trace = TokenTrace([n.tolist() for n in norms], [got[n].h.norm(dim=-1).tolist() for n, _ in mixers], shares,
-                       slope, order[:10], [], loss.item(), deltas, *stream_directions(streams))
-    return trace, got
+    traces = []
+    for w in range(W):
+        norms = [s.detach()[w].float().norm(dim=-1).cpu() for s in streams]
+        grads = [s.grad[w].float().norm(dim=-1).cpu() if s.grad is not None else torch.zeros(s.shape[1])
+                 for s in streams]
+        shares = [(g / g.sum().clamp_min(1e-300)).tolist() for g in grads]
+        slope, order = growth_fit(norms)
+        deltas = [delta_stats(got[w][n].dt_raw, _dt_bias(m, family)) for n, m in mixers]
+        traces.append(TokenTrace([n.tolist() for n in norms], [got[w][n].h.norm(dim=-1).tolist() for n, _ in mixers],
+                                 shares, slope, order[:10], [], losses[w].item(), deltas,
+                                 *stream_directions([s[w:w + 1] for s in streams])))
+    return traces, got
 
 
 def _dt_bias(mixer: nn.Module, family: Family) -> torch.Tensor:

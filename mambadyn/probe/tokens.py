@@ -95,14 +95,31 @@ def trace_tokens(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor | Non
     """Run ``model`` on ``ids`` (L,) token ids (an LM) or (1, C, H, W) images (a classifier with
     ``labels`` (1,)), record the residual stream, mixer inputs and scan inputs of each layer, the
     statistics of each layer's effective Δ over every position, and the loss gradient at every position.
-    ``keep_scan_inputs``: how many leading positions' scan inputs (batch 0) to keep for the ODE;
+    ``keep_scan_inputs``: how many leading positions' scan inputs to keep for the ODE;
     ``attention_layers``: the layers whose whole scan inputs (``attention.ScanInputs``) to keep for the
     hidden attention, so that it needs no second pass."""
+    if labels is None:
+        return trace_windows(model, ids[None], keep_scan_inputs, attention_layers)[0]
+    return _trace(model, ids, labels, keep_scan_inputs, attention_layers)[0]
+
+
+def trace_windows(model: nn.Module, ids: torch.Tensor, keep_scan_inputs: int = 0,
+                  attention_layers: list[int] | None = None) -> list[TokenTrace]:
+    """``trace_tokens`` of an LM on W windows at once: ids (W, L), one forward and one backward pass, one
+    ``TokenTrace`` per window. The loss summed over the windows has, at each window's positions, the gradient
+    of that window's own loss (the windows meet nowhere in the model). The hidden attention's inputs are kept
+    for window 0 only."""
+    return _trace(model, ids, None, keep_scan_inputs, attention_layers)
+
+
+def _trace(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor | None, keep_scan_inputs: int,
+           attention_layers: list[int] | None) -> list[TokenTrace]:
     blocks = _lm_blocks(model)
+    W = ids.shape[0]
     streams: list[torch.Tensor] = []
     mixer_in: list[torch.Tensor] = []
-    scan_in: list[torch.Tensor] = []
-    deltas: list[DeltaStats] = []
+    scan_in: list[list[torch.Tensor]] = [[] for _ in range(W)]
+    deltas: list[list[DeltaStats]] = [[] for _ in range(W)]
 
     def first_hook(_mod, args, kwargs):
         h, args, kwargs = leaf_input(args, kwargs)
@@ -121,12 +138,14 @@ def trace_tokens(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor | Non
 
     def conv_hook(k, mixer):
         def hook(_mod, args, out):  # the mixer's u = silu(conv(x)) over the first L steps
-            u = F.silu(out[..., : args[0].shape[-1]]).detach()[0].T  # (L, d_inner)
-            deltas.append(delta_statistics(mixer, u))
-            if keep_scan_inputs:
-                scan_in.append(u[:keep_scan_inputs].double())
+            us = F.silu(out[..., : args[0].shape[-1]]).detach()
+            for w in range(W):
+                u = us[w].T  # (L, d_inner)
+                deltas[w].append(delta_statistics(mixer, u))
+                if keep_scan_inputs:
+                    scan_in[w].append(u[:keep_scan_inputs].double().cpu())
             if k in attend:
-                attention_inputs[k] = ScanInputs.of_mixer(mixer, u.double())
+                attention_inputs[k] = ScanInputs.of_mixer(mixer, us[0].T.double())
         return hook
 
     handles = [blocks[0].register_forward_pre_hook(first_hook, with_kwargs=True)]
@@ -139,21 +158,24 @@ def trace_tokens(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor | Non
         ids = ids.to(dev)
         # the hooks above see module calls: on a GPU the fused path would run past all of them
         with torch.enable_grad(), per_op_path(model), stream_gradients_only(model):
+            logits = model(ids)
             if labels is None:
-                logits = model(ids[None])
-                loss = F.cross_entropy(logits[0, :-1].float(), ids[1:])
+                losses = [F.cross_entropy(logits[w, :-1].float(), ids[w, 1:]) for w in range(W)]
             else:
-                logits = model(ids)
-                loss = F.cross_entropy(logits.float(), labels.to(dev))
-            backward_finite(loss)
+                losses = [F.cross_entropy(logits.float(), labels.to(dev))]
+            backward_finite(torch.stack(losses).sum())
     finally:
         for h in handles:
             h.remove()
-    # the measurements are small: they are gathered on the CPU whatever device the model runs on
-    norms = [s.detach()[0].norm(dim=-1).cpu() for s in streams]  # (L,) each
-    grads = [s.grad[0].norm(dim=-1).cpu() if s.grad is not None else torch.zeros(s.shape[1]) for s in streams]
-    shares = [(g / g.sum().clamp_min(1e-300)).tolist() for g in grads]
-    slope, order = growth_fit(norms)
-    clusters, first = stream_directions(streams, cluster=labels is None)
-    return TokenTrace([n.tolist() for n in norms], [m[0].norm(dim=-1).tolist() for m in mixer_in], shares, slope,
-                      order[:10], [x.cpu() for x in scan_in], loss.item(), deltas, clusters, first, attention_inputs)
+    out = []
+    for w in range(W):
+        # the measurements are small: they are gathered on the CPU whatever device the model runs on
+        norms = [s.detach()[w].norm(dim=-1).cpu() for s in streams]  # (L,) each
+        grads = [s.grad[w].norm(dim=-1).cpu() if s.grad is not None else torch.zeros(s.shape[1]) for s in streams]
+        shares = [(g / g.sum().clamp_min(1e-300)).tolist() for g in grads]
+        slope, order = growth_fit(norms)
+        clusters, first = stream_directions([s[w:w + 1] for s in streams], cluster=labels is None)
+        out.append(TokenTrace([n.tolist() for n in norms], [m[w].norm(dim=-1).tolist() for m in mixer_in], shares,
+                              slope, order[:10], scan_in[w], losses[w].item(), deltas[w], clusters, first,
+                              attention_inputs if w == 0 else {}))
+    return out

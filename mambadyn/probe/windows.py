@@ -1,9 +1,12 @@
 """The probe over many windows of a text, with every per-layer statistic given as a mean and a Student-t
 95% interval over the windows (``mambadyn probe --windows N --window-len L``).
 
-The windows are consecutive, disjoint stretches of L tokens from the start of the text, so no window is
-padded. Each is probed on its own (the spectra, which depend on the weights alone, are the same in all);
-the first window's probe is the one the report and figures show in full, and ``windows`` in probe.json
+The windows are consecutive, disjoint stretches of L tokens from the start of the text, all of length L, so
+no window is padded and none needs a mask (a text too short for N windows of L is refused, naming both).
+``batch`` windows at a time share one forward and one backward pass (``probe_batch``: the summed loss has
+each window's own gradient at its positions, so every number equals the window's probe alone, as the tests
+check); the spectra, which depend on the weights alone, are the same in all. The first window's probe is
+the one the report and figures show in full (its hidden attention too), and ``windows`` in probe.json
 summarises all of them: the loss, per residual-stream boundary the gradient share's Gini and top-10% share,
 per SSM layer the share of Δ's data-dependent part that is positive and Δ's median, the scenario each
 window gave, and per simulated layer the ODE's agreement with the real stack.
@@ -20,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..nn.load import Loaded, load_checkpoint, token_ids
 from ..stats import summarize
-from .api import ProbeConfig, ProbeResult, probe, sample_text
+from .api import ProbeConfig, ProbeResult, probe_batch, sample_text
 from .hf_models import is_transformers_model
 from .ode import MODELS
 
@@ -32,12 +35,13 @@ def _summary(values: list) -> dict | None:
 
 def probe_windows(model_or_path: nn.Module | Loaded | str | Path, ids: torch.Tensor | None = None,
                   config: ProbeConfig | None = None, text: str | None = None, tokenizer: str | Path | None = None,
-                  windows: int = 4, window_len: int = 512) -> ProbeResult:
+                  windows: int = 4, window_len: int = 512, batch: int = 8) -> ProbeResult:
     """Probe ``windows`` disjoint windows of ``window_len`` tokens (from ids (L,), or text encoded as
-    ``probe`` does) and return the first window's result with ``windows`` set to the summaries over all."""
+    ``probe`` does), ``batch`` windows per pass, and return the first window's result with ``windows`` set to
+    the summaries over all."""
     config = config or ProbeConfig()
-    if windows < 1 or window_len < 2:
-        raise ValueError(f"need windows >= 1 and window_len >= 2, got {windows} and {window_len}")
+    if windows < 1 or window_len < 2 or batch < 1:
+        raise ValueError(f"need windows >= 1, window_len >= 2 and batch >= 1, got {windows}, {window_len} and {batch}")
     target = model_or_path
     if not isinstance(target, (nn.Module, Loaded)):
         target = load_checkpoint(target)
@@ -54,8 +58,13 @@ def probe_windows(model_or_path: nn.Module | Loaded | str | Path, ids: torch.Ten
         raise ValueError("windows are for language models")
     cfg = replace(config, max_tokens=window_len, progress=False)
     results = []
-    for w in tqdm(range(windows), desc="windows", disable=not config.progress):
-        results.append(probe(target, ids[w * window_len:(w + 1) * window_len], cfg))
+    with tqdm(total=windows, desc="windows", disable=not config.progress) as bar:
+        for w0 in range(0, windows, batch):
+            n = min(batch, windows - w0)
+            # the report shows the first window's hidden attention only: the later windows skip it
+            c = cfg if w0 == 0 else replace(cfg, attention_layers=None)
+            results += probe_batch(target, ids[w0 * window_len:(w0 + n) * window_len], c, windows=n)
+            bar.update(n)
     first = results[0]
     first.windows = summarize_windows(results, window_len)
     first.input["windows"] = {"n": windows, "len": window_len}
