@@ -133,6 +133,10 @@ def main() -> None:
                     "FalconMamba runs a per-position Python scan without mamba-ssm: 39 s a step on 2 CPU cores)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
+    from mambadyn.outputs import claim_folder
+
+    # a new or empty folder, or one this script wrote before (it resumes there); anything else is refused
+    claim_folder(args.out, "benchmarks/probe_families.py")
     from paper_claims_gpu import prepare  # the same split the paper-claims runs used
 
     from mambadyn.data import load_text
