@@ -49,8 +49,11 @@ def main() -> None:
         build = {"mamba1": mamba1, "mamba2": mamba2}[name]
         torch.manual_seed(0)
         with torch.device(dev):  # initialised where it runs: 2.7B parameters take minutes to initialise on a CPU
-            probe(build(2, args.d_model), ids[:64], ProbeConfig(progress=False))  # warm-up: kernels, caches
-            t0 = time.perf_counter()
+            small = build(2, args.d_model)
+        probe(small, ids[:64], ProbeConfig(progress=False))  # warm-up: kernels compile, caches fill
+        del small
+        t0 = time.perf_counter()
+        with torch.device(dev):
             model = build(args.layers, args.d_model)
         build_s = time.perf_counter() - t0
         if dev == "cuda":
@@ -68,7 +71,7 @@ def main() -> None:
                      "transformers": _version("transformers"),
                      # without them transformers' Mamba-2 runs its PyTorch reference scan, and says so
                      "mamba_ssm": _version("mamba_ssm"), "causal_conv1d": _version("causal_conv1d")})
-        print(f"{name:8s} {rows[-1]['device']}: probe {dt:6.1f} s on {args.tokens} tokens, peak {peak:.1f} GiB, "
+        print(f"{name:8s} {rows[-1]['device']}: probe {dt:6.1f} s on {args.tokens} tokens, peak {peak or float('nan'):.1f} GiB, "
               f"{len(result.layers)} spectra, {len(result.ode)} layer ODEs", flush=True)
         with open(args.out, "w") as f:  # after each model: a run stopped at a limit keeps what it measured
             json.dump(rows, f, indent=1)

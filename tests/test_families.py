@@ -147,9 +147,15 @@ def test_gradient_shares_equal_an_autograd_computation_and_leave_the_parameters_
 def test_a_model_on_cuda_probes_like_its_cpu_copy(model_type, ids):
     """The layer matrices come to the CPU wherever the model lives (a 2.7B-shaped Mamba-2 on an H100 once
     failed here: in_proj's weight on the GPU, its scale on the CPU)."""
+    from mambadyn.probe import probe_windows
+
     model = tiny_model(model_type)
-    cpu = probe(model, ids, ProbeConfig(progress=False))
-    gpu = probe(model.cuda(), ids, ProbeConfig(progress=False))
+    cfg = ProbeConfig(progress=False, attention_layers=[0])  # the attention once failed there: dt_bias on the GPU
+    cpu = probe(model, ids, cfg)
+    gpu = probe(model.cuda(), ids, cfg)
+    torch.testing.assert_close(torch.tensor(gpu.attention[0].distance_profile), torch.tensor(cpu.attention[0].distance_profile),
+                               rtol=1e-3, atol=1e-5)
+    assert probe_windows(model, ids, cfg, windows=2, window_len=6).windows["n"] == 2
     assert [lp.name for lp in gpu.layers] == [lp.name for lp in cpu.layers]
     for a, b in zip(gpu.layers, cpu.layers):
         assert _close_sets(torch.tensor(a.eigenvalues, dtype=torch.complex128),

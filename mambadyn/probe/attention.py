@@ -337,17 +337,20 @@ def captured_scan_inputs(c, m: nn.Module, family, dtype: torch.dtype = torch.flo
     (``c``, a Captured) and the mixer ``m``: Δ as the layer's scan forms it, A as the family forms it."""
     from ..nn.families import MAMBA1
 
-    A = -torch.exp(m.A_log.detach().float()).to(dtype)  # the families form A in float32, whatever the model
+    def param(t):  # the capture is on the CPU wherever the model runs
+        return t.detach().to("cpu", torch.float32 if t.dtype != torch.float64 else t.dtype).to(dtype)
+
+    A = -torch.exp(param(m.A_log).float()).to(dtype)  # the families form A in float32, whatever the model
     if family.kind == MAMBA1:
-        delta = F.softplus(c.dt_raw.to(dtype) + m.dt_proj.bias.detach().to(dtype))
-        return ScanInputs.per_channel(c.u.to(dtype), delta, c.B.to(dtype), c.C.to(dtype), A, m.D.detach().to(dtype))
-    delta = F.softplus(c.dt_raw.to(dtype) + m.dt_bias.detach().to(dtype))
+        delta = F.softplus(c.dt_raw.to(dtype) + param(m.dt_proj.bias))
+        return ScanInputs.per_channel(c.u.to(dtype), delta, c.B.to(dtype), c.C.to(dtype), A, param(m.D))
+    delta = F.softplus(c.dt_raw.to(dtype) + param(m.dt_bias))
     lo, hi = getattr(m, "time_step_limit", (0.0, float("inf")))
     delta = delta.clamp(lo, hi)
     H, G, n = m.num_heads, m.n_groups, m.ssm_state_size
     L, D = c.u.shape
     return ScanInputs(c.u.to(dtype), delta, c.B.to(dtype).view(L, G, n), c.C.to(dtype).view(L, G, n),
-                      A[:, None].expand(H, n).contiguous(), m.D.detach().to(dtype),
+                      A[:, None].expand(H, n).contiguous(), param(m.D),
                       torch.arange(D) // (D // H), torch.arange(H) // (H // G))
 
 
