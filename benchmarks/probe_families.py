@@ -5,7 +5,7 @@ shared attention block), all with one recipe.
 
     python benchmarks/probe_families.py --shared ../shared/data --out OUT [--steps 300] [--d-model 128]
         [--layers 4] [--seq-len 256] [--batch 16] [--windows 4] [--window-len 512] [--only mamba2-free,...]
-        [--untrained falcon_mamba] [--device cpu|cuda]
+        [--untrained falcon_mamba] [--steps-for falcon_mamba=300] [--device cpu|cuda]
 
 The data are the offline WikiText-2 files as the paper-claims runs use them (``paper_claims_gpu.prepare``):
 validation text trains, the test text is split at an article boundary into validation and test; a byte-level
@@ -85,7 +85,7 @@ def train_one(name: str, splits, args) -> tuple[object, dict]:
                                                                   args.layers)).to(args.device)
     if name.startswith("mamba2-") and name != "mamba2-free":
         constrain_eigenvalues(model, name.split("-")[1])
-    steps = 0 if name in args.untrained.split(",") else args.steps
+    steps = 0 if name in args.untrained.split(",") else args.steps_for.get(name, args.steps)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1, betas=(0.9, 0.95))
     data = batches(splits.train, args.seq_len, args.batch, torch.Generator().manual_seed(args.seed))
     t0, losses = time.perf_counter(), []
@@ -131,8 +131,13 @@ def main() -> None:
     ap.add_argument("--window-len", type=int, default=512)
     ap.add_argument("--untrained", default="", help="models probed at their initialisation (transformers' "
                     "FalconMamba runs a per-position Python scan without mamba-ssm: 39 s a step on 2 CPU cores)")
+    ap.add_argument("--steps-for", default="", help="other step counts per model, e.g. falcon_mamba=300")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
+    try:
+        args.steps_for = {k: int(v) for k, v in (kv.split("=") for kv in args.steps_for.split(",") if kv)}
+    except ValueError:
+        ap.error(f"--steps-for takes NAME=STEPS,..., got {args.steps_for!r}")
     from mambadyn.outputs import claim_folder
 
     # a new or empty folder, or one this script wrote before (it resumes there); anything else is refused
