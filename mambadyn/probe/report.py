@@ -58,8 +58,10 @@ def _ci(s: dict | None, digits: int = 3, fraction: bool = False) -> str:
 
 def _windows_section(w: dict) -> list[str]:
     lines = ["## Over windows", "",
-             f"{w['n']} disjoint windows of {w['len']} tokens, each with the numbers of its own probe (windows share forward and backward passes, which does not change them); mean [Student-t 95% interval "
-             f"over windows; a fraction's clipped to [0, 1]]. The tables above show the first window. Next-token loss {_ci(w['loss'])}; median "
+             f"{w['n']} disjoint windows of {w['len']} tokens, each with the numbers of its own probe (windows "
+             "share forward and backward passes, which does not change them); mean [Student-t 95% interval over "
+             f"windows; a fraction's clipped to [0, 1]]. The tables above show the first window. Next-token loss "
+             f"{_ci(w['loss'])}; median "
              f"fitted growth per layer {_ci(w['growth_median'])}.", "",
              "| SSM layer | scenarios (windows) | share of S_Δu > 0 | Δ median |", "|---|---|---|---|"]
     for lp in w["layers"]:
