@@ -108,6 +108,25 @@ def test_windows_probed_in_one_pass_equal_each_window_probed_alone(model_type):
         assert batched[0].ode, model_type  # the comparison covered the layer ODE
 
 
+@pytest.mark.parametrize("model_type", ["mambadyn", "mamba2"])
+def test_offloaded_activations_change_no_number(model_type):
+    from mambadyn.probe.api import probe_batch
+
+    if model_type == "mambadyn":
+        m, vocab = _model(), 17
+    else:
+        pytest.importorskip("transformers")
+        from tests.support.families import tiny_model
+
+        m, vocab = tiny_model(model_type), 40
+    ids = torch.randint(0, vocab, (30,), generator=torch.Generator().manual_seed(4))
+    cfg = ProbeConfig(progress=False, ode_positions=3, max_tokens=15)
+    on = probe_batch(m, ids, ProbeConfig(**{**cfg.__dict__, "offload_activations": True}), windows=2)
+    off = probe_batch(m, ids, cfg, windows=2)
+    for a, b in zip(on, off):
+        _close(a.to_dict(), b.to_dict())
+
+
 def test_the_window_batch_size_does_not_change_the_summaries():
     m = _model()
     ids = torch.randint(0, 17, (100,), generator=torch.Generator().manual_seed(1))

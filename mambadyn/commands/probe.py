@@ -27,6 +27,8 @@ def probe_cmd(path: str = typer.Argument(..., help="checkpoint folder, mambadyn 
               window_len: int = typer.Option(512, "--window-len", min=2, help="tokens per window (with --windows)"),
               window_batch: int = typer.Option(8, "--window-batch", min=1, help="windows per forward and backward "
                                                "pass (with --windows; fewer use less memory)"),
+              offload_activations: bool = typer.Option(False, "--offload-activations", help="keep what the backward "
+                                                       "pass needs in CPU memory (a large model on a GPU)"),
               out: Path = typer.Option(Path("out/probe"), "--out", "-o", help="folder for probe.json, report.md, PNGs"),
               ) -> None:
     """Probe a selective-SSM checkpoint layer by layer (Mamba, Mamba-2, FalconMamba, Jamba and the hybrids in
@@ -52,7 +54,8 @@ def probe_cmd(path: str = typer.Argument(..., help="checkpoint folder, mambadyn 
     except ValueError:
         raise typer.BadParameter(f"--attention takes comma-separated SSM layers, got {attention!r}") from None
     cfg = ProbeConfig(max_tokens=tokens, ode_positions=ode_positions, ode_t_end=ode_t_end,
-                      ode_layers=layers, all_ode_layers=ode_layers == "all", attention_layers=att_layers)
+                      ode_layers=layers, all_ode_layers=ode_layers == "all", attention_layers=att_layers,
+                      offload_activations=offload_activations)
     loaded = load_checkpoint(path)
     if loaded.kind != "lm" and (text is not None or ids is not None):
         raise typer.BadParameter("a MambaClassifier reads images: the CLI probes its parameters only")

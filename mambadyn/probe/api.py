@@ -88,6 +88,10 @@ class ProbeConfig:
     ode_layers: list[int] | None = None  # None: up to DEFAULT_ODE_LAYERS evenly spaced, first and last included
     all_ode_layers: bool = False  # every layer's ODE (ignores ode_layers)
     attention_layers: list[int] | None = None  # SSM layers whose hidden attention the report shows (None: none)
+    # keep what the backward pass needs in CPU memory instead of the GPU's (torch's save_on_cpu): a large model
+    # on a long input whose saved activations do not fit (a 2.7B Mamba-2 at L = 2048 in transformers' reference
+    # scan needs more than an H100's 80 GB), at the cost of copies
+    offload_activations: bool = False
     progress: bool = True
 
     def __post_init__(self):
@@ -193,7 +197,7 @@ def probe_batch(model_or_path: nn.Module | Loaded | str | Path, ids: torch.Tenso
     if ids is None:
         traces = [None]
     elif kind == "lm":
-        traces = trace_windows(model, ids, config.ode_positions, config.attention_layers)
+        traces = trace_windows(model, ids, config.ode_positions, config.attention_layers, config.offload_activations)
     else:
         traces = [trace_tokens(model, ids, labels, config.ode_positions)]
     results = []
@@ -292,7 +296,7 @@ def _probe_transformers(model: nn.Module, loaded: Loaded | None, ids, text, toke
     bad = [k for k in config.ode_layers or [] if not 0 <= k < n_ssm]
     if bad and ode_kind:
         raise ValueError(f"ode_layers {bad} out of range for {n_ssm} SSM layers (0..{n_ssm - 1})")
-    traces, gots = trace_hf_windows(model, family, ids)
+    traces, gots = trace_hf_windows(model, family, ids, config.offload_activations)
     stream = [i for i, kind in enumerate(source["layer_kinds"]) if "ssm" in kind.split("+")]
     results = []
     for w, (tokens, got) in enumerate(zip(traces, gots)):

@@ -424,7 +424,7 @@ def summarize(att: LayerAttention, grad_share: list[float] | None = None,
               growth: list[float] | None = None) -> AttentionSummary:
     """The distance profile, the first token's mass, the mass each position receives and its rank
     correlation with the position's gradient share and growth (None where those are not given)."""
-    view = att.mean_rownorm
+    view = att.mean_rownorm.cpu()  # (L, L): small beside the model; the summaries gather on the CPU
     L = view.shape[0]
     rows_reading = torch.arange(L, 0, -1, dtype=view.dtype)  # rows l >= j: L - j of them
     received = (view.sum(0) / rows_reading).tolist()

@@ -33,7 +33,7 @@ from ..refine.spectrum import rank_rtol
 from .clusters import stream_directions
 from .layer import LayerParams, delta_stats, depth_note, matrix_params
 from .ode import OdeCheck, interaction_system, ode_check
-from .tokens import TokenTrace, backward_finite, growth_fit, stream_gradients_only
+from .tokens import TokenTrace, backward_finite, growth_fit, saved_on_cpu, stream_gradients_only
 
 
 def is_transformers_model(model: nn.Module) -> bool:
@@ -53,10 +53,11 @@ def trace_hf(model: nn.Module, family: Family, ids: torch.Tensor) -> tuple[Token
     return traces[0], got[0]
 
 
-def trace_hf_windows(model: nn.Module, family: Family, ids: torch.Tensor
+def trace_hf_windows(model: nn.Module, family: Family, ids: torch.Tensor, offload: bool = False
                      ) -> tuple[list[TokenTrace], list[dict[str, Captured]]]:
     """``trace_hf`` on W windows at once, ids (W, L): one forward and one backward pass, a trace and a capture
-    per window (the summed loss has each window's own gradient at its positions)."""
+    per window (the summed loss has each window's own gradient at its positions). ``offload``: what the
+    backward pass needs waits in CPU memory (``tokens.saved_on_cpu``)."""
     layers = decoder_layers(model)
     streams: list[torch.Tensor] = []
 
@@ -81,7 +82,8 @@ def trace_hf_windows(model: nn.Module, family: Family, ids: torch.Tensor
     handles += [layer.register_forward_hook(after) for layer in layers]
     W = ids.shape[0]
     try:
-        with capture(model, family, rows=True) as got, torch.enable_grad(), stream_gradients_only(model):
+        with (capture(model, family, rows=True) as got, torch.enable_grad(), stream_gradients_only(model),
+              saved_on_cpu(offload)):
             ids = ids.to(model.device)
             logits = model(ids).logits
             losses = [F.cross_entropy(logits[w, :-1].float(), ids[w, 1:]) for w in range(W)]

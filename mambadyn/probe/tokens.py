@@ -64,6 +64,32 @@ def stream_gradients_only(model: nn.Module):
             p.requires_grad_(True)
 
 
+def saved_on_cpu(enabled: bool):
+    """torch's save_on_cpu where ``enabled`` (what autograd saves for the backward pass waits in CPU memory),
+    else nothing; an out-of-memory error inside says so."""
+    if not enabled:
+        return _oom_hint()
+    return _stack(torch.autograd.graph.save_on_cpu(pin_memory=False), _oom_hint())
+
+
+@contextlib.contextmanager
+def _stack(*managers):
+    with contextlib.ExitStack() as stack:
+        for m in managers:
+            stack.enter_context(m)
+        yield
+
+
+@contextlib.contextmanager
+def _oom_hint():
+    try:
+        yield
+    except torch.OutOfMemoryError as e:
+        raise torch.OutOfMemoryError(f"{e}\nmambadyn: the probe's backward pass keeps every layer's activations; "
+                                     "ProbeConfig(offload_activations=True) (mambadyn probe --offload-activations) "
+                                     "keeps them in CPU memory instead, or probe fewer tokens") from None
+
+
 def leaf_input(args: tuple, kwargs: dict) -> tuple[torch.Tensor, tuple, dict]:
     """For a forward pre-hook: the block's first input (positional, or ``hidden_states``) detached as a leaf
     that requires grad, and the (args, kwargs) that carry it in its place."""
@@ -104,16 +130,16 @@ def trace_tokens(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor | Non
 
 
 def trace_windows(model: nn.Module, ids: torch.Tensor, keep_scan_inputs: int = 0,
-                  attention_layers: list[int] | None = None) -> list[TokenTrace]:
+                  attention_layers: list[int] | None = None, offload: bool = False) -> list[TokenTrace]:
     """``trace_tokens`` of an LM on W windows at once: ids (W, L), one forward and one backward pass, one
     ``TokenTrace`` per window. The loss summed over the windows has, at each window's positions, the gradient
     of that window's own loss (the windows meet nowhere in the model). The hidden attention's inputs are kept
     for window 0 only."""
-    return _trace(model, ids, None, keep_scan_inputs, attention_layers)
+    return _trace(model, ids, None, keep_scan_inputs, attention_layers, offload)
 
 
 def _trace(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor | None, keep_scan_inputs: int,
-           attention_layers: list[int] | None) -> list[TokenTrace]:
+           attention_layers: list[int] | None, offload: bool = False) -> list[TokenTrace]:
     blocks = _lm_blocks(model)
     W = ids.shape[0]
     streams: list[torch.Tensor] = []
@@ -157,7 +183,7 @@ def _trace(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor | None, kee
         dev = next(model.parameters()).device  # the model may sit on a GPU; the ids come from the CPU
         ids = ids.to(dev)
         # the hooks above see module calls: on a GPU the fused path would run past all of them
-        with torch.enable_grad(), per_op_path(model), stream_gradients_only(model):
+        with torch.enable_grad(), per_op_path(model), stream_gradients_only(model), saved_on_cpu(offload):
             logits = model(ids)
             if labels is None:
                 losses = [F.cross_entropy(logits[w, :-1].float(), ids[w, 1:]) for w in range(W)]
