@@ -110,6 +110,17 @@ def test_gradient_shares_equal_an_autograd_computation_and_leave_the_parameters_
     assert all(p.requires_grad and p.grad is None for p in model.parameters())
 
 
+def test_a_default_device_set_by_the_caller_does_not_reach_the_probe():
+    """Users build large models under ``with torch.device("cuda")``; a probe called inside it once mixed devices
+    (its fits made tensors on the default device). A meta default stands in for a GPU here."""
+    model = _lm(40)
+    ids = torch.randint(0, 40, (24,), generator=torch.Generator().manual_seed(1))
+    want = probe(model, ids, FAST)
+    with torch.device("meta"):
+        got = probe(model, ids, FAST)
+    assert got.tokens.growth_per_layer == want.tokens.growth_per_layer
+
+
 def test_spectra_match_dense_eigenvalues():
     m = _lm(30, d_state=3)
     mixer = m.backbone.layers[0].mixer

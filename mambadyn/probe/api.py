@@ -149,6 +149,13 @@ def probe_batch(model_or_path: nn.Module | Loaded | str | Path, ids: torch.Tenso
     """``probe`` of an LM on ``windows`` disjoint windows of ``config.max_tokens`` tokens cut from the start of
     its input, all in one forward and one backward pass: one result per window (each as ``probe`` of that
     window alone would give it; the hidden attention is computed for the first window only)."""
+    # the probe's own tensors live on the CPU: a caller's default device (``with torch.device("cuda")``, common
+    # when building a large model) would otherwise move them, and mix devices
+    with torch.device("cpu"):
+        return _probe_batch(model_or_path, ids, config, labels, text, tokenizer, windows)
+
+
+def _probe_batch(model_or_path, ids, config, labels, text, tokenizer, windows: int) -> list[ProbeResult]:
     config = config or ProbeConfig()
     if windows < 1:
         raise ValueError(f"need windows >= 1, got {windows}")
