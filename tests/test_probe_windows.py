@@ -84,19 +84,23 @@ def _close(a, b, path="") -> None:
         assert a == b, path
 
 
+def _lm(model_type: str):
+    """(model, vocabulary size): mambadyn's tiny LM, or a transformers family's tiny random model."""
+    if model_type == "mambadyn":
+        return _model(), 17
+    pytest.importorskip("transformers")
+    from tests.support.families import tiny_model
+
+    return tiny_model(model_type), 40
+
+
 @pytest.mark.parametrize("model_type", ["mambadyn", "mamba", "falcon_mamba", "jamba", "mamba2", "zamba2"])
 def test_windows_probed_in_one_pass_equal_each_window_probed_alone(model_type):
     """probe_batch: W windows share one forward and one backward pass; every number of every window's probe
     (norms, gradient shares, loss, Δ statistics, spectra, ODE fates) equals that window's probe alone."""
     from mambadyn.probe.api import probe_batch
 
-    if model_type == "mambadyn":
-        m, vocab = _model(), 17
-    else:
-        pytest.importorskip("transformers")
-        from tests.support.families import tiny_model
-
-        m, vocab = tiny_model(model_type), 40
+    m, vocab = _lm(model_type)
     ids = torch.randint(0, vocab, (45,), generator=torch.Generator().manual_seed(2))
     cfg = ProbeConfig(progress=False, ode_positions=3, max_tokens=15)
     batched = probe_batch(m, ids, cfg, windows=3)
@@ -109,20 +113,27 @@ def test_windows_probed_in_one_pass_equal_each_window_probed_alone(model_type):
 
 
 @pytest.mark.parametrize("model_type", ["mambadyn", "mamba2"])
-def test_offloaded_activations_change_no_number(model_type):
+def test_offloaded_activations_change_no_number(model_type, monkeypatch):
+    from dataclasses import replace
+
     from mambadyn.probe.api import probe_batch
 
-    if model_type == "mambadyn":
-        m, vocab = _model(), 17
-    else:
-        pytest.importorskip("transformers")
-        from tests.support.families import tiny_model
+    entered = []
+    real = torch.autograd.graph.save_on_cpu
 
-        m, vocab = tiny_model(model_type), 40
+    def spy(*a, **k):
+        entered.append(k)
+        return real(*a, **k)
+
+    monkeypatch.setattr(torch.autograd.graph, "save_on_cpu", spy)
+
+    m, vocab = _lm(model_type)
     ids = torch.randint(0, vocab, (30,), generator=torch.Generator().manual_seed(4))
     cfg = ProbeConfig(progress=False, ode_positions=3, max_tokens=15)
-    on = probe_batch(m, ids, ProbeConfig(**{**cfg.__dict__, "offload_activations": True}), windows=2)
+    on = probe_batch(m, ids, replace(cfg, offload_activations=True), windows=2)
+    assert len(entered) == 1  # the one pass ran under save_on_cpu
     off = probe_batch(m, ids, cfg, windows=2)
+    assert len(entered) == 1
     for a, b in zip(on, off):
         _close(a.to_dict(), b.to_dict())
 

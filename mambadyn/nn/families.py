@@ -185,12 +185,12 @@ def capture(model: nn.Module, family: Family, rows: bool = False):
     def record(module, make):
         if id(module) not in names:
             return
-        n = inputs[id(module)].shape[0] if rows else 1
+        h = inputs[id(module)]  # the pre-hook ran just before
+        n = h.shape[0] if rows else 1
         while len(per_row) < n:
             per_row.append({})
         for b in range(n):
-            h = inputs.get(id(module))
-            per_row[b][names[id(module)]] = make(lambda t: keep(t, b), None if h is None else keep(h, b))
+            per_row[b][names[id(module)]] = make(lambda t: keep(t, b), keep(h, b))
 
     if family.kind == MAMBA1:
         def wrapped(module, hidden_states, time_step, B, C, gate, cache, **kw):
@@ -255,15 +255,16 @@ def interactions(mixer: nn.Module, family: Family) -> list[Interaction]:
                     "the two per-token norms; Δ's low rank passes an RMSNorm too, so S_Δ is its linear part before "
                     "the norm")
         return [Interaction(SB, SC, S_delta, _f64(mixer.dt_proj.bias), A, None, note)]
-    w = _f64(mixer.in_proj.weight)
-    scale = torch.ones(w.shape[0], dtype=torch.float64)
-    if hasattr(mixer, "mup_vector"):  # FalconH1: in_proj's rows scaled by mup_vector, its input by a scalar
-        scale = _f64(mixer.mup_vector).flatten() * float(mixer.ssm_in_multiplier)
-    w = scale[:, None] * w
     d, G, n, H = mixer.intermediate_size, mixer.n_groups, mixer.ssm_state_size, mixer.num_heads
-    WB = w[2 * d:2 * d + G * n].reshape(G, n, -1)
-    WC = w[2 * d + G * n:2 * d + 2 * G * n].reshape(G, n, -1)
-    Wdt = w[2 * d + 2 * G * n:2 * d + 2 * G * n + H]
+    # in_proj's rows are [z (d), x (d), B (G n), C (G n), dt (H)]: only B, C and dt go to float64 (z and x are
+    # most of a large layer's in_proj)
+    rows = slice(2 * d, 2 * d + 2 * G * n + H)
+    w = _f64(mixer.in_proj.weight[rows])
+    if hasattr(mixer, "mup_vector"):  # FalconH1: in_proj's rows scaled by mup_vector, its input by a scalar
+        w = (_f64(mixer.mup_vector).flatten()[rows] * float(mixer.ssm_in_multiplier))[:, None] * w
+    WB = w[:G * n].reshape(G, n, -1)
+    WC = w[G * n:2 * G * n].reshape(G, n, -1)
+    Wdt = w[2 * G * n:2 * G * n + H]
     per = H // G
     note = ("analogue: B_t = silu(conv(W_B h))_t, C likewise; K = W_C^T W_B on the mixer's input h ignores the conv "
             "and the SiLU")

@@ -60,7 +60,7 @@ from .hf_models import (
     is_transformers_model,
     trace_hf_windows,
 )
-from .layer import LayerParams, depth_note, layer_params
+from .layer import LayerParams, layer_params, note_ode
 from .ode import OdeCheck, ode_check
 from .shares import gini, top_share
 from .tokens import TokenTrace, trace_tokens, trace_windows
@@ -192,13 +192,8 @@ def _probe_batch(model_or_path, ids, config, labels, text, tokenizer, windows: i
     mixers = find_mixers(model)
     fwd = [m for name, m in mixers if not name.endswith("mixer_b")]
     fwd_index = {id(m): k for k, m in enumerate(fwd)}  # scan inputs are recorded for forward mixers only
-    bad = [w for w in (config.ode_layers or []) if not 0 <= w < len(fwd)]
-    if bad:  # before any work: a probe of a large model takes a while
-        raise ValueError(f"ode_layers {bad} out of range for {len(fwd)} layers (0..{len(fwd) - 1})")
-    bad = [w for w in (config.attention_layers or []) if not 0 <= w < len(fwd)]
-    if bad:
-        raise ValueError(f"attention layers {bad} out of range: the model has {len(fwd)} SSM layers "
-                         f"(0..{len(fwd) - 1})")
+    which = _ode_layers(config, len(fwd), "layers")  # before any work: a probe of a large model takes a while
+    _check_attention_layers(config, len(fwd))
     if config.attention_layers and ids is not None:
         check_view_size(ids.shape[-1])  # before the trace: the views are made in float32
     if ids is None:
@@ -217,17 +212,12 @@ def _probe_batch(model_or_path, ids, config, labels, text, tokenizer, windows: i
             layers.append(layer_params(name, m, u, delta))
         ode = []
         if tokens is not None and config.ode_positions:
-            which = (list(range(len(fwd))) if config.all_ode_layers else config.ode_layers
-                     if config.ode_layers is not None else spread(len(fwd), DEFAULT_ODE_LAYERS))
             by_mixer = {id(m): lp for (_, m), lp in zip(mixers, layers)}
             for k in tqdm(which, desc="layer ODEs", disable=not config.progress, leave=False):
                 o = ode_check(k, fwd[k], tokens.scan_inputs[k], tokens.residual_norms, config.ode_t_end,
                               tokens.first_cosines)
                 ode.append(o)
-                lp = by_mixer[id(fwd[k])]
-                lp.first_blowup, lp.ode_horizon = o.first_blowup, o.horizon
-                lp.layers_remaining = len(tokens.residual_norms) - 1 - k
-                lp.depth_note = depth_note(lp, stopped=o.solver is not None)
+                note_ode(by_mixer[id(fwd[k])], o, len(tokens.residual_norms) - 1 - k)
         n = 0 if ids is None else (ids.shape[-1] if kind == "lm" else int(ids.shape[0]))
         inp = {"tokens": n, "from": "parameters only" if ids is None else origin}
         results.append(ProbeResult(source, inp, layers, tokens, ode))
@@ -240,6 +230,22 @@ def _probe_batch(model_or_path, ids, config, labels, text, tokenizer, windows: i
         # the trace kept these layers' scan inputs: no second pass
         _attend(first, first.tokens.attention_inputs, list(range(len(fwd))), config, next(model.parameters()).device)
     return results
+
+
+def _ode_layers(config: ProbeConfig, n: int, unit: str) -> list[int]:
+    """The layers (of ``n``) whose ODE runs; ode_layers out of range are refused."""
+    bad = [k for k in config.ode_layers or [] if not 0 <= k < n]
+    if bad:
+        raise ValueError(f"ode_layers {bad} out of range for {n} {unit} (0..{n - 1})")
+    if config.all_ode_layers:
+        return list(range(n))
+    return config.ode_layers if config.ode_layers is not None else spread(n, DEFAULT_ODE_LAYERS)
+
+
+def _check_attention_layers(config: ProbeConfig, n: int) -> None:
+    bad = [k for k in config.attention_layers or [] if not 0 <= k < n]
+    if bad:
+        raise ValueError(f"attention layers {bad} out of range: the model has {n} SSM layers (0..{n - 1})")
 
 
 def _cut(ids, max_tokens: int, windows: int) -> torch.Tensor:
@@ -294,27 +300,20 @@ def _probe_transformers(model: nn.Module, loaded: Loaded | None, ids, text, toke
     ids = _cut(ids, config.max_tokens, windows)
     check_ids(ids, model.config.vocab_size)
     n_ssm = len(ssm_mixers(model, family))
-    bad = [k for k in config.attention_layers or [] if not 0 <= k < n_ssm]
-    if bad:
-        raise ValueError(f"attention layers {bad} out of range: the model has {n_ssm} SSM layers (0..{n_ssm - 1})")
+    _check_attention_layers(config, n_ssm)
     if config.attention_layers:
         check_view_size(ids.shape[-1])
     ode_kind = family.kind == MAMBA1 and config.ode_positions > 0
-    bad = [k for k in config.ode_layers or [] if not 0 <= k < n_ssm]
-    if bad and ode_kind:
-        raise ValueError(f"ode_layers {bad} out of range for {n_ssm} SSM layers (0..{n_ssm - 1})")
+    which = _ode_layers(config, n_ssm, "SSM layers") if ode_kind else []
     traces, gots = trace_hf_windows(model, family, ids, config.offload_activations)
     stream = [i for i, kind in enumerate(source["layer_kinds"]) if "ssm" in kind.split("+")]
     results = []
-    for w, (tokens, got) in enumerate(zip(traces, gots)):
+    for tokens, got, layers in zip(traces, gots, hf_layers(model, family, gots)):
         inp = {"tokens": ids.shape[-1], "from": origin}
-        layers = hf_layers(model, family, got)
         ode = []
         if family.kind != MAMBA1:
             inp["ode"] = NO_ODE_MAMBA2
         elif ode_kind:
-            which = (list(range(n_ssm)) if config.all_ode_layers else config.ode_layers
-                     if config.ode_layers is not None else spread(n_ssm, DEFAULT_ODE_LAYERS))
             ode = hf_ode_checks(model, family, got, tokens, which, stream, config.ode_positions, config.ode_t_end,
                                 layers, config.progress)
             inp["ode"] = ODE_NOTES[family.bc_norm] or "the paper's system with each layer's own matrices and dt bias"

@@ -338,7 +338,7 @@ def captured_scan_inputs(c, m: nn.Module, family, dtype: torch.dtype = torch.flo
     from ..nn.families import MAMBA1
 
     def param(t):  # the capture is on the CPU wherever the model runs
-        return t.detach().to("cpu", torch.float32 if t.dtype != torch.float64 else t.dtype).to(dtype)
+        return t.detach().to("cpu", dtype)
 
     A = -torch.exp(param(m.A_log).float()).to(dtype)  # the families form A in float32, whatever the model
     if family.kind == MAMBA1:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..nn.families import (
     MAMBA1,
@@ -29,9 +30,9 @@ from ..nn.families import (
     layer_kinds,
     ssm_mixers,
 )
-from ..refine.spectrum import rank_rtol
+from ..refine.spectrum import layer_spectrum, rank_rtol
 from .clusters import stream_directions
-from .layer import LayerParams, delta_stats, depth_note, matrix_params
+from .layer import LayerParams, delta_stats, matrix_params, note_ode
 from .ode import OdeCheck, interaction_system, ode_check
 from .tokens import TokenTrace, backward_finite, growth_fit, saved_on_cpu, stream_gradients_only
 
@@ -114,27 +115,33 @@ def _dt_bias(mixer: nn.Module, family: Family) -> torch.Tensor:
     return (mixer.dt_proj.bias if family.kind == MAMBA1 else mixer.dt_bias).detach().float().cpu()
 
 
-def hf_layers(model: nn.Module, family: Family, got: dict[str, Captured] | None) -> list[LayerParams]:
-    """The spectrum and conjectured scenario of every SSM layer (one entry per group for Mamba-2 kinds);
-    ``got``: captured scan inputs (None: parameters only)."""
-    out = []
+def hf_layers(model: nn.Module, family: Family, gots: list[dict[str, Captured]] | None
+              ) -> list[list[LayerParams]]:
+    """Per window, the spectrum and conjectured scenario of every SSM layer (one entry per group for Mamba-2
+    kinds); ``gots``: each window's captured scan inputs (None: one list, from the parameters only). The
+    interaction matrices and their spectra, which depend on the weights alone, are computed once."""
+    windows = [None] if gots is None else gots
+    out: list[list[LayerParams]] = [[] for _ in windows]
     for name, mixer in ssm_mixers(model, family):
         rtol = rank_rtol(mixer.x_proj.weight if family.kind == MAMBA1 else mixer.in_proj.weight)
         mats = interactions(mixer, family)
-        for k, it in enumerate(mats):
-            sdx = None
-            if got is not None:
-                raw = got[name].dt_raw
-                if it.group is not None:
-                    per = raw.shape[1] // len(mats)
-                    raw = raw[:, it.group * per:(it.group + 1) * per]
-                sdx = bool((raw > 0).any())
+        for it in mats:
+            spectrum = layer_spectrum(it.S_B, it.S_C, rtol)
             label = name if it.group is None or len(mats) == 1 else f"{name}[group {it.group}]"
-            lp = matrix_params(label, it.S_B, it.S_C, rtol, sdx, family.matrix, it.note, it.group)
-            if got is not None:
-                lp.reason += " (Δ's data-dependent part on every position, as the layer computed it)"
-                lp.delta = delta_stats(raw, it.dt_bias.float())
-            out.append(lp)
+            for got, layers in zip(windows, out):
+                sdx = None
+                if got is not None:
+                    raw = got[name].dt_raw
+                    if it.group is not None:
+                        per = raw.shape[1] // len(mats)
+                        raw = raw[:, it.group * per:(it.group + 1) * per]
+                    sdx = bool((raw > 0).any())
+                lp = matrix_params(label, it.S_B, it.S_C, rtol, sdx, family.matrix, it.note, it.group,
+                                   spectrum=spectrum)
+                if got is not None:
+                    lp.reason += " (Δ's data-dependent part on every position, as the layer computed it)"
+                    lp.delta = delta_stats(raw, it.dt_bias.float())
+                layers.append(lp)
     return out
 
 
@@ -157,8 +164,6 @@ def hf_ode_checks(model: nn.Module, family: Family, got: dict[str, Captured], tr
     """The layer ODE (``probe.ode``) of the SSM layers ``which`` of a Mamba-1-kind family, seeded from the first
     ``positions`` captured scan inputs; ``stream``: SSM layer -> residual-stream boundary at its input. Sets each
     layer's blow-up time and depth note in ``layers`` (one LayerParams per mixer for these kinds)."""
-    from tqdm.auto import tqdm
-
     mixers = ssm_mixers(model, family)
     out = []
     for k in tqdm(which, desc="layer ODEs", disable=not progress, leave=False):
@@ -169,10 +174,7 @@ def hf_ode_checks(model: nn.Module, family: Family, got: dict[str, Captured], tr
         o = ode_check(k, system, got[name].u[:positions].double(), trace.residual_norms, t_end,
                       trace.first_cosines, stream=stream[k], note=ODE_NOTES[family.bc_norm])
         out.append(o)
-        lp = layers[k]
-        lp.first_blowup, lp.ode_horizon = o.first_blowup, o.horizon
-        lp.layers_remaining = len(trace.residual_norms) - 1 - stream[k]
-        lp.depth_note = depth_note(lp, stopped=o.solver is not None)
+        note_ode(layers[k], o, len(trace.residual_norms) - 1 - stream[k])
     return out
 
 

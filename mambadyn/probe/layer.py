@@ -123,13 +123,15 @@ def layer_params(name: str, m: nn.Module, tokens: torch.Tensor | None = None, de
 
 
 def matrix_params(name: str, SB: torch.Tensor, SC: torch.Tensor, rtol: float, sdx_positive: bool | None,
-                  matrix: str = "S_C^T S_B", note: str = "", group: int | None = None, tol: float = 1e-9
-                  ) -> LayerParams:
+                  matrix: str = "S_C^T S_B", note: str = "", group: int | None = None, tol: float = 1e-9,
+                  spectrum: tuple[torch.Tensor, torch.Tensor, int] | None = None) -> LayerParams:
     """The spectrum of K = S_C^T S_B given by its factors S_B, S_C (N, D), and the paper's (conjectural)
     scenario with ``sdx_positive``: whether Δ's data-dependent part has a positive entry on the tokens
-    (None: no tokens). ``rtol``: the rank tolerance (``rank_rtol``); ``matrix``, ``note``: what K is."""
+    (None: no tokens). ``rtol``: the rank tolerance (``rank_rtol``); ``matrix``, ``note``: what K is;
+    ``spectrum``: ``layer_spectrum(SB, SC, rtol)`` where the caller has it already (it depends on the weights
+    alone, and many windows share it)."""
     n, D = SB.shape
-    ev, sym, rank = layer_spectrum(SB, SC, rtol)
+    ev, sym, rank = spectrum if spectrum is not None else layer_spectrum(SB, SC, rtol)
     atol = tol * max(float(ev.abs().max()) if ev.numel() else 1.0, 1e-300)  # relative to the spectrum's size
     pos, neg, cpx = _sign_counts(ev, atol)
     spos, sneg, _ = _sign_counts(sym, atol)
@@ -142,6 +144,12 @@ def matrix_params(name: str, SB: torch.Tensor, SC: torch.Tensor, rtol: float, sd
     guess, why = conjecture(int((ev.real > atol).sum()), matrix, sdx_positive)
     return LayerParams(name, [complex(v) for v in ev.tolist()], sym.tolist(), pos, neg, cpx, spos, sneg, forced,
                        sym_note, guess.value, True, why, matrix=matrix, matrix_note=note, group=group)
+
+
+def note_ode(lp: LayerParams, o, remaining: int) -> None:
+    """Set the layer's ODE fields from its ``probe.ode.OdeCheck`` ``o``, with ``remaining`` layers after it."""
+    lp.first_blowup, lp.ode_horizon, lp.layers_remaining = o.first_blowup, o.horizon, remaining
+    lp.depth_note = depth_note(lp, stopped=o.solver is not None)
 
 
 def depth_note(lp: LayerParams, stopped: bool = False) -> str:

@@ -64,30 +64,18 @@ def stream_gradients_only(model: nn.Module):
             p.requires_grad_(True)
 
 
+@contextlib.contextmanager
 def saved_on_cpu(enabled: bool):
-    """torch's save_on_cpu where ``enabled`` (what autograd saves for the backward pass waits in CPU memory),
-    else nothing; an out-of-memory error inside says so."""
-    if not enabled:
-        return _oom_hint()
-    return _stack(torch.autograd.graph.save_on_cpu(pin_memory=False), _oom_hint())
-
-
-@contextlib.contextmanager
-def _stack(*managers):
-    with contextlib.ExitStack() as stack:
-        for m in managers:
-            stack.enter_context(m)
-        yield
-
-
-@contextlib.contextmanager
-def _oom_hint():
-    try:
-        yield
-    except torch.OutOfMemoryError as e:
-        raise torch.OutOfMemoryError(f"{e}\nmambadyn: the probe's backward pass keeps every layer's activations; "
-                                     "ProbeConfig(offload_activations=True) (mambadyn probe --offload-activations) "
-                                     "keeps them in CPU memory instead, or probe fewer tokens") from None
+    """torch's save_on_cpu where ``enabled`` (what autograd saves for the backward pass waits in CPU memory);
+    an out-of-memory error inside says what to do either way."""
+    with torch.autograd.graph.save_on_cpu(pin_memory=False) if enabled else contextlib.nullcontext():
+        try:
+            yield
+        except torch.OutOfMemoryError as e:
+            raise torch.OutOfMemoryError(f"{e}\nmambadyn: the probe's backward pass keeps every layer's activations; "
+                                         "ProbeConfig(offload_activations=True) (mambadyn probe "
+                                         "--offload-activations) keeps them in CPU memory instead, or probe fewer "
+                                         "tokens") from None
 
 
 def leaf_input(args: tuple, kwargs: dict) -> tuple[torch.Tensor, tuple, dict]:
