@@ -13,13 +13,15 @@ BPE of 4096 tokens is trained on the training text. Each model is trained with A
 steps, cosine to 10%), saved with ``save_pretrained`` under OUT/runs/NAME (a rerun skips a model already
 saved) and probed on the test split over ``--windows`` disjoint windows, with the hidden attention of its
 first and last SSM layers. Writes OUT/NAME/ (probe.json,
-report.md, figures), OUT/summary.json and prints a table."""
+report.md, figures), OUT/summary.json and OUT/table.md (the table a results README shows, made from the probes
+as written), and prints a line per model."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import statistics
 import time
 from pathlib import Path
 
@@ -113,6 +115,42 @@ def train_one(name: str, splits, args) -> tuple[object, dict]:
     return model, rec
 
 
+def table(out: Path, summary: dict) -> str:
+    """One markdown row per model probed under ``out``, read back from its probe.json and training record."""
+    from mambadyn.probe.report import half_mass
+
+    def pair(xs, fmt):
+        return f"{fmt.format(xs[0])} -> {fmt.format(xs[-1])}"
+
+    rows = ["| model | steps | validation loss | + / - / complex pairs (first two SSM units) | symmetric part forced "
+            "| median residual norm, embedding -> last | top-10% gradient share, first -> last | cosine to the first "
+            "token, embedding -> last | half-mass distance (first, last SSM layer) | mass on the first token |",
+            "|" + "---|" * 10]
+    for name, rec in summary.items():
+        d = json.loads((out / name / "probe.json").read_text())
+        signs = ", ".join(f"+{lp['positive']}/-{lp['negative']}/{lp['complex_pairs']}" for lp in d["layers"][:2])
+        forced = sum(bool(lp["symmetric_forced"]) for lp in d["layers"])
+        tok = d["tokens"]
+        norms = [statistics.median(n) for n in (tok["residual_norms"][0], tok["residual_norms"][-1])]
+        cos = [c["cosine_to_first"] for c in tok["clustering"]]
+        att = d["attention"]
+        rows.append(f"| {name} | {rec['steps']} | {rec['val_loss']:.3f} | {signs} | {forced} of {len(d['layers'])} | "
+                    f"{pair(norms, '{:.3g}')} | {pair(tok['grad_share_top10pct'], '{:.3f}')} | {pair(cos, '{:.3f}')} | "
+                    + ", ".join(str(half_mass(a["distance_profile"])) for a in att) + " | "
+                    + ", ".join(f"{a['first_token_mass']:.2g}" for a in att) + " |")
+    odes = []
+    for name in summary:
+        w = json.loads((out / name / "probe.json").read_text()).get("windows") or {}
+        for k, v in (w.get("ode") or {}).items():
+            cells = [f"{m} {q}: " + ("n/a" if v[m][q]["mean"] is None else f"{v[m][q]['mean']:.2f} (n={v[m][q]['n']})")
+                     for m in ("paper", "normalised") for q in ("agreement", "spearman")]
+            odes.append(f"- {name}, layer {k}: " + "; ".join(cells))
+    if odes:
+        rows += ["", "Layer ODE against the stack over windows (norm-direction agreement and Spearman of predicted "
+                 "with observed growth; n = windows where the measure is defined):", ""] + odes
+    return "\n".join(rows) + "\n"
+
+
 def main() -> None:
     from mambadyn.probe import ProbeConfig, probe_windows, write_outputs
 
@@ -171,6 +209,7 @@ def main() -> None:
         rec["median_norm_first_last"] = [float(torch.tensor(norms[0]).median()), float(torch.tensor(norms[-1]).median())]
         summary[name] = rec
         summary_path.write_text(json.dumps(summary, indent=1))  # after each model: nothing lost
+        (args.out / "table.md").write_text(table(args.out, summary))
         print(f"{name:16s} val {rec['val_loss']:.3f}  train {rec['train_s']:6.1f} s  probe {rec['probe_s']:6.1f} s  "
               f"signs {rec['signs'][:2]}...  scenarios {rec['scenarios']}", flush=True)
 

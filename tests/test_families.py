@@ -299,3 +299,32 @@ def test_constrained_mamba2_layers_keep_their_signs_through_training_and_save_pr
     after = bake(loaded).state_dict()
     for k, v in before.items():
         torch.testing.assert_close(after[k], v, rtol=1e-5, atol=1e-6)
+
+
+def test_probe_families_benchmark_end_to_end(shared_data, tmp_path):
+    """The GPU benchmark's whole path on the CPU at toy size: train, save_pretrained, probe over windows, and the
+    table built back from what it wrote; a rerun resumes from the saved models instead of training again."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    out = tmp_path / "fam"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "probe_families.py"), "--shared", str(shared_data),
+           "--out", str(out), "--only", "mamba2-negative,zamba2", "--steps", "3", "--d-model", "32", "--layers", "2",
+           "--seq-len", "32", "--batch", "2", "--windows", "2", "--window-len", "64", "--device", "cpu"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary) == ["mamba2-negative", "zamba2"]
+    assert summary["mamba2-negative"]["steps"] == 3
+    # the constraint survives training, bake, save_pretrained and the probe's load
+    assert all(p == 0 and c == 0 and n > 0 for p, n, c in summary["mamba2-negative"]["signs"])
+    rows = [r for r in (out / "table.md").read_text().splitlines() if r.startswith("| mamba2") or r.startswith("| zamba2")]
+    assert len(rows) == 2 and rows[0].count("|") == 11
+    assert (out / "zamba2" / "report.md").is_file()
+    trained = (out / "runs" / "zamba2" / "train.json").read_text()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert " step " not in again.stdout  # nothing retrained: training prints its steps
+    assert (out / "runs" / "zamba2" / "train.json").read_text() == trained

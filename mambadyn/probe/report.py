@@ -102,7 +102,7 @@ def _attention_section(d: dict) -> list[str]:
              "ρ(received, growth) |", "|---|---|---|---|---|"]
     for a in d["attention"]:
         prof = a["distance_profile"]
-        half = _half_mass(prof)
+        half = half_mass(prof)
 
         def rho(v):
             return "n/a" if v is None else f"{v:+.2f}"
@@ -111,7 +111,7 @@ def _attention_section(d: dict) -> list[str]:
     return lines + ["", "![hidden attention](attention.png)", "", "![distance profiles](attention_distance.png)", ""]
 
 
-def _half_mass(profile: list[float]) -> int:
+def half_mass(profile: list[float]) -> int:
     # the smallest distance k whose cumulative mean mass (over distances 0..k) reaches half of the total
     total = sum(profile)
     run = 0.0
