@@ -197,7 +197,7 @@ def main() -> None:
         t0 = time.perf_counter()
         # hidden attention of the first and last SSM layer: every family here has --layers SSM layers
         cfg = ProbeConfig(progress=False, ode_positions=16, attention_layers=[0, args.layers - 1])
-        result = probe_windows(model, splits.test, cfg, args.windows, args.window_len)
+        result = probe_windows(model, splits.test, cfg, windows=args.windows, window_len=args.window_len)
         rec = {**rec, "probe_s": time.perf_counter() - t0}
         write_outputs(result, args.out / name)
         layers = result.layers

@@ -146,3 +146,19 @@ def test_the_window_batch_size_does_not_change_the_summaries():
     two = probe_windows(m, ids, cfg, windows=3, window_len=30, batch=2)
     _close(one.to_dict(), two.to_dict())
     assert len(one.attention) == 1 and torch.allclose(one.attention_maps[0], two.attention_maps[0])
+
+
+def test_a_model_in_memory_refuses_text_and_the_window_counts_are_keyword_only():
+    """The families benchmark once passed its window count where ``text`` stood: a model in memory ignored the
+    text and probed the default 4 windows. Now the counts must be named and text for such a model is refused."""
+    m = _model()
+    ids = torch.arange(100) % 17
+    cfg = ProbeConfig(progress=False, ode_positions=0)
+    with pytest.raises(TypeError):
+        probe_windows(m, ids, cfg, 3, 30)
+    for call in (lambda: probe_windows(m, ids, cfg, text="some text", windows=3, window_len=30),
+                 lambda: probe(m, ids, cfg, text="some text"),
+                 lambda: probe(m, ids, cfg, tokenizer="tokenizer.json")):
+        with pytest.raises(ValueError, match="model in memory takes token ids"):
+            call()
+    assert probe_windows(m, ids, cfg, windows=3, window_len=30).windows["n"] == 3

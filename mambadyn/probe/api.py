@@ -132,19 +132,20 @@ class ProbeResult:
 
 
 def probe(model_or_path: nn.Module | Loaded | str | Path, ids: torch.Tensor | None = None,
-          config: ProbeConfig | None = None, labels: torch.Tensor | None = None, text: str | None = None,
+          config: ProbeConfig | None = None, *, labels: torch.Tensor | None = None, text: str | None = None,
           tokenizer: str | Path | None = None) -> ProbeResult:
     """Probe a Mamba model layer by layer.
 
     model_or_path: a MambaLM / MambaClassifier, a ``Loaded`` checkpoint, or anything ``load_checkpoint``
     opens. ids: (L,) token ids for an LM (or (1, C, H, W) images with ``labels`` (1,) for a classifier); or
     ``text``, encoded with ``tokenizer`` or the checkpoint's tokenizer.json (``nn.load.token_ids``); with
-    neither, an LM is probed on ``sample_text()``, a classifier on its parameters only."""
-    return probe_batch(model_or_path, ids, config, labels, text, tokenizer)[0]
+    neither, an LM is probed on ``sample_text()``, a classifier on its parameters only. A model in memory
+    brings no tokenizer: it takes ids, and text is refused rather than ignored."""
+    return probe_batch(model_or_path, ids, config, labels=labels, text=text, tokenizer=tokenizer)[0]
 
 
 def probe_batch(model_or_path: nn.Module | Loaded | str | Path, ids: torch.Tensor | None = None,
-                config: ProbeConfig | None = None, labels: torch.Tensor | None = None, text: str | None = None,
+                config: ProbeConfig | None = None, *, labels: torch.Tensor | None = None, text: str | None = None,
                 tokenizer: str | Path | None = None, windows: int = 1) -> list[ProbeResult]:
     """``probe`` of an LM on ``windows`` disjoint windows of ``config.max_tokens`` tokens cut from the start of
     its input, all in one forward and one backward pass: one result per window (each as ``probe`` of that
@@ -159,6 +160,8 @@ def _probe_batch(model_or_path, ids, config, labels, text, tokenizer, windows: i
     config = config or ProbeConfig()
     if windows < 1:
         raise ValueError(f"need windows >= 1, got {windows}")
+    if isinstance(model_or_path, nn.Module):
+        check_in_memory_inputs(model_or_path, text, tokenizer)
     if isinstance(model_or_path, nn.Module) and is_transformers_model(model_or_path):
         return _probe_transformers(model_or_path, None, ids, text, tokenizer, config, windows)
     if not isinstance(model_or_path, (nn.Module, Loaded)):
@@ -281,6 +284,15 @@ def _attend(result: ProbeResult, inputs: dict, stream_index: list[int], config: 
         att = layer_attention(s, k, unit="head" if s.units != s.u.shape[1] else "channel")
         result.attention.append(summarize(att, t.grad_shares[stream_index[k]], t.growth_per_layer))
         result.attention_maps[k] = block_average(att.mean_rownorm.cpu()).float()
+
+
+def check_in_memory_inputs(model: nn.Module, text, tokenizer) -> None:
+    """A model in memory has no tokenizer.json beside it: refuse text (or a tokenizer) rather than probe the ids
+    and silently drop them. A classifier's text is refused where its images are checked."""
+    if hasattr(model, "backbone") or is_transformers_model(model):
+        if text is not None or tokenizer is not None:
+            raise ValueError("a model in memory takes token ids, not text or a tokenizer: encode the text first, "
+                             "or pass the checkpoint's folder, whose tokenizer.json encodes it")
 
 
 def _probe_transformers(model: nn.Module, loaded: Loaded | None, ids, text, tokenizer, config: ProbeConfig,

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..nn.load import Loaded, load_checkpoint, token_ids
 from ..stats import summarize
-from .api import ProbeConfig, ProbeResult, probe_batch, sample_text
+from .api import ProbeConfig, ProbeResult, check_in_memory_inputs, probe_batch, sample_text
 from .hf_models import is_transformers_model
 from .ode import MODELS
 
@@ -34,7 +34,7 @@ def _summary(values: list) -> dict | None:
 
 
 def probe_windows(model_or_path: nn.Module | Loaded | str | Path, ids: torch.Tensor | None = None,
-                  config: ProbeConfig | None = None, text: str | None = None, tokenizer: str | Path | None = None,
+                  config: ProbeConfig | None = None, *, text: str | None = None, tokenizer: str | Path | None = None,
                   windows: int = 4, window_len: int = 512, batch: int = 8) -> ProbeResult:
     """Probe ``windows`` disjoint windows of ``window_len`` tokens (from ids (L,), or text encoded as
     ``probe`` does), ``batch`` windows per pass, and return the first window's result with ``windows`` set to
@@ -47,8 +47,10 @@ def probe_windows(model_or_path: nn.Module | Loaded | str | Path, ids: torch.Ten
         target = load_checkpoint(target)
     if isinstance(target, Loaded):
         ids, _ = token_ids(target, text, ids, tokenizer, default_text=sample_text())
-    elif ids is None:
-        raise ValueError("a model in memory brings no tokenizer: pass token ids")
+    else:
+        check_in_memory_inputs(target, text, tokenizer)
+        if ids is None:
+            raise ValueError("a model in memory brings no tokenizer: pass token ids")
     ids = torch.as_tensor(ids, dtype=torch.int64).flatten()
     need = windows * window_len
     if ids.numel() < need:
