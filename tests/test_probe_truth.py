@@ -141,3 +141,18 @@ def test_both_models_are_set_beside_the_stream_norms_and_cosines():
     assert o.normalised.cosine_decided == 4
     # the normalised model never blows up
     assert "blows_up" not in o.normalised.predicted
+
+
+def test_a_layer_whose_only_growing_modes_are_complex_says_so_without_contradicting_its_sign_counts():
+    """K = S_C^T S_B with eigenvalues 1 ± 2i and -1: the + column counts real eigenvalues (0 here), so the
+    scenario's reason must name what it counted, the two with a positive real part, not 'positive eigenvalues'."""
+    from mambadyn.probe.layer import matrix_params
+
+    K = torch.tensor([[1.0, -2.0, 0.0], [2.0, 1.0, 0.0], [0.0, 0.0, -1.0]], dtype=torch.float64)
+    SB, SC = K, torch.eye(3, dtype=torch.float64)  # S_C^T S_B = K
+    lp = matrix_params("k", SB, SC, rtol=1e-12, sdx_positive=True)
+    assert (lp.positive, lp.negative, lp.complex_pairs) == (0, 1, 1)
+    assert lp.scenario == "blows_up" and "2 eigenvalue(s) of S_C^T S_B with a positive real part" in lp.reason
+    assert "positive eigenvalue" not in lp.reason
+    stable = matrix_params("k", K - 2 * torch.eye(3, dtype=torch.float64), SC, rtol=1e-12, sdx_positive=True)
+    assert stable.scenario == "converges" and "no eigenvalue of S_C^T S_B has a positive real part" in stable.reason

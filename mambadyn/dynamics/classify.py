@@ -103,17 +103,20 @@ def definite_tol(eigenvalues: torch.Tensor) -> torch.Tensor:
 
 
 def conjecture(positive: int, which: str, sdx_positive: bool | None) -> tuple[Outcome, str]:
-    """The paper's D-dim scenario, which its 2-D experiments suggest and nothing proves: no positive
-    eigenvalue of ``which`` -> converges; some -> fast divergence where S_Δ x_l(0) has a positive entry,
+    """The paper's D-dim scenario, which its 2-D experiments suggest and nothing proves: ``positive``
+    eigenvalues of ``which`` with a positive real part (complex pairs count, each member once; the paper's
+    examples are real) -> none: converges; some: fast divergence where S_Δ x_l(0) has a positive entry,
     slow where it has none (``sdx_positive``; None: no tokens, so undetermined which). Returns
     (Outcome, reason); every caller must label the result a conjecture."""
+    # "positive eigenvalue(s)" alone would contradict a report whose + column counts the real ones only
+    counted = f"{positive} eigenvalue(s) of {which} with a positive real part"
     if positive == 0:
-        return Outcome.CONVERGES, f"no eigenvalue of {which} is positive"
+        return Outcome.CONVERGES, f"no eigenvalue of {which} has a positive real part"
     if sdx_positive is None:
-        return Outcome.UNDETERMINED, f"{positive} positive eigenvalue(s) of {which}; no tokens to split fast from slow"
+        return Outcome.UNDETERMINED, f"{counted}; no tokens to split fast from slow"
     if sdx_positive:
-        return Outcome.BLOWS_UP, f"{positive} positive eigenvalue(s) of {which}; S_Δ x_l(0) has positive entries"
-    return Outcome.DIVERGES_SLOWLY, f"{positive} positive eigenvalue(s) of {which}; S_Δ x_l(0) < 0 everywhere"
+        return Outcome.BLOWS_UP, f"{counted}; S_Δ x_l(0) has positive entries"
+    return Outcome.DIVERGES_SLOWLY, f"{counted}; S_Δ x_l(0) < 0 everywhere"
 
 
 def _one_dim(mu: float, s: float, b: float, x: list[float]) -> tuple[list[TokenFate], list[int] | None]:
