@@ -142,7 +142,8 @@ def table(out: Path, summary: dict) -> str:
     for name in summary:
         w = json.loads((out / name / "probe.json").read_text()).get("windows") or {}
         for k, v in (w.get("ode") or {}).items():
-            cells = [f"{m} {q}: " + ("n/a" if v[m][q]["mean"] is None else f"{v[m][q]['mean']:.2f} (n={v[m][q]['n']})")
+            cells = [f"{m} {q}: " + ("n/a" if not (v.get(m) or {}).get(q) or v[m][q]["mean"] is None
+                                     else f"{v[m][q]['mean']:.2f} (n={v[m][q]['n']})")
                      for m in ("paper", "normalised") for q in ("agreement", "spearman")]
             odes.append(f"- {name}, layer {k}: " + "; ".join(cells))
     if odes:

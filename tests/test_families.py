@@ -311,17 +311,19 @@ def test_probe_families_benchmark_end_to_end(shared_data, tmp_path):
 
     out = tmp_path / "fam"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "probe_families.py"), "--shared", str(shared_data),
-           "--out", str(out), "--only", "mamba2-negative,zamba2", "--steps", "3", "--d-model", "32", "--layers", "2",
+           "--out", str(out), "--only", "mamba2-negative,zamba2,falcon_mamba", "--steps", "3", "--d-model", "32", "--layers", "2",
            "--seq-len", "32", "--batch", "2", "--windows", "2", "--window-len", "64", "--device", "cpu"]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert list(summary) == ["mamba2-negative", "zamba2"]
+    assert list(summary) == ["mamba2-negative", "zamba2", "falcon_mamba"]
     assert summary["mamba2-negative"]["steps"] == 3
     # the constraint survives training, bake, save_pretrained and the probe's load
     assert all(p == 0 and c == 0 and n > 0 for p, n, c in summary["mamba2-negative"]["signs"])
-    rows = [r for r in (out / "table.md").read_text().splitlines() if r.startswith("| mamba2") or r.startswith("| zamba2")]
-    assert len(rows) == 2 and rows[0].count("|") == 11
+    table = (out / "table.md").read_text()
+    rows = [r for r in table.splitlines() if r.startswith(("| mamba2", "| zamba2", "| falcon"))]
+    assert len(rows) == 3 and all(r.count("|") == 11 for r in rows)
+    assert "- falcon_mamba, layer 0: paper agreement:" in table  # the layer ODE's lines: FalconMamba has one
     assert (out / "zamba2" / "report.md").is_file()
     trained = (out / "runs" / "zamba2" / "train.json").read_text()
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
