@@ -4,16 +4,23 @@ d_model 2560, 64 layers) and a 2.7B-shaped Mamba-2 (transformers' Mamba2ForCausa
 layers, 80 heads of 64, state 128), on 2048 tokens.
 
     python benchmarks/probe_large_gpu.py [--tokens 2048] [--only mamba1,mamba2] [--out results/probe_large_gpu.json]
-        [--layers 64] [--d-model 2560]   (smaller values: a smoke run on a CPU)
+        [--layers 64] [--d-model 2560] [--offload auto|on|off] [--profile 25]
+        (smaller values: a smoke run on a CPU)
 
 Prints one line per model (probe seconds, first run, after a warm-up probe of a 2-layer model of the same
-family) and writes JSON."""
+family) and writes JSON. ``--offload auto`` offloads the Mamba-2 activations only (they exceed an H100 at
+L = 2048; an H200 holds them); ``--profile N`` also prints the N functions with the most cumulative time
+(cProfile; the probe synchronises where it copies to the CPU, so the GPU's time lands on those copies) and
+keeps them in the JSON, to show where the time goes."""
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
+import pstats
 import time
+from pathlib import Path
 
 import torch
 
@@ -41,6 +48,8 @@ def main() -> None:
     ap.add_argument("--out", default="results/probe_large_gpu.json")
     ap.add_argument("--layers", type=int, default=64)
     ap.add_argument("--d-model", type=int, default=2560)
+    ap.add_argument("--offload", choices=("auto", "on", "off"), default="auto")
+    ap.add_argument("--profile", type=int, default=0, metavar="N")
     args = ap.parse_args()
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     ids = torch.randint(0, 50280, (args.tokens,), generator=torch.Generator().manual_seed(0))
@@ -62,25 +71,42 @@ def main() -> None:
         t0 = time.perf_counter()
         # the Mamba-2 reference scan's saved activations exceed an H100's memory at L = 2048 (out of memory in
         # session 17): they wait in CPU memory
-        offload = name == "mamba2"
-        result = probe(model, ids, ProbeConfig(progress=False, offload_activations=offload))
+        offload = name == "mamba2" if args.offload == "auto" else args.offload == "on"
+        cfg = ProbeConfig(progress=False, offload_activations=offload)
+        profiler = cProfile.Profile() if args.profile else None
+        if profiler:
+            profiler.enable()
+        result = probe(model, ids, cfg)
         if dev == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
+        top = _top(profiler, args.profile) if profiler else None
         peak = torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else None
         rows.append({"model": name, "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu",
                      "tokens": args.tokens, "d_model": args.d_model, "offload_activations": offload, "probe_s": dt, "build_s": build_s, "peak_gib": peak, "layers": len(result.layers),
                      "ode_layers": len(result.ode), "torch": torch.__version__,
                      "transformers": _version("transformers"),
                      # without them transformers' Mamba-2 runs its PyTorch reference scan, and says so
-                     "mamba_ssm": _version("mamba_ssm"), "causal_conv1d": _version("causal_conv1d")})
+                     "mamba_ssm": _version("mamba_ssm"), "causal_conv1d": _version("causal_conv1d"),
+                     **({"profile_top": top} if top else {})})
         print(f"{name:8s} {rows[-1]['device']}: probe {dt:6.1f} s on {args.tokens} tokens, peak {peak or float('nan'):.1f} GiB, "
               f"{len(result.layers)} spectra, {len(result.ode)} layer ODEs", flush=True)
+        for row in top or []:
+            print(f"    {row['cumulative_s']:8.2f} s  {row['calls']:7d} calls  {row['function']}")
         with open(args.out, "w") as f:  # after each model: a run stopped at a limit keeps what it measured
             json.dump(rows, f, indent=1)
         del model, result
         if dev == "cuda":
             torch.cuda.empty_cache()
+
+
+def _top(profiler: cProfile.Profile, n: int) -> list[dict]:
+    """The n functions with the most cumulative time, as JSON rows."""
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    rows = sorted(stats.stats.items(), key=lambda kv: kv[1][3], reverse=True)[:n]  # (cc, nc, tt, ct, callers)
+    return [{"function": f"{Path(file).name}:{line}({func})", "calls": nc, "own_s": round(tt, 3),
+             "cumulative_s": round(ct, 3)} for (file, line, func), (cc, nc, tt, ct, _) in rows]
 
 
 def _version(package: str) -> str | None:
