@@ -168,10 +168,13 @@ def test_probe_attention_adds_its_section_figures_and_numbers(kind, tmp_path, ca
     assert not (tmp_path / "out2").exists()
 
 
+@pytest.mark.parametrize("block", [8, 7, 24])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_blocked_products_equal_the_entrywise_formula_with_steps_large_enough_to_overflow_a_factor(dtype):
-    """Some blocks hold a step so large that exp(A (S_b - S_j)) would overflow: those take the entrywise path,
-    the rest the factored products; every entry equals Δ_j Σ_n C_ln B_jn exp(A_n (S_l - S_j)) written out."""
+def test_blocked_products_equal_the_entrywise_formula_with_steps_large_enough_to_overflow_a_factor(dtype, block):
+    """Some blocks hold a step so large that exp(A (S_b - S_j)) would overflow: those are halved until their
+    products are safe (down to single steps around the large one), the rest take the factored products; every
+    entry equals Δ_j Σ_n C_ln B_jn exp(A_n (S_l - S_j)) written out. Blocks of 8, 7 (uneven halves) and the
+    whole length."""
     from mambadyn.probe.attention import ScanInputs
 
     g = torch.Generator().manual_seed(5)
@@ -190,7 +193,7 @@ def test_blocked_products_equal_the_entrywise_formula_with_steps_large_enough_to
         for l in range(L):
             for j in range(l + 1):
                 naive[d, l, j] = s.delta[j, d] * (s.C[l, 0] * s.B[j, 0] * torch.exp(s.A[d] * (S[l, d] - S[j, d]))).sum()
-    att = layer_attention(s.to(dtype), channels=list(range(D)), block=8, channel_block=2)
+    att = layer_attention(s.to(dtype), channels=list(range(D)), block=block, channel_block=2)
     # float32: S is a float32 cumulative sum, so a step of 60 leaves ~1e-5 of rounding in A (S_l - S_j)
     tol = dict(rtol=1e-10, atol=1e-14) if dtype == torch.float64 else dict(rtol=2e-4, atol=1e-6)
     torch.testing.assert_close(att.M.double(), naive, **tol)

@@ -195,8 +195,8 @@ class _Units:
     a row block starting at r0 (b = r0 - 1) multiplies it by exp(A (S_b - S_e_J)) <= 1 per column block and
     its rows by exp(A (S_l - S_b)) <= 1: no exponent is positive, so nothing overflows, and a factor that
     underflows stands for an entry that small. The row block's own columns take exp(A (S_b - S_j)) >= 1 where
-    A (S_l - S_b) stays within the dtype's exponent range (one product for the whole block), else one exp
-    per entry."""
+    A (S_l - S_b) stays within the dtype's exponent range (one product for the whole block), else the block is
+    halved until it does (``_diag``)."""
 
     def __init__(self, s: ScanInputs, units: torch.Tensor, block: int):
         self.dtype, self.block = s.u.dtype, block
@@ -232,13 +232,33 @@ class _Units:
         if span < self.safe:  # one product: exp(A (S_b - S_j)) >= 1 stays finite here
             right = self.dB[:, r0:r1] * torch.exp(A[:, None, :] * (Sb[:, None] - S[:, r0:r1])[..., None])
             diag = torch.bmm(left, right.transpose(1, 2))  # (c, r, r)
-        else:  # a large step inside the block: one exp per entry
-            diff = torch.where(tril, S[:, r0:r1, None] - S[:, None, r0:r1], 0.0)  # (c, r, r)
-            diag = torch.zeros_like(diff)
-            for n in range(N):
-                diag += (self.C[:, r0:r1, None, n] * self.dB[:, None, r0:r1, n]) * torch.exp(diff * A[:, n, None, None])
+        else:  # a large step inside the block: halve it until the products are safe
+            diag = self._diag(r0, r1)
         M[:, :, r0:r1] = diag * tril
         return M
+
+    def _diag(self, a: int, b: int) -> torch.Tensor:
+        """(c, b - a, b - a): the entries l, j in a..b-1 with j <= l (above the diagonal: finite values the
+        caller masks). Where exp(A (S_p - S_j)) could overflow for the pivot p = a - 1, the range is halved: the
+        lower-left quadrant pivots on the step before its columns end, so both of its factors are <= 1, and
+        each half recurses. A single step is C_a . Δ_a B_a, with no exponential at all."""
+        S, A = self.S, self.A
+        if b - a == 1:
+            return (self.C[:, a] * self.dB[:, a]).sum(-1)[:, None, None]
+        Sp = S[:, a - 1] if a > 0 else torch.zeros_like(S[:, 0])
+        if (A.abs() * (S[:, b - 1] - Sp)[:, None]).max() < self.safe:
+            left = self.C[:, a:b] * torch.exp(A[:, None, :] * (S[:, a:b] - Sp[:, None])[..., None])
+            right = self.dB[:, a:b] * torch.exp(A[:, None, :] * (Sp[:, None] - S[:, a:b])[..., None])
+            return torch.bmm(left, right.transpose(1, 2))
+        m = (a + b) // 2
+        out = torch.zeros(A.shape[0], b - a, b - a, dtype=self.dtype, device=S.device)
+        out[:, :m - a, :m - a] = self._diag(a, m)
+        out[:, m - a:, m - a:] = self._diag(m, b)
+        Sm = S[:, m - 1]
+        left = self.C[:, m:b] * torch.exp(A[:, None, :] * (S[:, m:b] - Sm[:, None])[..., None])  # <= 1
+        right = self.dB[:, a:m] * torch.exp(A[:, None, :] * (Sm[:, None] - S[:, a:m])[..., None])  # <= 1
+        out[:, m - a:, :m - a] = torch.bmm(left, right.transpose(1, 2))
+        return out
 
 
 def attention_rows(s: ScanInputs, rows: slice, units: torch.Tensor) -> torch.Tensor:
