@@ -227,29 +227,25 @@ class _Units:
             scale = torch.exp(A[:, :, None] * (Sb[:, None] - S[:, self.block - 1:r0:self.block])[:, None, :])
             right = (self.R[:, :, :r0].reshape(c, N, nJ, self.block) * scale[..., None]).view(c, N, r0)
             torch.bmm(left, right, out=M[:, :, :r0])
-        span = (A.abs() * (S[:, r1 - 1] - Sb)[:, None]).max()
         tril = torch.ones(r1 - r0, r1 - r0, dtype=torch.bool, device=S.device).tril()
-        if span < self.safe:  # one product: exp(A (S_b - S_j)) >= 1 stays finite here
-            right = self.dB[:, r0:r1] * torch.exp(A[:, None, :] * (Sb[:, None] - S[:, r0:r1])[..., None])
-            diag = torch.bmm(left, right.transpose(1, 2))  # (c, r, r)
-        else:  # a large step inside the block: halve it until the products are safe
-            diag = self._diag(r0, r1)
-        M[:, :, r0:r1] = diag * tril
+        M[:, :, r0:r1] = self._diag(r0, r1, left) * tril
         return M
 
-    def _diag(self, a: int, b: int) -> torch.Tensor:
+    def _diag(self, a: int, b: int, left: torch.Tensor | None = None) -> torch.Tensor:
         """(c, b - a, b - a): the entries l, j in a..b-1 with j <= l (above the diagonal: finite values the
-        caller masks). Where exp(A (S_p - S_j)) could overflow for the pivot p = a - 1, the range is halved: the
-        lower-left quadrant pivots on the step before its columns end, so both of its factors are <= 1, and
-        each half recurses. A single step is C_a . Δ_a B_a, with no exponential at all."""
+        caller masks). Where exp(A (S_p - S_j)) >= 1 stays finite for the pivot p = a - 1, one product; else
+        the range is halved: the lower-left quadrant pivots on the step before its columns end, so both of its
+        factors are <= 1, and each half recurses. A single step is C_a . Δ_a B_a, with no exponential at all.
+        ``left``: C_l exp(A (S_l - S_p)) for l in a..b-1 where the caller has it."""
         S, A = self.S, self.A
         if b - a == 1:
             return (self.C[:, a] * self.dB[:, a]).sum(-1)[:, None, None]
         Sp = S[:, a - 1] if a > 0 else torch.zeros_like(S[:, 0])
         if (A.abs() * (S[:, b - 1] - Sp)[:, None]).max() < self.safe:
-            left = self.C[:, a:b] * torch.exp(A[:, None, :] * (S[:, a:b] - Sp[:, None])[..., None])
+            if left is None:
+                left = self.C[:, a:b] * torch.exp(A[:, None, :] * (S[:, a:b] - Sp[:, None])[..., None])
             right = self.dB[:, a:b] * torch.exp(A[:, None, :] * (Sp[:, None] - S[:, a:b])[..., None])
-            return torch.bmm(left, right.transpose(1, 2))
+            return torch.bmm(left, right.transpose(1, 2))  # (c, r, r)
         m = (a + b) // 2
         out = torch.zeros(A.shape[0], b - a, b - a, dtype=self.dtype, device=S.device)
         out[:, :m - a, :m - a] = self._diag(a, m)
