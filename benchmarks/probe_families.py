@@ -126,8 +126,9 @@ def table(out: Path, summary: dict) -> str:
             "| median residual norm, embedding -> last | top-10% gradient share, first -> last | cosine to the first "
             "token, embedding -> last | half-mass distance (first, last SSM layer) | mass on the first token |",
             "|" + "---|" * 10]
+    probes = {name: json.loads((out / name / "probe.json").read_text()) for name in summary}
     for name, rec in summary.items():
-        d = json.loads((out / name / "probe.json").read_text())
+        d = probes[name]
         signs = ", ".join(f"+{lp['positive']}/-{lp['negative']}/{lp['complex_pairs']}" for lp in d["layers"][:2])
         forced = sum(bool(lp["symmetric_forced"]) for lp in d["layers"])
         tok = d["tokens"]
@@ -139,8 +140,8 @@ def table(out: Path, summary: dict) -> str:
                     + ", ".join(str(half_mass(a["distance_profile"])) for a in att) + " | "
                     + ", ".join(f"{a['first_token_mass']:.2g}" for a in att) + " |")
     odes = []
-    for name in summary:
-        w = json.loads((out / name / "probe.json").read_text()).get("windows") or {}
+    for name, d in probes.items():
+        w = d.get("windows") or {}
         for k, v in (w.get("ode") or {}).items():
             cells = [f"{m} {q}: " + ("n/a" if not (v.get(m) or {}).get(q) or v[m][q]["mean"] is None
                                      else f"{v[m][q]['mean']:.2f} (n={v[m][q]['n']})")
