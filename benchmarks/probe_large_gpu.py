@@ -8,7 +8,8 @@ layers, 80 heads of 64, state 128), on 2048 tokens.
         (smaller values: a smoke run on a CPU)
 
 Prints one line per model (probe seconds, first run, after a warm-up probe of a 2-layer model of the same
-family) and writes JSON. ``--offload auto`` offloads the Mamba-2 activations only (they exceed an H100 at
+family) and writes JSON: a rerun replaces the lines of the models it runs and keeps the others; a file that is
+not such a JSON is refused. ``--offload auto`` offloads the Mamba-2 activations only (they exceed an H100 at
 L = 2048; an H200 holds them); ``--profile N`` also prints the N functions with the most cumulative time
 (cProfile; the probe synchronises where it copies to the CPU, so the GPU's time lands on those copies) and
 keeps them in the JSON, to show where the time goes."""
@@ -40,6 +41,7 @@ def mamba2(n_layer: int, d_model: int):
 
 
 def main() -> None:
+    from mambadyn.jsonio import write_json
     from mambadyn.probe import ProbeConfig, probe
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -51,11 +53,21 @@ def main() -> None:
     ap.add_argument("--offload", choices=("auto", "on", "off"), default="auto")
     ap.add_argument("--profile", type=int, default=0, metavar="N")
     args = ap.parse_args()
+    builders = {"mamba1": mamba1, "mamba2": mamba2}
+    names = args.only.split(",")
+    if unknown := [n for n in names if n not in builders]:
+        ap.error(f"--only: unknown model(s) {unknown}; choose from {', '.join(builders)}")
+    if min(args.tokens, args.layers, args.d_model) < 1 or args.profile < 0:
+        ap.error("--tokens, --layers and --d-model must be >= 1 and --profile >= 0")
+    out = Path(args.out)
+    try:  # before any work: a run takes minutes, and --out may hold someone's file
+        rows = _earlier_rows(out)
+    except ValueError as e:
+        ap.error(str(e))
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     ids = torch.randint(0, 50280, (args.tokens,), generator=torch.Generator().manual_seed(0))
-    rows = []
-    for name in args.only.split(","):
-        build = {"mamba1": mamba1, "mamba2": mamba2}[name]
+    for name in names:
+        build = builders[name]
         torch.manual_seed(0)
         with torch.device(dev):  # initialised where it runs: 2.7B parameters take minutes to initialise on a CPU
             small = build(2, args.d_model)
@@ -82,6 +94,7 @@ def main() -> None:
         dt = time.perf_counter() - t0
         top = _top(profiler, args.profile) if profiler else None
         peak = torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else None
+        rows = [r for r in rows if r["model"] != name]  # a rerun replaces the model's line, keeps the others
         rows.append({"model": name, "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu",
                      "tokens": args.tokens, "d_model": args.d_model, "offload_activations": offload, "probe_s": dt, "build_s": build_s, "peak_gib": peak, "layers": len(result.layers),
                      "ode_layers": len(result.ode), "torch": torch.__version__,
@@ -93,11 +106,28 @@ def main() -> None:
               f"{len(result.layers)} spectra, {len(result.ode)} layer ODEs", flush=True)
         for row in top or []:
             print(f"    {row['cumulative_s']:8.2f} s  {row['calls']:7d} calls  {row['function']}")
-        with open(args.out, "w") as f:  # after each model: a run stopped at a limit keeps what it measured
-            json.dump(rows, f, indent=1)
+        write_json(out, rows)  # after each model: a run stopped at a limit keeps what it measured
         del model, result
         if dev == "cuda":
             torch.cuda.empty_cache()
+
+
+def _earlier_rows(out: Path) -> list[dict]:
+    """The rows an earlier run wrote to ``out`` (none if it does not exist); anything else there is refused."""
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder: give a .json file path")
+    if not out.parent.is_dir():
+        raise ValueError(f"--out {out}: its folder {out.parent} does not exist")
+    if not out.exists():
+        return []
+    try:
+        rows = json.loads(out.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        rows = None
+    if not (isinstance(rows, list) and all(isinstance(r, dict) and "model" in r for r in rows)):
+        raise ValueError(f"--out {out} exists and is not this benchmark's JSON (a list of rows with a 'model'): "
+                         "give another path (nothing was changed)")
+    return rows
 
 
 def _top(profiler: cProfile.Profile, n: int) -> list[dict]:
