@@ -178,10 +178,14 @@ def main() -> None:
         args.steps_for = {k: int(v) for k, v in (kv.split("=") for kv in args.steps_for.split(",") if kv)}
     except ValueError:
         ap.error(f"--steps-for takes NAME=STEPS,..., got {args.steps_for!r}")
+    from mambadyn.errors import OutputError
     from mambadyn.outputs import claim_folder
 
     # a new or empty folder, or one this script wrote before (it resumes there); anything else is refused
-    claim_folder(args.out, "benchmarks/probe_families.py")
+    try:
+        claim_folder(args.out, "benchmarks/probe_families.py")
+    except OutputError as e:
+        ap.error(str(e))
     from paper_claims_gpu import prepare  # the same split the paper-claims runs used
 
     from mambadyn.data import load_text

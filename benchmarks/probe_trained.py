@@ -46,10 +46,14 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1, help="models trained and probed at a time, each in its own "
                     "process (the probes' ODEs run on the CPU, one core each)")
     args = ap.parse_args()
+    from mambadyn.errors import OutputError
     from mambadyn.outputs import claim_folder
 
     # a new or empty folder, or one this script wrote before (it resumes there); anything else is refused
-    claim_folder(args.out, "benchmarks/probe_trained.py")
+    try:
+        claim_folder(args.out, "benchmarks/probe_trained.py")
+    except OutputError as e:
+        ap.error(str(e))
     jobs = {f"scenario-{m}": PRESETS[args.preset] + args.sets + [f"model.eigen_mode={m}"] for m in args.modes.split(",") if m}
     if args.big_steps:
         jobs["mamba-130m-shape"] = ["model.d_model=768", "model.n_layer=24", "data.seq_len=512", "optim.batch_size=16",
