@@ -4,13 +4,15 @@ d_model 2560, 64 layers) and a 2.7B-shaped Mamba-2 (transformers' Mamba2ForCausa
 layers, 80 heads of 64, state 128), on 2048 tokens.
 
     python benchmarks/probe_large_gpu.py [--tokens 2048] [--only mamba1,mamba2] [--out results/probe_large_gpu.json]
-        [--layers 64] [--d-model 2560] [--offload auto|on|off] [--profile 25]
+        [--layers 64] [--d-model 2560] [--activations auto|keep|offload|recompute] [--profile 25]
         (smaller values: a smoke run on a CPU)
 
 Prints one line per model (probe seconds, first run, after a warm-up probe of a 2-layer model of the same
 family) and writes JSON: a rerun replaces the lines of the models it runs and keeps the others; a file that is
-not such a JSON is refused. ``--offload auto`` offloads the Mamba-2 activations only (they exceed an H100 at
-L = 2048; an H200 holds them); ``--profile N`` also prints the N functions with the most cumulative time
+not such a JSON is refused. ``--activations``: where the backward pass's activations wait: on the GPU
+(keep), in CPU memory (offload, ``ProbeConfig.offload_activations``), or nowhere, each layer rerun in the
+backward pass (recompute, ``ProbeConfig.recompute_layers``); auto recomputes the Mamba-2 layers only (their
+reference scan's activations exceed an H100 at L = 2048) and keeps Mamba-1's. ``--profile N`` also prints the N functions with the most cumulative time
 (cProfile; the probe synchronises where it copies to the CPU, so the GPU's time lands on those copies) and
 keeps them in the JSON, to show where the time goes."""
 
@@ -50,7 +52,7 @@ def main() -> None:
     ap.add_argument("--out", default="results/probe_large_gpu.json")
     ap.add_argument("--layers", type=int, default=64)
     ap.add_argument("--d-model", type=int, default=2560)
-    ap.add_argument("--offload", choices=("auto", "on", "off"), default="auto")
+    ap.add_argument("--activations", choices=("auto", "keep", "offload", "recompute"), default="auto")
     ap.add_argument("--profile", type=int, default=0, metavar="N")
     args = ap.parse_args()
     builders = {"mamba1": mamba1, "mamba2": mamba2}
@@ -82,9 +84,10 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         # the Mamba-2 reference scan's saved activations exceed an H100's memory at L = 2048 (out of memory in
-        # session 17): they wait in CPU memory
-        offload = name == "mamba2" if args.offload == "auto" else args.offload == "on"
-        cfg = ProbeConfig(progress=False, offload_activations=offload)
+        # session 17)
+        where = args.activations if args.activations != "auto" else "recompute" if name == "mamba2" else "keep"
+        cfg = ProbeConfig(progress=False, offload_activations=where == "offload",
+                          recompute_layers=where == "recompute")
         profiler = cProfile.Profile() if args.profile else None
         if profiler:
             profiler.enable()
@@ -96,7 +99,7 @@ def main() -> None:
         peak = torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else None
         rows = [r for r in rows if r["model"] != name]  # a rerun replaces the model's line, keeps the others
         rows.append({"model": name, "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu",
-                     "tokens": args.tokens, "d_model": args.d_model, "offload_activations": offload, "probe_s": dt, "build_s": build_s, "peak_gib": peak, "layers": len(result.layers),
+                     "tokens": args.tokens, "d_model": args.d_model, "activations": where, "probe_s": dt, "build_s": build_s, "peak_gib": peak, "layers": len(result.layers),
                      "ode_layers": len(result.ode), "torch": torch.__version__,
                      "transformers": _version("transformers"),
                      # without them transformers' Mamba-2 runs its PyTorch reference scan, and says so

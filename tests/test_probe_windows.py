@@ -162,3 +162,44 @@ def test_a_model_in_memory_refuses_text_and_the_window_counts_are_keyword_only()
         with pytest.raises(ValueError, match="model in memory takes token ids"):
             call()
     assert probe_windows(m, ids, cfg, windows=3, window_len=30).windows["n"] == 3
+
+
+@pytest.mark.parametrize("model_type", ["mambadyn", "mamba", "falcon_mamba", "jamba", "mamba2", "zamba2", "bamba"])
+def test_recomputed_layers_change_no_number_and_record_once(model_type, monkeypatch):
+    """ProbeConfig(recompute_layers=True): every layer runs twice (forward, then again in the backward pass),
+    and the hooks that record norms, Δ statistics, scan inputs and attention inputs must record once."""
+    from dataclasses import replace
+
+    from torch.utils import checkpoint as ckpt
+
+    from mambadyn.probe.api import probe_batch
+
+    calls = []
+    real = ckpt.checkpoint
+
+    def spy(fn, *a, **k):
+        calls.append(k.get("use_reentrant"))
+        return real(fn, *a, **k)
+
+    monkeypatch.setattr(ckpt, "checkpoint", spy)
+    monkeypatch.setattr("mambadyn.nn.recompute.checkpoint", spy)
+    m, vocab = _lm(model_type)
+    ids = torch.randint(0, vocab, (30,), generator=torch.Generator().manual_seed(5))
+    cfg = ProbeConfig(progress=False, ode_positions=3, max_tokens=15, attention_layers=[0])
+    on = probe_batch(m, ids, replace(cfg, recompute_layers=True), windows=2)
+    n_layers = len(on[0].tokens.residual_norms) - 1
+    assert calls == [False] * n_layers  # every decoder layer, non-reentrant
+    off = probe_batch(m, ids, cfg, windows=2)
+    assert len(calls) == n_layers
+    for a, b in zip(on, off):
+        _close(a.to_dict(), b.to_dict())
+    assert on[0].attention  # the attention inputs were recorded (once) in the recomputed pass
+    assert not any(vars(layer).get("forward") for layer in _decoder_layers(m))  # the layers are as they were
+
+
+def _decoder_layers(m):
+    from mambadyn.nn.families import decoder_layers
+    from mambadyn.probe.hf_models import is_transformers_model
+
+    return decoder_layers(m) if is_transformers_model(m) else list(m.backbone.layers if hasattr(m, "backbone")
+                                                                   else m.layers)

@@ -29,6 +29,9 @@ def probe_cmd(path: str = typer.Argument(..., help="checkpoint folder, mambadyn 
                                                "pass (with --windows; fewer use less memory)"),
               offload_activations: bool = typer.Option(False, "--offload-activations", help="keep what the backward "
                                                        "pass needs in CPU memory (a large model on a GPU)"),
+              recompute_layers: bool = typer.Option(False, "--recompute-layers", help="keep only each layer's input "
+                                                    "for the backward pass and run the layer again there (less "
+                                                    "memory for one more forward pass)"),
               out: Path = typer.Option(Path("out/probe"), "--out", "-o", help="folder for probe.json, report.md, PNGs"),
               ) -> None:
     """Probe a selective-SSM checkpoint layer by layer (Mamba, Mamba-2, FalconMamba, Jamba and the hybrids in
@@ -55,7 +58,7 @@ def probe_cmd(path: str = typer.Argument(..., help="checkpoint folder, mambadyn 
         raise typer.BadParameter(f"--attention takes comma-separated SSM layers, got {attention!r}") from None
     cfg = ProbeConfig(max_tokens=tokens, ode_positions=ode_positions, ode_t_end=ode_t_end,
                       ode_layers=layers, all_ode_layers=ode_layers == "all", attention_layers=att_layers,
-                      offload_activations=offload_activations)
+                      offload_activations=offload_activations, recompute_layers=recompute_layers)
     loaded = load_checkpoint(path)
     if loaded.kind != "lm" and (text is not None or ids is not None):
         raise typer.BadParameter("a MambaClassifier reads images: the CLI probes its parameters only")

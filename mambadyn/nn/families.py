@@ -38,6 +38,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .recompute import recomputing
+
 MAMBA1, MAMBA2 = "mamba1", "mamba2"
 
 
@@ -183,7 +185,7 @@ def capture(model: nn.Module, family: Family, rows: bool = False):
         return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
     def record(module, make):
-        if id(module) not in names:
+        if id(module) not in names or recomputing():  # a recomputation repeats what the first pass recorded
             return
         h = inputs[id(module)]  # the pre-hook ran just before
         n = h.shape[0] if rows else 1
@@ -205,6 +207,8 @@ def capture(model: nn.Module, family: Family, rows: bool = False):
             return out
 
     def pre(module, args, kwargs):
+        if recomputing():
+            return
         inputs[id(module)] = (args[0] if args else kwargs["hidden_states"]).detach()
 
     handles = [m.register_forward_pre_hook(pre, with_kwargs=True) for _, m in ssm_mixers(model, family)]

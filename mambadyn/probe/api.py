@@ -93,6 +93,9 @@ class ProbeConfig:
     # on a long input whose saved activations do not fit (a 2.7B Mamba-2 at L = 2048 in transformers' reference
     # scan needs more than an H100's 80 GB), at the cost of copies
     offload_activations: bool = False
+    # each layer keeps only its input for the backward pass and runs again there (torch.utils.checkpoint):
+    # one more forward pass instead of a model's worth of saved activations; the numbers are unchanged
+    recompute_layers: bool = False
     progress: bool = True
 
     def __post_init__(self):
@@ -206,7 +209,8 @@ def _probe_batch(model_or_path, ids, config, labels, text, tokenizer, windows: i
     if ids is None:
         traces = [None]
     elif kind == "lm":
-        traces = trace_windows(model, ids, config.ode_positions, config.attention_layers, config.offload_activations)
+        traces = trace_windows(model, ids, config.ode_positions, config.attention_layers, config.offload_activations,
+                               config.recompute_layers)
     else:
         traces = [trace_tokens(model, ids, labels, config.ode_positions)]
     results = []
@@ -321,7 +325,8 @@ def _probe_transformers(model: nn.Module, loaded: Loaded | None, ids, text, toke
         check_view_size(ids.shape[-1])
     ode_kind = family.kind == MAMBA1 and config.ode_positions > 0
     which = _ode_layers(config, n_ssm, "SSM layers") if ode_kind else []
-    traces, gots = trace_hf_windows(model, family, ids, config.offload_activations)
+    traces, gots = trace_hf_windows(model, family, ids, config.offload_activations,
+                                   config.recompute_layers)
     stream = [i for i, kind in enumerate(source["layer_kinds"]) if "ssm" in kind.split("+")]
     results = []
     for tokens, got, layers in zip(traces, gots, hf_layers(model, family, gots)):

@@ -30,6 +30,7 @@ from ..nn.families import (
     layer_kinds,
     ssm_mixers,
 )
+from ..nn.recompute import recompute_layers
 from ..refine.spectrum import layer_spectrum, rank_rtol
 from .clusters import stream_directions
 from .layer import LayerParams, delta_stats, matrix_params, note_ode
@@ -54,11 +55,12 @@ def trace_hf(model: nn.Module, family: Family, ids: torch.Tensor) -> tuple[Token
     return traces[0], got[0]
 
 
-def trace_hf_windows(model: nn.Module, family: Family, ids: torch.Tensor, offload: bool = False
-                     ) -> tuple[list[TokenTrace], list[dict[str, Captured]]]:
+def trace_hf_windows(model: nn.Module, family: Family, ids: torch.Tensor, offload: bool = False,
+                     recompute: bool = False) -> tuple[list[TokenTrace], list[dict[str, Captured]]]:
     """``trace_hf`` on W windows at once, ids (W, L): one forward and one backward pass, a trace and a capture
     per window (the summed loss has each window's own gradient at its positions). ``offload``: what the
-    backward pass needs waits in CPU memory (``tokens.saved_on_cpu``)."""
+    backward pass needs waits in CPU memory (``tokens.saved_on_cpu``); ``recompute``: each decoder layer keeps
+    its input only and runs again in the backward pass (``nn.recompute.recompute_layers``)."""
     layers = decoder_layers(model)
     streams: list[torch.Tensor] = []
 
@@ -84,9 +86,10 @@ def trace_hf_windows(model: nn.Module, family: Family, ids: torch.Tensor, offloa
     W = ids.shape[0]
     try:
         with (capture(model, family, rows=True) as got, torch.enable_grad(), stream_gradients_only(model),
-              saved_on_cpu(offload)):
+              saved_on_cpu(offload), recompute_layers(layers, recompute)):
             ids = ids.to(model.device)
-            logits = model(ids).logits
+            # no cache: nothing to decode after, and a recomputed layer would find its own state in it
+            logits = model(ids, use_cache=False).logits
             losses = [F.cross_entropy(logits[w, :-1].float(), ids[w, 1:]) for w in range(W)]
             backward_finite(torch.stack(losses).sum())
     finally:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.mixer import per_op_path
+from ..nn.recompute import recompute_layers, recomputing
 from .attention import ScanInputs
 from .clusters import Clustering, stream_directions
 from .layer import DeltaStats, delta_statistics
@@ -73,9 +74,10 @@ def saved_on_cpu(enabled: bool):
             yield
         except torch.OutOfMemoryError as e:
             raise torch.OutOfMemoryError(f"{e}\nmambadyn: the probe's backward pass keeps every layer's activations; "
-                                         "ProbeConfig(offload_activations=True) (mambadyn probe "
-                                         "--offload-activations) keeps them in CPU memory instead, or probe fewer "
-                                         "tokens") from None
+                                         "ProbeConfig(recompute_layers=True) (mambadyn probe --recompute-layers) "
+                                         "keeps only each layer's input and runs the layer again in the backward "
+                                         "pass; ProbeConfig(offload_activations=True) (--offload-activations) "
+                                         "keeps them in CPU memory instead; or probe fewer tokens") from None
 
 
 def leaf_input(args: tuple, kwargs: dict) -> tuple[torch.Tensor, tuple, dict]:
@@ -118,16 +120,18 @@ def trace_tokens(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor | Non
 
 
 def trace_windows(model: nn.Module, ids: torch.Tensor, keep_scan_inputs: int = 0,
-                  attention_layers: list[int] | None = None, offload: bool = False) -> list[TokenTrace]:
+                  attention_layers: list[int] | None = None, offload: bool = False, recompute: bool = False
+                  ) -> list[TokenTrace]:
     """``trace_tokens`` of an LM on W windows at once: ids (W, L), one forward and one backward pass, one
     ``TokenTrace`` per window. The loss summed over the windows has, at each window's positions, the gradient
     of that window's own loss (the windows meet nowhere in the model). The hidden attention's inputs are kept
-    for window 0 only."""
-    return _trace(model, ids, None, keep_scan_inputs, attention_layers, offload)
+    for window 0 only. ``offload``, ``recompute``: where the backward pass's activations wait
+    (``saved_on_cpu``, ``nn.recompute.recompute_layers``)."""
+    return _trace(model, ids, None, keep_scan_inputs, attention_layers, offload, recompute)
 
 
 def _trace(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor | None, keep_scan_inputs: int,
-           attention_layers: list[int] | None, offload: bool = False) -> list[TokenTrace]:
+           attention_layers: list[int] | None, offload: bool = False, recompute: bool = False) -> list[TokenTrace]:
     blocks = _lm_blocks(model)
     W = ids.shape[0]
     streams: list[torch.Tensor] = []
@@ -145,6 +149,8 @@ def _trace(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor | None, kee
         streams.append(out)
 
     def norm_hook(_mod, _args, out):
+        if recomputing():  # the backward pass's rerun of the block: recorded on the first run
+            return
         mixer_in.append(out.detach())
 
     attend = set(attention_layers or [])
@@ -152,7 +158,9 @@ def _trace(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor | None, kee
 
     def conv_hook(k, mixer):
         def hook(_mod, args, out):  # the mixer's u = silu(conv(x)) over the first L steps
-            us = F.silu(out[..., : args[0].shape[-1]]).detach()
+            if recomputing():
+                return
+            us = F.silu(out[..., : args[0].shape[-1]].detach())  # no graph: nothing saved for a backward pass
             for w in range(W):
                 u = us[w].T  # (L, d_inner)
                 deltas[w].append(delta_statistics(mixer, u))
@@ -171,7 +179,8 @@ def _trace(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor | None, kee
         dev = next(model.parameters()).device  # the model may sit on a GPU; the ids come from the CPU
         ids = ids.to(dev)
         # the hooks above see module calls: on a GPU the fused path would run past all of them
-        with torch.enable_grad(), per_op_path(model), stream_gradients_only(model), saved_on_cpu(offload):
+        with (torch.enable_grad(), per_op_path(model), stream_gradients_only(model), saved_on_cpu(offload),
+              recompute_layers(blocks, recompute)):
             logits = model(ids)
             if labels is None:
                 losses = [F.cross_entropy(logits[w, :-1].float(), ids[w, 1:]) for w in range(W)]
