@@ -156,3 +156,18 @@ def test_a_layer_whose_only_growing_modes_are_complex_says_so_without_contradict
     assert "positive eigenvalue" not in lp.reason
     stable = matrix_params("k", K - 2 * torch.eye(3, dtype=torch.float64), SC, rtol=1e-12, sdx_positive=True)
     assert stable.scenario == "converges" and "no eigenvalue of S_C^T S_B has a positive real part" in stable.reason
+
+
+@pytest.mark.parametrize("sort", [False, True])
+def test_delta_quantiles_are_numpys_by_selection_and_by_sort(sort):
+    """The GPU's path (a sort, two order statistics per quantile) and the CPU's (numpy's partition) give
+    numpy's linear quantiles, ties, an odd count and the extremes included."""
+    import numpy as np
+
+    from mambadyn.probe.layer import QUANTILES, quantiles
+
+    g = torch.Generator().manual_seed(3)
+    for x in (torch.rand(1001, generator=g), torch.randint(0, 4, (37,), generator=g).float(), torch.tensor([2.5])):
+        want = np.quantile(x.numpy(), QUANTILES + (0.0, 1.0))
+        got = quantiles(x, QUANTILES + (0.0, 1.0), sort=sort)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)

@@ -52,7 +52,9 @@ class Clustering:
 
 
 def clustering(h: torch.Tensor, thresholds: tuple[float, ...] = THRESHOLDS) -> Clustering:
-    """The measures above for the tokens h (L, D) of one layer boundary."""
+    """The measures above for the tokens h (L, D) of one layer boundary, computed on h's device (the Gram
+    matrix is the cost: L^2 D in float64, 21 GFLOP at a 2.8B model's L = 2048, D = 2560); the spanning tree
+    runs on the CPU."""
     h = h.detach().double()
     norms = h.norm(dim=-1)
     keep = norms > 0
@@ -63,13 +65,14 @@ def clustering(h: torch.Tensor, thresholds: tuple[float, ...] = THRESHOLDS) -> C
     s = x.sum(0)
     mean_cos = float((s @ s - L) / (L * (L - 1)))
     first = float((x[1:] @ x[0]).mean())
-    links = _tree_cosines((x @ x.T).numpy())
+    links = _tree_cosines((x @ x.T).cpu().numpy())
     counts = {str(t): 1 + int((links < t).sum()) for t in thresholds}
     return Clustering(mean_cos, first, counts, L)
 
 
 def stream_directions(streams: list[torch.Tensor], cluster: bool = True) -> tuple[list[Clustering], list[list[float]]]:
     """For the residual stream at each layer boundary (each (batch, L, D); batch row 0 is measured): the
-    clustering measures (none when ``cluster`` is False) and each position's cosine to position 0."""
-    rows = [s.detach()[0].cpu() for s in streams]
+    clustering measures (none when ``cluster`` is False) and each position's cosine to position 0, measured
+    where the streams are."""
+    rows = [s.detach()[0] for s in streams]
     return [clustering(h) for h in rows] if cluster else [], [cosine_to_first(h).tolist() for h in rows]
