@@ -203,3 +203,36 @@ def _decoder_layers(m):
 
     return decoder_layers(m) if is_transformers_model(m) else list(m.backbone.layers if hasattr(m, "backbone")
                                                                    else m.layers)
+
+
+@pytest.mark.parametrize("flag", ["--recompute-layers", "--offload-activations"])
+def test_the_clis_memory_flags_reach_the_probe_and_change_no_number(tmp_path, flag, monkeypatch):
+    from mambadyn.cli import run
+
+    seen = []
+    import mambadyn.probe.tokens as tokens
+
+    real = tokens._trace
+
+    def spy(*a, **k):
+        seen.append(a[5:7])  # (offload, recompute)
+        return real(*a, **k)
+
+    monkeypatch.setattr(tokens, "_trace", spy)
+    _model().save_pretrained(tmp_path / "ck")
+    (tmp_path / "ids.txt").write_text(" ".join(str(i % 17) for i in range(40)))
+    base = ["probe", str(tmp_path / "ck"), "--ids", str(tmp_path / "ids.txt"), "--ode-positions", "3"]
+    assert run(base + [flag, "--out", str(tmp_path / "a")]) == 0
+    assert run(base + ["--out", str(tmp_path / "b")]) == 0
+    assert seen == [(flag == "--offload-activations", flag == "--recompute-layers"), (False, False)]
+    a, b = (json.loads((tmp_path / d / "probe.json").read_text()) for d in "ab")
+    _close(a["tokens"], b["tokens"])
+    _close(a["layers"], b["layers"])
+
+
+def test_out_of_memory_in_the_backward_pass_names_both_remedies():
+    from mambadyn.probe.tokens import saved_on_cpu
+
+    with pytest.raises(torch.OutOfMemoryError, match="--recompute-layers.*--offload-activations"):
+        with saved_on_cpu(False):
+            raise torch.OutOfMemoryError("CUDA out of memory")
