@@ -236,3 +236,37 @@ def test_out_of_memory_in_the_backward_pass_names_both_remedies():
     with pytest.raises(torch.OutOfMemoryError, match="--recompute-layers.*--offload-activations"):
         with saved_on_cpu(False):
             raise torch.OutOfMemoryError("CUDA out of memory")
+
+
+@pytest.mark.parametrize("model_type", ["mambadyn", "mamba", "falcon_mamba", "jamba", "mamba2", "zamba2", "bamba"])
+def test_a_shorter_last_window_is_padded_and_equals_its_probe_alone(model_type):
+    """The text ends inside the last window: it is padded on the right in the shared pass, and every number
+    of its probe (loss, norms, gradient shares, Δ statistics, clustering, ODE) equals that window probed alone;
+    the full windows are unchanged by the pad beside them."""
+    from mambadyn.probe.api import probe_batch
+
+    m, vocab = _lm(model_type)
+    ids = torch.randint(1, vocab, (37,), generator=torch.Generator().manual_seed(6))
+    cfg = ProbeConfig(progress=False, ode_positions=3, max_tokens=15)
+    batched = probe_batch(m, ids, cfg, windows=3)
+    assert [r.input["tokens"] for r in batched] == [15, 15, 7]
+    for w, r in enumerate(batched):
+        alone = probe(m, ids[w * 15:(w + 1) * 15], cfg)
+        assert len(r.tokens.grad_shares[0]) == alone.input["tokens"]
+        _close(r.to_dict(), alone.to_dict(), f"{model_type} window {w}")
+
+
+def test_probe_windows_reports_the_shorter_last_window_and_refuses_a_window_under_two_tokens(tmp_path):
+    m = _model()
+    ids = torch.randint(0, 17, (70,), generator=torch.Generator().manual_seed(7))
+    r = probe_windows(m, ids, ProbeConfig(progress=False, ode_positions=0), windows=3, window_len=30)
+    assert r.windows["lens"] == [30, 30, 10] and r.input["windows"]["lens"] == [30, 30, 10]
+    assert r.windows["loss"]["n"] == 3
+    from mambadyn.probe import write_outputs
+
+    write_outputs(r, tmp_path / "out")
+    assert "(the last 10: the text ends there)" in (tmp_path / "out" / "report.md").read_text()
+    full = probe_windows(m, ids, ProbeConfig(progress=False, ode_positions=0), windows=2, window_len=30)
+    assert full.windows["lens"] is None and "lens" not in full.input["windows"]
+    with pytest.raises(ValueError, match="at least 62"):
+        probe_windows(m, ids[:61], ProbeConfig(progress=False), windows=3, window_len=30)

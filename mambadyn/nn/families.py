@@ -168,6 +168,11 @@ class Captured:
     y: torch.Tensor
     z: torch.Tensor | None = None
 
+    def head(self, n: int | None) -> Captured:
+        """The first n positions (None: all)."""
+        return Captured(*(None if t is None else t[:n] for t in (self.h, self.u, self.dt_raw, self.B, self.C,
+                                                                   self.y, self.z)))
+
 
 @contextlib.contextmanager
 def capture(model: nn.Module, family: Family, rows: bool = False):

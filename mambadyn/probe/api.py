@@ -35,6 +35,7 @@ from importlib import resources
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -196,8 +197,9 @@ def _probe_batch(model_or_path, ids, config, labels, text, tokenizer, windows: i
         raise ValueError("a model in memory brings no tokenizer: pass token ids")
     elif kind != "lm" and text is not None:
         raise ValueError("a MambaClassifier reads images: pass them as ids with labels, not text")
+    lengths = None
     if kind == "lm":
-        ids = _cut(ids, config.max_tokens, windows)
+        ids, lengths = _cut(ids, config.max_tokens, windows)
         check_ids(ids, cfg.vocab_size)
     mixers = find_mixers(model)
     fwd = [m for name, m in mixers if not name.endswith("mixer_b")]
@@ -210,7 +212,7 @@ def _probe_batch(model_or_path, ids, config, labels, text, tokenizer, windows: i
         traces = [None]
     elif kind == "lm":
         traces = trace_windows(model, ids, config.ode_positions, config.attention_layers, config.offload_activations,
-                               config.recompute_layers)
+                               config.recompute_layers, lengths=lengths)
     else:
         traces = [trace_tokens(model, ids, labels, config.ode_positions)]
     results = []
@@ -229,7 +231,7 @@ def _probe_batch(model_or_path, ids, config, labels, text, tokenizer, windows: i
                               tokens.first_cosines)
                 ode.append(o)
                 note_ode(by_mixer[id(fwd[k])], o, len(tokens.residual_norms) - 1 - k)
-        n = 0 if ids is None else (ids.shape[-1] if kind == "lm" else int(ids.shape[0]))
+        n = 0 if ids is None else (lengths[w] if kind == "lm" else int(ids.shape[0]))
         inp = {"tokens": n, "from": "parameters only" if ids is None else origin}
         results.append(ProbeResult(source, inp, layers, tokens, ode))
     first = results[0]
@@ -259,18 +261,25 @@ def _check_attention_layers(config: ProbeConfig, n: int) -> None:
         raise ValueError(f"attention layers {bad} out of range: the model has {n} SSM layers (0..{n - 1})")
 
 
-def _cut(ids, max_tokens: int, windows: int) -> torch.Tensor:
+def _cut(ids, max_tokens: int, windows: int) -> tuple[torch.Tensor, list[int]]:
     """Token ids (L,) -> (windows, max_tokens) disjoint windows from the start (one window: the first
-    max_tokens, or all of a shorter input)."""
+    max_tokens, or all of a shorter input), and each window's length. Where the input ends inside the last
+    window, that window is shorter: its tail is padded (with id 0) on the right. The models are causal, so no
+    real position reads a pad; the probe measures each window on its own positions only (``lengths``)."""
     ids = torch.as_tensor(ids, dtype=torch.int64).flatten()
     if windows == 1:
-        return ids[:max_tokens][None]
-    need = windows * max_tokens
+        ids = ids[:max_tokens]
+        return ids[None], [ids.numel()]
+    need = (windows - 1) * max_tokens + MIN_WINDOW
     if ids.numel() < need:
-        raise ValueError(f"the input has {ids.numel()} tokens; {windows} windows of {max_tokens} need {need}")
-    return ids[:need].view(windows, max_tokens)
+        raise ValueError(f"the input has {ids.numel()} tokens; {windows} windows of {max_tokens} need "
+                         f"{windows * max_tokens} (the last may be as short as {MIN_WINDOW}: at least {need})")
+    ids = ids[:windows * max_tokens]
+    lengths = [max_tokens] * (windows - 1) + [ids.numel() - (windows - 1) * max_tokens]
+    return F.pad(ids, (0, windows * max_tokens - ids.numel())).view(windows, max_tokens), lengths
 
 
+MIN_WINDOW = 2  # tokens: a next-token loss needs two
 LABELLED = 64  # inputs up to this long get their tokens as the heatmaps' tick labels
 
 
@@ -317,7 +326,7 @@ def _probe_transformers(model: nn.Module, loaded: Loaded | None, ids, text, toke
         raise ValueError("a model in memory brings no tokenizer: pass token ids")
     else:
         origin = "ids"
-    ids = _cut(ids, config.max_tokens, windows)
+    ids, lengths = _cut(ids, config.max_tokens, windows)
     check_ids(ids, model.config.vocab_size)
     n_ssm = len(ssm_mixers(model, family))
     _check_attention_layers(config, n_ssm)
@@ -326,11 +335,11 @@ def _probe_transformers(model: nn.Module, loaded: Loaded | None, ids, text, toke
     ode_kind = family.kind == MAMBA1 and config.ode_positions > 0
     which = _ode_layers(config, n_ssm, "SSM layers") if ode_kind else []
     traces, gots = trace_hf_windows(model, family, ids, config.offload_activations,
-                                   config.recompute_layers)
+                                   config.recompute_layers, lengths=lengths)
     stream = [i for i, kind in enumerate(source["layer_kinds"]) if "ssm" in kind.split("+")]
     results = []
-    for tokens, got, layers in zip(traces, gots, hf_layers(model, family, gots)):
-        inp = {"tokens": ids.shape[-1], "from": origin}
+    for tokens, got, layers, n in zip(traces, gots, hf_layers(model, family, gots), lengths):
+        inp = {"tokens": n, "from": origin}
         ode = []
         if family.kind != MAMBA1:
             inp["ode"] = NO_ODE_MAMBA2

@@ -56,11 +56,13 @@ def trace_hf(model: nn.Module, family: Family, ids: torch.Tensor) -> tuple[Token
 
 
 def trace_hf_windows(model: nn.Module, family: Family, ids: torch.Tensor, offload: bool = False,
-                     recompute: bool = False) -> tuple[list[TokenTrace], list[dict[str, Captured]]]:
+                     recompute: bool = False, *, lengths: list[int] | None = None
+                     ) -> tuple[list[TokenTrace], list[dict[str, Captured]]]:
     """``trace_hf`` on W windows at once, ids (W, L): one forward and one backward pass, a trace and a capture
     per window (the summed loss has each window's own gradient at its positions). ``offload``: what the
     backward pass needs waits in CPU memory (``tokens.saved_on_cpu``); ``recompute``: each decoder layer keeps
-    its input only and runs again in the backward pass (``nn.recompute.recompute_layers``)."""
+    its input only and runs again in the backward pass (``nn.recompute.recompute_layers``); ``lengths``: each
+    window's real length, shorter ones padded on the right (as ``tokens.trace_windows``)."""
     layers = decoder_layers(model)
     streams: list[torch.Tensor] = []
 
@@ -84,33 +86,36 @@ def trace_hf_windows(model: nn.Module, family: Family, ids: torch.Tensor, offloa
                model.get_input_embeddings().register_forward_hook(leaf)]
     handles += [layer.register_forward_hook(after) for layer in layers]
     W = ids.shape[0]
+    n = lengths or [None] * W  # each window's real positions: [:n[w]]
     try:
         with (capture(model, family, rows=True) as got, torch.enable_grad(), stream_gradients_only(model),
               saved_on_cpu(offload), recompute_layers(layers, recompute)):
             ids = ids.to(model.device)
             # no cache: nothing to decode after, and a recomputed layer would find its own state in it
             logits = model(ids, use_cache=False).logits
-            losses = [F.cross_entropy(logits[w, :-1].float(), ids[w, 1:]) for w in range(W)]
+            losses = [F.cross_entropy(logits[w, :n[w]][:-1].float(), ids[w, 1:n[w]]) for w in range(W)]
             backward_finite(torch.stack(losses).sum())
     finally:
         for h in handles:
             h.remove()
     mixers = ssm_mixers(model, family)
-    missing = [n for n, _ in mixers if n not in got[0]]
+    missing = [name for name, _ in mixers if name not in got[0]]
     if missing:
         raise RuntimeError(f"the scan of {missing[:3]} was not captured: transformers' {family.model_type} no longer "
                            f"calls {family.scan_function} (mambadyn supports the layout of transformers 5)")
+    got = [{name: c.head(n[w]) for name, c in g.items()} for w, g in enumerate(got)]
     traces = []
     for w in range(W):
-        norms = [s.detach()[w].float().norm(dim=-1).cpu() for s in streams]
-        grads = [s.grad[w].float().norm(dim=-1).cpu() if s.grad is not None else torch.zeros(s.shape[1])
+        norms = [s.detach()[w, :n[w]].float().norm(dim=-1).cpu() for s in streams]
+        grads = [s.grad[w, :n[w]].float().norm(dim=-1).cpu() if s.grad is not None else torch.zeros(len(norms[0]))
                  for s in streams]
         shares = [(g / g.sum().clamp_min(1e-300)).tolist() for g in grads]
         slope, order = growth_fit(norms)
-        deltas = [delta_stats(got[w][n].dt_raw, _dt_bias(m, family)) for n, m in mixers]
-        traces.append(TokenTrace([n.tolist() for n in norms], [got[w][n].h.norm(dim=-1).tolist() for n, _ in mixers],
+        deltas = [delta_stats(got[w][name].dt_raw, _dt_bias(m, family)) for name, m in mixers]
+        traces.append(TokenTrace([x.tolist() for x in norms],
+                                 [got[w][name].h.norm(dim=-1).tolist() for name, _ in mixers],
                                  shares, slope, order[:10], [], losses[w].item(), deltas,
-                                 *stream_directions([s[w:w + 1] for s in streams])))
+                                 *stream_directions([s[w:w + 1, :n[w]] for s in streams])))
     return traces, got
 
 

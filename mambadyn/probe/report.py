@@ -57,8 +57,11 @@ def _ci(s: dict | None, digits: int = 3, fraction: bool = False) -> str:
 
 
 def _windows_section(w: dict) -> list[str]:
+    size = f"{w['len']} tokens"
+    if w.get("lens"):  # the text ended inside the last window
+        size += f" (the last {w['lens'][-1]}: the text ends there)"
     lines = ["## Over windows", "",
-             f"{w['n']} disjoint windows of {w['len']} tokens, each with the numbers of its own probe (windows "
+             f"{w['n']} disjoint windows of {size}, each with the numbers of its own probe (windows "
              "share forward and backward passes, which does not change them); mean [Student-t 95% interval over "
              f"windows; a fraction's clipped to [0, 1]]. The tables above show the first window. Next-token loss "
              f"{_ci(w['loss'])}; median "

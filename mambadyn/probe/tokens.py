@@ -120,20 +120,24 @@ def trace_tokens(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor | Non
 
 
 def trace_windows(model: nn.Module, ids: torch.Tensor, keep_scan_inputs: int = 0,
-                  attention_layers: list[int] | None = None, offload: bool = False, recompute: bool = False
-                  ) -> list[TokenTrace]:
+                  attention_layers: list[int] | None = None, offload: bool = False, recompute: bool = False, *,
+                  lengths: list[int] | None = None) -> list[TokenTrace]:
     """``trace_tokens`` of an LM on W windows at once: ids (W, L), one forward and one backward pass, one
     ``TokenTrace`` per window. The loss summed over the windows has, at each window's positions, the gradient
     of that window's own loss (the windows meet nowhere in the model). The hidden attention's inputs are kept
     for window 0 only. ``offload``, ``recompute``: where the backward pass's activations wait
-    (``saved_on_cpu``, ``nn.recompute.recompute_layers``)."""
-    return _trace(model, ids, None, keep_scan_inputs, attention_layers, offload, recompute)
+    (``saved_on_cpu``, ``nn.recompute.recompute_layers``). ``lengths``: each window's real length, where
+    shorter windows are padded on the right (the model is causal: their real positions never read a pad, and
+    every measure, the loss included, is taken on the real positions only)."""
+    return _trace(model, ids, None, keep_scan_inputs, attention_layers, offload, recompute, lengths)
 
 
 def _trace(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor | None, keep_scan_inputs: int,
-           attention_layers: list[int] | None, offload: bool = False, recompute: bool = False) -> list[TokenTrace]:
+           attention_layers: list[int] | None, offload: bool = False, recompute: bool = False,
+           lengths: list[int] | None = None) -> list[TokenTrace]:
     blocks = _lm_blocks(model)
     W = ids.shape[0]
+    n = lengths or [None] * W  # each window's real positions: [:n[w]]
     streams: list[torch.Tensor] = []
     mixer_in: list[torch.Tensor] = []
     scan_in: list[list[torch.Tensor]] = [[] for _ in range(W)]
@@ -162,12 +166,12 @@ def _trace(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor | None, kee
                 return
             us = F.silu(out[..., : args[0].shape[-1]].detach())  # no graph: nothing saved for a backward pass
             for w in range(W):
-                u = us[w].T  # (L, d_inner)
+                u = us[w].T[:n[w]]  # (L, d_inner)
                 deltas[w].append(delta_statistics(mixer, u))
                 if keep_scan_inputs:
                     scan_in[w].append(u[:keep_scan_inputs].double().cpu())
             if k in attend:
-                attention_inputs[k] = ScanInputs.of_mixer(mixer, us[0].T.double())
+                attention_inputs[k] = ScanInputs.of_mixer(mixer, us[0].T[:n[0]].double())
         return hook
 
     handles = [blocks[0].register_forward_pre_hook(first_hook, with_kwargs=True)]
@@ -183,7 +187,7 @@ def _trace(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor | None, kee
               recompute_layers(blocks, recompute)):
             logits = model(ids)
             if labels is None:
-                losses = [F.cross_entropy(logits[w, :-1].float(), ids[w, 1:]) for w in range(W)]
+                losses = [F.cross_entropy(logits[w, :n[w]][:-1].float(), ids[w, 1:n[w]]) for w in range(W)]
             else:
                 losses = [F.cross_entropy(logits.float(), labels.to(dev))]
             backward_finite(torch.stack(losses).sum())
@@ -193,12 +197,13 @@ def _trace(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor | None, kee
     out = []
     for w in range(W):
         # the measurements are small: they are gathered on the CPU whatever device the model runs on
-        norms = [s.detach()[w].norm(dim=-1).cpu() for s in streams]  # (L,) each
-        grads = [s.grad[w].norm(dim=-1).cpu() if s.grad is not None else torch.zeros(s.shape[1]) for s in streams]
+        norms = [s.detach()[w, :n[w]].norm(dim=-1).cpu() for s in streams]  # (L,) each
+        grads = [s.grad[w, :n[w]].norm(dim=-1).cpu() if s.grad is not None else torch.zeros(len(norms[0]))
+                 for s in streams]
         shares = [(g / g.sum().clamp_min(1e-300)).tolist() for g in grads]
         slope, order = growth_fit(norms)
-        clusters, first = stream_directions([s[w:w + 1] for s in streams], cluster=labels is None)
-        out.append(TokenTrace([n.tolist() for n in norms], [m[w].norm(dim=-1).tolist() for m in mixer_in], shares,
+        clusters, first = stream_directions([s[w:w + 1, :n[w]] for s in streams], cluster=labels is None)
+        out.append(TokenTrace([x.tolist() for x in norms], [m[w, :n[w]].norm(dim=-1).tolist() for m in mixer_in], shares,
                               slope, order[:10], scan_in[w], losses[w].item(), deltas[w], clusters, first,
                               attention_inputs if w == 0 else {}))
     return out

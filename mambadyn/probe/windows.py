@@ -1,8 +1,11 @@
 """The probe over many windows of a text, with every per-layer statistic given as a mean and a Student-t
 95% interval over the windows (``mambadyn probe --windows N --window-len L``).
 
-The windows are consecutive, disjoint stretches of L tokens from the start of the text, all of length L, so
-no window is padded and none needs a mask (a text too short for N windows of L is refused, naming both).
+The windows are consecutive, disjoint stretches of L tokens from the start of the text. Where the text ends
+inside the last window, that window is shorter (at least 2 tokens; a text too short for that is refused,
+naming the numbers): it is padded on the right in its batch, and measured on its own positions only. The
+models are causal, so no real position reads a pad, and the tests check that the shorter window's numbers
+equal its probe alone. The summaries then mix one shorter window with the others: ``lens`` says so.
 ``batch`` windows at a time share one forward and one backward pass (``probe_batch``: the summed loss has
 each window's own gradient at its positions, so every number equals the window's probe alone, as the tests
 check); the spectra, which depend on the weights alone, are the same in all. The first window's probe is
@@ -23,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ..nn.load import Loaded, load_checkpoint, token_ids
 from ..stats import summarize
-from .api import ProbeConfig, ProbeResult, check_in_memory_inputs, probe_batch, sample_text
+from .api import MIN_WINDOW, ProbeConfig, ProbeResult, check_in_memory_inputs, probe_batch, sample_text
 from .hf_models import is_transformers_model
 from .ode import MODELS
 
@@ -52,10 +55,12 @@ def probe_windows(model_or_path: nn.Module | Loaded | str | Path, ids: torch.Ten
         if ids is None:
             raise ValueError("a model in memory brings no tokenizer: pass token ids")
     ids = torch.as_tensor(ids, dtype=torch.int64).flatten()
-    need = windows * window_len
+    need = (windows - 1) * window_len + MIN_WINDOW
     if ids.numel() < need:
-        raise ValueError(f"the input has {ids.numel()} tokens; {windows} windows of {window_len} need {need}: "
+        raise ValueError(f"the input has {ids.numel()} tokens; {windows} windows of {window_len} need "
+                         f"{windows * window_len} (the last may be as short as {MIN_WINDOW}: at least {need}): "
                          "ask for fewer or shorter windows, or give a longer text")
+    ids = ids[:windows * window_len]
     if not isinstance(target, Loaded) and not is_transformers_model(target) and not hasattr(target, "backbone"):
         raise ValueError("windows are for language models")
     cfg = replace(config, max_tokens=window_len, progress=False)
@@ -70,6 +75,8 @@ def probe_windows(model_or_path: nn.Module | Loaded | str | Path, ids: torch.Ten
     first = results[0]
     first.windows = summarize_windows(results, window_len)
     first.input["windows"] = {"n": windows, "len": window_len}
+    if first.windows["lens"]:
+        first.input["windows"]["lens"] = first.windows["lens"]
     return first
 
 
@@ -78,7 +85,9 @@ def summarize_windows(results: list[ProbeResult], window_len: int) -> dict:
     dicts = [r.to_dict() for r in results]
     n_layers = len(dicts[0]["layers"])
     n_stream = len(dicts[0]["tokens"]["grad_share_gini"])
+    lens = [d["input"]["tokens"] for d in dicts]
     out = {"n": len(results), "len": window_len,
+           "lens": lens if any(n != window_len for n in lens) else None,  # each window's length where one is shorter
            "loss": _summary([d["loss"] for d in dicts]),
            "grad_share_gini": [_summary([d["tokens"]["grad_share_gini"][i] for d in dicts]) for i in range(n_stream)],
            "grad_share_top10pct": [_summary([d["tokens"]["grad_share_top10pct"][i] for d in dicts])
