@@ -270,3 +270,29 @@ def test_probe_windows_reports_the_shorter_last_window_and_refuses_a_window_unde
     assert full.windows["lens"] is None and "lens" not in full.input["windows"]
     with pytest.raises(ValueError, match="at least 62"):
         probe_windows(m, ids[:61], ProbeConfig(progress=False), windows=3, window_len=30)
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_a_classifier_probe_takes_the_memory_settings_and_changes_no_number(bidirectional, monkeypatch):
+    """A MambaClassifier's probe (images and labels) honours recompute_layers and offload_activations, as an
+    LM's does, rather than ignoring them; a bidirectional block's backward mixer reruns too."""
+    from dataclasses import replace
+
+    from mambadyn.nn import ClassifierConfig, MambaClassifier, recompute
+
+    calls, saved = [], []
+    real_ckpt, real_save = recompute.checkpoint, torch.autograd.graph.save_on_cpu
+    monkeypatch.setattr(recompute, "checkpoint", lambda *a, **k: calls.append(1) or real_ckpt(*a, **k))
+    monkeypatch.setattr(torch.autograd.graph, "save_on_cpu", lambda *a, **k: saved.append(1) or real_save(*a, **k))
+
+    torch.manual_seed(0)
+    m = MambaClassifier(ClassifierConfig(d_model=16, n_layer=2, d_state=4, patch_size=7,
+                                         bidirectional=bidirectional))
+    images = torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(8))
+    cfg = ProbeConfig(progress=False, ode_positions=3)
+    plain = probe(m, images, cfg, labels=torch.tensor([3]))
+    assert calls == [] and saved == []
+    for change in ({"recompute_layers": True}, {"offload_activations": True}):
+        other = probe(m, images, replace(cfg, **change), labels=torch.tensor([3]))
+        _close(other.to_dict(), plain.to_dict(), str(change))
+    assert len(calls) == 2 and len(saved) == 1  # each block recomputed once; one pass offloaded

@@ -214,7 +214,8 @@ def _probe_batch(model_or_path, ids, config, labels, text, tokenizer, windows: i
         traces = trace_windows(model, ids, config.ode_positions, config.attention_layers, config.offload_activations,
                                config.recompute_layers, lengths=lengths)
     else:
-        traces = [trace_tokens(model, ids, labels, config.ode_positions)]
+        traces = [trace_tokens(model, ids, labels, config.ode_positions, offload=config.offload_activations,
+                               recompute=config.recompute_layers)]
     results = []
     for w, tokens in enumerate(traces):
         layers = []

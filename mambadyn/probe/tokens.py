@@ -107,16 +107,17 @@ def _lm_blocks(model) -> list[nn.Module]:
 
 
 def trace_tokens(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor | None = None,
-                 keep_scan_inputs: int = 0, attention_layers: list[int] | None = None) -> TokenTrace:
+                 keep_scan_inputs: int = 0, attention_layers: list[int] | None = None, *, offload: bool = False,
+                 recompute: bool = False) -> TokenTrace:
     """Run ``model`` on ``ids`` (L,) token ids (an LM) or (1, C, H, W) images (a classifier with
     ``labels`` (1,)), record the residual stream, mixer inputs and scan inputs of each layer, the
     statistics of each layer's effective Δ over every position, and the loss gradient at every position.
     ``keep_scan_inputs``: how many leading positions' scan inputs to keep for the ODE;
     ``attention_layers``: the layers whose whole scan inputs (``attention.ScanInputs``) to keep for the
-    hidden attention, so that it needs no second pass."""
+    hidden attention, so that it needs no second pass. ``offload``, ``recompute``: as ``trace_windows``."""
     if labels is None:
-        return trace_windows(model, ids[None], keep_scan_inputs, attention_layers)[0]
-    return _trace(model, ids, labels, keep_scan_inputs, attention_layers)[0]
+        return trace_windows(model, ids[None], keep_scan_inputs, attention_layers, offload, recompute)[0]
+    return _trace(model, ids, labels, keep_scan_inputs, attention_layers, offload, recompute)[0]
 
 
 def trace_windows(model: nn.Module, ids: torch.Tensor, keep_scan_inputs: int = 0,
