@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
@@ -170,8 +170,8 @@ class Captured:
 
     def head(self, n: int | None) -> Captured:
         """The first n positions (None: all)."""
-        return Captured(*(None if t is None else t[:n] for t in (self.h, self.u, self.dt_raw, self.B, self.C,
-                                                                   self.y, self.z)))
+        # fields(), not astuple(), which deep-copies every tensor
+        return Captured(*(None if (t := getattr(self, f.name)) is None else t[:n] for f in fields(self)))
 
 
 @contextlib.contextmanager

@@ -262,6 +262,19 @@ def _check_attention_layers(config: ProbeConfig, n: int) -> None:
         raise ValueError(f"attention layers {bad} out of range: the model has {n} SSM layers (0..{n - 1})")
 
 
+MIN_WINDOW = 2  # tokens: a next-token loss needs two
+
+
+def check_window_count(tokens: int, windows: int, window_len: int) -> None:
+    """Refuse an input of ``tokens`` too short for ``windows`` windows of ``window_len`` (the last may be as
+    short as MIN_WINDOW), naming the numbers."""
+    need = (windows - 1) * window_len + MIN_WINDOW
+    if tokens < need:
+        raise ValueError(f"the input has {tokens} tokens; {windows} windows of {window_len} need "
+                         f"{windows * window_len} (the last may be as short as {MIN_WINDOW}: at least {need}): "
+                         "ask for fewer or shorter windows, or give a longer text")
+
+
 def _cut(ids, max_tokens: int, windows: int) -> tuple[torch.Tensor, list[int]]:
     """Token ids (L,) -> (windows, max_tokens) disjoint windows from the start (one window: the first
     max_tokens, or all of a shorter input), and each window's length. Where the input ends inside the last
@@ -271,16 +284,12 @@ def _cut(ids, max_tokens: int, windows: int) -> tuple[torch.Tensor, list[int]]:
     if windows == 1:
         ids = ids[:max_tokens]
         return ids[None], [ids.numel()]
-    need = (windows - 1) * max_tokens + MIN_WINDOW
-    if ids.numel() < need:
-        raise ValueError(f"the input has {ids.numel()} tokens; {windows} windows of {max_tokens} need "
-                         f"{windows * max_tokens} (the last may be as short as {MIN_WINDOW}: at least {need})")
+    check_window_count(ids.numel(), windows, max_tokens)
     ids = ids[:windows * max_tokens]
     lengths = [max_tokens] * (windows - 1) + [ids.numel() - (windows - 1) * max_tokens]
     return F.pad(ids, (0, windows * max_tokens - ids.numel())).view(windows, max_tokens), lengths
 
 
-MIN_WINDOW = 2  # tokens: a next-token loss needs two
 LABELLED = 64  # inputs up to this long get their tokens as the heatmaps' tick labels
 
 

@@ -15,7 +15,6 @@ paper's one-space token system has no counterpart.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -32,10 +31,16 @@ from ..nn.families import (
 )
 from ..nn.recompute import recompute_layers
 from ..refine.spectrum import layer_spectrum, rank_rtol
-from .clusters import stream_directions
 from .layer import LayerParams, delta_stats, matrix_params, note_ode
 from .ode import OdeCheck, interaction_system, ode_check
-from .tokens import TokenTrace, backward_finite, growth_fit, saved_on_cpu, stream_gradients_only
+from .tokens import (
+    TokenTrace,
+    backward_finite,
+    saved_on_cpu,
+    stream_gradients_only,
+    stream_measures,
+    window_losses,
+)
 
 
 def is_transformers_model(model: nn.Module) -> bool:
@@ -93,7 +98,7 @@ def trace_hf_windows(model: nn.Module, family: Family, ids: torch.Tensor, offloa
             ids = ids.to(model.device)
             # no cache: nothing to decode after, and a recomputed layer would find its own state in it
             logits = model(ids, use_cache=False).logits
-            losses = [F.cross_entropy(logits[w, :n[w]][:-1].float(), ids[w, 1:n[w]]) for w in range(W)]
+            losses = window_losses(logits, ids, n)
             backward_finite(torch.stack(losses).sum())
     finally:
         for h in handles:
@@ -106,16 +111,10 @@ def trace_hf_windows(model: nn.Module, family: Family, ids: torch.Tensor, offloa
     got = [{name: c.head(n[w]) for name, c in g.items()} for w, g in enumerate(got)]
     traces = []
     for w in range(W):
-        norms = [s.detach()[w, :n[w]].float().norm(dim=-1).cpu() for s in streams]
-        grads = [s.grad[w, :n[w]].float().norm(dim=-1).cpu() if s.grad is not None else torch.zeros(len(norms[0]))
-                 for s in streams]
-        shares = [(g / g.sum().clamp_min(1e-300)).tolist() for g in grads]
-        slope, order = growth_fit(norms)
+        norms, shares, slope, order, clusters, first = stream_measures(streams, w, n[w], float32=True)
         deltas = [delta_stats(got[w][name].dt_raw, _dt_bias(m, family)) for name, m in mixers]
-        traces.append(TokenTrace([x.tolist() for x in norms],
-                                 [got[w][name].h.norm(dim=-1).tolist() for name, _ in mixers],
-                                 shares, slope, order[:10], [], losses[w].item(), deltas,
-                                 *stream_directions([s[w:w + 1, :n[w]] for s in streams])))
+        traces.append(TokenTrace(norms, [got[w][name].h.norm(dim=-1).tolist() for name, _ in mixers],
+                                 shares, slope, order[:10], [], losses[w].item(), deltas, clusters, first))
     return traces, got
 
 

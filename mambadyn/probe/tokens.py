@@ -100,6 +100,30 @@ def growth_fit(norms: list[torch.Tensor]) -> tuple[list[float], list[int]]:
     return slope, sorted(range(len(slope)), key=lambda p: -slope[p])
 
 
+def window_losses(logits: torch.Tensor, ids: torch.Tensor, n: list[int | None]) -> list[torch.Tensor]:
+    """Each window's next-token loss on its own positions: logits (W, L, vocab), ids (W, L), n[w] the window's
+    real length (None: all L; shorter windows are padded on the right)."""
+    return [F.cross_entropy(logits[w, :n[w]][:-1].float(), ids[w, 1:n[w]]) for w in range(len(n))]
+
+
+def stream_measures(streams: list[torch.Tensor], w: int, n: int | None, float32: bool = False,
+                    cluster: bool = True) -> tuple:
+    """Window w's residual-stream measures on its real positions [:n], from the streams (each (W, L, D), with
+    the loss gradient where one reached it): per layer boundary the norms (L,) and each position's share of the
+    gradient norm, the fitted growth per position and the positions fastest first, and the directions
+    (``stream_directions``). ``float32``: norms taken in float32 (a transformers model may run in bfloat16)."""
+    def cast(t):
+        return t.float() if float32 else t
+
+    norms = [cast(s.detach()[w, :n]).norm(dim=-1).cpu() for s in streams]  # (L,) each
+    grads = [cast(s.grad[w, :n]).norm(dim=-1).cpu() if s.grad is not None else torch.zeros(len(norms[0]))
+             for s in streams]
+    shares = [(g / g.sum().clamp_min(1e-300)).tolist() for g in grads]
+    slope, order = growth_fit(norms)
+    clusters, first = stream_directions([s[w:w + 1, :n] for s in streams], cluster=cluster)
+    return [x.tolist() for x in norms], shares, slope, order, clusters, first
+
+
 def _lm_blocks(model) -> list[nn.Module]:
     if hasattr(model, "backbone"):
         return list(model.backbone.layers)
@@ -188,7 +212,7 @@ def _trace(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor | None, kee
               recompute_layers(blocks, recompute)):
             logits = model(ids)
             if labels is None:
-                losses = [F.cross_entropy(logits[w, :n[w]][:-1].float(), ids[w, 1:n[w]]) for w in range(W)]
+                losses = window_losses(logits, ids, n)
             else:
                 losses = [F.cross_entropy(logits.float(), labels.to(dev))]
             backward_finite(torch.stack(losses).sum())
@@ -198,13 +222,8 @@ def _trace(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor | None, kee
     out = []
     for w in range(W):
         # the measurements are small: they are gathered on the CPU whatever device the model runs on
-        norms = [s.detach()[w, :n[w]].norm(dim=-1).cpu() for s in streams]  # (L,) each
-        grads = [s.grad[w, :n[w]].norm(dim=-1).cpu() if s.grad is not None else torch.zeros(len(norms[0]))
-                 for s in streams]
-        shares = [(g / g.sum().clamp_min(1e-300)).tolist() for g in grads]
-        slope, order = growth_fit(norms)
-        clusters, first = stream_directions([s[w:w + 1, :n[w]] for s in streams], cluster=labels is None)
-        out.append(TokenTrace([x.tolist() for x in norms], [m[w, :n[w]].norm(dim=-1).tolist() for m in mixer_in], shares,
+        norms, shares, slope, order, clusters, first = stream_measures(streams, w, n[w], cluster=labels is None)
+        out.append(TokenTrace(norms, [m[w, :n[w]].norm(dim=-1).tolist() for m in mixer_in], shares,
                               slope, order[:10], scan_in[w], losses[w].item(), deltas[w], clusters, first,
                               attention_inputs if w == 0 else {}))
     return out

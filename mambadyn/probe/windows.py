@@ -26,7 +26,14 @@ from tqdm.auto import tqdm
 
 from ..nn.load import Loaded, load_checkpoint, token_ids
 from ..stats import summarize
-from .api import MIN_WINDOW, ProbeConfig, ProbeResult, check_in_memory_inputs, probe_batch, sample_text
+from .api import (
+    ProbeConfig,
+    ProbeResult,
+    check_in_memory_inputs,
+    check_window_count,
+    probe_batch,
+    sample_text,
+)
 from .hf_models import is_transformers_model
 from .ode import MODELS
 
@@ -55,12 +62,7 @@ def probe_windows(model_or_path: nn.Module | Loaded | str | Path, ids: torch.Ten
         if ids is None:
             raise ValueError("a model in memory brings no tokenizer: pass token ids")
     ids = torch.as_tensor(ids, dtype=torch.int64).flatten()
-    need = (windows - 1) * window_len + MIN_WINDOW
-    if ids.numel() < need:
-        raise ValueError(f"the input has {ids.numel()} tokens; {windows} windows of {window_len} need "
-                         f"{windows * window_len} (the last may be as short as {MIN_WINDOW}: at least {need}): "
-                         "ask for fewer or shorter windows, or give a longer text")
-    ids = ids[:windows * window_len]
+    check_window_count(ids.numel(), windows, window_len)  # before any work
     if not isinstance(target, Loaded) and not is_transformers_model(target) and not hasattr(target, "backbone"):
         raise ValueError("windows are for language models")
     cfg = replace(config, max_tokens=window_len, progress=False)
