@@ -296,3 +296,18 @@ def test_a_classifier_probe_takes_the_memory_settings_and_changes_no_number(bidi
         other = probe(m, images, replace(cfg, **change), labels=torch.tensor([3]))
         _close(other.to_dict(), plain.to_dict(), str(change))
     assert len(calls) == 2 and len(saved) == 1  # each block recomputed once; one pass offloaded
+
+
+def test_a_folder_given_for_a_file_is_named_as_a_folder(tmp_path, capsys):
+    from mambadyn.cli import run
+
+    _model().save_pretrained(tmp_path / "ck")
+    (tmp_path / "dir").mkdir()
+    for flag in ("--ids", "--text", "--tokenizer"):
+        extra = ["--text", str(tmp_path / "t.txt")] if flag == "--tokenizer" else []
+        (tmp_path / "t.txt").write_text("abc")
+        assert run(["probe", str(tmp_path / "ck"), flag, str(tmp_path / "dir"), *extra, "--out",
+                    str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert "is a folder: give a file" in err and "does not exist" not in err, (flag, err)
+        assert not (tmp_path / "o").exists()

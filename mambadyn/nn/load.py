@@ -102,6 +102,14 @@ def load_checkpoint(path: str | Path) -> Loaded:
     return Loaded(model, kind, source, folder, tok)
 
 
+def _need_file(p: Path, what: str) -> None:
+    """A one-line error where ``p`` is not a file: missing, or a folder (not "does not exist" then)."""
+    if p.is_dir():
+        raise IsADirectoryError(f"{what} file {p} is a folder: give a file")
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} file {p} does not exist")
+
+
 def encode_text(text: str, tokenizer_file: Path | str, vocab_size: int) -> torch.Tensor:
     """Token ids (L,) int64 of ``text`` with a ``tokenizers`` tokenizer.json; a clear error for empty
     text, characters the vocabulary lacks, or ids past the model's vocabulary."""
@@ -110,8 +118,7 @@ def encode_text(text: str, tokenizer_file: Path | str, vocab_size: int) -> torch
     if not text.strip():
         raise ValueError("the text to probe is empty")
     p = Path(tokenizer_file)
-    if not p.is_file():
-        raise FileNotFoundError(f"tokenizer file {p} does not exist")
+    _need_file(p, "tokenizer")
     try:
         tok = Tokenizer.from_file(str(p))
     except Exception as e:  # noqa: BLE001 - tokenizers raises its own exception type
@@ -136,8 +143,7 @@ def decode_tokens(tokenizer_file: Path | str, ids: torch.Tensor) -> list[str]:
 def read_text(file: Path | str) -> str:
     """A UTF-8 text file's contents; a missing or binary file is a one-line error naming it."""
     p = Path(file)
-    if not p.is_file():
-        raise FileNotFoundError(f"text file {p} does not exist")
+    _need_file(p, "text")
     try:
         return p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -148,8 +154,7 @@ def read_ids(file: Path | str, vocab_size: int | None) -> torch.Tensor:
     """Token ids from a file of whitespace- or comma-separated integers: (L,) int64, checked against
     ``vocab_size`` (None: checked later, once the model is known)."""
     p = Path(file)
-    if not p.is_file():
-        raise FileNotFoundError(f"ids file {p} does not exist")
+    _need_file(p, "ids")
     parts = read_text(p).replace(",", " ").split()
     try:
         ids = torch.tensor([int(x) for x in parts], dtype=torch.int64)
